@@ -1,0 +1,3 @@
+from flashtalk.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The `flashtalk` command line.
+
+Each subcommand lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`.
+A module is imported only when its subcommand runs, so `flashtalk --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from flashtalk import __version__
+from flashtalk.errors import FlashTalkError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("flashtalk.info", "print the environment and which kernel backend each op uses, and why"),
+    "verify-golden": ("flashtalk.golden.verify", "check our networks against a folder of golden tensors"),
+}
+
+
+def _top_level_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<15} {text}" for name, (_, text) in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="flashtalk",
+        description="FlashTalk: real-time talking portraits.",
+        epilog=f"commands:\n{lines}\n\nRun `flashtalk COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"flashtalk {__version__}")
+    parser.add_argument("command", nargs="?", choices=sorted(COMMANDS), metavar="COMMAND")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = _top_level_parser()
+        args = parser.parse_args(argv[:1])
+        parser.print_help()
+        return 0 if args.command is None else 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"flashtalk {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except FlashTalkError as exc:
+        print(f"flashtalk {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Golden-tensor verification: our networks against outputs of the reference implementations."""

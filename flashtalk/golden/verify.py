@@ -1,0 +1,149 @@
+"""`flashtalk verify-golden DIR`: run every case of a golden folder and gate each array.
+
+A golden folder holds `golden.json` (family, base_seed), `tolerances.json` (per file and array, an atol
+and rtol for fp32 and fp64) and `.npz` files of inputs and reference outputs. A family module
+(`FAMILIES`) computes our outputs for each file; an array passes when
+max|ours - ref| <= atol + rtol * max|ref| at the precision run.
+
+Family modules provide `compute(folder, dtype, device, base_seed, files) -> Iterator[(file, {array: ours})]`,
+where `files` is the set of .npz names to run (the folder's gated files, possibly filtered by --only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from flashtalk.errors import FlashTalkError
+
+FAMILIES = {
+    "liveportrait": "flashtalk.golden.liveportrait",
+    "joyvasa": "flashtalk.golden.joyvasa",
+}
+
+
+@dataclass
+class Result:
+    file: str
+    array: str
+    max_abs: float
+    rel: float  # max_abs / max|ref|
+    limit: float
+    passed: bool
+    note: str = ""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FlashTalkError(f"{path} not found: not a golden folder") from None
+    except json.JSONDecodeError as exc:
+        raise FlashTalkError(f"{path} is not valid JSON: {exc}") from None
+
+
+def verify(
+    folder: str | Path,
+    precision: str = "fp32",
+    kernels: str = "reference",
+    device: str = "cpu",
+    only: list[str] | None = None,
+) -> list[Result]:
+    """Run the golden folder's cases and return one Result per gated array."""
+    import numpy as np
+    import torch
+
+    from flashtalk.kernels.dispatch import use_kernels
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FlashTalkError(f"golden folder {folder} does not exist")
+    if precision not in ("fp32", "fp64"):
+        raise FlashTalkError(f"--precision must be fp32 or fp64, not {precision!r}")
+    meta = _read_json(folder / "golden.json")
+    family = meta.get("family")
+    if family not in FAMILIES:
+        raise FlashTalkError(f"{folder / 'golden.json'}: unknown family {family!r} (known: {', '.join(FAMILIES)})")
+    gates = _read_json(folder / "tolerances.json")["gates"]
+    if only:
+        gates = [g for g in gates if any(o in g["file"] for o in only)]
+        if not gates:
+            raise FlashTalkError(f"--only {' '.join(only)} matches no gated file in {folder}")
+    files = sorted({g["file"] for g in gates})
+    dtype = torch.float64 if precision == "fp64" else torch.float32
+
+    allow_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    ours: dict[tuple[str, str], "np.ndarray"] = {}
+    try:
+        module = importlib.import_module(FAMILIES[family])
+        with use_kernels(kernels), torch.no_grad():
+            for file, arrays in module.compute(folder, dtype, torch.device(device), int(meta.get("base_seed", 0)), set(files)):
+                for name, value in arrays.items():
+                    ours[(file, name)] = np.asarray(value.detach().cpu().double() if torch.is_tensor(value) else value, dtype=np.float64)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = allow_tf32
+
+    results = []
+    refs = {f: np.load(folder / f) for f in files}
+    for gate in gates:
+        file, name, tol = gate["file"], gate["array"], gate[precision]
+        ref = np.asarray(refs[file][name], dtype=np.float64)
+        peak = float(np.abs(ref).max()) if ref.size else 0.0
+        limit = tol["atol"] + tol["rtol"] * peak
+        got = ours.get((file, name))
+        if got is None:
+            results.append(Result(file, name, math.inf, math.inf, limit, False, "not computed"))
+            continue
+        if got.shape != ref.shape:
+            results.append(Result(file, name, math.inf, math.inf, limit, False, f"shape {got.shape} != {ref.shape}"))
+            continue
+        err = np.abs(got - ref)
+        finite = bool(np.isfinite(got).all())
+        max_abs = float(err.max()) if err.size else 0.0
+        note = "" if finite else f"{int((~np.isfinite(got)).sum())} non-finite values"
+        results.append(Result(file, name, max_abs, max_abs / peak if peak else max_abs, limit, finite and max_abs <= limit, note))
+    return results
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", metavar="DIR", help="golden folder (holds golden.json, tolerances.json, *.npz)")
+    p.add_argument("--precision", choices=("fp32", "fp64"), default="fp32")
+    p.add_argument("--kernels", choices=("reference", "triton"), default="reference",
+                   help="triton: our Triton kernels (on CPU this sets TRITON_INTERPRET=1, slow)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--only", nargs="+", metavar="FILE", help="run only the .npz files whose names contain these")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.kernels == "triton" and args.device != "cuda" and "TRITON_INTERPRET" not in os.environ:
+        import torch  # noqa: F401  (decide on the device before any kernel module is imported)
+
+        if not torch.cuda.is_available() or args.device == "cpu":
+            os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+    results = verify(args.folder, args.precision, args.kernels, device, args.only)
+    width = max(len(f"{r.file}:{r.array}") for r in results)
+    print(f"{'array':<{width}}  {'max abs err':>11}  {'rel err':>9}  {'limit':>9}  result")
+    for r in results:
+        verdict = "ok" if r.passed else "FAIL" + (f" ({r.note})" if r.note else "")
+        print(f"{r.file + ':' + r.array:<{width}}  {r.max_abs:11.3e}  {r.rel:9.2e}  {r.limit:9.2e}  {verdict}")
+    failed = [r for r in results if not r.passed]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed "
+          f"({args.precision}, kernels={args.kernels}, device={device}, {time.perf_counter() - t0:.1f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
+    return 1 if failed else 0
+
+

@@ -1,0 +1,62 @@
+"""`flashtalk info`: versions, device, and the backend each kernel op would use here, with the reason."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+
+
+def collect(device: str | None = None) -> dict:
+    import torch
+
+    from flashtalk import __version__
+    from flashtalk.kernels import OPS
+    from flashtalk.kernels.dispatch import choose, interpreter_enabled, mode, triton_installed
+
+    cuda = torch.cuda.is_available()
+    dev = torch.device(device or ("cuda" if cuda else "cpu"))
+    info = {
+        "flashtalk": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": None,
+        "cuda_available": cuda,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "kernel_mode": mode(),
+        "triton_interpreter": interpreter_enabled(),
+        "ops": {},
+    }
+    if cuda:
+        props = torch.cuda.get_device_properties(dev)
+        info.update(cuda_version=torch.version.cuda, sm_count=props.multi_processor_count,
+                    capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1))
+    if triton_installed():
+        info["triton"] = importlib.import_module("triton").__version__
+    for op in OPS:
+        try:
+            choice = choose(op, dev)
+            info["ops"][op] = {"backend": choice.backend, "reason": choice.reason}
+        except ValueError as exc:
+            info["ops"][op] = {"backend": "error", "reason": str(exc)}
+    return info
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect(args.device)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    for key, value in info.items():
+        if key != "ops":
+            print(f"{key:<20} {value}")
+    print("kernel ops (backend on this device, and why):")
+    for op, c in info["ops"].items():
+        print(f"  {op:<22} {c['backend']:<19} {c['reason']}")
+    return 0

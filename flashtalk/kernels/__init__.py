@@ -1,0 +1,30 @@
+"""Triton kernels, each with its pure-PyTorch reference beside it (one op per file).
+
+Ops are loaded on first access, so `import flashtalk.kernels` does not import triton:
+
+    from flashtalk import kernels
+    out = kernels.attention(q, k, v)
+
+`OPS` maps each public op to its module; `flashtalk info` walks it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from flashtalk.kernels.dispatch import Choice, choose, last_choice, mode, use_kernels
+
+# public op name -> module that defines it (and `<op>_ref` beside it)
+OPS: dict[str, str] = {
+    "attention": "flashtalk.kernels.attention",
+}
+
+__all__ = ["OPS", "Choice", "choose", "last_choice", "mode", "use_kernels", *OPS]
+
+
+def __getattr__(name: str) -> Any:
+    module = OPS.get(name) or OPS.get(name.removesuffix("_ref"))
+    if module is None:
+        raise AttributeError(f"module 'flashtalk.kernels' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,114 @@
+"""Which implementation runs an op: Triton on CUDA, the Triton interpreter on CPU when asked, the
+PyTorch reference otherwise, and why.
+
+Mode, from the innermost `use_kernels(...)` block, else the `FLASHTALK_KERNELS` environment variable:
+
+* ``auto`` (default): Triton for CUDA tensors when triton is importable; the reference on CPU.
+* ``triton``: Triton wherever it can run: CUDA, or CPU under the interpreter (`TRITON_INTERPRET=1`,
+  which must be set before any kernel module is imported). Asking for it where it cannot run is an
+  error, never a silent fallback.
+* ``reference``: the pure-PyTorch reference everywhere.
+
+In every mode an op that does not support a particular call (a head dim, a dtype) runs the reference and
+records the reason; `last_choice(op)` returns it and `flashtalk info` prints it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from flashtalk.errors import FlashTalkError
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "triton", "reference")
+ENV_MODE = "FLASHTALK_KERNELS"
+
+_local = threading.local()
+_last: dict[str, "Choice"] = {}
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str  # "triton" | "triton-interpreter" | "reference"
+    reason: str
+
+    @property
+    def use_triton(self) -> bool:
+        return self.backend != "reference"
+
+
+def mode() -> str:
+    stack = getattr(_local, "stack", None)
+    m = stack[-1] if stack else os.environ.get(ENV_MODE, "auto").strip().lower() or "auto"
+    if m not in MODES:
+        raise FlashTalkError(f"{ENV_MODE}={m!r} is not one of {', '.join(MODES)}")
+    return m
+
+
+@contextlib.contextmanager
+def use_kernels(m: str) -> Iterator[None]:
+    """Run the block with kernel mode `m` ("auto", "triton" or "reference")."""
+    if m not in MODES:
+        raise FlashTalkError(f"kernel mode {m!r} is not one of {', '.join(MODES)}")
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append(m)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
+
+
+def choose(op: str, device: torch.device | str, unsupported: str | None = None) -> Choice:
+    """Pick the backend for one call of `op` on `device`; `unsupported` is the op's own reason to refuse
+    this call (shape, dtype, stride), or None."""
+    device = torch.device(device)
+    m = mode()
+    if m == "reference":
+        choice = Choice("reference", f"{ENV_MODE}=reference")
+    elif unsupported:
+        choice = Choice("reference", f"not supported because {unsupported}")
+    elif not triton_installed():
+        if m == "triton":
+            raise FlashTalkError(f"{op}: Triton kernels were asked for but triton is not installed")
+        choice = Choice("reference", "triton is not installed")
+    elif device.type == "cuda" and not interpreter_enabled():
+        choice = Choice("triton", "CUDA tensors")
+    elif interpreter_enabled():
+        if m == "triton":
+            choice = Choice("triton-interpreter", f"TRITON_INTERPRET=1 and {ENV_MODE}=triton")
+        else:
+            choice = Choice("reference", f"TRITON_INTERPRET=1 runs the interpreter only with {ENV_MODE}=triton")
+    else:
+        if m == "triton":
+            raise FlashTalkError(
+                f"{op}: Triton kernels were asked for on {device.type} tensors; Triton runs on CUDA, or on "
+                "the CPU under the interpreter (set TRITON_INTERPRET=1 before starting Python)"
+            )
+        choice = Choice("reference", f"{device.type} tensors: Triton needs CUDA (or TRITON_INTERPRET=1 for tests)")
+    previous = _last.get(op)
+    if previous != choice:
+        log.debug("%s -> %s (%s)", op, choice.backend, choice.reason)
+    _last[op] = choice
+    return choice
+
+
+def last_choice(op: str) -> Choice | None:
+    """The backend the most recent call of `op` used, with the reason."""
+    return _last.get(op)

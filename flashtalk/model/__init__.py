@@ -1,0 +1,1 @@
+"""Networks (renderer, audio encoder, motion generator) as nn.Modules, and their checkpoint loaders."""

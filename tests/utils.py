@@ -1,0 +1,45 @@
+"""Test helpers: one tolerance table per dtype, and a verbose mismatch report instead of a bare allclose."""
+
+from __future__ import annotations
+
+import torch
+
+# (atol, rtol) for comparing a kernel's output with an fp64 reference of the same math, per input dtype.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+
+def mismatch_report(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, limit: int = 5) -> str | None:
+    """None if every element satisfies |a - e| <= atol + rtol·|e| (NaN/inf must match); else a report
+    with the count, the first offending indices and values, and NaN/inf counts."""
+    if actual.shape != expected.shape:
+        return f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    nan_a, nan_e = torch.isnan(a), torch.isnan(e)
+    inf_a, inf_e = torch.isinf(a), torch.isinf(e)
+    bad = (nan_a != nan_e) | (inf_a != inf_e) | ((inf_a & inf_e) & (a != e))
+    finite = ~(nan_a | nan_e | inf_a | inf_e)
+    diff = (a - e).abs()
+    bad |= finite & (diff > atol + rtol * e.abs())
+    if not bad.any():
+        return None
+    idx = bad.nonzero()[:limit].tolist()
+    lines = [f"{int(bad.sum())} / {bad.numel()} elements differ (atol={atol:g}, rtol={rtol:g}); "
+             f"max abs err {diff[finite].max().item() if finite.any() else float('nan'):.3e}; "
+             f"NaN actual/expected {int(nan_a.sum())}/{int(nan_e.sum())}, inf {int(inf_a.sum())}/{int(inf_e.sum())}"]
+    for i in idx:
+        lines.append(f"  at {tuple(i)}: actual {a[tuple(i)].item():.6g}, expected {e[tuple(i)].item():.6g}")
+    return "\n".join(lines)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float = 0.0) -> None:
+    report = mismatch_report(actual, expected, atol, rtol)
+    assert report is None, report
+
+
+def max_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return (actual.double() - expected.double()).abs().max().item()
