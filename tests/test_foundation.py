@@ -93,3 +93,14 @@ def test_seed_module_is_deterministic_and_keyed():
     seed_module(b, base_seed=4)
     assert not torch.equal(a.weight, b.weight)
     assert a.weight.abs().max() <= 1 / 7**0.5 + 1e-7
+
+
+def test_joyvasa_categories_match_manifest(jv_golden):
+    from flashtalk.model.seeded import joyvasa_category, joyvasa_weights
+
+    manifest = json.loads((jv_golden / "manifest.json").read_text())
+    for e in manifest["entries"]:
+        assert joyvasa_category(e["key"], tuple(e["shape"])) == e["category"], e["key"]
+    w = joyvasa_weights([(e["key"], e["shape"], e["category"]) for e in manifest["entries"]])
+    assert "denoising_net.TE.pe" not in w
+    assert w["start_audio_feat"].abs().max() <= 1 and w["start_audio_feat"].abs().max() > 0.9

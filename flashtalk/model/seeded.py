@@ -60,3 +60,45 @@ def seed_module(module: torch.nn.Module, base_seed: int = 0, gain: float = 1.0, 
     sd = module.state_dict()
     weights = liveportrait_weights(((key_prefix + k, tuple(v.shape)) for k, v in sd.items()), base_seed, gain)
     module.load_state_dict({k: weights[key_prefix + k].to(v.dtype) for k, v in sd.items()}, strict=True)
+
+
+def joyvasa_category(key: str, shape: tuple[int, ...]) -> str:
+    """The JoyVASA golden rule's category of a state-dict entry, from its key and shape alone."""
+    leaf = key.rsplit(".", 1)[-1]
+    if key in ("start_audio_feat", "start_motion_feat", "null_audio_feat"):
+        return "free_embedding"
+    if key.endswith("pos_conv_embed.conv.parametrizations.weight.original0"):
+        return "weightnorm_g"
+    if key.startswith("diffusion_sched.") or key.endswith((".pe", "alignment_mask")):
+        return "computed_buffer"
+    is_norm = "norm" in key.rsplit(".", 2)[-2] if "." in key else False
+    if is_norm and len(shape) == 1:
+        return "norm_weight" if leaf == "weight" else "norm_bias"
+    if len(shape) >= 2:
+        return "matrix"
+    return "bias" if leaf.endswith("bias") else "vector"
+
+
+def joyvasa_weights(entries: Iterable[tuple[str, tuple[int, ...], str]], base_seed: int = 0) -> dict[str, torch.Tensor]:
+    """entries: (key, shape, category) -> {key: float64 tensor}; computed buffers are skipped (the model
+    computes them). Categories as in the JoyVASA golden README: matrix u/sqrt(fan_in); bias and vector
+    0.1·u; norm_weight and weightnorm_g 1 + 0.1·u; norm_bias 0.1·u; free_embedding u."""
+    out: dict[str, torch.Tensor] = {}
+    for key, shape, category in entries:
+        if category == "computed_buffer":
+            continue
+        shape = tuple(int(d) for d in shape)
+        g = torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")) ^ base_seed)
+        u = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
+        if category == "matrix":
+            v = u / math.sqrt(math.prod(shape[1:]))
+        elif category in ("bias", "vector", "norm_bias"):
+            v = 0.1 * u
+        elif category in ("norm_weight", "weightnorm_g"):
+            v = 1 + 0.1 * u
+        elif category == "free_embedding":
+            v = u
+        else:
+            raise ValueError(f"unknown JoyVASA weight category {category!r} for {key}")
+        out[key] = v
+    return out
