@@ -18,6 +18,10 @@ from flashtalk.kernels.dispatch import Choice, choose, last_choice, mode, use_ke
 # public op name -> module that defines it (and `<op>_ref` beside it)
 OPS: dict[str, str] = {
     "attention": "flashtalk.kernels.attention",
+    "dense_motion_input": "flashtalk.kernels.dense_motion_input",
+    "deform_warp": "flashtalk.kernels.deform_warp",
+    "warp2d": "flashtalk.kernels.warp2d",
+    "paste_back": "flashtalk.kernels.paste_back",
 }
 
 __all__ = ["OPS", "Choice", "choose", "last_choice", "mode", "use_kernels", *OPS]
