@@ -7,6 +7,10 @@ sparse motions S_0 = G, S_{k+1} = G - x_d[k] + x_s[k]; deformed features D_k = g
 H_{k+1} = exp(-0.5 |G - x_d[k]|² / 0.01) - exp(-0.5 |G - x_s[k]|² / 0.01).
 Output channel k·(C+1) + j: j = 0 the heatmap H_k, j = 1..C the C sampled channels of D_k.
 
+The Triton kernel writes the output directly: one program per (batch, tile of voxels) computes G, the
+K+1 motions and heatmaps in registers and gathers c's 8 trilinear corners per motion (c stays in cache),
+so no [B, K+1, ...] intermediate exists. fp64 inputs run the reference (the kernel computes in fp32).
+
 The reference materialises S and the (K+1)-fold repeated volume, as the original does; the reference
 computes coordinates in fp32 (fp64 for fp64 inputs) and samples in fp32, like the original under
 autocast. The output has c's dtype.
@@ -19,6 +23,17 @@ import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels.dispatch import choose
+
+try:
+    import triton
+    import triton.language as tl
+
+    _jit = triton.jit
+except ImportError:  # without triton only the references run (dispatch reports why)
+    triton = tl = None
+
+    def _jit(fn):
+        return fn
 
 KP_VARIANCE = 0.01  # Gaussian heatmap variance in normalised units (std 0.1)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -88,9 +103,161 @@ def dense_motion_input_ref(compressed: torch.Tensor, kp_source: torch.Tensor, kp
     return out.reshape(B, (K + 1) * (C + 1), D, H, W).to(compressed.dtype)
 
 
+# --------------------------------------------------------------------------------------------- Triton
+
+
+@_jit
+def grid_axis(i, n):
+    """Corner-aligned identity coordinate 2·(i / (n - 1)) - 1 of integer index `i` on an axis of size n."""
+    return 2.0 * (i.to(tl.float32) / tl.maximum(n - 1, 1).to(tl.float32)) - 1.0
+
+
+@_jit
+def sample_axis(g, n):
+    """grid_sample (align_corners=False) along one axis of size n: normalised g -> corner indices
+    (i0, i1) and weights (w0, w1), a weight being 0 where its corner lies outside [0, n-1]."""
+    x = ((g + 1.0) * n - 1.0) * 0.5
+    x = tl.minimum(tl.maximum(x, -2.0), n + 1.0)  # far-out points keep both corners outside, no int overflow
+    f = tl.floor(x)
+    w1 = x - f
+    w0 = 1.0 - w1
+    i0 = f.to(tl.int32)
+    i1 = i0 + 1
+    w0 = tl.where((i0 >= 0) & (i0 < n), w0, 0.0)
+    w1 = tl.where((i1 >= 0) & (i1 < n), w1, 0.0)
+    return i0, i1, w0, w1
+
+
+@_jit
+def trilinear_corners(gx, gy, gz, D, H, W, s_d, s_h, s_w):
+    """The 8 corners of the trilinear sample at (gx, gy, gz): int64 offsets o_zyx (from the strides of the
+    sampled volume) and weights w_zyx (0 for corners outside the volume)."""
+    x0, x1, wx0, wx1 = sample_axis(gx, W)
+    y0, y1, wy0, wy1 = sample_axis(gy, H)
+    z0, z1, wz0, wz1 = sample_axis(gz, D)
+    ox0 = x0.to(tl.int64) * s_w
+    ox1 = x1.to(tl.int64) * s_w
+    oy0 = y0.to(tl.int64) * s_h
+    oy1 = y1.to(tl.int64) * s_h
+    oz0 = z0.to(tl.int64) * s_d
+    oz1 = z1.to(tl.int64) * s_d
+    return (oz0 + oy0 + ox0, oz0 + oy0 + ox1, oz0 + oy1 + ox0, oz0 + oy1 + ox1,
+            oz1 + oy0 + ox0, oz1 + oy0 + ox1, oz1 + oy1 + ox0, oz1 + oy1 + ox1,
+            wz0 * wy0 * wx0, wz0 * wy0 * wx1, wz0 * wy1 * wx0, wz0 * wy1 * wx1,
+            wz1 * wy0 * wx0, wz1 * wy0 * wx1, wz1 * wy1 * wx0, wz1 * wy1 * wx1)
+
+
+@_jit
+def trilinear_gather(p, m, o000, o001, o010, o011, o100, o101, o110, o111,
+                     w000, w001, w010, w011, w100, w101, w110, w111):
+    """Σ over the 8 corners of weight · value at pointer p + offset (fp32); a zero weight skips the load."""
+    acc = w000 * tl.load(p + o000, mask=m & (w000 != 0.0), other=0.0).to(tl.float32)
+    acc += w001 * tl.load(p + o001, mask=m & (w001 != 0.0), other=0.0).to(tl.float32)
+    acc += w010 * tl.load(p + o010, mask=m & (w010 != 0.0), other=0.0).to(tl.float32)
+    acc += w011 * tl.load(p + o011, mask=m & (w011 != 0.0), other=0.0).to(tl.float32)
+    acc += w100 * tl.load(p + o100, mask=m & (w100 != 0.0), other=0.0).to(tl.float32)
+    acc += w101 * tl.load(p + o101, mask=m & (w101 != 0.0), other=0.0).to(tl.float32)
+    acc += w110 * tl.load(p + o110, mask=m & (w110 != 0.0), other=0.0).to(tl.float32)
+    acc += w111 * tl.load(p + o111, mask=m & (w111 != 0.0), other=0.0).to(tl.float32)
+    return acc
+
+
+@_jit
+def _motion_channels(p_c, p_o, m_v, gx, gy, gz, heat, C, D, H, W,
+                     s_cc, s_cd, s_ch, s_cw, s_oc):
+    """Write the heatmap and the C trilinear samples of c at (gx, gy, gz) to channels 0..C from p_o."""
+    o000, o001, o010, o011, o100, o101, o110, o111, w000, w001, w010, w011, w100, w101, w110, w111 = \
+        trilinear_corners(gx, gy, gz, D, H, W, s_cd, s_ch, s_cw)
+    tl.store(p_o, heat.to(p_o.dtype.element_ty), mask=m_v)
+    for i_c in range(C):
+        b_v = trilinear_gather(p_c + i_c * s_cc, m_v, o000, o001, o010, o011, o100, o101, o110, o111,
+                               w000, w001, w010, w011, w100, w101, w110, w111)  # [BV]
+        tl.store(p_o + (i_c + 1) * s_oc, b_v.to(p_o.dtype.element_ty), mask=m_v)
+
+
+@_jit
+def _dense_motion_input_kernel(
+    c_ptr, ks_ptr, kd_ptr, out_ptr,
+    K, C, D, H, W, inv_var,
+    s_cb, s_cc, s_cd, s_ch, s_cw,
+    s_ksb, s_ksk, s_ksx,
+    s_kdb, s_kdk, s_kdx,
+    s_ob, s_oc, s_od, s_oh, s_ow,
+    BV: tl.constexpr,
+):
+    i_v = tl.program_id(0)
+    i_b = tl.program_id(1).to(tl.int64)
+    o_v = i_v * BV + tl.arange(0, BV)  # [BV] flat voxel index over D·H·W
+    m_v = o_v < D * H * W
+    i_w = o_v % W
+    i_h = (o_v // W) % H
+    i_d = o_v // (W * H)
+    gx = grid_axis(i_w, W)
+    gy = grid_axis(i_h, H)
+    gz = grid_axis(i_d, D)
+    p_c = c_ptr + i_b * s_cb
+    p_o = out_ptr + i_b * s_ob + i_d.to(tl.int64) * s_od + i_h.to(tl.int64) * s_oh + i_w.to(tl.int64) * s_ow
+    # background: identity motion, zero heatmap
+    _motion_channels(p_c, p_o, m_v, gx, gy, gz, tl.zeros([BV], dtype=tl.float32), C, D, H, W,
+                     s_cc, s_cd, s_ch, s_cw, s_oc)
+    for i_k in range(K):
+        p_s = ks_ptr + i_b * s_ksb + i_k * s_ksk
+        p_d = kd_ptr + i_b * s_kdb + i_k * s_kdk
+        xs = tl.load(p_s).to(tl.float32)
+        ys = tl.load(p_s + s_ksx).to(tl.float32)
+        zs = tl.load(p_s + 2 * s_ksx).to(tl.float32)
+        xd = tl.load(p_d).to(tl.float32)
+        yd = tl.load(p_d + s_kdx).to(tl.float32)
+        zd = tl.load(p_d + 2 * s_kdx).to(tl.float32)
+        dx = gx - xd
+        dy = gy - yd
+        dz = gz - zd
+        ex = gx - xs
+        ey = gy - ys
+        ez = gz - zs
+        heat = tl.exp(-0.5 * (dx * dx + dy * dy + dz * dz) * inv_var) - tl.exp(-0.5 * (ex * ex + ey * ey + ez * ez) * inv_var)
+        _motion_channels(p_c, p_o + (i_k + 1) * (C + 1) * s_oc, m_v, dx + xs, dy + ys, dz + zs, heat, C, D, H, W,
+                         s_cc, s_cd, s_ch, s_cw, s_oc)
+
+
+def _launch(compressed: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Run the kernel into `out` [B, (K+1)·(C+1), D, H, W] (any strides)."""
+    B, C, D, H, W = compressed.shape
+    K = kp_source.shape[1]
+    BV = 256
+    grid = (triton.cdiv(D * H * W, BV), B)
+    _dense_motion_input_kernel[grid](
+        compressed, kp_source, kp_driving, out,
+        K, C, D, H, W, 1.0 / KP_VARIANCE,
+        *compressed.stride(), *kp_source.stride(), *kp_driving.stride(), *out.stride(),
+        BV=BV, num_warps=4,
+    )
+    return out
+
+
+@torch.library.custom_op("flashtalk::dense_motion_input", mutates_args=())
+def _dense_motion_input_op(compressed: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
+    B, C, D, H, W = compressed.shape
+    out = torch.empty((B, (kp_source.shape[1] + 1) * (C + 1), D, H, W), dtype=compressed.dtype, device=compressed.device)
+    return _launch(compressed, kp_source, kp_driving, out)
+
+
+@_dense_motion_input_op.register_fake
+def _(compressed: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
+    B, C, D, H, W = compressed.shape
+    return compressed.new_empty((B, (kp_source.shape[1] + 1) * (C + 1), D, H, W))
+
+
+def _unsupported(*tensors: torch.Tensor) -> str | None:
+    if any(t.dtype == torch.float64 for t in tensors):
+        return "float64 inputs (the kernel computes in fp32; the reference keeps fp64)"
+    return None
+
+
 def dense_motion_input(compressed: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
     """Hourglass input [B, (K+1)·(C+1), D, H, W] from the compressed volume [B, C, D, H, W] and the
     source / driving keypoints [B, K, 3] (normalised (x, y, z)); see the module docstring."""
     _check(compressed, kp_source, kp_driving)
-    choose("dense_motion_input", compressed.device, unsupported="the Triton kernel is not written yet")
+    if choose("dense_motion_input", compressed.device, _unsupported(compressed, kp_source, kp_driving)).use_triton:
+        return _dense_motion_input_op(compressed, kp_source, kp_driving)
     return dense_motion_input_ref(compressed, kp_source, kp_driving)

@@ -9,7 +9,8 @@ to cut the crop out of the frame). For every output pixel (X, Y) of the frame:
     m        = bilinear(mask, u, v)  with zeros padding (0 outside the crop)
     out      = clamp(floor(m · 255 · crop_rgb + (1 - m) · background + 0.5), 0, 255) as uint8
 
-All coordinate and blend math is fp32. crop [B, 3, h, w] float in [0, 1], background [B or 1, Hb, Wb, 3]
+The Triton kernel does it in one pass, one program per (frame, tile of output pixels): affine, 4 corners,
+3 colour channels + mask, blend, round, store. All coordinate and blend math is fp32. crop [B, 3, h, w] float in [0, 1], background [B or 1, Hb, Wb, 3]
 uint8 (channel-last, as decoded frames are), mask [h, w] float in [0, 1] -> [B, Hb, Wb, 3] uint8.
 `make_feather_mask` builds a mask for any crop size.
 """
@@ -20,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.dense_motion_input import _jit, tl, triton
 from flashtalk.kernels.dispatch import choose
+from flashtalk.kernels.warp2d import bilinear_gather
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -91,9 +94,105 @@ def paste_back_ref(crop: torch.Tensor, background: torch.Tensor, affine: torch.T
     return torch.floor(out + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+# --------------------------------------------------------------------------------------------- Triton
+
+
+@_jit
+def _pixel_axis(x, n, BORDER: tl.constexpr):
+    """Bilinear corners of pixel coordinate x on an axis of size n: (i0, i1, w0, w1), 0 weight outside."""
+    if BORDER:
+        x = tl.minimum(tl.maximum(x, 0.0), n - 1.0)
+    else:
+        x = tl.minimum(tl.maximum(x, -2.0), n + 1.0)
+    f = tl.floor(x)
+    w1 = x - f
+    w0 = 1.0 - w1
+    i0 = f.to(tl.int32)
+    i1 = i0 + 1
+    w0 = tl.where((i0 >= 0) & (i0 < n), w0, 0.0)
+    w1 = tl.where((i1 >= 0) & (i1 < n), w1, 0.0)
+    return i0.to(tl.int64), i1.to(tl.int64), w0, w1
+
+
+@_jit
+def _paste_back_kernel(
+    c_ptr, bg_ptr, a_ptr, m_ptr, out_ptr,
+    h, w, Hb, Wb,
+    s_cb, s_cc, s_ch, s_cw,
+    s_bb, s_bh, s_bw, s_bc,
+    s_ab, s_ar, s_ac,
+    s_mh, s_mw,
+    s_ob, s_oh, s_ow, s_oc,
+    BP: tl.constexpr,
+):
+    i_p = tl.program_id(0)
+    i_b = tl.program_id(1).to(tl.int64)
+    o_p = i_p * BP + tl.arange(0, BP)  # [BP] flat frame pixel index over Hb·Wb
+    m_p = o_p < Hb * Wb
+    i_x = (o_p % Wb).to(tl.int64)
+    i_y = (o_p // Wb).to(tl.int64)
+    X = i_x.to(tl.float32)
+    Y = i_y.to(tl.float32)
+    p_a = a_ptr + i_b * s_ab
+    u = tl.load(p_a).to(tl.float32) * X + tl.load(p_a + s_ac).to(tl.float32) * Y + tl.load(p_a + 2 * s_ac).to(tl.float32)
+    p_a += s_ar
+    v = tl.load(p_a).to(tl.float32) * X + tl.load(p_a + s_ac).to(tl.float32) * Y + tl.load(p_a + 2 * s_ac).to(tl.float32)
+    # mask: zeros outside the crop
+    x0, x1, wx0, wx1 = _pixel_axis(u, w, False)
+    y0, y1, wy0, wy1 = _pixel_axis(v, h, False)
+    b_m = bilinear_gather(m_ptr, m_p, y0 * s_mh + x0 * s_mw, y0 * s_mh + x1 * s_mw, y1 * s_mh + x0 * s_mw,
+                          y1 * s_mh + x1 * s_mw, wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1)  # [BP]
+    # colour: edge pixels repeat
+    x0, x1, wx0, wx1 = _pixel_axis(u, w, True)
+    y0, y1, wy0, wy1 = _pixel_axis(v, h, True)
+    o00 = y0 * s_ch + x0 * s_cw
+    o01 = y0 * s_ch + x1 * s_cw
+    o10 = y1 * s_ch + x0 * s_cw
+    o11 = y1 * s_ch + x1 * s_cw
+    p_c = c_ptr + i_b * s_cb
+    p_bg = bg_ptr + i_b * s_bb + i_y * s_bh + i_x * s_bw
+    p_o = out_ptr + i_b * s_ob + i_y * s_oh + i_x * s_ow
+    for i_c in range(3):
+        b_c = bilinear_gather(p_c + i_c * s_cc, m_p, o00, o01, o10, o11, wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1)
+        b_bg = tl.load(p_bg + i_c * s_bc, mask=m_p, other=0).to(tl.float32)
+        b_o = b_m * (b_c * 255.0) + (1.0 - b_m) * b_bg
+        b_o = tl.minimum(tl.maximum(tl.floor(b_o + 0.5), 0.0), 255.0)
+        tl.store(p_o + i_c * s_oc, b_o.to(tl.uint8), mask=m_p)
+
+
+def _launch(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor,
+            out: torch.Tensor) -> torch.Tensor:
+    """Run the kernel into `out` [B, Hb, Wb, 3] uint8 (any strides); background / affine of batch 1 are
+    broadcast through a zero batch stride."""
+    B, _, h, w = crop.shape
+    Hb, Wb = background.shape[1:3]
+    s_bg = background.stride()
+    s_a = affine.stride()
+    BP = 256
+    _paste_back_kernel[(triton.cdiv(Hb * Wb, BP), B)](
+        crop, background, affine, mask, out, h, w, Hb, Wb,
+        *crop.stride(), 0 if background.shape[0] == 1 else s_bg[0], *s_bg[1:],
+        0 if affine.shape[0] == 1 else s_a[0], *s_a[1:], *mask.stride(), *out.stride(),
+        BP=BP, num_warps=4,
+    )
+    return out
+
+
+@torch.library.custom_op("flashtalk::paste_back", mutates_args=())
+def _paste_back_op(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    out = torch.empty((crop.shape[0], *background.shape[1:]), dtype=torch.uint8, device=crop.device)
+    return _launch(crop, background, affine, mask, out)
+
+
+@_paste_back_op.register_fake
+def _(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return background.new_empty((crop.shape[0], *background.shape[1:]))
+
+
 def paste_back(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Blend crop [B, 3, h, w] into background [B or 1, Hb, Wb, 3] uint8 through `mask` [h, w], with the
     crop matrix `affine` [B or 1, 2, 3] (original -> crop pixels); returns [B, Hb, Wb, 3] uint8."""
     _check(crop, background, affine, mask)
-    choose("paste_back", crop.device, unsupported="the Triton kernel is not written yet")
+    if choose("paste_back", crop.device).use_triton:
+        return _paste_back_op(crop, background, affine, mask)
     return paste_back_ref(crop, background, affine, mask)

@@ -2,6 +2,9 @@
 "zeros" or "border" padding. grid [B, Ho, Wo, 2] holds normalised (x, y): x = -1 is the left edge of the
 leftmost pixel, +1 the right edge of the rightmost one.
 
+The Triton kernel runs one program per (batch, tile of output pixels): fp32 coordinates, 4 corners,
+all C channels; fp64 inputs run the reference.
+
 The reference samples in fp32 (fp64 for fp64 inputs); the output has image's dtype.
 """
 
@@ -11,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.dense_motion_input import _jit, tl, triton
 from flashtalk.kernels.dispatch import choose
 
 PADDING_MODES = ("zeros", "border")
@@ -38,8 +42,99 @@ def warp2d_ref(image: torch.Tensor, grid: torch.Tensor, *, padding: str = "zeros
     return out.to(image.dtype)
 
 
+# --------------------------------------------------------------------------------------------- Triton
+
+
+@_jit
+def bilinear_axis(g, n, BORDER: tl.constexpr):
+    """grid_sample (align_corners=False) along one axis of size n: normalised g -> corner indices (i0, i1)
+    and weights (w0, w1), 0 for a corner outside [0, n-1]; BORDER clamps the coordinate into the image."""
+    x = ((g + 1.0) * n - 1.0) * 0.5
+    if BORDER:
+        x = tl.minimum(tl.maximum(x, 0.0), n - 1.0)
+    else:
+        x = tl.minimum(tl.maximum(x, -2.0), n + 1.0)  # far-out points keep both corners outside
+    f = tl.floor(x)
+    w1 = x - f
+    w0 = 1.0 - w1
+    i0 = f.to(tl.int32)
+    i1 = i0 + 1
+    w0 = tl.where((i0 >= 0) & (i0 < n), w0, 0.0)
+    w1 = tl.where((i1 >= 0) & (i1 < n), w1, 0.0)
+    return i0, i1, w0, w1
+
+
+@_jit
+def bilinear_gather(p, m, o00, o01, o10, o11, w00, w01, w10, w11):
+    """Σ over the 4 corners of weight · value at pointer p + offset (fp32); a zero weight skips the load."""
+    acc = w00 * tl.load(p + o00, mask=m & (w00 != 0.0), other=0.0).to(tl.float32)
+    acc += w01 * tl.load(p + o01, mask=m & (w01 != 0.0), other=0.0).to(tl.float32)
+    acc += w10 * tl.load(p + o10, mask=m & (w10 != 0.0), other=0.0).to(tl.float32)
+    acc += w11 * tl.load(p + o11, mask=m & (w11 != 0.0), other=0.0).to(tl.float32)
+    return acc
+
+
+@_jit
+def _warp2d_kernel(
+    x_ptr, g_ptr, out_ptr,
+    C, H, W, Ho, Wo,
+    s_xb, s_xc, s_xh, s_xw,
+    s_gb, s_gh, s_gw, s_gx,
+    s_ob, s_oc, s_oh, s_ow,
+    BP: tl.constexpr,
+    BORDER: tl.constexpr,
+):
+    i_p = tl.program_id(0)
+    i_b = tl.program_id(1).to(tl.int64)
+    o_p = i_p * BP + tl.arange(0, BP)  # [BP] flat output pixel index over Ho·Wo
+    m_p = o_p < Ho * Wo
+    i_w = (o_p % Wo).to(tl.int64)
+    i_h = (o_p // Wo).to(tl.int64)
+    p_g = g_ptr + i_b * s_gb + i_h * s_gh + i_w * s_gw
+    gx = tl.load(p_g, mask=m_p, other=0.0).to(tl.float32)
+    gy = tl.load(p_g + s_gx, mask=m_p, other=0.0).to(tl.float32)
+    x0, x1, wx0, wx1 = bilinear_axis(gx, W, BORDER)
+    y0, y1, wy0, wy1 = bilinear_axis(gy, H, BORDER)
+    ox0 = x0.to(tl.int64) * s_xw
+    ox1 = x1.to(tl.int64) * s_xw
+    oy0 = y0.to(tl.int64) * s_xh
+    oy1 = y1.to(tl.int64) * s_xh
+    p_x = x_ptr + i_b * s_xb
+    p_o = out_ptr + i_b * s_ob + i_h * s_oh + i_w * s_ow
+    for i_c in range(C):
+        b_v = bilinear_gather(p_x + i_c * s_xc, m_p, oy0 + ox0, oy0 + ox1, oy1 + ox0, oy1 + ox1,
+                              wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1)  # [BP]
+        tl.store(p_o + i_c * s_oc, b_v.to(p_o.dtype.element_ty), mask=m_p)
+
+
+def _launch(image: torch.Tensor, grid: torch.Tensor, out: torch.Tensor, padding: str) -> torch.Tensor:
+    """Run the kernel into `out` [B, C, Ho, Wo] (any strides)."""
+    B, C, H, W = image.shape
+    Ho, Wo = grid.shape[1:3]
+    BP = 256
+    _warp2d_kernel[(triton.cdiv(Ho * Wo, BP), B)](
+        image, grid, out, C, H, W, Ho, Wo,
+        *image.stride(), *grid.stride(), *out.stride(),
+        BP=BP, BORDER=padding == "border", num_warps=4,
+    )
+    return out
+
+
+@torch.library.custom_op("flashtalk::warp2d", mutates_args=())
+def _warp2d_op(image: torch.Tensor, grid: torch.Tensor, padding: str) -> torch.Tensor:
+    out = torch.empty((image.shape[0], image.shape[1], grid.shape[1], grid.shape[2]), dtype=image.dtype, device=image.device)
+    return _launch(image, grid, out, padding)
+
+
+@_warp2d_op.register_fake
+def _(image: torch.Tensor, grid: torch.Tensor, padding: str) -> torch.Tensor:
+    return image.new_empty((image.shape[0], image.shape[1], grid.shape[1], grid.shape[2]))
+
+
 def warp2d(image: torch.Tensor, grid: torch.Tensor, *, padding: str = "zeros") -> torch.Tensor:
     """Bilinear sample of image [B, C, H, W] at grid [B, Ho, Wo, 2] -> [B, C, Ho, Wo] (image's dtype)."""
     _check(image, grid, padding)
-    choose("warp2d", image.device, unsupported="the Triton kernel is not written yet")
+    unsupported = "float64 inputs (the kernel computes in fp32)" if torch.float64 in (image.dtype, grid.dtype) else None
+    if choose("warp2d", image.device, unsupported).use_triton:
+        return _warp2d_op(image, grid, padding)
     return warp2d_ref(image, grid, padding=padding)
