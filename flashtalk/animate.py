@@ -1,0 +1,76 @@
+"""`flashtalk animate PORTRAIT AUDIO -o OUT.mp4`: a talking-head video from a photo and a speech file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from flashtalk.errors import FlashTalkError
+
+DEMO_PORTRAIT = "portrait.jpg"
+DEMO_AUDIO = "speech.ogg"
+PREVIEW_NOTICE = ("flashtalk: weights-free PREVIEW (procedural motion, not the neural network); "
+                  "for the real model pass --weights DIR_OR_BUNDLE (see the README, 'Weights')")
+
+
+def demo_assets() -> tuple[Path, Path]:
+    """Paths of the bundled demo portrait and speech clip."""
+    root = resources.files("flashtalk") / "assets"
+    return Path(str(root / DEMO_PORTRAIT)), Path(str(root / DEMO_AUDIO))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("portrait", nargs="?", help="portrait photo (JPEG, PNG or WebP)")
+    p.add_argument("audio", nargs="?", help="speech (WAV, FLAC, OGG, MP3, M4A, ...)")
+    p.add_argument("-o", "--output", required=True, help="output .mp4 (or a folder with --frames-dir)")
+    p.add_argument("--demo", action="store_true", help="use the bundled portrait and speech clip")
+    p.add_argument("--weights", metavar="DIR_OR_BUNDLE", help="network weights (default: weights-free preview)")
+    p.add_argument("--seeded-weights", action="store_true",
+                   help="the network with deterministic seeded weights (for tests; the picture is noise)")
+    p.add_argument("--crop", default="auto", metavar="auto|center|X,Y,W,H",
+                   help="face crop: detect the face (default), the centred square, or a box in pixels")
+    p.add_argument("--paste-back", action="store_true", help="paste the animated crop back into the photo")
+    p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the motion (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="frames rendered per batch (default 16)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--frames-dir", action="store_true", help="write numbered PNGs into the -o folder instead")
+    p.add_argument("--no-watermark", action="store_true", help="do not embed the provenance watermark")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notices")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flashtalk.media import check_output
+    from flashtalk.runtime.engine import Engine
+    from flashtalk.runtime.offline import render
+
+    if args.demo:
+        if args.portrait or args.audio:
+            raise FlashTalkError("--demo uses the bundled portrait and speech; give no PORTRAIT / AUDIO with it")
+        portrait, audio = demo_assets()
+    elif not (args.portrait and args.audio):
+        raise FlashTalkError("give PORTRAIT and AUDIO (or --demo for the bundled ones)")
+    else:
+        portrait, audio = Path(args.portrait), Path(args.audio)
+    check_output(args.output, overwrite=args.overwrite)
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="flashtalk: %(message)s")
+    if args.weights or args.seeded_weights:
+        engine = Engine.from_weights(args.weights, seeded=args.seeded_weights, device=args.device)
+    else:
+        engine = Engine.preview(args.device)
+        if not args.quiet:
+            print(PREVIEW_NOTICE, file=sys.stderr)
+    clip = engine.prepare(portrait, audio, crop=args.crop, seed=args.seed, fps=args.fps,
+                          paste_back=args.paste_back, watermark=not args.no_watermark)
+    stats = render(clip, args.output, frames_dir=args.frames_dir, overwrite=args.overwrite,
+                   batch_size=args.batch_size, progress=False if args.quiet else None)
+    if not args.quiet:
+        w, h = clip.size
+        print(f"wrote {args.output}: {stats.frames} frames {w}x{h} at {float(clip.fps):g} FPS "
+              f"({clip.audio.duration:.2f} s of audio) in {stats.seconds:.1f} s ({stats.fps:.1f} FPS)",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,156 @@
+"""The square face crop the renderer expects, and the affine that maps it back onto the photo.
+
+`--crop auto` finds the largest frontal face with OpenCV's Haar cascade (the XML ships inside the
+`opencv-python-headless` 4.x wheel; nothing is downloaded) and enlarges the face box the way LivePortrait
+enlarges its landmark box: side = 2.3 x the face box, centre moved up by 0.125 x the side, so hair and
+chin fit. `center` takes the largest centred square; `X,Y,W,H` takes a box in photo pixels (squared
+around its centre). Parts of the square outside the photo repeat the border pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from flashtalk.errors import FlashTalkError
+
+CROP_SIZE = 512
+FACE_SCALE = 2.3  # crop side / face-box side
+FACE_SHIFT_UP = 0.125  # centre moves up by this fraction of the crop side
+DETECT_MAX_SIDE = 640  # photos are downscaled to at most this for detection
+
+
+@dataclass(frozen=True)
+class Box:
+    """A square in photo pixel coordinates (left, top, side); may extend past the photo's borders."""
+
+    x: float
+    y: float
+    side: float
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    image: np.ndarray  # [CROP_SIZE, CROP_SIZE, 3] uint8 RGB
+    box: Box
+    crop_to_photo: np.ndarray  # [2, 3] float64: photo pixel = M @ (u, v, 1) for crop pixel (u, v)
+
+    @property
+    def photo_to_crop(self) -> np.ndarray:
+        """[2, 3] inverse affine, OpenCV convention (what `flashtalk.kernels.paste_back` takes)."""
+        return invert_affine(self.crop_to_photo)
+
+
+def parse_crop(spec: str) -> str | tuple[float, float, float, float]:
+    """`auto`, `center` or `X,Y,W,H` -> the mode or the box."""
+    if spec in ("auto", "center"):
+        return spec
+    parts = spec.split(",")
+    try:
+        x, y, w, h = (float(p) for p in parts)
+    except ValueError:
+        raise FlashTalkError(f"--crop must be auto, center or X,Y,W,H in pixels; got {spec!r}") from None
+    if w <= 0 or h <= 0:
+        raise FlashTalkError(f"--crop box {spec!r} must have a positive width and height")
+    return (x, y, w, h)
+
+
+def detect_face(photo: np.ndarray) -> tuple[float, float, float, float] | None:
+    """The largest frontal face as (x, y, w, h) in photo pixels, or None."""
+    import cv2
+
+    h, w = photo.shape[:2]
+    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
+    small = photo if scale == 1.0 else cv2.resize(photo, (round(w * scale), round(h * scale)),
+                                                   interpolation=cv2.INTER_AREA)
+    grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    if cascade.empty():
+        raise FlashTalkError("OpenCV's face detector (haarcascade_frontalface_default.xml) could not be loaded; "
+                             "install opencv-python-headless 4.x, or pass --crop center / X,Y,W,H")
+    min_side = max(24, round(0.08 * min(small.shape[:2])))
+    faces = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
+    if len(faces) == 0:
+        return None
+    x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
+    return (x / scale, y / scale, fw / scale, fh / scale)
+
+
+def face_box(face: tuple[float, float, float, float]) -> Box:
+    x, y, w, h = face
+    side = FACE_SCALE * max(w, h)
+    cx, cy = x + w / 2, y + h / 2 - FACE_SHIFT_UP * side
+    return Box(cx - side / 2, cy - side / 2, side)
+
+
+def _square_around(x: float, y: float, w: float, h: float) -> Box:
+    side = max(w, h)
+    return Box(x + w / 2 - side / 2, y + h / 2 - side / 2, side)
+
+
+def crop_box(photo: np.ndarray, spec: str | tuple[float, float, float, float], *, name: str = "portrait") -> Box:
+    """The square to cut out of `photo` for a `--crop` value."""
+    h, w = photo.shape[:2]
+    mode = parse_crop(spec) if isinstance(spec, str) else spec
+    if mode == "center":
+        side = min(w, h)
+        return Box((w - side) / 2, (h - side) / 2, side)
+    if mode == "auto":
+        face = detect_face(photo)
+        if face is None:
+            raise FlashTalkError(f"no face found in {name}; pass --crop center or --crop X,Y,W,H "
+                                 f"(the face box in pixels)")
+        box = face_box(face)
+        return _clamp_into_photo(box, w, h)
+    x, y, bw, bh = mode
+    if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+        raise FlashTalkError(f"--crop box {x:g},{y:g},{bw:g},{bh:g} lies outside the {w}x{h} {name}")
+    return _square_around(x, y, bw, bh)
+
+
+def _clamp_into_photo(box: Box, w: int, h: int) -> Box:
+    """Shift the square so it lies inside the photo where it fits; where it does not, keep it centred."""
+    def shift(start: float, side: float, limit: int) -> float:
+        if side >= limit:
+            return start
+        return min(max(start, 0.0), limit - side)
+
+    return Box(shift(box.x, box.side, w), shift(box.y, box.side, h), box.side)
+
+
+def crop_affine(box: Box, size: int = CROP_SIZE) -> np.ndarray:
+    """[2, 3] crop -> photo affine with pixel centres at integer coordinates (u, v in 0..size-1)."""
+    s = box.side / size
+    return np.array([[s, 0.0, box.x + 0.5 * s - 0.5],
+                     [0.0, s, box.y + 0.5 * s - 0.5]], dtype=np.float64)
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    full = np.vstack([m, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+def cut(photo: np.ndarray, box: Box, size: int = CROP_SIZE) -> np.ndarray:
+    """Cut `box` out of `photo` and resize it to size x size (Lanczos, antialiased); borders repeat."""
+    from PIL import Image
+
+    h, w = photo.shape[:2]
+    x0, y0 = math.floor(box.x), math.floor(box.y)
+    x1, y1 = math.ceil(box.x + box.side), math.ceil(box.y + box.side)
+    pad = ((max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)), (0, 0))
+    region = photo[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
+    if any(p for pair in pad for p in pair):
+        region = np.pad(region, pad, mode="edge")
+    # sub-pixel box inside the integer region
+    left, top = box.x - x0, box.y - y0
+    image = Image.fromarray(region).resize((size, size), Image.Resampling.LANCZOS,
+                                           box=(left, top, left + box.side, top + box.side))
+    return np.array(image, dtype=np.uint8)
+
+
+def face_crop(photo: np.ndarray, spec: str | tuple[float, float, float, float] = "auto", *,
+              name: str = "portrait", size: int = CROP_SIZE) -> FaceCrop:
+    box = crop_box(photo, spec, name=name)
+    return FaceCrop(image=cut(photo, box, size), box=box, crop_to_photo=crop_affine(box, size))

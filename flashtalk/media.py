@@ -1,0 +1,240 @@
+"""Media in and out: portrait loading, H.264/AAC MP4 writing, PNG frame folders, and atomic output.
+
+Everything a user hands us is checked here and rejected with a `FlashTalkError` that names the file.
+Outputs are written to a hidden temporary path in the destination folder and renamed into place only
+when complete, so an error or a crash never leaves a half-written video or frame folder behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Mapping, Protocol
+
+import numpy as np
+
+from flashtalk.errors import FlashTalkError
+
+log = logging.getLogger(__name__)
+
+MIN_IMAGE_SIDE = 64
+FRAME_PATTERN = "frame_{:06d}.png"
+
+
+class Audio(Protocol):
+    """What the writers need from `flashtalk.audio.AudioClip`: mono float32 samples and their rate."""
+
+    samples: np.ndarray
+    rate: int
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def load_image(source: str | os.PathLike | np.ndarray | "PIL.Image.Image", *, name: str = "portrait") -> np.ndarray:
+    """An RGB uint8 array [H, W, 3] from a path, a PIL image or an array.
+
+    EXIF orientation is applied, palette / grey / CMYK images are converted, and transparency is flattened
+    onto white.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(source, np.ndarray):
+        return _check_array(source, name)
+    if isinstance(source, Image.Image):
+        image, label = source, name
+    else:
+        path = Path(source)
+        label = f"{name} {path}"
+        if not path.is_file():
+            raise FlashTalkError(f"{label}: file not found")
+        try:
+            image = Image.open(path)
+            image.load()
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
+            raise FlashTalkError(f"{label}: not a readable image (JPEG, PNG or WebP expected): {exc}") from None
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    array = np.array(image.convert("RGB"), dtype=np.uint8)
+    return _check_array(array, label)
+
+
+def _check_array(array: np.ndarray, label: str) -> np.ndarray:
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise FlashTalkError(f"{label}: expected an RGB uint8 array [H, W, 3], got {array.dtype} {list(array.shape)}")
+    h, w = array.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise FlashTalkError(f"{label}: image is {w}x{h}, need at least {MIN_IMAGE_SIDE} pixels on each side")
+    return np.ascontiguousarray(array)
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Validate an output path before any work is done: its folder exists and it is not there already."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FlashTalkError(f"output folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise FlashTalkError(f"output {path} already exists (pass --overwrite to replace it)")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, overwrite: bool, folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success move it to `path`, on any error remove it.
+
+    `folder=True` makes the temporary a directory (for PNG frame folders). Replacing an existing folder is
+    refused unless it holds nothing but frames we write, so `--overwrite` cannot delete a user's files.
+    """
+    final = check_output(path, overwrite=overwrite)
+    if folder and final.exists():
+        _check_replaceable_frames_dir(final)
+    if not folder and final.is_dir():
+        raise FlashTalkError(f"output {final} is a folder, not a file")
+    tmp = final.parent / f".{final.name}.partial-{secrets.token_hex(4)}{final.suffix}"
+    if folder:
+        tmp.mkdir()
+    else:
+        tmp.open("xb").close()  # created with the user's umask, unlike mkstemp's 0600
+    try:
+        yield tmp
+        if final.exists() and not overwrite:  # created while we worked
+            raise FlashTalkError(f"output {final} appeared while rendering; not replacing it (pass --overwrite)")
+        if folder and final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+
+
+def _check_replaceable_frames_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise FlashTalkError(f"frames folder {path} exists and is not a folder")
+    foreign = [p.name for p in path.iterdir() if not (p.name.startswith("frame_") and p.suffix == ".png")]
+    if foreign:
+        raise FlashTalkError(f"frames folder {path} holds other files ({foreign[0]}, ...); not replacing it")
+
+
+# ---------------------------------------------------------------------------------------------- writers
+
+
+class VideoWriter:
+    """H.264 (yuv420p) MP4 with the speech muxed in as AAC, written frame batch by frame batch.
+
+    Audio is interleaved as the video advances, so memory stays constant in the clip's length.
+    Odd frame sizes lose their last row / column (4:2:0 needs even sizes), with a logged warning.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, width: int, height: int, fps: float, audio: Audio | None,
+                 metadata: Mapping[str, str], crf: int = 18, preset: str = "veryfast") -> None:
+        import av
+
+        self.width, self.height = width - width % 2, height - height % 2
+        if (self.width, self.height) != (width, height):
+            log.warning("frame size %dx%d is odd; encoding %dx%d (H.264 4:2:0 needs even sizes)",
+                        width, height, self.width, self.height)
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.frames_written = 0
+        self._container = av.open(str(path), mode="w", format="mp4", options={"movflags": "use_metadata_tags"})
+        try:
+            for key, value in metadata.items():
+                self._container.metadata[key] = value
+            self._video = self._container.add_stream("libx264", rate=self.fps)
+            self._video.width, self._video.height = self.width, self.height
+            self._video.pix_fmt = "yuv420p"
+            self._video.options = {"crf": str(crf), "preset": preset}
+            self._audio = None
+            self._audio_done = 0
+            if audio is not None:
+                self._samples = np.ascontiguousarray(audio.samples, dtype=np.float32).reshape(-1)
+                self._rate = int(audio.rate)
+                self._audio = self._container.add_stream("aac", rate=self._rate)
+                self._audio.layout = "mono"
+        except BaseException:
+            self._container.close()
+            raise
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encode a batch of RGB uint8 frames [N, H, W, 3]."""
+        import av
+
+        frames = frames[:, : self.height, : self.width]
+        for frame in frames:
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in self._video.encode(video_frame):
+                self._container.mux(packet)
+        self.frames_written += len(frames)
+        self._write_audio_until(self.frames_written / self.fps)
+
+    def _write_audio_until(self, seconds: Fraction | None) -> None:
+        import av
+
+        if self._audio is None:
+            return
+        end = len(self._samples) if seconds is None else min(len(self._samples), int(seconds * self._rate))
+        if end <= self._audio_done:
+            return
+        chunk = self._samples[self._audio_done:end][None, :]
+        frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+        frame.sample_rate = self._rate
+        frame.pts = self._audio_done
+        frame.time_base = Fraction(1, self._rate)
+        for packet in self._audio.encode(frame):
+            self._container.mux(packet)
+        self._audio_done = end
+
+    def close(self) -> None:
+        """Flush the encoders and finish the file (the rest of the audio goes in here)."""
+        try:
+            for packet in self._video.encode(None):
+                self._container.mux(packet)
+            if self._audio is not None:
+                self._write_audio_until(None)
+                for packet in self._audio.encode(None):
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
+
+    def abort(self) -> None:
+        self._container.close()
+
+
+class PngWriter:
+    """Numbered PNG frames (`frame_000000.png`, ...) in a folder."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.frames_written = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        from PIL import Image
+
+        for frame in frames:
+            Image.fromarray(frame).save(self.folder / FRAME_PATTERN.format(self.frames_written), compress_level=1)
+            self.frames_written += 1
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass

@@ -1,0 +1,1 @@
+"""Runtime: the engine over animation backends (`engine`), the offline pipeline (`offline`)."""

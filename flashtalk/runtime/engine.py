@@ -1,0 +1,286 @@
+"""`Engine`: portrait + speech -> frames, over a pluggable animation backend.
+
+A backend turns one face crop and 16-kHz speech into rendered crops. It follows two small protocols so
+that the weights-free preview and the full network drop into the same pipeline:
+
+    backend = SomeBackend(...)                       # holds weights / device; reused across clips
+    animation = backend.prepare(crop, audio16k, seed=0, controls={})
+    animation.num_frames()                           # frames at backend.fps for this audio
+    for batch in animation.frames(batch_size):       # [N, 3, 512, 512] float in [0, 1], in order
+        ...
+
+The engine does the rest, batch by batch: retiming to the output frame rate, paste-back into the photo,
+conversion to uint8 and the provenance watermark.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol
+
+import numpy as np
+
+from flashtalk.errors import FlashTalkError
+
+if TYPE_CHECKING:
+    import torch
+
+    from flashtalk.audio import AudioClip
+    from flashtalk.facecrop import FaceCrop
+
+log = logging.getLogger(__name__)
+
+MODEL_RATE = 16000
+WATERMARK_MODULE = "flashtalk.provenance.watermark"
+DEFAULT_WATERMARK_KEY = "flashtalk-public"
+PASTE_PIXELS_PER_CALL = 1 << 24  # paste-back sub-batches hold at most this many output pixels
+WEIGHTS_HELP = ("for the full network pass --weights DIR_OR_BUNDLE (LivePortrait + JoyVASA checkpoints or a "
+                "FlashTalk safetensors bundle)")
+
+
+class Animation(Protocol):
+    """One prepared clip: a fixed number of frames, produced in order, batch by batch."""
+
+    def num_frames(self) -> int: ...
+
+    def frames(self, batch_size: int) -> Iterator["torch.Tensor"]:
+        """Yield [N <= batch_size, 3, 512, 512] float tensors in [0, 1], num_frames() in total."""
+        ...
+
+
+class Backend(Protocol):
+    """Turns a face crop and speech into an `Animation`."""
+
+    name: str  # short label for logs and metadata, e.g. "preview"
+    fps: int  # frame rate of the content it generates
+    device: "torch.device"
+
+    def prepare(self, crop: "torch.Tensor", audio16k: np.ndarray, *, seed: int,
+                controls: Mapping[str, Any]) -> Animation:
+        """crop [3, 512, 512] float in [0, 1] on `device`; audio16k float32 mono at 16 kHz."""
+        ...
+
+
+class PreviewBackend:
+    """The weights-free preview (`flashtalk.preview.PreviewAnimator`) behind the `Backend` protocol."""
+
+    name = "preview"
+    fps = 25
+
+    def __init__(self, device: "torch.device") -> None:
+        self.device = device
+
+    def prepare(self, crop: "torch.Tensor", audio16k: np.ndarray, *, seed: int,
+                controls: Mapping[str, Any]) -> Animation:
+        from flashtalk.preview import PreviewAnimator
+
+        if controls:
+            raise FlashTalkError(f"the weights-free preview takes no controls; got {sorted(controls)}; "
+                                 + WEIGHTS_HELP)
+        return _PreviewAnimation(PreviewAnimator(crop, seed, self.device), audio16k)
+
+
+class _PreviewAnimation:
+    def __init__(self, animator: Any, audio16k: np.ndarray) -> None:
+        self._animator, self._audio = animator, audio16k
+
+    def num_frames(self) -> int:
+        return int(self._animator.num_frames(self._audio))
+
+    def frames(self, batch_size: int) -> Iterator["torch.Tensor"]:
+        return self._animator.frames(self._audio, batch_size)
+
+
+@dataclass
+class Clip:
+    """A prepared clip: what it will produce, and `batches()` to produce it."""
+
+    engine: "Engine"
+    animation: Animation
+    crop: "FaceCrop"
+    photo: np.ndarray  # [H, W, 3] uint8
+    audio: "AudioClip"  # 16 kHz mono, the audio the frames follow
+    fps: Fraction  # output frame rate
+    num_frames: int  # output frames
+    paste_back: bool
+    watermark: bool  # True when a watermark is actually embedded
+    watermark_key: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the output frames."""
+        if self.paste_back:
+            return self.photo.shape[1], self.photo.shape[0]
+        return self.crop.image.shape[1], self.crop.image.shape[0]
+
+    def batches(self, batch_size: int = 16) -> Iterator[np.ndarray]:
+        """Yield uint8 [N, H, W, 3] frame batches, num_frames in total."""
+        import torch
+
+        if batch_size < 1:
+            raise FlashTalkError(f"batch_size must be >= 1, got {batch_size}")
+        device = self.engine.backend.device
+        paste = None
+        if self.paste_back:
+            import flashtalk.kernels.paste_back as _pb
+
+            paste = (_pb.paste_back, torch.tensor(self.photo, device=device)[None],
+                     torch.tensor(self.crop.photo_to_crop, dtype=torch.float32, device=device)[None],
+                     _pb.make_feather_mask(self.crop.image.shape[0], device=device))
+        embed = _load_watermark() if self.watermark else None
+        payload = f"FlashTalk {_version()}"
+        content = self.animation.frames(batch_size)
+        for batch in retime(content, self.engine.backend.fps, self.fps, self.num_frames):
+            if paste is None:
+                out = (batch.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
+            else:
+                fn, background, affine, mask = paste
+                step = max(1, PASTE_PIXELS_PER_CALL // (background.shape[1] * background.shape[2]))
+                out = torch.cat([fn(batch[i:i + step], background, affine, mask)
+                                 for i in range(0, len(batch), step)])
+            if embed is not None:
+                out = embed(out, key=self.watermark_key, payload=payload)
+            yield out.contiguous().cpu().numpy()
+
+
+def retime(content: Iterator["torch.Tensor"], content_fps: float, out_fps: Fraction,
+           out_frames: int) -> Iterator["torch.Tensor"]:
+    """Resample a stream of frame batches from content_fps to out_fps (nearest earlier frame), streaming.
+
+    Output frame j shows content frame floor(j * content_fps / out_fps); yields out_frames frames.
+    """
+    if Fraction(content_fps) == out_fps:
+        yield from content
+        return
+    step = Fraction(content_fps) / out_fps
+    j, start = 0, 0  # next output frame, index of the first frame of the current batch
+    for batch in content:
+        idx = []
+        while j < out_frames and int(j * step) < start + len(batch):
+            idx.append(int(j * step) - start)
+            j += 1
+        if idx:
+            yield batch[idx]
+        start += len(batch)
+        if j >= out_frames:
+            return
+
+
+def output_frames(content_frames: int, content_fps: float, out_fps: Fraction) -> int:
+    if Fraction(content_fps) == out_fps:
+        return content_frames
+    return max(1, int(Fraction(content_frames) * out_fps / Fraction(content_fps)))
+
+
+def _version() -> str:
+    from flashtalk import __version__
+
+    return __version__
+
+
+def _load_watermark():
+    try:
+        module = importlib.import_module(WATERMARK_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not WATERMARK_MODULE.startswith(exc.name):
+            raise
+        return None
+    return module.embed
+
+
+def watermark_available() -> bool:
+    return _load_watermark() is not None
+
+
+def _default_device(device: "str | torch.device | None") -> "torch.device":
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise FlashTalkError(f"bad device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlashTalkError(f"device {device!r} asked for, but CUDA is not available here")
+    return dev
+
+
+class Engine:
+    """Portrait + speech -> frames. Build with `Engine.preview()` or `Engine.from_weights(path)`."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @classmethod
+    def preview(cls, device: "str | torch.device | None" = None) -> "Engine":
+        """The weights-free procedural preview: runs anywhere, no download."""
+        return cls(PreviewBackend(_default_device(device)))
+
+    @classmethod
+    def from_weights(cls, path: "str | os.PathLike | None", *, seeded: bool = False,
+                     device: "str | torch.device | None" = None) -> "Engine":
+        """The full network from a weights folder or a FlashTalk bundle (`seeded`: the golden seeded weights)."""
+        if path is not None and not os.path.exists(path):
+            raise FlashTalkError(f"weights {path}: no such file or folder")
+        raise FlashTalkError("network backend not available yet in this version of FlashTalk; "
+                             "run without --weights for the weights-free preview")
+
+    def prepare(self, image: Any, audio: Any, *, crop: Any = "auto", seed: int = 0, fps: float = 25,
+                paste_back: bool = False, watermark: bool = True, watermark_key: str = DEFAULT_WATERMARK_KEY,
+                **controls: Any) -> Clip:
+        """Load and check the inputs, crop the face and prepare the backend; nothing is rendered yet.
+
+        image: path, PIL image or RGB uint8 array. audio: path / bytes / file object (anything
+        `flashtalk.audio.load_audio` reads) or an `AudioClip`. crop: "auto", "center" or (x, y, w, h).
+        """
+        import torch
+
+        from flashtalk.facecrop import face_crop
+        from flashtalk.media import load_image
+
+        if fps <= 0 or fps > 240:
+            raise FlashTalkError(f"fps must be in (0, 240], got {fps}")
+        out_fps = Fraction(fps).limit_denominator(1001)
+        clip = _load_audio(audio)
+        photo = load_image(image)
+        name = f"portrait {image}" if isinstance(image, (str, os.PathLike)) else "portrait"
+        fc = face_crop(photo, crop, name=name)
+        crop_t = torch.from_numpy(fc.image).to(self.backend.device).permute(2, 0, 1).float().div_(255)
+        animation = self.backend.prepare(crop_t, clip.samples, seed=seed, controls=controls)
+        if animation.num_frames() < 1:
+            raise FlashTalkError(f"audio {clip.source} is too short for one frame ({clip.duration:.3f} s)")
+        n = output_frames(animation.num_frames(), self.backend.fps, out_fps)
+        marked = watermark and watermark_available()
+        if watermark and not marked:
+            log.warning("watermark module %s is not installed; frames are NOT watermarked", WATERMARK_MODULE)
+        return Clip(self, animation, fc, photo, clip, out_fps, n, paste_back, marked, watermark_key)
+
+    def animate(self, image: Any, audio: Any, *, crop: Any = "auto", seed: int = 0, batch_size: int = 16,
+                paste_back: bool = False, watermark: bool = True, fps: float = 25,
+                **controls: Any) -> Iterator[np.ndarray]:
+        """The frames (uint8 [H, W, 3] RGB) of the talking portrait, one by one, rendered in batches as the
+        iterator is consumed. Bad inputs raise `FlashTalkError` here, before the first frame."""
+        clip = self.prepare(image, audio, crop=crop, seed=seed, fps=fps, paste_back=paste_back,
+                            watermark=watermark, **controls)
+        return (frame for batch in clip.batches(batch_size) for frame in batch)
+
+
+def _load_audio(audio: Any) -> "AudioClip":
+    from flashtalk.audio import AudioClip, load_audio
+
+    if isinstance(audio, AudioClip):
+        clip = audio
+        if clip.rate != MODEL_RATE:
+            from flashtalk.audio import resample
+
+            clip = AudioClip(resample(clip.samples, clip.rate, MODEL_RATE), MODEL_RATE, clip.duration, clip.source)
+    else:
+        clip = load_audio(audio, target_rate=MODEL_RATE)
+    if clip.samples.size == 0:
+        raise FlashTalkError(f"audio {clip.source} is empty (0 samples)")
+    return clip
