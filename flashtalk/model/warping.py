@@ -3,11 +3,11 @@ driving keypoints and projects it to the 2-D feature map the decoder reads (spec
 
     dense motion network (`dense_motion_network.*`):
       c = ReLU(norm(compress(f_s)))                               [B,4,16,64,64]
-      h = kernels.dense_motion_input(c, x_s, x_d)                 [B,110,16,64,64]  (sparse motions, heatmaps)
+      h = dense_motion_input(c, x_s, x_d)                       [B,110,16,64,64]  (sparse motions, heatmaps)
       P = hourglass(h)                                            [B,142,16,64,64]
       mask logits = mask(P) (7×7×7)                               [B,22,16,64,64]
       occlusion = sigmoid(occlusion(P viewed [B,142·16,64,64]))   [B,1,64,64]
-    warped, Φ = kernels.deform_warp(mask logits, x_s, x_d, f_s)   softmax, Φ = Σ M_k S_k, trilinear sample
+    warped, Φ = deform_warp(mask logits, x_s, x_d, f_s)           softmax, Φ = Σ M_k S_k, trilinear sample
     out = fourth(third(warped viewed [B,32·16,64,64])) · occlusion                     [B,256,64,64]
 """
 
@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from flashtalk import kernels
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.deform_warp import deform_warp
+from flashtalk.kernels.dense_motion_input import dense_motion_input
 from flashtalk.model.layers import Conv2d, Conv3d, ConvNormAct2d, Hourglass3d
 
 THIRD_NEGATIVE_SLOPE = 0.01  # `third` uses PyTorch's default LeakyReLU slope
@@ -73,7 +74,7 @@ class WarpingConfig:
 
 class DenseMotionNetwork(nn.Module):
     """f_s, x_s, x_d → (mask logits [B,K+1,D,H,W], occlusion map [B,1,H,W]). The softmax over the mask and
-    the deformation it defines are computed by `kernels.deform_warp`, fused with the warp."""
+    the deformation it defines are computed by `deform_warp`, fused with the warp."""
 
     def __init__(self, cfg: WarpingConfig):
         super().__init__()
@@ -86,7 +87,7 @@ class DenseMotionNetwork(nn.Module):
 
     def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         compressed = torch.relu(self.norm(self.compress(feature)))
-        prediction = self.hourglass(kernels.dense_motion_input(compressed, kp_source, kp_driving))
+        prediction = self.hourglass(dense_motion_input(compressed, kp_source, kp_driving))
         mask_logits = self.mask(prediction)
         b, c, d, h, w = prediction.shape
         occlusion_map = torch.sigmoid(self.occlusion(prediction.view(b, c * d, h, w)))  # channel c·D + d
@@ -150,7 +151,7 @@ class WarpingNetwork(nn.Module):
     ) -> dict[str, torch.Tensor | None]:
         self.check_input(feature_3d, kp_driving, kp_source)
         mask_logits, occlusion_map = self.dense_motion_network(feature_3d, kp_driving, kp_source)
-        warped, deformation = kernels.deform_warp(
+        warped, deformation = deform_warp(
             mask_logits, kp_source, kp_driving, feature_3d, return_deformation=return_deformation
         )
         b, c, d, h, w = warped.shape
