@@ -1,0 +1,139 @@
+"""Load HuBERT / wav2vec2 weights into `AudioEncoder`.
+
+Two sources:
+* the `audio_encoder.*` entries of the JoyVASA motion-generator checkpoint (`load_joyvasa_audio_encoder`:
+  pass the checkpoint's whole state dict; only keys under `prefix`, "audio_encoder." by default, are read and
+  the prefix is stripped here — pass prefix="" for a dict that is already stripped);
+* a Hugging Face folder of a `HubertModel` / `Wav2Vec2Model` or of a *ForCTC / *ForSequenceClassification
+  model (`load_hf_audio_encoder`): config.json + model.safetensors (or a sharded index) or pytorch_model.bin
+  (read with weights_only=True). Head weights outside the `hubert.` / `wav2vec2.` base model are dropped.
+
+Key names: ours are the current Hugging Face names. Old-style weight-norm names
+(`encoder.pos_conv_embed.conv.weight_g` / `weight_v`) are renamed to `...parametrizations.weight.original0` /
+`original1`; `masked_spec_embed` (SpecAugment, training only) is ignored. Every other mismatch is an error
+listing the missing, unexpected and mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from flashtalk.errors import FlashTalkError
+from flashtalk.model.audio_encoder import AudioEncoder, HubertConfig
+
+log = logging.getLogger(__name__)
+
+_RENAMES = {
+    "encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
+    "encoder.pos_conv_embed.conv.weight_v": "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
+}
+_IGNORED = ("masked_spec_embed",)  # SpecAugment embedding: used only in training
+_BASE_PREFIXES = ("hubert.", "wav2vec2.")  # base model inside *ForCTC / *ForPreTraining / ... checkpoints
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_audio_encoder_state(model: AudioEncoder, state: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
+    """Copy `state` (our / current HF key names, or old weight_g/_v names) into `model`, casting to the
+    model's dtype. Raises FlashTalkError naming missing, unexpected and mis-shaped keys."""
+    renamed = {_RENAMES.get(k, k): v for k, v in state.items() if k not in _IGNORED}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(renamed))
+    unexpected = sorted(set(renamed) - set(own))
+    misshaped = sorted(
+        f"{k} {tuple(renamed[k].shape)} (expected {tuple(own[k].shape)})"
+        for k in set(own) & set(renamed)
+        if tuple(renamed[k].shape) != tuple(own[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)}: {_listing(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped {len(misshaped)}: {_listing(misshaped)}")
+    if problems:
+        raise FlashTalkError(f"audio encoder weights from {source} do not fit the model ({model.cfg.model_type}, "
+                             f"{model.cfg.num_hidden_layers} layers, width {model.cfg.hidden_size}): " + "; ".join(problems))
+    for k, v in renamed.items():
+        if not v.is_floating_point():
+            raise FlashTalkError(f"audio encoder weight {k} from {source} has non-float dtype {v.dtype}")
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in renamed.items()}, strict=True)
+
+
+def load_joyvasa_audio_encoder(
+    state: Mapping[str, torch.Tensor],
+    cfg: HubertConfig | None = None,
+    prefix: str = "audio_encoder.",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> AudioEncoder:
+    """AudioEncoder from a JoyVASA checkpoint's state dict ("model" entry). Keys outside `prefix` (the motion
+    model's) are skipped; the config defaults to HuBERT-base (TencentGameMate/chinese-hubert-base)."""
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        raise FlashTalkError(f"no '{prefix}*' keys in the checkpoint state dict (has e.g. {_listing(sorted(state), 4)})")
+    model = AudioEncoder(cfg or HubertConfig()).to(dtype=dtype)
+    load_audio_encoder_state(model, sub, source=f"the '{prefix}*' checkpoint entries")
+    return model.to(device).eval()
+
+
+def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    st, index, pt = folder / "model.safetensors", folder / "model.safetensors.index.json", folder / "pytorch_model.bin"
+    if st.is_file() or index.is_file():
+        from safetensors.torch import load_file
+
+        files = [st] if st.is_file() else sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            try:
+                state.update(load_file(str(f)))
+            except Exception as exc:  # safetensors raises its own error types for corrupt headers
+                raise FlashTalkError(f"could not read weights file {f}: {exc}") from None
+        return state
+    if pt.is_file():
+        try:
+            state = torch.load(pt, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling refused or corrupt archive
+            raise FlashTalkError(f"could not read {pt} as a plain tensor state dict (weights_only=True): {exc}") from None
+        if not isinstance(state, dict):
+            raise FlashTalkError(f"{pt} holds a {type(state).__name__}, not a state dict")
+        return state
+    raise FlashTalkError(
+        f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
+
+
+def load_hf_audio_encoder(
+    folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> AudioEncoder:
+    """AudioEncoder from a Hugging Face HuBERT / wav2vec2 folder (config.json + weights)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FlashTalkError(f"Hugging Face model folder {folder} does not exist")
+    cfg_path = folder / "config.json"
+    try:
+        cfg = HubertConfig.from_hf_config(json.loads(cfg_path.read_text()))
+    except FileNotFoundError:
+        raise FlashTalkError(f"{cfg_path} not found (a Hugging Face model folder needs config.json)") from None
+    except json.JSONDecodeError as exc:
+        raise FlashTalkError(f"{cfg_path} is not valid JSON: {exc}") from None
+    state = _read_hf_weights(folder)
+    base = next((p for p in _BASE_PREFIXES if any(k.startswith(p) for k in state)), None)
+    if base is not None:
+        dropped = sorted(k for k in state if not k.startswith(base))
+        if dropped:
+            log.info("%s: ignoring %d head weights outside '%s': %s", folder, len(dropped), base, _listing(dropped))
+        state = {k[len(base):]: v for k, v in state.items() if k.startswith(base)}
+    model = AudioEncoder(cfg).to(dtype=dtype)
+    load_audio_encoder_state(model, state, source=str(folder))
+    return model.to(device).eval()

@@ -1,0 +1,267 @@
+"""HuBERT / wav2vec2 audio encoder: JoyVASA golden arrays, frontend, padding masks, checkpoint loaders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flashtalk.errors import FlashTalkError
+from flashtalk.model.audio_encoder import (
+    AudioEncoder,
+    HubertConfig,
+    joyvasa_audio_features,
+    joyvasa_pad_audio,
+    resample_frames,
+)
+from flashtalk.model.audio_weights import load_audio_encoder_state, load_hf_audio_encoder, load_joyvasa_audio_encoder
+from flashtalk.model.seeded import joyvasa_weights
+from tests.utils import assert_close
+
+GOLDEN_ARRAYS = ("audio_padded", "cnn_features", "projected", "hubert_last_hidden", "hubert_resampled")
+
+
+# ------------------------------------------------------------------------------------------- golden
+
+
+@pytest.fixture(scope="module")
+def jv_audio_weights():
+    """Golden-rule weights of the manifest's audio_encoder.* entries (drawn once per module: ~10 s)."""
+    from tests.conftest import golden_dir
+
+    folder = golden_dir("joyvasa")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    seed = json.loads((folder / "golden.json").read_text())["base_seed"]
+    entries = [(e["key"], tuple(e["shape"]), e["category"]) for e in manifest["entries"] if e["key"].startswith("audio_encoder.")]
+    return folder, manifest, joyvasa_weights(entries, seed)
+
+
+def test_manifest_config_is_the_default(jv_audio_weights):
+    _, manifest, _ = jv_audio_weights
+    cfg = HubertConfig.from_hf_config(manifest["audio_encoder"]["hf_config"])
+    assert cfg == HubertConfig()
+    assert cfg.samples_per_frame == 320
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_joyvasa_golden(jv_audio_weights, precision):
+    folder, _, weights = jv_audio_weights
+    dtype = torch.float64 if precision == "fp64" else torch.float32
+    # the whole checkpoint dict is passed: the loader must pick the audio_encoder.* entries itself
+    state = {**weights, "audio_feature_map.weight": torch.zeros(256, 768)}
+    enc = load_joyvasa_audio_encoder(state, dtype=dtype)
+    n_params = sum(p.numel() for p in enc.parameters())
+    assert n_params == 94371712 - 768  # spec §4.4, less the training-only masked_spec_embed
+    ref = np.load(folder / "audio_encoder.npz")
+    gates = {g["array"]: g[precision] for g in json.loads((folder / "tolerances.json").read_text())["gates"]
+             if g["file"] == "audio_encoder.npz"}  # fmt: skip
+    with torch.no_grad():
+        out = joyvasa_audio_features(enc, torch.from_numpy(ref["audio"]).to(dtype), intermediates=True)
+    out["projected"] = out["projected"][:, :4]  # the golden keeps the first 4 frames
+    for name in GOLDEN_ARRAYS:
+        expected = torch.from_numpy(ref[name]).double()
+        ours = out[name]
+        assert ours.dtype == dtype and torch.isfinite(ours).all(), name
+        limit = gates[name]["atol"] + gates[name]["rtol"] * expected.abs().max().item()
+        assert_close(ours, expected, atol=limit)
+
+
+# ------------------------------------------------------------------------------------------- frontend
+
+
+@pytest.mark.parametrize("n,side", [(64000, 40), (1000, 20), (1010, 15), (1070, -15), (1041, 0), (1038, 1)])
+def test_joyvasa_pad_audio_closed_form(n, side):
+    x = torch.randn(2, n, dtype=torch.float64)
+    got = joyvasa_pad_audio(x)
+    if side < 0:
+        assert torch.equal(got, x)
+        return
+    r = side // 2
+    a = x.numpy()
+    expected = np.concatenate([a[:, :r], a[:, 1 : r + 1][:, ::-1], a, a[:, n - 1 - r : n - 1][:, ::-1], a[:, n - r :]], axis=1)
+    if side % 2:
+        expected = np.pad(expected, ((0, 0), (1, 1)), mode="edge")
+    assert got.shape == (2, n + 4 * r + 2 * (side % 2))
+    np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_resample_frames_pairs_and_identity():
+    h = torch.randn(2, 200, 5, dtype=torch.float64)
+    torch.testing.assert_close(resample_frames(h, 100), 0.5 * (h[:, 0::2] + h[:, 1::2]), rtol=0, atol=1e-15)
+    assert resample_frames(h, 200) is h
+
+
+def test_joyvasa_features_tiny_shapes():
+    """tiny config (20 samples per CNN frame): 1280 samples = 2 motion frames, padded to 1360 -> 67 CNN
+    frames; the frontend keeps 4 * 2 of them, resamples them to 2 * 2 and returns 2 frames."""
+    enc = AudioEncoder(HubertConfig.tiny()).eval()
+    audio = torch.randn(1, 1280)
+    with torch.no_grad():
+        out = joyvasa_audio_features(enc, audio, intermediates=True)
+    assert out["cnn_features"].shape == (1, 16, 4) and out["hubert_resampled"].shape == (1, 2, 32)
+    assert torch.isfinite(out["hubert_resampled"]).all()
+
+
+# ------------------------------------------------------------------------------------------- padding masks
+
+
+def tiny_encoder(cfg: HubertConfig | None = None, dtype=torch.float64) -> AudioEncoder:
+    torch.manual_seed(3)
+    enc = AudioEncoder(cfg or HubertConfig.tiny()).to(dtype).eval()
+    with torch.no_grad():  # make norms and biases non-trivial
+        for name, p in enc.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return enc
+
+
+@pytest.mark.parametrize("variant", ["base", "stable"])
+def test_lengths_give_per_row_results(variant):
+    cfg = HubertConfig.tiny() if variant == "base" else dataclasses.replace(
+        HubertConfig.tiny(), feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)  # fmt: skip
+    enc = tiny_encoder(cfg)
+    lengths = [1000, 613, 871]
+    batch = torch.full((3, 1000), float("nan"), dtype=torch.float64)  # padding must never reach valid outputs
+    rows = [torch.randn(1, n, dtype=torch.float64) for n in lengths]
+    for i, r in enumerate(rows):
+        batch[i, : r.shape[1]] = r[0]
+    with torch.no_grad():
+        out = enc(batch, lengths=torch.tensor(lengths))
+        frames = enc.frame_lengths(torch.tensor(lengths)).tolist()
+        assert out.shape == (3, frames[0], 32)
+        for i, r in enumerate(rows):
+            alone = enc(r)
+            assert alone.shape[1] == frames[i]
+            assert_close(out[i, : frames[i]], alone[0], atol=1e-12)
+            assert torch.equal(out[i, frames[i] :], torch.zeros_like(out[i, frames[i] :]))
+
+
+def test_forward_errors():
+    enc = tiny_encoder()
+    with pytest.raises(FlashTalkError, match=r"\[batch, samples\]"):
+        enc(torch.randn(100))
+    with pytest.raises(FlashTalkError, match="floating point"):
+        enc(torch.ones(1, 100, dtype=torch.int16))
+    with pytest.raises(FlashTalkError, match="too short"):
+        enc(torch.randn(1, 20))
+    with pytest.raises(FlashTalkError, match="lengths must have shape"):
+        enc(torch.randn(2, 200), lengths=[200])
+    with pytest.raises(FlashTalkError, match=r"must lie in \[30, 200\]"):
+        enc(torch.randn(2, 200), lengths=[200, 250])
+
+
+def test_config_errors():
+    with pytest.raises(FlashTalkError, match="not divisible by 5 heads"):
+        HubertConfig(num_attention_heads=5)
+    with pytest.raises(FlashTalkError, match="lengths differ"):
+        HubertConfig(conv_dim=(512,) * 6)
+    with pytest.raises(FlashTalkError, match="conv_pos_batch_norm"):
+        HubertConfig.from_hf_config({"model_type": "hubert", "conv_pos_batch_norm": True})
+    with pytest.raises(FlashTalkError, match="'wavlm' is not a HuBERT"):
+        HubertConfig.from_hf_config({"model_type": "wavlm"})
+    with pytest.raises(FlashTalkError, match="hidden_act 'swish'"):
+        HubertConfig.from_hf_config({"hidden_act": "swish"})
+
+
+# ------------------------------------------------------------------------------------------- loaders
+
+
+def hf_config_dict(cfg: HubertConfig) -> dict:
+    d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "extra"}
+    d.update({k: list(d[k]) for k in ("conv_dim", "conv_kernel", "conv_stride")})
+    d.update(num_feat_extract_layers=len(cfg.conv_dim), vocab_size=32, mask_time_prob=0.05, architectures=["HubertForCTC"])
+    return d
+
+
+def hf_state(enc: AudioEncoder, prefix: str = "", old_weight_norm: bool = False) -> dict[str, torch.Tensor]:
+    """The encoder's weights under Hugging Face names (optionally the old weight_g / weight_v names)."""
+    out = {}
+    for k, v in enc.state_dict().items():
+        if old_weight_norm:
+            k = k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
+        out[prefix + k] = v.detach().float().clone().contiguous()
+    return out
+
+
+@pytest.mark.parametrize("variant", ["hubert-ctc-safetensors", "wav2vec2-stable-bin"])
+def test_hf_folder_round_trip(tmp_path, variant):
+    from safetensors.torch import save_file
+
+    if variant.startswith("hubert"):
+        cfg = HubertConfig.tiny()
+        enc = tiny_encoder(cfg, torch.float32)
+        state = hf_state(enc, prefix="hubert.")
+        state["lm_head.weight"] = torch.randn(32, cfg.hidden_size)  # CTC head: dropped by the loader
+        state["hubert.masked_spec_embed"] = torch.randn(cfg.hidden_size)  # training-only: ignored
+        save_file(state, str(tmp_path / "model.safetensors"))
+    else:
+        cfg = dataclasses.replace(HubertConfig.tiny(), model_type="wav2vec2", feat_extract_norm="layer",
+                                  do_stable_layer_norm=True, conv_bias=True)  # fmt: skip
+        enc = tiny_encoder(cfg, torch.float32)
+        torch.save(hf_state(enc, old_weight_norm=True), tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(cfg)))
+    loaded = load_hf_audio_encoder(tmp_path)
+    assert loaded.cfg == cfg
+    audio = torch.randn(2, 700)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(audio), enc(audio), rtol=0, atol=0)
+
+
+def test_hf_folder_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = HubertConfig.tiny()
+    with pytest.raises(FlashTalkError, match="does not exist"):
+        load_hf_audio_encoder(tmp_path / "nope")
+    with pytest.raises(FlashTalkError, match="config.json not found"):
+        load_hf_audio_encoder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(cfg)))
+    with pytest.raises(FlashTalkError, match="no model.safetensors"):
+        load_hf_audio_encoder(tmp_path)
+    state = hf_state(tiny_encoder(cfg, torch.float32))
+    del state["encoder.layers.1.attention.k_proj.bias"]
+    state["encoder.layers.0.feed_forward.output_dense.weight"] = torch.zeros(32, 65)
+    state["encoder.extra_thing"] = torch.zeros(3)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(FlashTalkError) as e:
+        load_hf_audio_encoder(tmp_path)
+    msg = str(e.value)
+    assert "missing 1: encoder.layers.1.attention.k_proj.bias" in msg
+    assert "unexpected 1: encoder.extra_thing" in msg
+    assert "mis-shaped 1: encoder.layers.0.feed_forward.output_dense.weight (32, 65) (expected (32, 64))" in msg
+    (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(FlashTalkError, match="could not read weights file"):
+        load_hf_audio_encoder(tmp_path)
+
+
+def test_joyvasa_loader_prefix_and_errors():
+    enc = tiny_encoder(dtype=torch.float32)
+    ckpt = {**hf_state(enc, prefix="audio_encoder."), "denoising_net.x": torch.zeros(2)}
+    loaded = load_joyvasa_audio_encoder(ckpt, cfg=HubertConfig.tiny())
+    audio = torch.randn(1, 400)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(audio), enc(audio), rtol=0, atol=0)
+    stripped = load_joyvasa_audio_encoder(hf_state(enc), cfg=HubertConfig.tiny(), prefix="")
+    assert torch.equal(stripped.encoder.layers[0].attention.q_proj.weight, enc.encoder.layers[0].attention.q_proj.weight)
+    with pytest.raises(FlashTalkError, match="no 'audio_encoder.\\*' keys"):
+        load_joyvasa_audio_encoder({"denoising_net.x": torch.zeros(2)}, cfg=HubertConfig.tiny())
+    with pytest.raises(FlashTalkError, match="non-float dtype"):
+        bad = hf_state(enc)
+        bad["encoder.layer_norm.bias"] = torch.zeros(32, dtype=torch.int64)
+        load_audio_encoder_state(AudioEncoder(HubertConfig.tiny()), bad)
+
+
+def test_matches_transformers_hubert():
+    transformers = pytest.importorskip("transformers", reason="transformers is an optional test-only dependency")
+    cfg = HubertConfig.tiny()
+    hf_cfg = transformers.HubertConfig(**{k: v for k, v in hf_config_dict(cfg).items() if k != "architectures"})
+    torch.manual_seed(0)
+    ref = transformers.HubertModel(hf_cfg).eval()
+    ours = AudioEncoder(cfg).eval()
+    load_audio_encoder_state(ours, ref.state_dict(), source="transformers.HubertModel")
+    audio = torch.randn(2, 900)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(audio), ref(audio).last_hidden_state, rtol=1e-5, atol=1e-5)
