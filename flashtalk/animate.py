@@ -12,8 +12,7 @@ from flashtalk.errors import FlashTalkError
 
 DEMO_PORTRAIT = "portrait.jpg"
 DEMO_AUDIO = "speech.ogg"
-PREVIEW_NOTICE = ("flashtalk: weights-free PREVIEW (procedural motion, not the neural network); "
-                  "for the real model pass --weights DIR_OR_BUNDLE (see the README, 'Weights')")
+WEIGHTS_HINT = "for the real model pass --weights DIR_OR_BUNDLE (see the README, 'Weights')"
 
 
 def demo_assets() -> tuple[Path, Path]:
@@ -63,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         engine = Engine.preview(args.device)
         if not args.quiet:
-            print(PREVIEW_NOTICE, file=sys.stderr)
+            from flashtalk.preview import NOTICE
+
+            print(f"flashtalk: {NOTICE}; {WEIGHTS_HINT}", file=sys.stderr)
     clip = engine.prepare(portrait, audio, crop=args.crop, seed=args.seed, fps=args.fps,
                           paste_back=args.paste_back, watermark=not args.no_watermark)
     stats = render(clip, args.output, frames_dir=args.frames_dir, overwrite=args.overwrite,

@@ -1,10 +1,16 @@
 """The square face crop the renderer expects, and the affine that maps it back onto the photo.
 
 `--crop auto` finds the largest frontal face with OpenCV's Haar cascade (the XML ships inside the
-`opencv-python-headless` 4.x wheel; nothing is downloaded) and enlarges the face box the way LivePortrait
-enlarges its landmark box: side = 2.3 x the face box, centre moved up by 0.125 x the side, so hair and
-chin fit. `center` takes the largest centred square; `X,Y,W,H` takes a box in photo pixels (squared
-around its centre). Parts of the square outside the photo repeat the border pixels.
+`opencv-python-headless` 4.x wheel; nothing is downloaded) and places it the way LivePortrait's landmark
+crop does (side 2.3 x the landmark box, centre moved up by 0.125 x the side). The Haar box is about as
+wide as LivePortrait's 106-landmark box and its centre sits ~0.15 box sides higher, so from the Haar box:
+side = 2.3 x box, centre = box centre moved up by 0.14 x box. The face keeps that canonical place even
+at the photo's borders: parts of the square outside the photo repeat the border pixels (paste-back
+only uses the face region). `center` takes the largest centred square; `X,Y,W,H` a box in photo
+pixels, squared around its centre.
+
+The eyes (a second Haar cascade, inside the face) and an estimate of the mouth are located in the crop
+as hints for renderers that need a face layout (the weights-free preview); None when not found.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from flashtalk.errors import FlashTalkError
 
 CROP_SIZE = 512
 FACE_SCALE = 2.3  # crop side / face-box side
-FACE_SHIFT_UP = 0.125  # centre moves up by this fraction of the crop side
+FACE_SHIFT_UP = 0.14  # crop centre = face-box centre moved up by this fraction of the face box
 DETECT_MAX_SIDE = 640  # photos are downscaled to at most this for detection
+MOUTH_BELOW_EYES = 0.95  # mouth centre below the eyes' midpoint, in inter-eye distances (adult faces)
 
 
 @dataclass(frozen=True)
@@ -32,10 +39,20 @@ class Box:
 
 
 @dataclass(frozen=True)
+class Landmarks:
+    """Face points as (x, y) fractions of the crop (x right, y down)."""
+
+    left_eye: tuple[float, float]  # the eye on the viewer's left
+    right_eye: tuple[float, float]
+    mouth: tuple[float, float]  # estimated from the eyes
+
+
+@dataclass(frozen=True)
 class FaceCrop:
     image: np.ndarray  # [CROP_SIZE, CROP_SIZE, 3] uint8 RGB
     box: Box
     crop_to_photo: np.ndarray  # [2, 3] float64: photo pixel = M @ (u, v, 1) for crop pixel (u, v)
+    landmarks: Landmarks | None  # None when the eyes were not found in the crop
 
     @property
     def photo_to_crop(self) -> np.ndarray:
@@ -57,6 +74,22 @@ def parse_crop(spec: str) -> str | tuple[float, float, float, float]:
     return (x, y, w, h)
 
 
+def _cascade(name: str):
+    import cv2
+
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + name)
+    if cascade.empty():
+        raise FlashTalkError(f"OpenCV's detector {name} could not be loaded; install opencv-python-headless 4.x "
+                             "(5.x wheels do not bundle it), or pass --crop center / X,Y,W,H")
+    return cascade
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+
+
 def detect_face(photo: np.ndarray) -> tuple[float, float, float, float] | None:
     """The largest frontal face as (x, y, w, h) in photo pixels, or None."""
     import cv2
@@ -65,24 +98,43 @@ def detect_face(photo: np.ndarray) -> tuple[float, float, float, float] | None:
     scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
     small = photo if scale == 1.0 else cv2.resize(photo, (round(w * scale), round(h * scale)),
                                                    interpolation=cv2.INTER_AREA)
-    grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    if cascade.empty():
-        raise FlashTalkError("OpenCV's face detector (haarcascade_frontalface_default.xml) could not be loaded; "
-                             "install opencv-python-headless 4.x, or pass --crop center / X,Y,W,H")
     min_side = max(24, round(0.08 * min(small.shape[:2])))
-    faces = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
+    faces = _cascade("haarcascade_frontalface_default.xml").detectMultiScale(
+        _grey(small), scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
     if len(faces) == 0:
         return None
     x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
     return (x / scale, y / scale, fw / scale, fh / scale)
 
 
+def find_landmarks(crop: np.ndarray) -> Landmarks | None:
+    """Eyes (Haar eye cascade in the upper half of the face) and an estimated mouth, or None."""
+    face = detect_face(crop)
+    if face is None:
+        return None
+    x, y, w, h = (int(round(v)) for v in face)
+    eyes = _cascade("haarcascade_eye.xml").detectMultiScale(
+        _grey(crop[y:y + h // 2 + h // 8, x:x + w]), scaleFactor=1.1, minNeighbors=3,
+        minSize=(max(8, w // 8), max(8, w // 8)), maxSize=(w // 2, w // 2))
+    centres = sorted(((x + ex + ew / 2, y + ey + eh / 2) for ex, ey, ew, eh in eyes), key=lambda c: c[0])
+    left = [c for c in centres if c[0] < x + w / 2]
+    right = [c for c in centres if c[0] >= x + w / 2]
+    if not left or not right:
+        return None
+    (lx, ly), (rx, ry) = left[-1], right[0]  # the two closest to the face's middle
+    distance = float(np.hypot(rx - lx, ry - ly))
+    if not 0.25 * w <= distance <= 0.7 * w:
+        return None
+    mx, my = (lx + rx) / 2 - MOUTH_BELOW_EYES * (ry - ly), (ly + ry) / 2 + MOUTH_BELOW_EYES * (rx - lx)
+    n = crop.shape[0]
+    return Landmarks((float(lx / n), float(ly / n)), (float(rx / n), float(ry / n)), (float(mx / n), float(my / n)))
+
+
 def face_box(face: tuple[float, float, float, float]) -> Box:
     x, y, w, h = face
     side = FACE_SCALE * max(w, h)
-    cx, cy = x + w / 2, y + h / 2 - FACE_SHIFT_UP * side
-    return Box(cx - side / 2, cy - side / 2, side)
+    cx, cy = x + w / 2, y + h / 2 - FACE_SHIFT_UP * max(w, h)
+    return Box(float(cx - side / 2), float(cy - side / 2), float(side))
 
 
 def _square_around(x: float, y: float, w: float, h: float) -> Box:
@@ -102,22 +154,11 @@ def crop_box(photo: np.ndarray, spec: str | tuple[float, float, float, float], *
         if face is None:
             raise FlashTalkError(f"no face found in {name}; pass --crop center or --crop X,Y,W,H "
                                  f"(the face box in pixels)")
-        box = face_box(face)
-        return _clamp_into_photo(box, w, h)
+        return face_box(face)
     x, y, bw, bh = mode
     if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
         raise FlashTalkError(f"--crop box {x:g},{y:g},{bw:g},{bh:g} lies outside the {w}x{h} {name}")
     return _square_around(x, y, bw, bh)
-
-
-def _clamp_into_photo(box: Box, w: int, h: int) -> Box:
-    """Shift the square so it lies inside the photo where it fits; where it does not, keep it centred."""
-    def shift(start: float, side: float, limit: int) -> float:
-        if side >= limit:
-            return start
-        return min(max(start, 0.0), limit - side)
-
-    return Box(shift(box.x, box.side, w), shift(box.y, box.side, h), box.side)
 
 
 def crop_affine(box: Box, size: int = CROP_SIZE) -> np.ndarray:
@@ -153,4 +194,5 @@ def cut(photo: np.ndarray, box: Box, size: int = CROP_SIZE) -> np.ndarray:
 def face_crop(photo: np.ndarray, spec: str | tuple[float, float, float, float] = "auto", *,
               name: str = "portrait", size: int = CROP_SIZE) -> FaceCrop:
     box = crop_box(photo, spec, name=name)
-    return FaceCrop(image=cut(photo, box, size), box=box, crop_to_photo=crop_affine(box, size))
+    image = cut(photo, box, size)
+    return FaceCrop(image=image, box=box, crop_to_photo=crop_affine(box, size), landmarks=find_landmarks(image))

@@ -4,7 +4,7 @@ A backend turns one face crop and 16-kHz speech into rendered crops. It follows 
 that the weights-free preview and the full network drop into the same pipeline:
 
     backend = SomeBackend(...)                       # holds weights / device; reused across clips
-    animation = backend.prepare(crop, audio16k, seed=0, controls={})
+    animation = backend.prepare(crop, audio16k, seed=0, controls={}, landmarks=None)
     animation.num_frames()                           # frames at backend.fps for this audio
     for batch in animation.frames(batch_size):       # [N, 3, 512, 512] float in [0, 1], in order
         ...
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import torch
 
     from flashtalk.audio import AudioClip
-    from flashtalk.facecrop import FaceCrop
+    from flashtalk.facecrop import FaceCrop, Landmarks
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,10 @@ class Backend(Protocol):
     fps: int  # frame rate of the content it generates
     device: "torch.device"
 
-    def prepare(self, crop: "torch.Tensor", audio16k: np.ndarray, *, seed: int,
-                controls: Mapping[str, Any]) -> Animation:
-        """crop [3, 512, 512] float in [0, 1] on `device`; audio16k float32 mono at 16 kHz."""
+    def prepare(self, crop: "torch.Tensor", audio16k: np.ndarray, *, seed: int, controls: Mapping[str, Any],
+                landmarks: "Landmarks | None") -> Animation:
+        """crop [3, 512, 512] float in [0, 1] on `device`; audio16k float32 mono at 16 kHz; landmarks:
+        eye / mouth hints found in the crop (None when not found), for backends that need them."""
         ...
 
 
@@ -69,19 +70,27 @@ class PreviewBackend:
     """The weights-free preview (`flashtalk.preview.PreviewAnimator`) behind the `Backend` protocol."""
 
     name = "preview"
-    fps = 25
 
     def __init__(self, device: "torch.device") -> None:
-        self.device = device
+        from flashtalk.preview import FPS
 
-    def prepare(self, crop: "torch.Tensor", audio16k: np.ndarray, *, seed: int,
-                controls: Mapping[str, Any]) -> Animation:
-        from flashtalk.preview import PreviewAnimator
+        self.device = device
+        self.fps = FPS
+
+    def prepare(self, crop: "torch.Tensor", audio16k: np.ndarray, *, seed: int, controls: Mapping[str, Any],
+                landmarks: "Landmarks | None") -> Animation:
+        from flashtalk.preview import FaceLayout, PreviewAnimator
 
         if controls:
             raise FlashTalkError(f"the weights-free preview takes no controls; got {sorted(controls)}; "
                                  + WEIGHTS_HELP)
-        return _PreviewAnimation(PreviewAnimator(crop, seed, self.device), audio16k)
+        layout = None
+        if landmarks is not None:
+            try:
+                layout = FaceLayout(landmarks.left_eye, landmarks.right_eye, landmarks.mouth)
+            except FlashTalkError as exc:
+                log.info("face landmarks not usable for the preview (%s); using the default layout", exc)
+        return _PreviewAnimation(PreviewAnimator(crop, seed, self.device, layout=layout), audio16k)
 
 
 class _PreviewAnimation:
@@ -251,7 +260,8 @@ class Engine:
         name = f"portrait {image}" if isinstance(image, (str, os.PathLike)) else "portrait"
         fc = face_crop(photo, crop, name=name)
         crop_t = torch.from_numpy(fc.image).to(self.backend.device).permute(2, 0, 1).float().div_(255)
-        animation = self.backend.prepare(crop_t, clip.samples, seed=seed, controls=controls)
+        animation = self.backend.prepare(crop_t, clip.samples, seed=seed, controls=controls,
+                                         landmarks=fc.landmarks)
         if animation.num_frames() < 1:
             raise FlashTalkError(f"audio {clip.source} is too short for one frame ({clip.duration:.3f} s)")
         n = output_frames(animation.num_frames(), self.backend.fps, out_fps)
