@@ -56,7 +56,8 @@ _SHORT: dict[int, dict[str, int]] = {
     64: dict(BM=64, num_warps=4),
     128: dict(BM=64, num_warps=8),
 }
-# The pruned list of alternatives the benchmark sweeps (tiled variant); the winners go into _TILED.
+# The pruned list of alternatives `bench_attention.py --sweep` times (tiled variant; for the short one only
+# BM and num_warps apply); the winners go into the tables above.
 _SWEEP: list[dict[str, int]] = [
     dict(BM=128, BN=64, num_warps=4, num_stages=3),
     dict(BM=128, BN=128, num_warps=8, num_stages=3),
@@ -274,9 +275,11 @@ def _launch(
     scale: float,
     *,
     variant: str | None = None,
+    config: dict[str, int] | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run one kernel variant (chosen by shape unless `variant` is given) into `out` (new if None)."""
+    """Run one kernel variant (chosen by shape unless `variant` is given) with its tiles for this head dim
+    (or `config`, as the benchmark's sweep does) into `out` (new if None)."""
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     variant = variant or _variant(Lk)
@@ -305,10 +308,11 @@ def _launch(
     if variant == "short":
         if Lk > SHORT_MAX_LK:
             raise AssertionError(f"short variant needs Lk <= {SHORT_MAX_LK}, got {Lk}")
-        cfg = dict(_SHORT[D])
+        cfg = dict(config or _SHORT[D])
+        cfg.pop("BN", None)  # one tile holds every key
         kernel, BN = _attn_fwd_short, max(16, triton.next_power_of_2(Lk))
     elif variant == "tiled":
-        cfg = dict(_TILED[D])
+        cfg = dict(config or _TILED[D])
         kernel, BN = _attn_fwd_tiled, cfg.pop("BN")
     else:
         raise AssertionError(f"unknown attention variant {variant!r}")

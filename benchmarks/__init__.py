@@ -1,0 +1,1 @@
+"""Benchmarks (GPU): runnable scripts and pytest-benchmark suites sharing one case registry per op."""
