@@ -254,14 +254,27 @@ def test_joyvasa_loader_prefix_and_errors():
         load_audio_encoder_state(AudioEncoder(HubertConfig.tiny()), bad)
 
 
-def test_matches_transformers_hubert():
+@pytest.mark.parametrize("arch", ["HubertModel", "HubertForCTC", "Wav2Vec2Model-stable"])
+def test_matches_transformers(tmp_path, arch):
+    """Random tiny Hugging Face models, saved with save_pretrained and read back by our loader."""
     transformers = pytest.importorskip("transformers", reason="transformers is an optional test-only dependency")
     cfg = HubertConfig.tiny()
-    hf_cfg = transformers.HubertConfig(**{k: v for k, v in hf_config_dict(cfg).items() if k != "architectures"})
+    if arch.startswith("Wav2Vec2"):
+        cfg = dataclasses.replace(cfg, model_type="wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+    kwargs = {k: v for k, v in hf_config_dict(cfg).items() if k not in ("architectures", "model_type")}
+    config_cls = transformers.Wav2Vec2Config if arch.startswith("Wav2Vec2") else transformers.HubertConfig
     torch.manual_seed(0)
-    ref = transformers.HubertModel(hf_cfg).eval()
-    ours = AudioEncoder(cfg).eval()
-    load_audio_encoder_state(ours, ref.state_dict(), source="transformers.HubertModel")
+    ref = getattr(transformers, arch.split("-")[0])(config_cls(**kwargs)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = load_hf_audio_encoder(tmp_path)
+    base = getattr(ref, "hubert", ref)
     audio = torch.randn(2, 900)
     with torch.no_grad():
-        torch.testing.assert_close(ours(audio), ref(audio).last_hidden_state, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours(audio), base(audio).last_hidden_state, rtol=1e-5, atol=1e-5)
+        if cfg.feat_extract_norm == "layer":  # HF honours attention masks for layer-norm models: compare rows
+            lengths = torch.tensor([900, 611])
+            mask = torch.arange(900)[None, :] < lengths[:, None]
+            theirs = base(audio * mask, attention_mask=mask.long()).last_hidden_state
+            mine = ours(audio, lengths=lengths)
+            n = int(ours.frame_lengths(lengths[1]))
+            torch.testing.assert_close(mine[1, :n], theirs[1, :n], rtol=1e-5, atol=1e-5)
