@@ -119,11 +119,14 @@ class StreamingResampler:
         up, down, K = self.up, self.down, self.K
         out = np.empty(n_end - n0)
         windows = np.lib.stride_tricks.sliding_window_view(self._buf, 2 * K)  # [len - 2K + 1, 2K]
-        for p in range(min(up, n_end - n0)):
-            n_first = n0 + p  # outputs n_first, n_first + up, ... share phase n_first % up
-            count = (n_end - n_first + up - 1) // up
-            s = (n_first * down) // up - K + 1 - self._buf_start  # first window start in the buffer
-            out[p::up] = windows[s : s + (count - 1) * down + 1 : down] @ self.bank[n_first % up]
+        block = up * -(-16384 // up)  # outputs per block: all phases of a block reuse a cache-sized input span
+        for b0 in range(n0, n_end, block):
+            b1 = min(b0 + block, n_end)
+            for p in range(min(up, b1 - b0)):
+                n_first = b0 + p  # outputs n_first, n_first + up, ... < b1 share phase n_first % up
+                count = (b1 - n_first + up - 1) // up
+                s = (n_first * down) // up - K + 1 - self._buf_start  # first window start in the buffer
+                out[n_first - n0 : b1 - n0 : up] = windows[s : s + (count - 1) * down + 1 : down] @ self.bank[n_first % up]
         self._n_out = n_end
         keep_from = (n_end * down) // up - K + 1  # first input the next output needs
         drop = keep_from - self._buf_start
