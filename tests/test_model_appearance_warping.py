@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels import last_choice, use_kernels
 from flashtalk.model.appearance import AppearanceConfig, AppearanceFeatureExtractor
 from flashtalk.model.layers import Conv2d, Conv3d, conv_by_taps
 from flashtalk.model.seeded import seed_module
@@ -201,6 +203,26 @@ def test_tiny_warping_still_keypoints_give_identity_deformation():
         out = w(f_s, kp.double(), kp.double())
     z, y, x = torch.meshgrid(*(torch.linspace(-1, 1, n, dtype=torch.float64) for n in (8, 16, 8)), indexing="ij")
     assert_close(out["deformation"][0], torch.stack([x, y, z], dim=-1), 1e-12)
+
+
+def test_tiny_warping_through_triton_kernels_matches_reference():
+    # the model path through the Triton kernels (interpreter on CPU) against the PyTorch references
+    pytest.importorskip("triton")
+    device = "cuda" if os.environ.get("FLASHTALK_TEST_DEVICE") == "cuda" else "cpu"
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        pytest.skip("Triton on the CPU needs TRITON_INTERPRET=1 (tests/conftest.py sets it unless overridden)")
+    _, w = tiny_pair()
+    w = w.to(device)
+    f_s = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(4)).to(device)
+    kp_source, kp_driving = (kp.to(device) for kp in keypoints(1, seed=7))
+    with torch.no_grad():
+        with use_kernels("reference"):
+            ref = w(f_s, kp_driving, kp_source)
+        with use_kernels("triton"):
+            ours = w(f_s, kp_driving, kp_source)
+    assert last_choice("dense_motion_input").use_triton and last_choice("deform_warp").use_triton
+    for key in ("out", "deformation", "occlusion_map"):
+        assert_close(ours[key], ref[key], 1e-5 * max(1.0, ref[key].abs().max().item()), 0.0)
 
 
 # ----------------------------------------------------------------------------------- input errors
