@@ -2,13 +2,13 @@
 driving keypoints and projects it to the 2-D feature map the decoder reads (spec liveportrait.md §6).
 
     dense motion network (`dense_motion_network.*`):
-      c = ReLU(norm(compress(f_s)))                               [B,4,16,64,64]
-      h = dense_motion_input(c, x_s, x_d)                       [B,110,16,64,64]  (sparse motions, heatmaps)
-      P = hourglass(h)                                            [B,142,16,64,64]
-      mask logits = mask(P) (7×7×7)                               [B,22,16,64,64]
-      occlusion = sigmoid(occlusion(P viewed [B,142·16,64,64]))   [B,1,64,64]
-    warped, Φ = deform_warp(mask logits, x_s, x_d, f_s)           softmax, Φ = Σ M_k S_k, trilinear sample
-    out = fourth(third(warped viewed [B,32·16,64,64])) · occlusion                     [B,256,64,64]
+      c = ReLU(norm(compress(f_s)))                              [B,4,16,64,64]
+      h = dense_motion_input(c, x_s, x_d)                        [B,110,16,64,64] (sparse motions, heatmaps)
+      P = hourglass(h)                                           [B,142,16,64,64]
+      mask logits = mask(P) (7×7×7)                              [B,22,16,64,64]
+      occlusion = sigmoid(occlusion(P viewed [B,142·16,64,64]))  [B,1,64,64]
+    warped, Φ = deform_warp(mask logits, x_s, x_d, f_s)          softmax, Φ = Σ M_k S_k, trilinear sample
+    out = fourth(third(warped viewed [B,32·16,64,64])) · occlusion   [B,256,64,64]
 """
 
 from __future__ import annotations
