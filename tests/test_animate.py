@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import sys
+import types
 from itertools import islice
 from fractions import Fraction
 from pathlib import Path
@@ -171,28 +173,69 @@ def test_existing_output_needs_overwrite(clips, tmp_path, capsys):
     assert out.read_bytes() == b"precious" and [p.name for p in tmp_path.iterdir()] == ["taken.mp4"]
 
 
-class _FailingBackend:
-    """Renders grey frames, then fails on the third batch: a crash in the middle of a clip."""
+class _GreyBackend:
+    """12 grey frames; with fail=True it raises on the third batch (a crash in the middle of a clip)."""
 
-    name, fps, device = "failing", 25, torch.device("cpu")
+    name, fps, device = "grey", 25, torch.device("cpu")
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
 
     def prepare(self, crop, audio16k, *, seed, controls, landmarks):
+        fail = self.fail
+
         class _Animation:
             def num_frames(self):
                 return 12
 
             def frames(self, batch_size):
                 for i in range(0, 12, batch_size):
-                    if i >= 2 * batch_size:
+                    if fail and i >= 2 * batch_size:
                         raise RuntimeError("renderer exploded")
                     yield torch.full((min(batch_size, 12 - i), 3, 512, 512), 0.5)
 
         return _Animation()
 
 
+def test_watermark_is_embedded_when_the_module_exists(clips, tmp_path, monkeypatch):
+    calls = []
+
+    def embed(frames, *, key, payload):
+        calls.append((frames.shape, frames.dtype, key, payload))
+        return frames ^ 1  # flip the lowest bit: visible in the raw frames
+
+    fake = types.ModuleType("flashtalk.provenance.watermark")
+    fake.embed = embed
+    monkeypatch.setitem(sys.modules, "flashtalk.provenance.watermark", fake)
+    clip = Engine(_GreyBackend()).prepare(PORTRAIT, clips["short"], crop="center", watermark_key="k1")
+    assert clip.watermark
+    frames = np.concatenate(list(clip.batches(5)))
+    assert (frames == 128 ^ 1).all()  # 0.5 -> 128, then marked
+    assert [c[0][0] for c in calls] == [5, 5, 2]
+    assert all(c[1:3] == (torch.uint8, "k1") and c[3].startswith("FlashTalk ") for c in calls)
+    calls.clear()
+    unmarked = Engine(_GreyBackend()).prepare(PORTRAIT, clips["short"], crop="center", watermark=False)
+    assert not unmarked.watermark and (np.concatenate(list(unmarked.batches(5))) == 128).all() and not calls
+
+
+def test_output_fps_retimes_the_clip(clips, tmp_path):
+    clip = Engine(_GreyBackend()).prepare(PORTRAIT, clips["short"], crop="center", fps=50, watermark=False)
+    assert clip.num_frames == 24
+    stats = render(clip, tmp_path / "50fps.mp4", batch_size=5, progress=False)
+    _, frames, audio_seconds = _decode(tmp_path / "50fps.mp4")
+    assert stats.frames == 24 and len(frames) == 24 and abs(audio_seconds - 0.4) < 0.07
+
+
+def test_missing_watermark_module_is_a_logged_warning(clips, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "flashtalk.provenance.watermark", None)  # import fails
+    clip = Engine(_GreyBackend()).prepare(PORTRAIT, clips["short"], crop="center")
+    assert not clip.watermark
+    assert "NOT watermarked" in caplog.text
+
+
 @pytest.mark.parametrize("frames_dir", [False, True])
 def test_a_crash_mid_clip_leaves_no_partial_output(clips, tmp_path, frames_dir):
-    clip = Engine(_FailingBackend()).prepare(PORTRAIT, clips["short"], crop="center", watermark=False)
+    clip = Engine(_GreyBackend(fail=True)).prepare(PORTRAIT, clips["short"], crop="center", watermark=False)
     out = tmp_path / ("frames" if frames_dir else "out.mp4")
     with pytest.raises(RuntimeError, match="renderer exploded"):
         render(clip, out, frames_dir=frames_dir, batch_size=4, progress=False)
@@ -206,7 +249,7 @@ def test_a_writer_failure_reaches_the_caller(clips, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(VideoWriter, "write", broken)
-    clip = Engine(_FailingBackend()).prepare(PORTRAIT, clips["short"], crop="center", watermark=False)
+    clip = Engine(_GreyBackend()).prepare(PORTRAIT, clips["short"], crop="center", watermark=False)
     with pytest.raises(OSError, match="disk full"):
         render(clip, tmp_path / "out.mp4", batch_size=4, progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -145,7 +145,7 @@ class Clip:
         content = self.animation.frames(batch_size)
         for batch in retime(content, self.engine.backend.fps, self.fps, self.num_frames):
             if paste is None:
-                out = (batch.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
+                out = (batch.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
             else:
                 fn, background, affine, mask = paste
                 step = max(1, PASTE_PIXELS_PER_CALL // (background.shape[1] * background.shape[2]))
@@ -153,7 +153,7 @@ class Clip:
                                  for i in range(0, len(batch), step)])
             if embed is not None:
                 out = embed(out, key=self.watermark_key, payload=payload)
-            yield out.contiguous().cpu().numpy()
+            yield out.cpu().numpy()
 
 
 def retime(content: Iterator["torch.Tensor"], content_fps: float, out_fps: Fraction,
