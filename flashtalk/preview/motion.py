@@ -111,9 +111,8 @@ class PreviewMotion:
     @staticmethod
     def still(num_frames: int, fps: int = 25) -> "PreviewMotion":
         """No motion at all (the source portrait, repeated)."""
-        zeros = np.zeros(num_frames, np.float32)
-        return PreviewMotion(**{n: zeros for n in MOTION_FIELDS if n != "scale"},
-                             scale=np.ones(num_frames, np.float32), fps=fps)
+        return PreviewMotion(**{n: np.full(num_frames, 1.0 if n == "scale" else 0.0, np.float32)
+                                for n in MOTION_FIELDS}, fps=fps)
 
 
 def _alpha(tau: float, dt: float) -> float:
