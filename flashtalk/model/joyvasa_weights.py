@@ -1,0 +1,152 @@
+"""Loaders for JoyVASA's published files, without unpickling arbitrary objects.
+
+* The motion-generator checkpoint (`motion_generator_hubert_chinese.pt`): a `torch.save` dict with "args"
+  (an argparse.Namespace holding pathlib paths), "model" (state dict: `audio_encoder.*` = HuBERT, the rest
+  = motion generator) and "iter". Loaded with `torch.load(weights_only=True)`, admitting only
+  argparse.Namespace and pathlib path classes besides tensors.
+* The motion template (`motion_template.pkl`): a plain pickle of a dict of numpy arrays. Loaded with an
+  unpickler that admits numpy array reconstruction only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import pathlib
+import pickle
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flashtalk.errors import FlashTalkError
+from flashtalk.model.motion_generator import MotionGenerator, MotionGeneratorConfig
+
+AUDIO_PREFIX = "audio_encoder."
+RECOMPUTED_KEYS = ("denoising_net.TE.pe",)  # the official loader drops it and recomputes it
+COMPUTED_PREFIXES = ("denoising_net.alignment_mask", "denoising_net.PE.pe", "diffusion_sched.")
+_CHECKPOINT_GLOBALS = [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath,
+                       pathlib.PureWindowsPath]
+
+
+@dataclass
+class JoyVASACheckpoint:
+    """The checkpoint's parts: training args (as a dict), motion config, and the two state dicts."""
+
+    path: str
+    args: dict[str, Any]
+    config: MotionGeneratorConfig
+    motion_state: dict[str, torch.Tensor]
+    audio_state: dict[str, torch.Tensor] = field(repr=False)  # keys without the "audio_encoder." prefix
+    iteration: int | None = None
+
+
+def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy", map_location: str | torch.device = "cpu") -> JoyVASACheckpoint:
+    """Read a JoyVASA checkpoint with `weights_only=True`; split HuBERT from the motion generator."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlashTalkError(f"JoyVASA checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
+            raw = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FlashTalkError(f"{path}: refused to load (only tensors, argparse.Namespace and paths are allowed): {first}") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise FlashTalkError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(raw, dict) or "model" not in raw or "args" not in raw:
+        got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise FlashTalkError(f"{path}: expected a dict with 'args', 'model' (and 'iter'); got {got}")
+    args = raw["args"]
+    args = dict(args) if isinstance(args, dict) else vars(args) if isinstance(args, argparse.Namespace) else None
+    if args is None:
+        raise FlashTalkError(f"{path}: 'args' must be an argparse.Namespace or dict, got {type(raw['args']).__name__}")
+    state = raw["model"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise FlashTalkError(f"{path}: 'model' must be a state dict of tensors")
+    audio = {k[len(AUDIO_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIO_PREFIX)}
+    motion = {k: v for k, v in state.items() if not k.startswith(AUDIO_PREFIX)}
+    config = MotionGeneratorConfig.from_args(args, pe_mode=pe_mode)
+    iteration = raw.get("iter")
+    return JoyVASACheckpoint(str(path), args, config, motion, audio, int(iteration) if iteration is not None else None)
+
+
+def load_motion_state(model: MotionGenerator, state: dict[str, torch.Tensor], *, allow_missing_computed: bool = False,
+                      source: str = "state dict") -> None:
+    """Copy `state` into `model` (casting to the model's dtypes). Raises FlashTalkError listing every
+    missing, unexpected and mis-shaped key. `denoising_net.TE.pe` is ignored (recomputed, as the official
+    loader does); with `allow_missing_computed`, absent computed buffers (alignment mask, PE table,
+    schedule) keep the values the model computed."""
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k not in RECOMPUTED_KEYS}
+    missing = [k for k in own if k not in state and not (allow_missing_computed and k.startswith(COMPUTED_PREFIXES))]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}"
+                 for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or misshaped:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if keys:
+                shown = ", ".join(keys[:12]) + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else "")
+                parts.append(f"{len(keys)} {name}: {shown}")
+        raise FlashTalkError(f"{source} does not fit the motion generator ({model.cfg.n_prev_motions} context + "
+                             f"{model.cfg.n_motions} frames, width {model.cfg.feature_dim}): " + "; ".join(parts))
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v.to(own[k].dtype))
+
+
+def load_motion_generator(checkpoint: str | Path | JoyVASACheckpoint, *, pe_mode: str = "buggy", device=None,
+                          dtype: torch.dtype | None = None) -> MotionGenerator:
+    """A MotionGenerator in eval mode with the checkpoint's weights and args-derived configuration."""
+    ckpt = checkpoint if isinstance(checkpoint, JoyVASACheckpoint) else load_checkpoint(checkpoint, pe_mode=pe_mode)
+    model = MotionGenerator(replace(ckpt.config, pe_mode=pe_mode), device=device, dtype=dtype).eval()
+    load_motion_state(model, ckpt.motion_state, source=ckpt.path)
+    return model
+
+
+# numpy array reconstruction: the only globals a motion-template pickle may name.
+_NUMPY_GLOBALS = {
+    (mod, name)
+    for core in ("numpy.core", "numpy._core")
+    for mod, name in ((f"{core}.multiarray", "_reconstruct"), (f"{core}.multiarray", "scalar"),
+                      (f"{core}.numeric", "_frombuffer"))
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str) -> None:
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _NUMPY_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise FlashTalkError(f"{self.source}: refused to unpickle global {module}.{name} "
+                             "(a motion template may only contain numpy arrays)")
+
+
+def load_pickled_arrays(path: str | Path) -> dict[str, Any]:
+    """A pickled dict of numpy arrays (e.g. JoyVASA's motion_template.pkl), refusing any other object."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FlashTalkError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        obj = _NumpyOnlyUnpickler(io.BytesIO(data), str(path)).load()
+    except FlashTalkError:
+        raise
+    except Exception as exc:  # truncated or corrupt pickles raise many types
+        raise FlashTalkError(f"{path}: not a valid pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise FlashTalkError(f"{path}: expected a dict of arrays, got {type(obj).__name__}")
+    return obj
+
+
+def load_motion_template(path: str | Path):
+    """JoyVASA's motion_template.pkl -> MotionTemplate (only the statistics inference uses)."""
+    from flashtalk.model.motion_pipeline import MotionTemplate
+
+    return MotionTemplate.from_dict(load_pickled_arrays(path), source=str(path))
