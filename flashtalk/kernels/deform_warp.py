@@ -22,11 +22,13 @@ from flashtalk.errors import FlashTalkError
 from flashtalk.kernels.dense_motion_input import (
     FLOAT_DTYPES,
     _jit,
+    block_size,
     check_keypoints,
     grid_axis,
     identity_grid,
     sparse_motions,
     tl,
+    to_element,
     triton,
     trilinear_corners,
     trilinear_gather,
@@ -141,7 +143,8 @@ def _deform_warp_kernel(
     for i_c in range(C):
         b_v = trilinear_gather(p_f + i_c * s_fc, m_v, o000, o001, o010, o011, o100, o101, o110, o111,
                                w000, w001, w010, w011, w100, w101, w110, w111)  # [BV]
-        tl.store(p_o + i_c * s_oc, b_v.to(p_o.dtype.element_ty), mask=m_v)
+        p_oc = p_o + i_c * s_oc
+        tl.store(p_oc, to_element(b_v, p_oc), mask=m_v)
 
 
 def _launch(mask_logits: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor, feature: torch.Tensor,
@@ -149,7 +152,7 @@ def _launch(mask_logits: torch.Tensor, kp_source: torch.Tensor, kp_driving: torc
     """Run the kernel into `out` [B, C, D, H, W] and, when given, `phi` [B, D, H, W, 3] fp32 (any strides)."""
     B, K1, D, H, W = mask_logits.shape
     C, Df, Hf, Wf = feature.shape[1:]
-    BV = 256
+    BV = block_size(D * H * W)
     grid = (triton.cdiv(D * H * W, BV), B)
     _deform_warp_kernel[grid](
         mask_logits, kp_source, kp_driving, feature, out, out if phi is None else phi,

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.kernels.dispatch import choose
+from flashtalk.kernels.dispatch import choose, interpreter_enabled
 
 try:
     import triton
@@ -106,6 +106,25 @@ def dense_motion_input_ref(compressed: torch.Tensor, kp_source: torch.Tensor, kp
 # --------------------------------------------------------------------------------------------- Triton
 
 
+def block_size(n: int) -> int:
+    """Elements (voxels, pixels) per program: 256 on the GPU (one or two per thread at 4 warps); under the
+    interpreter, whose cost is per program and per op, one large block covers up to 8192 at once."""
+    if interpreter_enabled():
+        return min(max(triton.next_power_of_2(n), 16), 8192)
+    return 256
+
+
+@_jit
+def to_element(x, p):
+    """fp32 `x` cast to the element type of pointer `p`, rounding to nearest even. bf16 is rounded by hand:
+    the Triton interpreter's own fp32 -> bf16 cast truncates (on the GPU both agree)."""
+    if p.dtype.element_ty == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+    return x.to(p.dtype.element_ty)
+
+
 @_jit
 def grid_axis(i, n):
     """Corner-aligned identity coordinate 2·(i / (n - 1)) - 1 of integer index `i` on an axis of size n."""
@@ -168,11 +187,12 @@ def _motion_channels(p_c, p_o, m_v, gx, gy, gz, heat, C, D, H, W,
     """Write the heatmap and the C trilinear samples of c at (gx, gy, gz) to channels 0..C from p_o."""
     o000, o001, o010, o011, o100, o101, o110, o111, w000, w001, w010, w011, w100, w101, w110, w111 = \
         trilinear_corners(gx, gy, gz, D, H, W, s_cd, s_ch, s_cw)
-    tl.store(p_o, heat.to(p_o.dtype.element_ty), mask=m_v)
+    tl.store(p_o, to_element(heat, p_o), mask=m_v)
     for i_c in range(C):
         b_v = trilinear_gather(p_c + i_c * s_cc, m_v, o000, o001, o010, o011, o100, o101, o110, o111,
                                w000, w001, w010, w011, w100, w101, w110, w111)  # [BV]
-        tl.store(p_o + (i_c + 1) * s_oc, b_v.to(p_o.dtype.element_ty), mask=m_v)
+        p_oc = p_o + (i_c + 1) * s_oc
+        tl.store(p_oc, to_element(b_v, p_oc), mask=m_v)
 
 
 @_jit
@@ -224,7 +244,7 @@ def _launch(compressed: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch
     """Run the kernel into `out` [B, (K+1)·(C+1), D, H, W] (any strides)."""
     B, C, D, H, W = compressed.shape
     K = kp_source.shape[1]
-    BV = 256
+    BV = block_size(D * H * W)
     grid = (triton.cdiv(D * H * W, BV), B)
     _dense_motion_input_kernel[grid](
         compressed, kp_source, kp_driving, out,

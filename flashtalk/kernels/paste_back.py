@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.kernels.dense_motion_input import _jit, tl, triton
+from flashtalk.kernels.dense_motion_input import _jit, block_size, tl, triton
 from flashtalk.kernels.dispatch import choose
 from flashtalk.kernels.warp2d import bilinear_gather
 
@@ -168,7 +168,7 @@ def _launch(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, 
     Hb, Wb = background.shape[1:3]
     s_bg = background.stride()
     s_a = affine.stride()
-    BP = 256
+    BP = block_size(Hb * Wb)
     _paste_back_kernel[(triton.cdiv(Hb * Wb, BP), B)](
         crop, background, affine, mask, out, h, w, Hb, Wb,
         *crop.stride(), 0 if background.shape[0] == 1 else s_bg[0], *s_bg[1:],

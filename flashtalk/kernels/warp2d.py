@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.kernels.dense_motion_input import _jit, tl, triton
+from flashtalk.kernels.dense_motion_input import _jit, block_size, tl, to_element, triton
 from flashtalk.kernels.dispatch import choose
 
 PADDING_MODES = ("zeros", "border")
@@ -104,14 +104,15 @@ def _warp2d_kernel(
     for i_c in range(C):
         b_v = bilinear_gather(p_x + i_c * s_xc, m_p, oy0 + ox0, oy0 + ox1, oy1 + ox0, oy1 + ox1,
                               wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1)  # [BP]
-        tl.store(p_o + i_c * s_oc, b_v.to(p_o.dtype.element_ty), mask=m_p)
+        p_oc = p_o + i_c * s_oc
+        tl.store(p_oc, to_element(b_v, p_oc), mask=m_p)
 
 
 def _launch(image: torch.Tensor, grid: torch.Tensor, out: torch.Tensor, padding: str) -> torch.Tensor:
     """Run the kernel into `out` [B, C, Ho, Wo] (any strides)."""
     B, C, H, W = image.shape
     Ho, Wo = grid.shape[1:3]
-    BP = 256
+    BP = block_size(Ho * Wo)
     _warp2d_kernel[(triton.cdiv(Ho * Wo, BP), B)](
         image, grid, out, C, H, W, Ho, Wo,
         *image.stride(), *grid.stride(), *out.stride(),
