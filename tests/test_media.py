@@ -126,6 +126,16 @@ def test_atomic_output_folder_refuses_foreign_files(tmp_path):
     assert (frames / "notes.txt").read_text() == "mine"
 
 
+def test_atomic_output_folder_replaces_old_frames(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "frame_000007.png").write_bytes(b"old")
+    with atomic_output(frames, overwrite=True, folder=True) as tmp:
+        (tmp / "frame_000000.png").write_bytes(b"new")
+    assert [p.name for p in frames.iterdir()] == ["frame_000000.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["frames"]
+
+
 def test_atomic_output_missing_folder(tmp_path):
     with pytest.raises(FlashTalkError, match="does not exist"):
         with atomic_output(tmp_path / "no" / "out.mp4", overwrite=False):
