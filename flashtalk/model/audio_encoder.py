@@ -102,9 +102,8 @@ class HubertConfig:
         unsupported = {
             "add_adapter": "a wav2vec2 adapter after the encoder",
             "conv_pos_batch_norm": "a BatchNorm positional conv instead of weight norm",
-            "use_weighted_layer_sum": None,  # a head option, harmless for last_hidden_state
         }
-        bad = [f"{k} ({why})" for k, why in unsupported.items() if why and cfg.get(k)]
+        bad = [f"{k} ({why})" for k, why in unsupported.items() if cfg.get(k)]
         if bad:
             raise FlashTalkError("audio encoder config uses unsupported features: " + ", ".join(bad))
         model_type = cfg.get("model_type", "hubert")
@@ -150,9 +149,10 @@ class ConvLayer(nn.Module):
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """x [B, C_in, T_in] -> [B, C_out, T_out]; valid [B, T_out] bool marks each row's real frames."""
         x = self.conv(x)
-        if self.norm_kind == "group":
-            x = F.group_norm(x, x.shape[1], self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps) if valid is None \
-                else self._masked_instance_norm(x, valid)  # fmt: skip
+        if self.norm_kind == "group" and valid is None:
+            x = self.layer_norm(x)
+        elif self.norm_kind == "group":
+            x = self._masked_instance_norm(x, valid)
         elif self.norm_kind == "layer":
             x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
         return self.act(x)
