@@ -240,3 +240,12 @@ def test_error_too_long(tmp_path):
 def test_error_bad_argument_type():
     with pytest.raises(FlashTalkError, match="path, bytes or a binary file"):
         load_audio(12345)
+
+
+def test_iter_audio_chunks_pyav(tmp_path):
+    rate = 22050
+    path = tmp_path / "speech.m4a"
+    write_av(path, tone(300, rate, 2.0, 0.5)[None], rate, "mp4", "aac")
+    chunks = list(iter_audio_chunks(path, chunk_seconds=0.5))
+    assert all(len(c) == 8000 for c in chunks[:-1]) and 0 < len(chunks[-1]) <= 8000
+    np.testing.assert_allclose(np.concatenate(chunks), load_audio(path).samples, atol=1e-6)

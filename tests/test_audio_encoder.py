@@ -278,3 +278,23 @@ def test_matches_transformers(tmp_path, arch):
             mine = ours(audio, lengths=lengths)
             n = int(ours.frame_lengths(lengths[1]))
             torch.testing.assert_close(mine[1, :n], theirs[1, :n], rtol=1e-5, atol=1e-5)
+
+
+def test_hf_sharded_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = HubertConfig.tiny()
+    enc = tiny_encoder(cfg, torch.float32)
+    state = hf_state(enc, prefix="wav2vec2.")
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    for name, ks in shards.items():
+        save_file({k: state[k] for k in ks}, str(tmp_path / name))
+    index = {"metadata": {}, "weight_map": {k: name for name, ks in shards.items() for k in ks}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "config.json").write_text(json.dumps({**hf_config_dict(cfg), "model_type": "wav2vec2"}))
+    loaded = load_hf_audio_encoder(tmp_path, dtype=torch.float64)
+    assert loaded.cfg.model_type == "wav2vec2"
+    audio = torch.randn(1, 500, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(audio), enc.double()(audio), rtol=0, atol=1e-12)

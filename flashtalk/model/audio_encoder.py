@@ -158,13 +158,15 @@ class ConvLayer(nn.Module):
         return self.act(x)
 
     def _masked_instance_norm(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """GroupNorm with one channel per group, statistics over each row's valid frames only."""
+        """GroupNorm with one channel per group, statistics (in fp32 at least) over each row's valid frames only."""
+        dtype = x.dtype
+        x = x.to(torch.promote_types(dtype, torch.float32))
         pad = ~valid[:, None, :]  # [B, 1, T]
         count = valid.sum(dim=1).to(x.dtype)[:, None, None]  # [B, 1, 1]
         mean = x.masked_fill(pad, 0.0).sum(dim=2, keepdim=True) / count
         var = (x - mean).masked_fill(pad, 0.0).pow(2).sum(dim=2, keepdim=True) / count
         x = (x - mean) * torch.rsqrt(var + self.layer_norm.eps)
-        return x * self.layer_norm.weight[None, :, None] + self.layer_norm.bias[None, :, None]
+        return (x * self.layer_norm.weight[None, :, None] + self.layer_norm.bias[None, :, None]).to(dtype)
 
 
 class FeatureExtractor(nn.Module):
