@@ -10,6 +10,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from flashtalk.model.joyvasa_weights import load_motion_state
 from flashtalk.model.motion_generator import MotionGenerator, MotionGeneratorConfig
 from flashtalk.model.samplers import Schedule, ddpm_sample
 from flashtalk.model.seeded import joyvasa_weights
@@ -24,8 +25,6 @@ def _entries(folder: Path) -> list[dict]:
 def seeded_motion_generator(folder: Path, dtype: torch.dtype, device, base_seed: int = 0) -> MotionGenerator:
     """The released-checkpoint configuration with the golden weight rule; computed buffers (sinusoid tables,
     alignment mask, schedule) stay as the model computes them, in float64 before the cast."""
-    from flashtalk.model.joyvasa_weights import load_motion_state
-
     entries = [(e["key"], e["shape"], e["category"]) for e in _entries(folder) if not e["key"].startswith("audio_encoder.")]
     model = MotionGenerator(MotionGeneratorConfig(), device=device, dtype=dtype).eval()
     load_motion_state(model, joyvasa_weights(entries, base_seed), allow_missing_computed=True)
@@ -103,36 +102,45 @@ def _sampler_t5(model: MotionGenerator, g, dtype, device) -> dict[str, torch.Ten
     return out
 
 
-def _audio_encoder(folder: Path, model: MotionGenerator, g, dtype, device, base_seed: int) -> dict[str, torch.Tensor]:
-    from flashtalk.model.joyvasa_weights import seeded_audio_encoder
+def _seeded_audio_encoder(folder: Path, dtype, device, base_seed: int):
+    from flashtalk.model.audio_weights import load_joyvasa_audio_encoder
 
-    enc = seeded_audio_encoder(seeded_audio_weights(folder, base_seed), device=device, dtype=dtype)
-    return enc.golden_arrays(_t(g["audio"], dtype, device), model.audio_feature_map)
+    return load_joyvasa_audio_encoder(seeded_audio_weights(folder, base_seed), dtype=dtype, device=device)
+
+
+def _audio_encoder(folder: Path, model: MotionGenerator, g, dtype, device, base_seed: int) -> dict[str, torch.Tensor]:
+    from flashtalk.model.audio_encoder import joyvasa_audio_features
+
+    enc = _seeded_audio_encoder(folder, dtype, device, base_seed)
+    out = joyvasa_audio_features(enc, _t(g["audio"], dtype, device), model.cfg.n_motions, intermediates=True)
+    out["projected"] = out["projected"][:, :4]  # the golden keeps the first 4 frames
+    out["audio_feat"] = model.audio_feature_map(out["hubert_resampled"])
+    return out
 
 
 def _pipeline(folder: Path, model: MotionGenerator, g, dtype, device, base_seed: int) -> dict[str, torch.Tensor]:
-    from flashtalk.model.joyvasa_weights import seeded_audio_encoder
+    from flashtalk.model.audio_encoder import joyvasa_audio_features
     from flashtalk.model.motion_pipeline import MotionTemplate, generate_motion, motion_to_renderer
 
-    enc = seeded_audio_encoder(seeded_audio_weights(folder, base_seed), device=device, dtype=dtype)
+    enc = _seeded_audio_encoder(folder, dtype, device, base_seed)
     template = MotionTemplate.from_dict({k[len("template_"):]: g[k] for k in g.files if k.startswith("template_")})
     audio = _t(g["audio"], dtype, device)
     out = {}
     for mode in PE_MODES:
         model.denoising_net.pe_mode = mode
-        coef = generate_motion(model, enc.features_25hz, audio[None], cfg_scale=float(g["cfg_scale"]),
-                               x_T=_t(g["x_T"], dtype, device), noise=_t(g["z"], dtype, device))[0]
+        coef = generate_motion(model, lambda win: joyvasa_audio_features(enc, win, model.cfg.n_motions), audio[None],
+                               cfg_scale=float(g["cfg_scale"]), x_T=_t(g["x_T"], dtype, device),
+                               noise=_t(g["z"], dtype, device))[0]
         out[f"motion_coef_{mode}"] = coef
-        for kind, smooth in (("raw", None), ("smooth", 0.01)):
-            motion = motion_to_renderer(coef, template, ema_alpha=smooth)
-            out[f"{kind}_exp_{mode}"] = motion.exp[:, None]
+        for kind, alpha in (("raw", None), ("smooth", 0.01)):
+            motion = motion_to_renderer(coef, template, ema_alpha=alpha)
+            if kind == "raw":  # the EMA leaves exp alone: the golden stores raw_exp only
+                out[f"raw_exp_{mode}"] = motion.exp[:, None]
             out[f"{kind}_R_{mode}"] = motion.R[:, None]
             out[f"{kind}_scale_{mode}"] = motion.scale[:, None]
             out[f"{kind}_t_{mode}"] = motion.t[:, None]
             for name in ("pitch", "yaw", "roll"):
                 out[f"{kind}_{name}_{mode}"] = getattr(motion, name)[:, None, None]
-    for mode in PE_MODES:  # the EMA leaves exp alone: the golden stores raw_exp only
-        out.pop(f"smooth_exp_{mode}")
     return out
 
 
