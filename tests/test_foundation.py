@@ -104,3 +104,17 @@ def test_joyvasa_categories_match_manifest(jv_golden):
     w = joyvasa_weights([(e["key"], e["shape"], e["category"]) for e in manifest["entries"]])
     assert "denoising_net.TE.pe" not in w
     assert w["start_audio_feat"].abs().max() <= 1 and w["start_audio_feat"].abs().max() > 0.9
+
+
+def test_kernel_op_attribute_stays_the_function_after_module_import():
+    import importlib
+
+    from flashtalk import kernels
+
+    for op, module in kernels.OPS.items():
+        first = getattr(kernels, op)
+        importlib.import_module(module)
+        import flashtalk.kernels as again
+
+        assert callable(first) and not isinstance(first, type(importlib))
+        assert getattr(again, op) is getattr(importlib.import_module(module), op), op

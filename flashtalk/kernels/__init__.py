@@ -5,12 +5,17 @@ Ops are loaded on first access, so `import flashtalk.kernels` does not import tr
     from flashtalk import kernels
     out = kernels.attention(q, k, v)
 
+`kernels.<op>` is always the op function, also after its module (of the same name) has been imported;
+reach the rest of a module with `from flashtalk.kernels.<op> import <name>`.
+
 `OPS` maps each public op to its module; `flashtalk info` walks it.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 from flashtalk.kernels.dispatch import Choice, choose, last_choice, mode, use_kernels
@@ -32,3 +37,16 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'flashtalk.kernels' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+class _KernelsPackage(types.ModuleType):
+    """Importing `flashtalk.kernels.<op>` binds the submodule as a package attribute, which would shadow
+    the op function of the same name; keep op names resolving through `__getattr__` instead."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in OPS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _KernelsPackage

@@ -135,11 +135,11 @@ class Clip:
         device = self.engine.backend.device
         paste = None
         if self.paste_back:
-            import flashtalk.kernels.paste_back as _pb
+            from flashtalk.kernels.paste_back import make_feather_mask, paste_back
 
-            paste = (_pb.paste_back, torch.tensor(self.photo, device=device)[None],
+            paste = (paste_back, torch.tensor(self.photo, device=device)[None],
                      torch.tensor(self.crop.photo_to_crop, dtype=torch.float32, device=device)[None],
-                     _pb.make_feather_mask(self.crop.image.shape[0], device=device))
+                     make_feather_mask(self.crop.image.shape[0], device=device))
         embed = _load_watermark() if self.watermark else None
         payload = f"FlashTalk {_version()}"
         content = self.animation.frames(batch_size)
