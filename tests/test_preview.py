@@ -108,9 +108,8 @@ def head_still(motion: PreviewMotion) -> PreviewMotion:
 
 def region_change(renderer: PreviewRenderer, motion: PreviewMotion, crop: torch.Tensor, stop: int):
     """Per frame: mean |frame - source| in the mouth box and in both eye boxes, and the centroid (x, y) in
-    pixels of the dark hair in the upper half."""
+    pixels of the darkness (hair, brows) in the upper half."""
     mouth, eyes, centroid = [], [], []
-    ys, xs = torch.meshgrid(torch.arange(256.0), torch.arange(512.0), indexing="ij")
     for start in range(0, stop, 16):
         frames = renderer.render(motion, start, min(start + 16, stop))
         assert frames.shape[1:] == (3, 512, 512) and frames.dtype == torch.float32
@@ -118,10 +117,8 @@ def region_change(renderer: PreviewRenderer, motion: PreviewMotion, crop: torch.
         diff = (frames - crop).abs().mean(1)
         mouth.append(diff[:, MOUTH[0], MOUTH[1]].mean((1, 2)))
         eyes.append(sum(diff[:, rows, cols].mean((1, 2)) for rows, cols in EYES))
-        hair = (frames[:, :, HAIR_ROWS].mean(1) < 0.2).float()
-        mass = hair.sum((1, 2))
-        centroid.append(torch.stack([(hair * xs).sum((1, 2)) / mass, (hair * ys).sum((1, 2)) / mass], -1))
-    return torch.cat(mouth).numpy(), torch.cat(eyes).numpy(), torch.cat(centroid).numpy()
+        centroid.append(_dark_centroid(frames, HAIR_ROWS, 0.25))
+    return torch.cat(mouth).numpy(), torch.cat(eyes).numpy(), np.concatenate(centroid)
 
 
 def frame_rms(audio: np.ndarray, frames: int) -> np.ndarray:
@@ -340,3 +337,27 @@ def test_bad_layout_range_and_batch_raise():
         next(PreviewAnimator(portrait()).frames(np.zeros(1600, np.float32), batch_size=0))
     with pytest.raises(FlashTalkError, match="empty"):
         next(PreviewAnimator(portrait()).frames(np.zeros(0, np.float32)))
+
+
+def _dark_centroid(frames: torch.Tensor, rows: slice, threshold: float) -> np.ndarray:
+    """Centroid (x, y) in pixels of darkness below threshold (weight threshold - luminance) inside rows."""
+    weight = (threshold - frames[:, :, rows].mean(1)).clamp_min(0)
+    ys, xs = torch.meshgrid(torch.arange(float(rows.start), float(rows.stop)), torch.arange(512.0), indexing="ij")
+    mass = weight.sum((1, 2))
+    return torch.stack([(weight * xs).sum((1, 2)) / mass, (weight * ys).sum((1, 2)) / mass], -1).numpy()
+
+
+def test_pose_semantics_translation_and_3d_yaw():
+    crop = portrait()
+    renderer = PreviewRenderer(crop)
+    motion = PreviewMotion.still(3)
+    motion.tx[1] = 0.02  # fraction of the crop width: 10.24 px right
+    motion.yaw[2] = 5.0  # degrees: the face turns to the viewer's right
+    frames = renderer.render(motion)
+    hair = _dark_centroid(frames, HAIR_ROWS, 0.25)
+    pupils = _dark_centroid(frames, slice(190, 225), 0.3)
+    assert abs(hair[1, 0] - hair[0, 0] - 10.24) < 0.5 and abs(hair[1, 1] - hair[0, 1]) < 0.5
+    assert abs(pupils[1, 0] - pupils[0, 0] - 10.24) < 0.5
+    hair_shift, pupil_shift = hair[2, 0] - hair[0, 0], pupils[2, 0] - pupils[0, 0]
+    # a rotation about a pivot behind the face: the front (pupils) moves further than the edge (hair)
+    assert 1.0 < hair_shift < pupil_shift, f"yaw shifts: hair {hair_shift:.2f} px, pupils {pupil_shift:.2f} px"

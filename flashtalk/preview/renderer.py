@@ -118,7 +118,7 @@ class PreviewRenderer:
     MOUTH_OPACITY = 0.85
     LASH_OPACITY = 0.45
     MASK_INNER, MASK_OUTER = 1.3, 2.0  # head mask: 1 inside 1.3x the face ellipse, 0 beyond 2x
-    COARSE = 128  # resolution the head-pose displacement is solved at
+    COARSE = 129  # lattice size (per side) the head-pose displacement is solved on
 
     def __init__(self, crop: torch.Tensor, layout: FaceLayout | None = None,
                  device: torch.device | str | None = None) -> None:
@@ -140,17 +140,14 @@ class PreviewRenderer:
         self.geo = g = _Geometry.from_layout(self.layout)
         self.image = crop.to(self.device, torch.float32).unsqueeze(0).contiguous()
 
-        def centres(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-            axis = (torch.arange(size, dtype=torch.float32, device=self.device) * 2 + 1) / size - 1
-            py, px = torch.meshgrid(axis, axis, indexing="ij")
-            return px, py
-
-        self.pixels = torch.stack(centres(CROP_SIZE)).unsqueeze(0)  # [1, 2, H, W] pixel centres (x, y)
-        # the head displacement is smooth: solve it on a coarse grid, upsample bilinearly
-        cx, cy = centres(self.COARSE)
-        self.cx, self.cy = cx.reshape(-1), cy.reshape(-1)  # [h*w]
+        # The head displacement is smooth: solve it on a coarse lattice whose corner points are the corner
+        # pixel centres, then upsample bilinearly with align_corners=True (exact for the identity grid).
+        n, k = CROP_SIZE, self.COARSE
+        axis = (torch.arange(k, dtype=torch.float64, device=self.device) * ((n - 1) / (k - 1)) * 2 + 1) / n - 1
+        cy, cx = torch.meshgrid(axis.float(), axis.float(), indexing="ij")
+        self.cx, self.cy = cx.reshape(-1), cy.reshape(-1)  # [k*k]
         z, self.mask = self._depth_and_mask(self.cx, self.cy)
-        self.points = torch.stack([self.cx, self.cy, z, torch.ones_like(z)])  # [4, h*w] surface points
+        self.points = torch.stack([self.cx, self.cy, z, torch.ones_like(z)])  # [4, k*k] surface points
         self.mouth_color = torch.tensor(self.MOUTH_COLOR, device=self.device).view(1, 3, 1, 1)
 
     # ---- geometry ---------------------------------------------------------------------------------
@@ -251,15 +248,15 @@ class PreviewRenderer:
         disp = (pose.view(2 * count, 4) @ self.points).view(count, 2, k * k).mul_(self.mask)  # [N, 2, h*w]
         qx, qy = torch.sub(self.cx, disp[:, 0]), torch.sub(self.cy, disp[:, 1])  # [N, h*w] each
         z, w = self._depth_and_mask(qx, qy)
-        for axis, q in ((0, qx), (1, qy)):
+        for axis in (0, 1):
             a = pose[:, axis].unsqueeze(-1)  # [N, 4, 1]
             torch.addcmul(a[:, 3], a[:, 0], qx, out=disp[:, axis]).addcmul_(a[:, 1], qy).addcmul_(a[:, 2], z)
-        disp = disp.mul_(w.unsqueeze(1)).view(count, 2, k, k)
+        disp.mul_(w.unsqueeze(1))
         lo, hi = torch.aminmax(disp)
         reach = max(-float(lo), float(hi)) + 4.0 / n  # bounds |p - q|: where local fields can land
-        disp = F.interpolate(disp, size=(n, n), mode="bilinear", align_corners=False)  # [N, 2, H, W]
-        grid = torch.empty(count, n, n, 2, device=dev)
-        torch.sub(self.pixels, disp, out=grid.permute(0, 3, 1, 2))  # [N, H, W, 2]
+        coarse = torch.stack([self.cx, self.cy]).sub(disp).view(count, 2, k, k)
+        planes = F.interpolate(coarse, size=(n, n), mode="bilinear", align_corners=True)  # [N, 2, H, W]
+        grid = planes.permute(0, 2, 3, 1)  # [N, H, W, 2] view: x and y planes stay contiguous
 
         # local deformations, in the face frame, only where they can reach
         overlays = []
