@@ -168,7 +168,8 @@ def test_motion_frame_count_and_ranges():
         assert np.isfinite(getattr(motion, name)).all()
 
 
-@pytest.mark.parametrize("chunk_ms", [(40, 200), (40, 40), (200, 200), (13, 317)], ids=["40-200ms", "40ms", "200ms", "odd"])
+@pytest.mark.parametrize("chunk_ms", [(40, 200), (40, 40), (200, 200), (13, 317)],
+                         ids=["40-200ms", "40ms", "200ms", "odd"])
 def test_streaming_matches_offline(chunk_ms):
     audio, _ = speech_like(4.0, seed=5)
     audio = audio[:-333]

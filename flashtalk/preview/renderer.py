@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from flashtalk.kernels.warp2d import warp2d
+from flashtalk import kernels
 from flashtalk.errors import FlashTalkError
 from flashtalk.preview.motion import PreviewMotion
 
@@ -123,7 +123,8 @@ class PreviewRenderer:
     def __init__(self, crop: torch.Tensor, layout: FaceLayout | None = None,
                  device: torch.device | str | None = None) -> None:
         if not isinstance(crop, torch.Tensor):
-            raise FlashTalkError(f"crop must be a torch.Tensor [3, {CROP_SIZE}, {CROP_SIZE}]; got {type(crop).__name__}")
+            raise FlashTalkError(f"crop must be a torch.Tensor [3, {CROP_SIZE}, {CROP_SIZE}]; "
+                                 f"got {type(crop).__name__}")
         if tuple(crop.shape) != (3, CROP_SIZE, CROP_SIZE):
             raise FlashTalkError(f"crop must have shape [3, {CROP_SIZE}, {CROP_SIZE}] (RGB); got {tuple(crop.shape)}")
         if not crop.is_floating_point():
@@ -137,7 +138,7 @@ class PreviewRenderer:
             raise FlashTalkError(f"layout must be a FaceLayout or None; got {type(layout).__name__}")
         self.device = torch.device(device) if device is not None else crop.device
         self.layout = layout or FaceLayout()
-        self.geo = g = _Geometry.from_layout(self.layout)
+        self.geo = _Geometry.from_layout(self.layout)
         self.image = crop.to(self.device, torch.float32).unsqueeze(0).contiguous()
 
         # The head displacement is smooth: solve it on a coarse lattice whose corner points are the corner
@@ -245,8 +246,8 @@ class PreviewRenderer:
 
         # inverse head pose, q = p - D(q): two fixed-point steps from q = p, on the coarse grid
         k = self.COARSE
-        disp = (pose.view(2 * count, 4) @ self.points).view(count, 2, k * k).mul_(self.mask)  # [N, 2, h*w]
-        qx, qy = torch.sub(self.cx, disp[:, 0]), torch.sub(self.cy, disp[:, 1])  # [N, h*w] each
+        disp = (pose.view(2 * count, 4) @ self.points).view(count, 2, k * k).mul_(self.mask)  # [N, 2, k*k]
+        qx, qy = torch.sub(self.cx, disp[:, 0]), torch.sub(self.cy, disp[:, 1])  # [N, k*k] each
         z, w = self._depth_and_mask(qx, qy)
         for axis in (0, 1):
             a = pose[:, axis].unsqueeze(-1)  # [N, 4, 1]
@@ -275,7 +276,7 @@ class PreviewRenderer:
             cell[..., 1] += vy
             overlays.append((rows, cols, lash))
 
-        frames = warp2d(self.image.expand(count, -1, -1, -1), grid, padding="border")
+        frames = kernels.warp2d(self.image.expand(count, -1, -1, -1), grid, padding="border")
         rows, cols, dark = overlays[0]
         frames[:, :, rows, cols] = torch.lerp(frames[:, :, rows, cols], self.mouth_color,
                                               self.MOUTH_OPACITY * dark.unsqueeze(1))
