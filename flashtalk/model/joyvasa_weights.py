@@ -42,8 +42,10 @@ class JoyVASACheckpoint:
     iteration: int | None = None
 
 
-def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy", map_location: str | torch.device = "cpu") -> JoyVASACheckpoint:
-    """Read a JoyVASA checkpoint with `weights_only=True`; split HuBERT from the motion generator."""
+def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy", base_config: MotionGeneratorConfig | None = None,
+                    map_location: str | torch.device = "cpu") -> JoyVASACheckpoint:
+    """Read a JoyVASA checkpoint with `weights_only=True`; split HuBERT from the motion generator. The
+    config is `base_config` (the released architecture by default) with the fields the args set."""
     path = Path(path)
     if not path.is_file():
         raise FlashTalkError(f"JoyVASA checkpoint {path} does not exist")
@@ -51,9 +53,10 @@ def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy", map_location: s
         with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
             raw = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FlashTalkError(f"{path}: refused to load (only tensors, argparse.Namespace and paths are allowed): {first}") from None
-    except (RuntimeError, EOFError, OSError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "global" in ln.lower()), lines[-1] if lines else type(exc).__name__)
+        raise FlashTalkError(f"{path}: refused to load (only tensors, argparse.Namespace and paths are allowed): {why}") from None
+    except Exception as exc:  # a truncated or foreign file raises many types (struct.error, RuntimeError, ...)
         raise FlashTalkError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(raw, dict) or "model" not in raw or "args" not in raw:
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
@@ -67,7 +70,7 @@ def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy", map_location: s
         raise FlashTalkError(f"{path}: 'model' must be a state dict of tensors")
     audio = {k[len(AUDIO_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIO_PREFIX)}
     motion = {k: v for k, v in state.items() if not k.startswith(AUDIO_PREFIX)}
-    config = MotionGeneratorConfig.from_args(args, pe_mode=pe_mode)
+    config = MotionGeneratorConfig.from_args(args, base_config, pe_mode=pe_mode)
     iteration = raw.get("iter")
     return JoyVASACheckpoint(str(path), args, config, motion, audio, int(iteration) if iteration is not None else None)
 

@@ -14,7 +14,7 @@ path (`cross_attention="masked"`) computes the same numbers through the attentio
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 import torch
@@ -92,15 +92,17 @@ class MotionGeneratorConfig:
         return int(self.sample_rate / self.fps)
 
     @classmethod
-    def from_args(cls, args: Any, **overrides: Any) -> "MotionGeneratorConfig":
+    def from_args(cls, args: Any, base: "MotionGeneratorConfig | None" = None, **overrides: Any) -> "MotionGeneratorConfig":
         """Config from a checkpoint's training args (argparse.Namespace or dict). Only the fields the
-        official constructor reads are taken (spec §4.1); layers/heads/FFN stay at their hard-coded values."""
+        official constructor reads are taken (spec §4.1); the rest (layers, heads, FFN, ...) come from
+        `base` (the released architecture by default), whatever the args say."""
         values: Mapping[str, Any] = args if isinstance(args, Mapping) else vars(args)
-        known = {f.name: f.type for f in fields(cls)}
+        base = base or cls()
+        known = {f.name for f in fields(cls)}
         picked: dict[str, Any] = {}
         for name in _ARGS_READ:
             if name in values and values[name] is not None:
-                default = getattr(cls, name)
+                default = getattr(base, name)
                 try:
                     picked[name] = type(default)(values[name])
                 except (TypeError, ValueError):
@@ -108,7 +110,7 @@ class MotionGeneratorConfig:
         for name in overrides:
             if name not in known:
                 raise FlashTalkError(f"unknown MotionGeneratorConfig field {name!r}")
-        return cls(**{**picked, **overrides})
+        return replace(base, **{**picked, **overrides})
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "MotionGeneratorConfig":
