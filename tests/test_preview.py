@@ -1,14 +1,16 @@
 """Weights-free preview: procedural motion from audio and the geometric warp renderer, measured on a
-synthetic speech-like signal and a procedurally drawn portrait."""
+synthetic speech-like signal and a procedurally drawn portrait, and on the bundled demo photo and speech."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import flashtalk
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice
 from flashtalk.preview import (FaceLayout, PreviewAnimator, PreviewMotion, PreviewMotionStream, PreviewRenderer,
@@ -362,3 +364,23 @@ def test_pose_semantics_translation_and_3d_yaw():
     hair_shift, pupil_shift = hair[2, 0] - hair[0, 0], pupils[2, 0] - pupils[0, 0]
     # a rotation about a pivot behind the face: the front (pupils) moves further than the edge (hair)
     assert 1.0 < hair_shift < pupil_shift, f"yaw shifts: hair {hair_shift:.2f} px, pupils {pupil_shift:.2f} px"
+
+
+def test_real_photo_and_speech_from_the_demo_assets():
+    """The bundled portrait (squared and resized, no face detection) and eSpeak clip: the mouth region
+    follows the speech envelope on a real photo too."""
+    import soundfile
+    from PIL import Image
+
+    assets = Path(flashtalk.__file__).parent / "assets"
+    audio, rate = soundfile.read(assets / "speech.ogg", dtype="float32")
+    assert rate == SR and audio.ndim == 1
+    audio = audio[: 3 * SR]
+    photo = Image.open(assets / "portrait.jpg").convert("RGB")
+    width = photo.size[0]
+    photo = photo.crop((0, 20, width, 20 + width)).resize((512, 512), Image.BICUBIC)
+    crop = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1).float() / 255
+    motion = head_still(preview_motion(audio))
+    mouth, _, _ = region_change(PreviewRenderer(crop), motion, crop, len(motion))
+    r = np.corrcoef(mouth, frame_rms(audio, len(motion)))[0, 1]
+    assert r >= 0.5, f"Pearson r between mouth-region change and speech RMS is {r:.3f}"
