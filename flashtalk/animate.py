@@ -12,6 +12,7 @@ from flashtalk.errors import FlashTalkError
 
 DEMO_PORTRAIT = "portrait.jpg"
 DEMO_AUDIO = "speech.ogg"
+CONTROL_FLAGS = ("yaw", "pitch", "roll", "expression_scale", "eye_open", "lip_open", "pose_smoothing")
 WEIGHTS_HINT = "for the real model pass --weights DIR_OR_BUNDLE (see the README, 'Weights')"
 
 
@@ -29,6 +30,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="DIR_OR_BUNDLE", help="network weights (default: weights-free preview)")
     p.add_argument("--seeded-weights", action="store_true",
                    help="the network with deterministic seeded weights (for tests; the picture is noise)")
+    p.add_argument("--preset", choices=("liveportrait", "tiny"),
+                   help="network size with --seeded-weights (default liveportrait; tiny is fast on CPU)")
+    p.add_argument("--driving", metavar="VIDEO",
+                   help="drive the portrait with a video's head motion and expressions instead of speech "
+                        "(audio from the video; needs the network)")
+    net = p.add_argument_group("network options (with --weights / --seeded-weights)")
+    net.add_argument("--sampler", choices=("dpmpp", "ddim", "ddpm"), default="dpmpp",
+                     help="motion sampler (default dpmpp: DPM-Solver++(2M); ddpm: the original 50 steps)")
+    net.add_argument("--steps", type=int, default=10, help="sampler steps per motion window (default 10)")
+    net.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance on audio (default 2.0)")
+    for angle in ("yaw", "pitch", "roll"):
+        net.add_argument(f"--{angle}", type=float, default=None, metavar="DEG", help=f"head {angle} offset in degrees")
+    net.add_argument("--expression-scale", type=float, default=None, metavar="K",
+                     help="scale of the expression change (default 1; 0 keeps the source expression)")
+    net.add_argument("--eye-open", type=float, default=None, metavar="R",
+                     help="target eye-open ratio 0..0.8 (eye-retargeting MLP)")
+    net.add_argument("--lip-open", type=float, default=None, metavar="R",
+                     help="target lip-open ratio 0..0.8 (lip-retargeting MLP)")
+    net.add_argument("--pose-smoothing", type=float, default=None, metavar="S",
+                     help="EMA smoothing of head pose, 0 (none) .. <1 (default 0.99, JoyVASA's)")
     p.add_argument("--crop", default="auto", metavar="auto|center|X,Y,W,H",
                    help="face crop: detect the face (default), the centred square, or a box in pixels")
     p.add_argument("--paste-back", action="store_true", help="paste the animated crop back into the photo")
@@ -47,7 +68,13 @@ def run(args: argparse.Namespace) -> int:
     from flashtalk.runtime.engine import Engine
     from flashtalk.runtime.offline import render
 
-    if args.demo:
+    if args.driving:
+        if args.demo:
+            raise FlashTalkError("--driving takes PORTRAIT [AUDIO], not --demo")
+        if not args.portrait:
+            raise FlashTalkError("give PORTRAIT with --driving VIDEO (AUDIO is optional: default the video's)")
+        portrait, audio = Path(args.portrait), (Path(args.audio) if args.audio else None)
+    elif args.demo:
         if args.portrait or args.audio:
             raise FlashTalkError("--demo uses the bundled portrait and speech; give no PORTRAIT / AUDIO with it")
         portrait, audio = demo_assets()
@@ -57,16 +84,31 @@ def run(args: argparse.Namespace) -> int:
         portrait, audio = Path(args.portrait), Path(args.audio)
     check_output(args.output, overwrite=args.overwrite)
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="flashtalk: %(message)s")
+    controls = {name: getattr(args, name) for name in CONTROL_FLAGS if getattr(args, name) is not None}
+    if args.preset and not args.seeded_weights:
+        raise FlashTalkError("--preset applies to --seeded-weights only (a weights file fixes its own shapes)")
     if args.weights or args.seeded_weights:
-        engine = Engine.from_weights(args.weights, seeded=args.seeded_weights, device=args.device)
+        engine = Engine.from_weights(args.weights, seeded=args.seeded_weights, preset=args.preset,
+                                     device=args.device, sampler=args.sampler, steps=args.steps, cfg=args.cfg)
+        if args.seeded_weights and not args.quiet:
+            preset = args.preset or "liveportrait"
+            note = "flashtalk: seeded weights: deterministic test weights; the output is NOT a face"
+            if engine.backend.device.type == "cpu" and preset == "liveportrait":
+                note += ("; the full liveportrait preset takes ~8 s per frame on a CPU: "
+                         "pass --preset tiny for a quick run")
+            print(note, file=sys.stderr)
     else:
+        if controls or args.driving:
+            given = sorted(controls) + (["driving"] if args.driving else [])
+            raise FlashTalkError(f"{', '.join(given)} need(s) the network; {WEIGHTS_HINT} (or --seeded-weights)")
         engine = Engine.preview(args.device)
         if not args.quiet:
             from flashtalk.preview import NOTICE
 
             print(f"flashtalk: {NOTICE}; {WEIGHTS_HINT}", file=sys.stderr)
     clip = engine.prepare(portrait, audio, crop=args.crop, seed=args.seed, fps=args.fps,
-                          paste_back=args.paste_back, watermark=not args.no_watermark)
+                          paste_back=args.paste_back, watermark=not args.no_watermark, driving=args.driving,
+                          **controls)
     stats = render(clip, args.output, frames_dir=args.frames_dir, overwrite=args.overwrite,
                    batch_size=args.batch_size, progress=False if args.quiet else None)
     if not args.quiet:

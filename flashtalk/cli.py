@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("flashtalk.info", "print the environment and which kernel backend each op uses, and why"),
     "verify-golden": ("flashtalk.golden.verify", "check our networks against a folder of golden tensors"),
     "animate": ("flashtalk.animate", "turn a portrait photo and a speech file into a talking-head video"),
+    "convert-weights": ("flashtalk.model.bundle", "convert a LivePortrait + JoyVASA weights folder into one bundle"),
 }
 
 

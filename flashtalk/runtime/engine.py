@@ -43,7 +43,8 @@ WEIGHTS_HELP = ("for the full network pass --weights DIR_OR_BUNDLE (LivePortrait
 
 
 class Animation(Protocol):
-    """One prepared clip: a fixed number of frames, produced in order, batch by batch."""
+    """One prepared clip: a fixed number of frames, produced in order, batch by batch. An animation may
+    also offer `frames_at(indices, batch_size)`: only the listed frames (sorted, repeats allowed)."""
 
     def num_frames(self) -> int: ...
 
@@ -142,8 +143,14 @@ class Clip:
                      make_feather_mask(self.crop.image.shape[0], device=device))
         embed = _load_watermark() if self.watermark else None
         payload = f"FlashTalk {_version()}"
-        content = self.animation.frames(batch_size)
-        for batch in retime(content, self.engine.backend.fps, self.fps, self.num_frames):
+        content_fps = Fraction(self.engine.backend.fps)
+        if content_fps > self.fps and hasattr(self.animation, "frames_at"):
+            # a lower output rate: the backend renders only the content frames that are shown
+            step = content_fps / self.fps
+            frames = self.animation.frames_at([int(j * step) for j in range(self.num_frames)], batch_size)
+        else:
+            frames = retime(self.animation.frames(batch_size), content_fps, self.fps, self.num_frames)
+        for batch in frames:
             if paste is None:
                 out = (batch.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
             else:
@@ -231,21 +238,40 @@ class Engine:
         return cls(PreviewBackend(_default_device(device)))
 
     @classmethod
-    def from_weights(cls, path: "str | os.PathLike | None", *, seeded: bool = False,
-                     device: "str | torch.device | None" = None) -> "Engine":
-        """The full network from a weights folder or a FlashTalk bundle (`seeded`: the golden seeded weights)."""
-        if path is not None and not os.path.exists(path):
-            raise FlashTalkError(f"weights {path}: no such file or folder")
-        raise FlashTalkError("network backend not available yet in this version of FlashTalk; "
-                             "run without --weights for the weights-free preview")
+    def from_weights(cls, path: "str | os.PathLike | None", *, seeded: bool = False, preset: str | None = None,
+                     device: "str | torch.device | None" = None, sampler: str = "dpmpp", steps: int | None = 10,
+                     cfg: float = 2.0) -> "Engine":
+        """The full network from a weights folder (published layout) or a FlashTalk safetensors bundle, or
+        with `seeded` the golden seeded weights of `preset` ("liveportrait" default, or "tiny"): not a face.
+        sampler ddim | dpmpp | ddpm with `steps` model calls per window and guidance scale `cfg`."""
+        from flashtalk.model.bundle import PRESETS, load_networks, seeded_networks
+        from flashtalk.runtime.network import NetworkBackend
+
+        dev = _default_device(device)
+        if seeded:
+            if path is not None:
+                raise FlashTalkError("give either a weights path or seeded weights, not both")
+            preset = preset or "liveportrait"
+            if preset not in PRESETS:
+                raise FlashTalkError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+            nets = seeded_networks(preset)
+        else:
+            if path is None:
+                raise FlashTalkError("no weights given: pass a weights folder or bundle, or seeded=True")
+            if preset is not None:
+                raise FlashTalkError("preset applies to seeded weights only (a weights file fixes its own shapes)")
+            nets = load_networks(path)
+        return cls(NetworkBackend(nets, dev, sampler=sampler, steps=steps, cfg=cfg, seeded=seeded))
 
     def prepare(self, image: Any, audio: Any, *, crop: Any = "auto", seed: int = 0, fps: float = 25,
                 paste_back: bool = False, watermark: bool = True, watermark_key: str = DEFAULT_WATERMARK_KEY,
-                **controls: Any) -> Clip:
+                driving: "str | os.PathLike | None" = None, **controls: Any) -> Clip:
         """Load and check the inputs, crop the face and prepare the backend; nothing is rendered yet.
 
         image: path, PIL image or RGB uint8 array. audio: path / bytes / file object (anything
         `flashtalk.audio.load_audio` reads) or an `AudioClip`. crop: "auto", "center" or (x, y, w, h).
+        driving: a video whose head motion and expressions drive the portrait (network backend only);
+        audio may then be None: the video's own audio (or silence) is used.
         """
         import torch
 
@@ -255,13 +281,24 @@ class Engine:
         if fps <= 0 or fps > 240:
             raise FlashTalkError(f"fps must be in (0, 240], got {fps}")
         out_fps = Fraction(fps).limit_denominator(1001)
-        clip = _load_audio(audio)
+        if driving is not None and not hasattr(self.backend, "prepare_driving"):
+            raise FlashTalkError(f"a driving video needs the network backend, not {self.backend.name}; "
+                                 + WEIGHTS_HELP)
+        if driving is not None and audio is None:
+            from flashtalk.runtime.network import driving_audio
+
+            clip = driving_audio(driving, MODEL_RATE)
+        else:
+            clip = _load_audio(audio)
         photo = load_image(image)
         name = f"portrait {image}" if isinstance(image, (str, os.PathLike)) else "portrait"
         fc = face_crop(photo, crop, name=name)
         crop_t = torch.from_numpy(fc.image).to(self.backend.device).permute(2, 0, 1).float().div_(255)
-        animation = self.backend.prepare(crop_t, clip.samples, seed=seed, controls=controls,
-                                         landmarks=fc.landmarks)
+        if driving is not None:
+            animation = self.backend.prepare_driving(crop_t, driving, controls=controls)
+        else:
+            animation = self.backend.prepare(crop_t, clip.samples, seed=seed, controls=controls,
+                                             landmarks=fc.landmarks)
         if animation.num_frames() < 1:
             raise FlashTalkError(f"audio {clip.source} is too short for one frame ({clip.duration:.3f} s)")
         n = output_frames(animation.num_frames(), self.backend.fps, out_fps)

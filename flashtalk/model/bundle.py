@@ -1,0 +1,280 @@
+"""All networks of the full FlashTalk model: renderer (LivePortrait), audio encoder (HuBERT) and motion
+generator + motion template (JoyVASA), from a published weights folder, one safetensors bundle, or the
+golden seeded rule; and `flashtalk convert-weights DIR -o OUT.safetensors`.
+
+Published folder (found anywhere below DIR, published paths first):
+
+    liveportrait/base_models/{appearance_feature_extractor,motion_extractor,warping_module,spade_generator}.pth
+    liveportrait/retargeting_models/stitching_retargeting_module.pth
+    .../motion_generator/*.pt                     JoyVASA checkpoint (its audio_encoder.* entries are HuBERT)
+    .../motion_template/motion_template.pkl       JoyVASA motion statistics
+    a Hugging Face HuBERT folder (config.json + weights), needed only when the checkpoint has no audio_encoder.*
+
+Bundle: the `flashtalk-weights` safetensors format of `liveportrait_weights` (tensors `{network}.{key}`)
+with networks `motion_generator`, `audio_encoder` and `motion_template` beside the five renderer networks,
+and the configurations as JSON in the metadata key `flashtalk_configs`. Loading a bundle never unpickles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from flashtalk.errors import FlashTalkError
+from flashtalk.model.audio_encoder import AudioEncoder, HubertConfig
+from flashtalk.model.audio_weights import load_audio_encoder_state, load_hf_audio_encoder
+from flashtalk.model.joyvasa_weights import AUDIO_PREFIX, load_checkpoint, load_motion_state, load_motion_template
+from flashtalk.model.liveportrait_weights import (BUNDLE_FORMAT, BUNDLE_VERSION, NETWORKS, check_state_dict, read_bundle,
+                                                  read_checkpoint)
+from flashtalk.model.motion_generator import MotionGenerator, MotionGeneratorConfig
+from flashtalk.model.motion_pipeline import MotionTemplate
+from flashtalk.model.renderer import Renderer, RendererConfig
+from flashtalk.model.seeded import joyvasa_category, joyvasa_weights
+
+log = logging.getLogger(__name__)
+
+PRESETS = ("liveportrait", "tiny")
+CONFIG_KEY = "flashtalk_configs"
+MOTION, AUDIO, TEMPLATE = "motion_generator", "audio_encoder", "motion_template"
+
+
+def motion_config(preset: str) -> MotionGeneratorConfig:
+    """JoyVASA's released configuration, or a tiny one (70-d motion, 8-frame windows) for tests."""
+    if preset == "liveportrait":
+        return MotionGeneratorConfig()
+    _check_preset(preset)
+    return MotionGeneratorConfig.tiny(motion_feat_dim=70, audio_dim=32)
+
+
+def audio_config(preset: str) -> HubertConfig:
+    """chinese-hubert-base, or a tiny HuBERT with the same 320 samples per 50-Hz frame."""
+    if preset == "liveportrait":
+        return HubertConfig()
+    _check_preset(preset)
+    return HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        conv_dim=(16, 16, 16, 16), conv_kernel=(10, 3, 3, 2), conv_stride=(5, 4, 4, 4),
+                        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
+
+
+def seeded_template() -> MotionTemplate:
+    """A fixed synthetic motion template for seeded weights (the real one ships with the checkpoint)."""
+    f = lambda *v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    return MotionTemplate(mean_exp=torch.zeros(63), std_exp=torch.full((63,), 0.02), min_scale=f(1.2),
+                          max_scale=f(1.8), min_t=f(-0.05, -0.05, 0.0), max_t=f(0.05, 0.05, 0.0),
+                          min_pitch=f(-20.0), max_pitch=f(20.0), min_yaw=f(-30.0), max_yaw=f(30.0),
+                          min_roll=f(-15.0), max_roll=f(15.0))
+
+
+@dataclass
+class Networks:
+    """Everything the network backend runs, in eval mode, float32 on the CPU until `.to(device)`."""
+
+    preset: str  # renderer preset name
+    renderer: Renderer
+    motion: MotionGenerator
+    audio: AudioEncoder
+    template: MotionTemplate
+
+    def to(self, device: torch.device) -> "Networks":
+        self.renderer.to(device)
+        self.motion.to(device)
+        self.audio.to(device)
+        return self
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise FlashTalkError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+
+
+def _seeded_joyvasa(module: torch.nn.Module, base_seed: int, prefix: str = "") -> dict[str, torch.Tensor]:
+    entries = [(prefix + k, tuple(v.shape), joyvasa_category(prefix + k, tuple(v.shape)))
+               for k, v in module.state_dict().items()]
+    return {k[len(prefix):]: v for k, v in joyvasa_weights(entries, base_seed).items()}
+
+
+def seeded_networks(preset: str = "liveportrait", base_seed: int = 0) -> Networks:
+    """All networks with the golden seeded rules (LivePortrait §12.1, JoyVASA README): not a face."""
+    _check_preset(preset)
+    motion = MotionGenerator(motion_config(preset)).eval()
+    load_motion_state(motion, _seeded_joyvasa(motion, base_seed), allow_missing_computed=True, source="seeded weights")
+    audio = AudioEncoder(audio_config(preset)).eval()
+    load_audio_encoder_state(audio, _seeded_joyvasa(audio, base_seed, AUDIO_PREFIX), source="seeded weights")
+    return Networks(preset, Renderer.seeded(preset, base_seed), motion, audio, seeded_template())
+
+
+# --------------------------------------------------------------------------------------------- folder
+
+
+def _find(folder: Path, published: str, pattern: str) -> Path | None:
+    if (folder / published).is_file():
+        return folder / published
+    hits = sorted(p for p in folder.rglob(pattern) if p.is_file())
+    return hits[0] if hits else None
+
+
+def _find_hubert(folder: Path) -> Path | None:
+    for cfg in sorted(folder.rglob("config.json")):
+        try:
+            kind = json.loads(cfg.read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if kind in ("hubert", "wav2vec2"):
+            return cfg.parent
+    return None
+
+
+def discover(folder: str | Path) -> dict[str, Path]:
+    """The files of a published weights folder: {network / "motion_template" / "hubert": path}; raises
+    a FlashTalkError naming every missing file. "hubert" is present only if the folder has one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FlashTalkError(f"weights folder {folder} does not exist")
+    found: dict[str, Path] = {}
+    missing = []
+    for net, (rel, what) in NETWORKS.items():
+        path = _find(folder, rel, Path(rel).name)
+        if path is None:
+            missing.append(f"{rel} ({what})")
+        else:
+            found[net] = path
+    generators = sorted(p for p in folder.rglob("*.pt") if p.parent.name == "motion_generator")
+    if not generators:
+        missing.append("motion_generator/*.pt (JoyVASA motion generator checkpoint)")
+    else:
+        found[MOTION] = next((p for p in generators if "hubert" in p.name), generators[0])
+        if len(generators) > 1:
+            log.warning("%s: several motion generator checkpoints; using %s", folder, found[MOTION])
+    template = _find(folder, "motion_template/motion_template.pkl", "motion_template.pkl")
+    if template is None:
+        missing.append("motion_template/motion_template.pkl (JoyVASA motion template)")
+    else:
+        found[TEMPLATE] = template
+    if missing:
+        raise FlashTalkError(f"weights folder {folder} is incomplete: missing " + "; ".join(missing))
+    hubert = _find_hubert(folder)
+    if hubert is not None:
+        found["hubert"] = hubert
+    return found
+
+
+def load_folder(folder: str | Path) -> Networks:
+    """The published checkpoints (official shapes) -> Networks; loads with weights_only / numpy-only pickles."""
+    files = discover(folder)
+    renderer = Renderer(RendererConfig.from_name("liveportrait"))
+    for net in NETWORKS:
+        module = getattr(renderer, net)
+        module.load_state_dict(check_state_dict(module, read_checkpoint(files[net], net), net, str(files[net])))
+    ckpt = load_checkpoint(files[MOTION])
+    motion = MotionGenerator(ckpt.config).eval()
+    load_motion_state(motion, ckpt.motion_state, source=ckpt.path)
+    if ckpt.audio_state:
+        audio = AudioEncoder(HubertConfig()).eval()
+        load_audio_encoder_state(audio, ckpt.audio_state, source=f"{ckpt.path} [audio_encoder.*]")
+    elif "hubert" in files:
+        audio = load_hf_audio_encoder(files["hubert"])
+    else:
+        raise FlashTalkError(f"{files[MOTION]} has no audio_encoder.* weights and {folder} holds no Hugging Face "
+                             "HuBERT folder (config.json + model.safetensors or pytorch_model.bin)")
+    if audio.cfg.hidden_size != motion.cfg.audio_dim:
+        raise FlashTalkError(f"audio encoder width {audio.cfg.hidden_size} does not match the motion generator's "
+                             f"audio_dim {motion.cfg.audio_dim}")
+    return Networks("liveportrait", renderer, motion, audio, load_motion_template(files[TEMPLATE]))
+
+
+# --------------------------------------------------------------------------------------------- bundle
+
+
+def write_bundle(nets: Networks, path: str | Path) -> Path:
+    """Save all networks, the motion template and the configurations as one safetensors file."""
+    from safetensors.torch import save_file
+
+    states = {net: getattr(nets.renderer, net).state_dict() for net in NETWORKS}
+    states[MOTION] = nets.motion.state_dict()
+    states[AUDIO] = nets.audio.state_dict()
+    states[TEMPLATE] = {f.name: getattr(nets.template, f.name) for f in fields(MotionTemplate)}
+    flat = {f"{net}.{key}": t.detach().float().cpu().contiguous().clone()
+            for net, sd in states.items() for key, t in sd.items()}
+    audio_cfg = {k: v for k, v in asdict(nets.audio.cfg).items() if k != "extra"}
+    configs = {"renderer_preset": nets.preset, MOTION: asdict(nets.motion.cfg), AUDIO: audio_cfg}
+    meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "networks": json.dumps(sorted(states)),
+            CONFIG_KEY: json.dumps(configs)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(flat, str(path), metadata=meta)
+    return path
+
+
+def load_bundle(path: str | Path) -> Networks:
+    """A bundle written by `write_bundle` -> Networks (safetensors only: nothing is unpickled)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    states = read_bundle(path)
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        raw = (f.metadata() or {}).get(CONFIG_KEY)
+    absent = [n for n in (*NETWORKS, MOTION, AUDIO, TEMPLATE) if n not in states]
+    if raw is None or absent:
+        what = f"networks {', '.join(absent)}" if absent else f"the {CONFIG_KEY!r} metadata"
+        raise FlashTalkError(f"{path}: a renderer-only bundle or an old one: lacks {what}; write a full one with "
+                             "`flashtalk convert-weights DIR -o OUT.safetensors`")
+    try:
+        configs = json.loads(raw)
+        preset = configs["renderer_preset"]
+        mcfg = MotionGeneratorConfig(**configs[MOTION])
+        acfg = HubertConfig(**configs[AUDIO])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FlashTalkError(f"{path}: bad {CONFIG_KEY!r} metadata: {exc}") from None
+    _check_preset(preset)
+    renderer = Renderer(RendererConfig.from_name(preset))
+    for net in NETWORKS:
+        module = getattr(renderer, net)
+        module.load_state_dict(check_state_dict(module, states[net], net, f"{path} [{net}]"))
+    motion = MotionGenerator(mcfg).eval()
+    load_motion_state(motion, states[MOTION], allow_missing_computed=True, source=f"{path} [{MOTION}]")
+    audio = AudioEncoder(acfg).eval()
+    load_audio_encoder_state(audio, states[AUDIO], source=f"{path} [{AUDIO}]")
+    template = MotionTemplate.from_dict(states[TEMPLATE], source=f"{path} [{TEMPLATE}]")
+    return Networks(preset, renderer, motion, audio, template)
+
+
+def load_networks(path: str | Path) -> Networks:
+    """A published weights folder or a FlashTalk bundle."""
+    path = Path(path)
+    if path.is_dir():
+        return load_folder(path)
+    if not path.exists():
+        raise FlashTalkError(f"weights {path}: no such file or folder")
+    if path.suffix != ".safetensors":
+        raise FlashTalkError(f"weights {path}: expected a weights folder or a .safetensors bundle")
+    return load_bundle(path)
+
+
+# --------------------------------------------------------------------------------------------- command
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="published weights folder (LivePortrait + JoyVASA [+ HuBERT])")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors bundle")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        raise FlashTalkError(f"output {out} must end in .safetensors")
+    if out.exists() and not args.overwrite:
+        raise FlashTalkError(f"output {out} exists (pass --overwrite to replace it)")
+    nets = load_folder(args.folder)
+    tmp = out.with_name(out.name + ".partial")
+    write_bundle(nets, tmp)
+    tmp.replace(out)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
+    return 0

@@ -1,0 +1,415 @@
+"""The full-network backend: LivePortrait renderer + HuBERT audio encoder + JoyVASA motion generator
+behind the `Backend` protocol of `flashtalk.runtime.engine`.
+
+Per portrait: the 512² crop is area-resized to the renderer's input (256²) and encoded once.
+Per clip (joyvasa.md §1): 2 frames of silence before and 1 after the speech, windows of `n_motions`
+frames (4 s) of audio -> audio features -> `MotionStream` (few-step sampler, guidance, the previous
+window as context) -> de-normalised motion with EMA-smoothed pose -> mapping onto the source (§3.6)
+with the user's controls -> stitching -> warp + decode, in batches. Motion is generated one window at a
+time as frames are consumed, so memory does not grow with the audio's length. The two leading silent
+frames are generated (they are the reference frame d_0 of the relative mapping) but not shown: frame i
+of the output then starts at audio time i / 25 s, in sync with the muxed audio.
+
+`MotionWindows` is the reusable window-by-window generator (offline here, streaming in the session).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flashtalk.errors import FlashTalkError
+from flashtalk.model.audio_encoder import joyvasa_audio_features
+from flashtalk.model.bundle import Networks
+from flashtalk.model.keypoints import Motion, bins_to_degrees, rotation_from_degrees, transform_keypoints
+from flashtalk.model.motion_pipeline import LEAD_FRAMES, LIP_KEYPOINTS, TRAIL_FRAMES, MotionStream, SamplerConfig
+from flashtalk.model.renderer import SourceState
+
+log = logging.getLogger(__name__)
+
+OUT_SIZE = 512
+SAMPLER_NAMES = {"ddim": "ddim", "dpmpp": "dpmpp_2m", "ddpm": "ddpm"}
+DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_CFG = "dpmpp", 10, 2.0
+DEFAULT_POSE_SMOOTHING = 0.99  # JoyVASA's EMA alpha 0.01
+# Source eye / lip-open ratios assumed for the retargeting MLPs (LivePortrait measures them with its
+# 203-point landmark model, which FlashTalk does not ship): typical open eyes, closed mouth.
+SOURCE_EYE_RATIO, SOURCE_LIP_RATIO = 0.35, 0.05
+CONTROLS = ("yaw", "pitch", "roll", "expression_scale", "eye_open", "lip_open", "pose_smoothing")
+
+
+@dataclass(frozen=True)
+class Controls:
+    """User controls; the defaults leave the model's motion unchanged (zero offsets = no offsets)."""
+
+    yaw: float = 0.0  # head-pose offsets in degrees, added to the source pose
+    pitch: float = 0.0
+    roll: float = 0.0
+    expression_scale: float = 1.0  # scales the expression change from the source
+    eye_open: float | None = None  # target eye-open ratio (0 closed .. 0.8) through the eye-retargeting MLP
+    lip_open: float | None = None  # target lip-open ratio (0 closed .. 0.8) through the lip-retargeting MLP
+    pose_smoothing: float = DEFAULT_POSE_SMOOTHING  # EMA strength on pose: 0 none .. < 1 (alpha = 1 - strength)
+
+    @classmethod
+    def from_mapping(cls, controls: Mapping[str, Any]) -> "Controls":
+        unknown = sorted(set(controls) - set(CONTROLS))
+        if unknown:
+            raise FlashTalkError(f"unknown controls {unknown} (known: {', '.join(CONTROLS)})")
+        values = {}
+        for k, v in controls.items():
+            if v is None:
+                continue
+            try:
+                values[k] = float(v)
+            except (TypeError, ValueError):
+                raise FlashTalkError(f"control {k} must be a number, got {v!r}") from None
+            if not math.isfinite(values[k]):
+                raise FlashTalkError(f"control {k} must be finite, got {v!r}")
+        c = cls(**values)
+        for name in ("yaw", "pitch", "roll"):
+            if abs(getattr(c, name)) > 90:
+                raise FlashTalkError(f"{name} offset must be within ±90 degrees, got {getattr(c, name)}")
+        if not 0 <= c.expression_scale <= 3:
+            raise FlashTalkError(f"expression_scale must be in [0, 3], got {c.expression_scale}")
+        for name in ("eye_open", "lip_open"):
+            v = getattr(c, name)
+            if v is not None and not 0 <= v <= 0.8:
+                raise FlashTalkError(f"{name} must be in [0, 0.8] (LivePortrait's retargeting range), got {v}")
+        if not 0 <= c.pose_smoothing < 1:
+            raise FlashTalkError(f"pose_smoothing must be in [0, 1), got {c.pose_smoothing}")
+        return c
+
+
+def sampler_config(sampler: str = DEFAULT_SAMPLER, steps: int | None = DEFAULT_STEPS,
+                   cfg: float = DEFAULT_CFG) -> SamplerConfig:
+    if sampler not in SAMPLER_NAMES:
+        raise FlashTalkError(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, not {sampler!r}")
+    if not (math.isfinite(cfg) and 0 <= cfg <= 20):
+        raise FlashTalkError(f"cfg (guidance scale) must be in [0, 20], got {cfg}")
+    return SamplerConfig(SAMPLER_NAMES[sampler], None if sampler == "ddpm" else steps, 0.0, float(cfg))
+
+
+def _pose_of(motion: Motion | Any, i: slice) -> Motion:
+    return Motion(R=motion.R[i], exp=motion.exp[i], scale=motion.scale[i], t=motion.t[i])
+
+
+class MotionWindows:
+    """16-kHz speech -> renderer motion, one window (`n_motions` frames) at a time.
+
+    Feed `push(window_audio, n_valid)` consecutive windows of `window_samples` samples (zero-padded at the
+    end of a clip); each call returns the `Motion` of the window's first n_valid frames (batch = frames).
+    Reproducible for a seed: x_T and any per-step noise come from one generator seeded with it."""
+
+    def __init__(self, nets: Networks, *, sampler: SamplerConfig, seed: int, pose_smoothing: float) -> None:
+        device = next(nets.motion.parameters()).device
+        self.nets = nets
+        self.cfg = nets.motion.cfg
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        alpha = 1.0 - pose_smoothing
+        self.stream = MotionStream(nets.motion, sampler=sampler, template=nets.template,
+                                   ema_alpha=None if alpha >= 1.0 else alpha, generator=gen)
+        self.device = device
+
+    @property
+    def window_samples(self) -> int:
+        return self.cfg.window_samples
+
+    @torch.no_grad()
+    def push(self, audio: torch.Tensor, n_valid: int) -> Motion:
+        if audio.shape != (self.window_samples,):
+            raise FlashTalkError(f"a motion window takes {self.window_samples} samples, got {tuple(audio.shape)}")
+        window = audio.to(self.device, torch.float32)[None]
+        feats = joyvasa_audio_features(self.nets.audio, window, self.cfg.n_motions)
+        out = self.stream.push(feats, n_valid=n_valid).motion
+        return Motion(R=out.R[0], exp=out.exp[0], scale=out.scale[0], t=out.t[0])
+
+
+def clip_frames(n_samples: int, samples_per_frame: int) -> int:
+    """Output frames of a clip of n_samples (joyvasa.md §1 layout without the two leading silent frames)."""
+    return (n_samples + (LEAD_FRAMES + TRAIL_FRAMES) * samples_per_frame) // samples_per_frame - LEAD_FRAMES
+
+
+def compose(renderer: Any, source: SourceState, generated: Motion, reference: Motion, controls: Controls, *,
+            lip_absolute: bool = True) -> torch.Tensor:
+    """Driving keypoints [N, 21, 3] (before stitching): joyvasa.md §3.6 / liveportrait.md §10.4 relative
+    mapping (lips absolute for audio-driven motion), with the controls: pose offsets on the source pose,
+    expression scale on the change from the source expression, eye / lip retargeting deltas added to x_d."""
+    n = generated.R.shape[0]
+    R_s = source.R
+    if controls.pitch or controls.yaw or controls.roll:
+        R_s = rotation_from_degrees(source.pitch + controls.pitch, source.yaw + controls.yaw, source.roll + controls.roll)
+    R = generated.R @ reference.R.transpose(1, 2) @ R_s
+    exp = (source.exp + (generated.exp - reference.exp)).expand(n, -1, -1).clone()
+    if lip_absolute:
+        exp[:, list(LIP_KEYPOINTS)] = generated.exp[:, list(LIP_KEYPOINTS)]
+    if controls.expression_scale != 1.0:
+        exp = source.exp + controls.expression_scale * (exp - source.exp)
+    scale = (source.scale * (generated.scale / reference.scale)).expand(n, -1)
+    t = (source.t + (generated.t - reference.t)).expand(n, -1)
+    x_d = transform_keypoints(source.x_c.expand(n, -1, -1), R, exp, scale, t)
+    stitch = renderer.stitching_retargeting_module
+    if controls.eye_open is not None:
+        ratio = x_d.new_tensor([SOURCE_EYE_RATIO, SOURCE_EYE_RATIO, controls.eye_open]).expand(n, -1)
+        x_d = x_d + stitch.retarget_eye_delta(source.x_s, ratio)
+    if controls.lip_open is not None:
+        ratio = x_d.new_tensor([SOURCE_LIP_RATIO, controls.lip_open]).expand(n, -1)
+        x_d = x_d + stitch.retarget_lip_delta(source.x_s, ratio)
+    return x_d
+
+
+class NetworkBackend:
+    """The full network behind the `Backend` protocol (see module docstring)."""
+
+    name = "network"
+    fps = 25
+
+    def __init__(self, nets: Networks, device: torch.device, *, sampler: str = DEFAULT_SAMPLER,
+                 steps: int | None = DEFAULT_STEPS, cfg: float = DEFAULT_CFG, seeded: bool = False) -> None:
+        self.nets = nets.to(device)
+        self.device = device
+        n_train = nets.motion.cfg.n_diff_steps
+        if steps is not None and steps > n_train:
+            log.info("sampler steps %d > the schedule's %d steps; using %d", steps, n_train, n_train)
+            steps = n_train
+        self.sampler = sampler_config(sampler, steps, cfg)
+        if seeded:
+            self.name = f"network, seeded weights ({nets.preset})"
+        if nets.motion.cfg.fps != self.fps:
+            raise FlashTalkError(f"motion generator runs at {nets.motion.cfg.fps} fps; the backend needs {self.fps}")
+
+    @torch.no_grad()
+    def encode(self, crop: torch.Tensor) -> SourceState:
+        """crop [3, 512, 512] in [0, 1] -> the renderer's source state (input area-resized, once per portrait)."""
+        size = self.nets.renderer.cfg.motion.image_size
+        image = F.interpolate(crop[None].float(), size=(size, size), mode="area").clamp_(0, 1)
+        return self.nets.renderer.encode_source(image)
+
+    def prepare(self, crop: torch.Tensor, audio16k: np.ndarray, *, seed: int, controls: Mapping[str, Any],
+                landmarks: Any = None) -> "SpeechAnimation":
+        c = Controls.from_mapping(controls)
+        return SpeechAnimation(self, self.encode(crop), np.asarray(audio16k, dtype=np.float32), seed, c)
+
+    def prepare_driving(self, crop: torch.Tensor, video: str | Path, *, controls: Mapping[str, Any]) -> "DrivingAnimation":
+        """Video-driven mode (LivePortrait's own use): the motion of each driving frame, relative to the first."""
+        c = Controls.from_mapping(controls)
+        if c.pose_smoothing != DEFAULT_POSE_SMOOTHING:
+            raise FlashTalkError("pose_smoothing applies to audio-driven motion, not to a driving video")
+        return DrivingAnimation(self, self.encode(crop), Path(video), c)
+
+    def render(self, source: SourceState, x_d: torch.Tensor) -> torch.Tensor:
+        """Stitching + warp + decode -> [N, 3, 512, 512] in [0, 1] (resized if the preset renders smaller)."""
+        out = self.nets.renderer.render(source, x_d)
+        if out.shape[-2:] != (OUT_SIZE, OUT_SIZE):
+            out = F.interpolate(out, size=(OUT_SIZE, OUT_SIZE), mode="bilinear", align_corners=False)
+        return out.clamp_(0, 1)
+
+
+def _batches(x_d_chunks: Iterator[torch.Tensor], batch_size: int, render) -> Iterator[torch.Tensor]:
+    """Regroup a stream of keypoint chunks into render batches of batch_size (the last may be shorter)."""
+    pending: list[torch.Tensor] = []
+    held = 0
+    for chunk in x_d_chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        while held >= batch_size:
+            flat = torch.cat(pending)
+            yield render(flat[:batch_size])
+            rest = flat[batch_size:]
+            pending, held = ([rest] if len(rest) else []), len(rest)
+    if held:
+        yield render(torch.cat(pending))
+
+
+def _select(chunks: Iterator[torch.Tensor], indices: list[int]) -> Iterator[torch.Tensor]:
+    """The rows `indices` (sorted, repeats allowed) of the concatenation of `chunks`, chunk by chunk."""
+    offset, k = 0, 0
+    for chunk in chunks:
+        end = offset + len(chunk)
+        take = []
+        while k < len(indices) and indices[k] < end:
+            take.append(indices[k] - offset)
+            k += 1
+        if take:
+            yield chunk[take]
+        offset = end
+        if k == len(indices):
+            return
+
+
+class _Rendered:
+    """`frames` / `frames_at` of an animation whose `keypoints()` yields driving keypoints chunk by chunk."""
+
+    backend: NetworkBackend
+    source: SourceState
+
+    def keypoints(self) -> Iterator[torch.Tensor]:
+        raise NotImplementedError
+
+    def frames(self, batch_size: int) -> Iterator[torch.Tensor]:
+        return _batches(self.keypoints(), batch_size, lambda x: self.backend.render(self.source, x))
+
+    def frames_at(self, indices: list[int], batch_size: int) -> Iterator[torch.Tensor]:
+        if any(b < a for a, b in zip(indices, indices[1:])):
+            raise FlashTalkError("frames_at: indices must be sorted")
+        chunks = _select(self.keypoints(), indices)
+        return _batches(chunks, batch_size, lambda x: self.backend.render(self.source, x))
+
+
+class SpeechAnimation(_Rendered):
+    """One audio-driven clip: motion window by window, rendered in batches as `frames` is consumed."""
+
+    def __init__(self, backend: NetworkBackend, source: SourceState, audio: np.ndarray, seed: int,
+                 controls: Controls) -> None:
+        self.backend, self.source, self.audio, self.seed, self.controls = backend, source, audio, seed, controls
+        self.cfg = backend.nets.motion.cfg
+
+    def num_frames(self) -> int:
+        return clip_frames(len(self.audio), self.cfg.samples_per_frame)
+
+    def _windows(self) -> Iterator[tuple[torch.Tensor, int]]:
+        """(window audio, valid frames) over the padded clip: leading / trailing silence, zero-padded tail."""
+        spf, win = self.cfg.samples_per_frame, self.cfg.window_samples
+        total = self.num_frames() + LEAD_FRAMES
+        audio = torch.from_numpy(self.audio)
+        lead = LEAD_FRAMES * spf
+        for start in range(0, total * spf, win):
+            window = torch.zeros(win)
+            lo, hi = max(start - lead, 0), min(start + win - lead, len(audio))
+            if hi > lo:
+                window[lo + lead - start: hi + lead - start] = audio[lo:hi]
+            yield window, min(self.cfg.n_motions, total - start // spf)
+
+    @torch.no_grad()
+    def keypoints(self) -> Iterator[torch.Tensor]:
+        """Driving keypoints [n, 21, 3] of consecutive output frames, one window at a time (unstitched)."""
+        gen = MotionWindows(self.backend.nets, sampler=self.backend.sampler, seed=self.seed,
+                            pose_smoothing=self.controls.pose_smoothing)
+        reference, skip = None, LEAD_FRAMES
+        for window, n_valid in self._windows():
+            motion = gen.push(window, n_valid)
+            if reference is None:
+                reference = _pose_of(motion, slice(0, 1))  # d_0: the first generated frame
+            motion = _pose_of(motion, slice(skip, None))
+            skip = max(0, skip - n_valid)
+            if motion.R.shape[0]:
+                yield compose(self.backend.nets.renderer, self.source, motion, reference, self.controls)
+
+
+
+# --------------------------------------------------------------------------------------------- driving video
+
+
+def _open_video(path: Path):
+    import av
+
+    if not path.is_file():
+        raise FlashTalkError(f"driving video {path} not found")
+    try:
+        container = av.open(str(path))
+    except Exception as exc:  # noqa: BLE001 - PyAV raises many error types for unreadable files
+        raise FlashTalkError(f"driving video {path}: cannot open it ({exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise FlashTalkError(f"driving video {path} has no video stream")
+    return container
+
+
+def _decoded(path: Path) -> Iterator[tuple[float, Any]]:
+    """(time in seconds, av.VideoFrame) of every frame of the driving video."""
+    container = _open_video(path)
+    try:
+        stream = container.streams.video[0]
+        tb = stream.time_base or Fraction(1, 25)
+        for i, frame in enumerate(container.decode(stream)):
+            pts = frame.pts if frame.pts is not None else i
+            yield float(pts * tb) if frame.pts is not None else i / 25, frame
+    except FlashTalkError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise FlashTalkError(f"driving video {path}: decoding failed ({exc})") from None
+    finally:
+        container.close()
+
+
+def video_frame_times(path: Path) -> list[float]:
+    """Presentation times (s) of the video's frames, increasing; end time appended as the last entry."""
+    times = [t for t, _ in _decoded(path)]
+    if not times:
+        raise FlashTalkError(f"driving video {path} has no frames")
+    step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1 / 25
+    return times + [times[-1] + step]
+
+
+def driving_audio(path: str | Path, rate: int = 16000):
+    """The driving video's audio at 16 kHz, or silence of the video's length when it has no audio stream."""
+    from flashtalk.audio import AudioClip, load_audio
+
+    path = Path(path)
+    container = _open_video(path)
+    has_audio = bool(container.streams.audio)
+    container.close()
+    if has_audio:
+        return load_audio(path, target_rate=rate)
+    times = video_frame_times(path)
+    duration = times[-1] - times[0]
+    log.info("driving video %s has no audio stream; the output gets %.2f s of silence", path, duration)
+    return AudioClip(np.zeros(int(round(duration * rate)), np.float32), rate, duration, f"{path} (silence)")
+
+
+class DrivingAnimation(_Rendered):
+    """Video-driven clip: the motion extractor on each driving frame (resampled to 25 fps, nearest earlier
+    frame), relative composition onto the source (liveportrait.md §10.4: full relative expression)."""
+
+    def __init__(self, backend: NetworkBackend, source: SourceState, video: Path, controls: Controls) -> None:
+        self.backend, self.source, self.video, self.controls = backend, source, video, controls
+        times = video_frame_times(video)
+        self.start = times[0]
+        self._frames = max(1, int((times[-1] - times[0]) * backend.fps + 1e-6))
+
+    def num_frames(self) -> int:
+        return self._frames
+
+    def _images(self) -> Iterator[torch.Tensor]:
+        """Driving images [3, S, S] in [0, 1] for output frames 0.. num_frames-1 (centre square, resized)."""
+        size = self.backend.nets.renderer.cfg.motion.image_size
+        j, last = 0, None
+        for t, frame in _decoded(self.video):
+            while last is not None and j < self._frames and self.start + j / self.backend.fps < t - 1e-6:
+                yield last  # output frame j shows the latest driving frame at or before its time
+                j += 1
+            rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+            h, w = rgb.shape[:2]
+            side = min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+            img = rgb[top:top + side, left:left + side].permute(2, 0, 1)[None].float().div(255)
+            last = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False,
+                                 antialias=side > size).clamp(0, 1)[0]
+        while last is not None and j < self._frames:
+            yield last
+            j += 1
+
+    @torch.no_grad()
+    def _motion(self, images: torch.Tensor) -> Motion:
+        m = self.backend.nets.renderer.motion_extractor(images.to(self.backend.device))
+        pitch, yaw, roll = (bins_to_degrees(m[k]) for k in ("pitch", "yaw", "roll"))
+        n = images.shape[0]
+        return Motion(R=rotation_from_degrees(pitch, yaw, roll), exp=m["exp"].view(n, -1, 3), scale=m["scale"], t=m["t"])
+
+    def keypoints(self, chunk: int = 16) -> Iterator[torch.Tensor]:
+        reference = None
+        images = self._images()
+        while True:
+            buf = [img for _, img in zip(range(chunk), images)]
+            if not buf:
+                return
+            motion = self._motion(torch.stack(buf))
+            if reference is None:
+                reference = _pose_of(motion, slice(0, 1))
+            yield compose(self.backend.nets.renderer, self.source, motion, reference, self.controls, lip_absolute=False)
