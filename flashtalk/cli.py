@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify-golden": ("flashtalk.golden.verify", "check our networks against a folder of golden tensors"),
     "animate": ("flashtalk.animate", "turn a portrait photo and a speech file into a talking-head video"),
     "convert-weights": ("flashtalk.model.bundle", "convert a LivePortrait + JoyVASA weights folder into one bundle"),
+    "serve": ("flashtalk.serve", "stream talking heads over WebSocket/HTTP, with a web page to try it"),
 }
 
 
