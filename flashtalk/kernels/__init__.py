@@ -27,6 +27,7 @@ OPS: dict[str, str] = {
     "deform_warp": "flashtalk.kernels.deform_warp",
     "warp2d": "flashtalk.kernels.warp2d",
     "paste_back": "flashtalk.kernels.paste_back",
+    "watermark_embed": "flashtalk.kernels.watermark_embed",
 }
 
 __all__ = ["OPS", "Choice", "choose", "last_choice", "mode", "use_kernels", *OPS]
