@@ -83,7 +83,7 @@ async function connect(sampleRate) {
       const msg = JSON.parse(ev.data);
       window.ftStats.events.push(msg.type);
       if (msg.type === "ready") { window.ftStats.ready = true; status("streaming (" + msg.backend + ")"); resolve(); }
-      else if (msg.type === "end") { window.ftStats.ended = true; status("speech done: " + msg.frames + " frames"); }
+      else if (msg.type === "end") { window.ftStats.ended = true; window.ftStats.endFrames = msg.frames; status("speech done: " + msg.frames + " frames"); }
       else if (msg.type === "error") { window.ftStats.errors.push(msg.reason); status("error: " + msg.reason); reject(new Error(msg.reason)); }
     };
     sock.onerror = () => reject(new Error("WebSocket error"));
