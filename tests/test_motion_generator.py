@@ -257,3 +257,16 @@ def test_stream_equals_offline_and_layout():
     pieces = [stream.push(features(padded[:, w * win:(w + 1) * win]), noise=noise[w]).coef for w in range(n_windows)]
     assert torch.equal(coef, torch.cat(pieces, 1)[:, :n_frames])
     assert not torch.allclose(pieces[0], pieces[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_verify_golden_cli(jv_golden, precision, capsys):
+    """Every gated array of every JoyVASA golden file (audio encoder, denoiser, T=50 and T=5 samplers with
+    chained windows, offline pipeline with de-normalisation and EMA), both PE modes, through the CLI."""
+    from flashtalk.cli import main
+
+    rc = main(["verify-golden", str(jv_golden), "--precision", precision, "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "58 passed, 0 failed" in out
