@@ -323,8 +323,10 @@ async def _websocket(request):
         sender.cancel()
         try:
             await sender
-        except (asyncio.CancelledError, ConnectionError, RuntimeError):
+        except asyncio.CancelledError:
             pass
+        except Exception as exc:  # the client went away while a frame was being sent
+            log.debug("session %s: sender stopped: %r", sid, exc)
         if not ws.closed:
             await ws.close()
     return ws
