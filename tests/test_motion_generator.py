@@ -170,6 +170,7 @@ def test_few_step_samplers_on_exact_x0():
     for steps in (1, 4, 7, 10):
         grid = timesteps(50, steps)
         assert grid[0] == 50 and grid[-1] == 0 and all(a > b for a, b in zip(grid, grid[1:]))
+        assert len(grid) == steps + 1 and (steps == 1 or grid[-2] == 1)
         assert_close(ddim_sample(oracle, x_T, sched, steps), x0, 1e-12)
         assert_close(dpmpp_2m_sample(oracle, x_T, sched, steps), x0, 1e-12)
     with pytest.raises(FlashTalkError, match="1..50"):

@@ -101,10 +101,14 @@ def ddpm_sample(
 
 
 def timesteps(n_train_steps: int, n_steps: int) -> list[int]:
-    """The integer grid T = t_0 > t_1 > ... > t_S = 0 of a few-step sampler (uniform in t)."""
+    """The integer grid T = t_0 > ... > t_{S-1} = 1 > t_S = 0 of a few-step sampler: the S model calls
+    are spaced uniformly from T down to 1 (the last call at t = 1, as in the ancestral sampler, whose
+    output is the x0 prediction at t = 1), then the final update goes to t = 0."""
     if not 1 <= n_steps <= n_train_steps:
         raise FlashTalkError(f"a sampler over a {n_train_steps}-step schedule takes 1..{n_train_steps} steps, not {n_steps}")
-    return [round(n_train_steps * (1 - i / n_steps)) for i in range(n_steps + 1)]
+    if n_steps == 1:
+        return [n_train_steps, 0]
+    return [round(n_train_steps - (n_train_steps - 1) * i / (n_steps - 1)) for i in range(n_steps)] + [0]
 
 
 def ddim_sample(
