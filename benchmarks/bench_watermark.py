@@ -179,6 +179,7 @@ def robustness(clips: int, frames: int, out: str | None) -> None:
     from flashtalk.provenance.watermark import detect_frames, embed, payload_id
 
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # many small ops: intra-op threads only spin on a shared CPU
     key, payload = "bench-key", "FlashTalk robustness"
     want = payload_id(payload)
     marked, psnrs = [], []

@@ -18,7 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("flashtalk.info", "print the environment and which kernel backend each op uses, and why"),
     "verify-golden": ("flashtalk.golden.verify", "check our networks against a folder of golden tensors"),
     "animate": ("flashtalk.animate", "turn a portrait photo and a speech file into a talking-head video"),
+    "detect": ("flashtalk.detect", "look for FlashTalk's invisible watermark in a video or an image"),
     "convert-weights": ("flashtalk.model.bundle", "convert a LivePortrait + JoyVASA weights folder into one bundle"),
+    "bench": ("flashtalk.bench", "measure kernels, stages, renderer, pipeline and streaming against eager / compile"),
+    "profile": ("flashtalk.profile", "write a torch-profiler trace of a few rendered frames"),
     "serve": ("flashtalk.serve", "stream talking heads over WebSocket/HTTP, with a web page to try it"),
 }
 
