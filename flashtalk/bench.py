@@ -1,0 +1,547 @@
+"""`flashtalk bench`: every kernel, model stage, the renderer, the offline pipeline and streaming, each FlashTalk
+figure next to PyTorch eager and torch.compile of the same code, in one run, with the conditions it ran under.
+
+    flashtalk bench                                   # the full set on this machine
+    flashtalk bench --quick --json out.json --markdown out.md --plot out.png
+    flashtalk bench --only stage --only renderer --compare old.json
+
+Cases come from the one registry, `benchmarks/registry.py` (so this command needs the source checkout).
+Method: warm-up calls first (their time, which holds compile / autotune / capture, is reported as
+`warmup_s`), then timed calls with CUDA events on the GPU (perf_counter on the CPU), each call on the next
+of several rotating input sets (random data, never zeros); median with p20/p80, p50/p90/p99 for stream
+latencies; TFLOP/s and GB/s with % of the device's peak (`flashtalk.profiling.devices`); peak CUDA memory;
+NVML telemetry sampled in the background during each measurement (absent NVML is reported, not fatal).
+On the CPU the tiny preset and small shapes run, so CI exercises every path: CPU figures are not GPU figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from flashtalk.errors import FlashTalkError
+
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "flashtalk-bench", 1
+LOWER_IS_BETTER = {"ms"}
+
+_NUM = {"type": ["number", "null"]}
+_STR = {"type": "string"}
+RECORD_SCHEMA: dict = {
+    "type": "object",
+    "required": ["case", "group", "metric", "value", "unit", "status", "shape", "dtype", "provider", "device",
+                 "driver", "torch", "triton", "commit", "command", "timestamp"],
+    "properties": {
+        "case": _STR, "group": {"type": "string", "enum": ["kernel", "stage", "renderer", "pipeline", "stream"]},
+        "metric": {"type": "string", "enum": ["time", "fps", "first_frame_latency", "aggregate_fps"]},
+        "value": _NUM, "unit": {"type": "string", "enum": ["ms", "frames/s"]},
+        "status": {"type": "string", "enum": ["ok", "skipped", "failed"]},
+        "reason": _STR, "shape": _STR, "dtype": _STR, "provider": _STR, "device": _STR,
+        "driver": {"type": ["string", "null"]}, "torch": _STR, "triton": {"type": ["string", "null"]},
+        "commit": _STR, "command": _STR, "timestamp": _STR, "backend": {"type": ["string", "null"]},
+        "p20": _NUM, "p80": _NUM, "p50": _NUM, "p90": _NUM, "p99": _NUM, "iters": {"type": "integer"},
+        "warmup_s": _NUM, "tflops": _NUM, "pct_peak_flops": _NUM, "gbps": _NUM, "pct_peak_bw": _NUM,
+        "peak_mem_mib": _NUM, "speedup_vs_eager": _NUM, "speedup_vs_compile": _NUM, "fps_per_watt": _NUM,
+        "frames": {"type": ["integer", "null"]}, "note": _STR,
+        "samples_ms": {"type": "array", "items": {"type": "number"}},
+        "telemetry": {"type": "object", "required": ["available"], "properties": {"available": {"type": "boolean"}}},
+    },
+}
+SCHEMA: dict = {
+    "type": "object",
+    "required": ["format", "version", "environment", "records"],
+    "properties": {
+        "format": {"type": "string", "enum": [FORMAT]}, "version": {"type": "integer", "enum": [VERSION]},
+        "environment": {"type": "object", "required": ["device", "torch", "commit", "command", "timestamp", "cpu_only"]},
+        "records": {"type": "array", "items": RECORD_SCHEMA},
+    },
+}
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def validate(instance: Any, schema: dict = SCHEMA, where: str = "$") -> list[str]:
+    """Errors of `instance` against a JSON-Schema subset (type, enum, required, properties, items); [] if valid."""
+    errors: list[str] = []
+    types = schema.get("type")
+    if types is not None:
+        types = [types] if isinstance(types, str) else types
+
+        def fits(t: str) -> bool:
+            if t == "number":
+                return isinstance(instance, (int, float)) and not isinstance(instance, bool)
+            if t == "integer":
+                return isinstance(instance, int) and not isinstance(instance, bool)
+            return isinstance(instance, _TYPES[t])
+        if not any(fits(t) for t in types):
+            return [f"{where}: expected {' or '.join(types)}, got {type(instance).__name__} {instance!r:.60}"]
+    if "enum" in schema and instance not in schema["enum"]:
+        errors.append(f"{where}: {instance!r} is not one of {schema['enum']}")
+    if isinstance(instance, dict):
+        errors += [f"{where}: missing key {k!r}" for k in schema.get("required", []) if k not in instance]
+        for k, sub in schema.get("properties", {}).items():
+            if k in instance:
+                errors += validate(instance[k], sub, f"{where}.{k}")
+    if isinstance(instance, list) and "items" in schema:
+        for i, item in enumerate(instance):
+            errors += validate(item, schema["items"], f"{where}[{i}]")
+    return errors
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+def _registry():
+    """benchmarks.registry from the source checkout this package lives in."""
+    try:
+        from benchmarks import registry
+    except ModuleNotFoundError:
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "benchmarks" / "registry.py").is_file():
+            raise FlashTalkError("flashtalk bench needs the source checkout's benchmarks/ folder "
+                                 f"(not found beside {Path(__file__).parent})") from None
+        sys.path.insert(0, str(root))
+        from benchmarks import registry
+    return registry
+
+
+def environment(device: str, argv: list[str]) -> dict:
+    import torch
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    try:
+        root = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=root, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    cuda = device.startswith("cuda")
+    if cuda:
+        from flashtalk.profiling.devices import current
+
+        name = torch.cuda.get_device_name()
+        peak = current()
+    else:
+        name, peak = f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)", None
+    from flashtalk.profiling.nvml import NvmlSampler
+
+    probe = NvmlSampler()
+    return {
+        "device": name, "cpu_only": not cuda, "peak": asdict(peak) if peak else None, "driver": probe._driver,
+        "nvml": probe.unavailable or "available", "torch": torch.__version__, "triton": triton_version,
+        "cuda": torch.version.cuda, "commit": commit, "command": " ".join(["flashtalk bench", *argv]),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(), "python": platform.python_version(),
+    }
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _telemetry(summary) -> dict:
+    d = asdict(summary)
+    return {k: v for k, v in d.items() if v not in (None, [], "")} | {"available": summary.available}
+
+
+def _peak_flops(env: dict, dtype: str) -> float | None:
+    import torch
+
+    peak = env.get("peak")
+    if not peak:
+        return None
+    if dtype == "fp32":  # cuDNN convolutions use TF32 unless it is switched off
+        return peak["tf32_tflops"] if torch.backends.cudnn.allow_tf32 else peak["fp32_tflops"]
+    return peak["bf16_tflops"] if dtype in ("fp16", "bf16") else None
+
+
+def measure_provider(fn, built, setup, iters: int, warmup: int) -> dict:
+    """Run one provider: warm-up (timed as a whole), then the timed calls. Returns the record's figures."""
+    import torch
+
+    from flashtalk.profiling.nvml import NvmlSampler
+    from flashtalk.profiling.timing import latency_percentiles, measure
+
+    cuda = setup.cuda
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    _sync(cuda)
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        fn(i)
+    _sync(cuda)
+    out: dict = {"warmup_s": time.perf_counter() - t0}
+    sampler = NvmlSampler(torch.cuda.current_device() if cuda else 0)
+    with sampler:
+        if built.samples_key == "latency":  # the provider times itself, one sample per call
+            samples = [fn(warmup + i) for i in range(iters)]
+            out.update(metric="first_frame_latency", unit="ms", samples_ms=samples, **{
+                k.removesuffix("_ms"): v for k, v in latency_percentiles(samples).items()})
+            out["value"] = out["p50"]
+        elif built.samples_key == "aggregate":
+            runs = [fn(warmup + i) for i in range(iters)]
+            frames, seconds = sum(r["frames"] for r in runs), sum(r["seconds"] for r in runs)
+            lat = [v for r in runs for v in r["latency_ms"]]
+            out.update(metric="aggregate_fps", unit="frames/s", value=frames / seconds, frames=frames, samples_ms=lat)
+            if lat:
+                out.update({k.removesuffix("_ms"): v for k, v in latency_percentiles(lat).items()})
+        else:
+            timing = measure(lambda i: fn(warmup + i), warmup=0, iters=iters, device=setup.device)
+            out.update(metric="time", unit="ms", value=timing.median_ms, p20=timing.p20_ms, p80=timing.p80_ms)
+    out["iters"] = iters
+    out["telemetry"] = _telemetry(sampler.summary())
+    if cuda:
+        out["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run_case(case, setup, env: dict, iters: int, warmup: int, emit) -> list[dict]:
+    """Build a case and measure each provider; returns its records (speed-ups filled in)."""
+    import torch
+
+    from flashtalk.kernels import last_choice
+
+    base = {k: env[k] for k in ("device", "driver", "torch", "triton", "commit", "command", "timestamp")}
+    base.update(case=case.name, group=case.group)
+    try:
+        built = case.build(setup)
+    except Exception as exc:  # noqa: BLE001 - a case that cannot be built is a row saying why, not a crash
+        log.debug("building %s failed", case.name, exc_info=True)
+        rec = base | dict(metric="time", value=None, unit="ms", status="failed", reason=_one_line(exc), shape="",
+                          dtype="", provider="-")
+        emit(rec)
+        return [rec]
+    records = []
+    pipeline = case.group in ("pipeline", "renderer")
+    if case.group in ("pipeline", "stream"):  # whole clips / sessions per call: a few calls say enough
+        iters, warmup = min(iters, 3), 1
+    try:
+        for name, fn in built.providers.items():
+            rec = base | dict(shape=built.shape, dtype=built.dtype, provider=name, note=built.note)
+            if isinstance(fn, str):
+                metric, unit = {"latency": ("first_frame_latency", "ms"), "aggregate": ("aggregate_fps", "frames/s"),
+                                None: ("fps", "frames/s") if pipeline else ("time", "ms")}[built.samples_key]
+                rec.update(metric=metric, value=None, unit=unit, status="skipped", reason=fn)
+            else:
+                try:
+                    with torch.no_grad():
+                        rec.update(measure_provider(fn, built, setup, iters, warmup), status="ok")
+                    op = case.name.split("/")[0]
+                    choice = last_choice(op) if name == "flashtalk" else None
+                    rec["backend"] = choice.backend if choice else None
+                except Exception as exc:  # noqa: BLE001 - one provider failing (OOM, unsupported) is a row
+                    log.debug("%s / %s failed", case.name, name, exc_info=True)
+                    rec.update(metric="time", value=None, unit="ms", status="failed", reason=_one_line(exc))
+                    if setup.cuda:
+                        torch.cuda.empty_cache()
+            _derive(rec, built, env, pipeline)
+            records.append(rec)
+    finally:
+        cleanup = built.extra.get("cleanup")
+        if cleanup:
+            cleanup()
+    _speedups(records)
+    for rec in records:
+        emit(rec)
+    return records
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160] if text else ''}"
+
+
+def _derive(rec: dict, built, env: dict, fps_case: bool) -> None:
+    """Throughput figures of a timed record: TFLOP/s, GB/s, % of peak, FPS (and FPS/W)."""
+    if rec.get("status") != "ok" or rec["metric"] != "time":
+        if rec.get("metric") == "aggregate_fps" and rec.get("status") == "ok":
+            power = rec["telemetry"].get("power_w_mean")
+            rec["fps_per_watt"] = rec["value"] / power if power else None
+        return
+    seconds = rec["value"] * 1e-3
+    if built.flops:
+        rec["tflops"] = built.flops / seconds / 1e12
+        peak = _peak_flops(env, built.dtype)
+        rec["pct_peak_flops"] = 100 * rec["tflops"] / peak if peak else None
+    if built.bytes:
+        rec["gbps"] = built.bytes / seconds / 1e9
+        peak = env.get("peak")
+        rec["pct_peak_bw"] = 100 * rec["gbps"] / peak["mem_gbps"] if peak else None
+    if fps_case and built.frames:
+        frames = built.frames
+        rec.update(metric="fps", unit="frames/s", value=frames / seconds, frames=frames,
+                   p20=frames / (rec["p80"] * 1e-3), p80=frames / (rec["p20"] * 1e-3), time_ms=rec["value"])
+        power = rec["telemetry"].get("power_w_mean")
+        rec["fps_per_watt"] = rec["value"] / power if power else None
+
+
+def _speedups(records: list[dict]) -> None:
+    by = {r["provider"]: r for r in records if r.get("status") == "ok" and r.get("value")}
+    for rec in records:
+        for ref, key in (("eager", "speedup_vs_eager"), ("compile", "speedup_vs_compile")):
+            if rec.get("status") != "ok" or ref not in by or rec["provider"] == ref:
+                continue
+            a, b = rec["value"], by[ref]["value"]
+            rec[key] = (b / a) if rec["unit"] == "ms" else (a / b)
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+COLUMNS = ("case", "provider", "value", "unit", "p20-p80 / p50-p99", "vs eager", "vs compile", "%peak", "notes")
+
+
+def rows(records: list[dict]) -> list[list[str]]:
+    out = []
+    for r in records:
+        if r["status"] != "ok":
+            out.append([r["case"], r["provider"], "-", r["unit"], "", "", "", "", f"{r['status']}: {r.get('reason', '')}"])
+            continue
+        spread = (f"{_fmt(r['p20'])}-{_fmt(r['p80'])}" if "p20" in r and r["metric"] != "first_frame_latency"
+                  else f"{_fmt(r.get('p50'))}-{_fmt(r.get('p99'))} ms" if "p99" in r else "")
+        pct = r.get("pct_peak_flops") if r.get("pct_peak_flops") is not None else r.get("pct_peak_bw")
+        notes = []
+        if r.get("tflops") is not None:
+            notes.append(f"{_fmt(r['tflops'])} TFLOP/s")
+        if r.get("gbps") is not None:
+            notes.append(f"{_fmt(r['gbps'])} GB/s")
+        if r.get("backend"):
+            notes.append(f"kernels: {r['backend']}")
+        if r.get("warmup_s", 0) > 1:
+            notes.append(f"warm-up {r['warmup_s']:.1f} s")
+        if r.get("peak_mem_mib"):
+            notes.append(f"peak {r['peak_mem_mib']:.0f} MiB")
+        if r.get("fps_per_watt"):
+            notes.append(f"{r['fps_per_watt']:.2f} FPS/W")
+        thr = r.get("telemetry", {}).get("throttle_reasons")
+        if thr:
+            notes.append("throttled: " + ",".join(thr))
+        out.append([r["case"], r["provider"], _fmt(r["value"], 4), r["unit"], spread,
+                    _fmt(r.get("speedup_vs_eager")) + ("x" if r.get("speedup_vs_eager") else ""),
+                    _fmt(r.get("speedup_vs_compile")) + ("x" if r.get("speedup_vs_compile") else ""),
+                    f"{pct:.1f}%" if pct is not None else "", "; ".join(notes)])
+    return out
+
+
+def header_lines(env: dict) -> list[str]:
+    lines = [f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']} | "
+             f"{env['timestamp']}", f"command: {env['command']}",
+             f"NVML telemetry: {env['nvml']}" + (f" (driver {env['driver']})" if env.get("driver") else "")]
+    if env["cpu_only"]:
+        lines.append("CPU run: tiny preset and small shapes so every path runs; CPU figures are not GPU figures.")
+    elif env.get("peak") is None:
+        lines.append("unknown GPU: no % of peak")
+    return lines
+
+
+def terminal_table(records: list[dict]) -> str:
+    table = [list(COLUMNS)] + rows(records)
+    widths = [min(max(len(row[i]) for row in table), 44) for i in range(len(COLUMNS) - 1)]
+    return "\n".join("  ".join(c[:w].ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in table)
+
+
+def markdown(env: dict, records: list[dict]) -> str:
+    out = ["# flashtalk bench", "", *[f"- {line}" for line in header_lines(env)], ""]
+    for group in ("kernel", "stage", "renderer", "pipeline", "stream"):
+        recs = [r for r in records if r["group"] == group]
+        if not recs:
+            continue
+        out += [f"## {group}", "", "| " + " | ".join(COLUMNS) + " | shape |", "|" + " --- |" * (len(COLUMNS) + 1)]
+        out += ["| " + " | ".join(c.replace("|", "/") for c in row) + f" | {r['shape']} |"
+                for row, r in zip(rows(recs), recs)]
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(records: list[dict], path: str, env: dict) -> None:
+    """speed-up per stage, FPS vs batch, latency CDF, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    ok = [r for r in records if r["status"] == "ok"]
+    ax = axes[0]
+    stage = [r for r in ok if r["group"] in ("stage", "kernel") and r["provider"] == "flashtalk"]
+    names = [r["case"] for r in stage]
+    for k, (key, label) in enumerate((("speedup_vs_eager", "vs eager"), ("speedup_vs_compile", "vs torch.compile"))):
+        vals = [r.get(key) or 0.0 for r in stage]
+        ax.barh([i + 0.4 * k for i in range(len(names))], vals, height=0.4, label=label)
+    ax.set_yticks([i + 0.2 for i in range(len(names))], names, fontsize=7)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("speed-up of flashtalk (x)")
+    ax.set_title("speed-up per kernel / stage")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    rend = [r for r in ok if r["group"] == "renderer"]
+    for prov in sorted({r["provider"] for r in rend}):
+        pts = sorted((r["frames"], r["value"]) for r in rend if r["provider"] == prov)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=prov)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch (frames per call)")
+    ax.set_ylabel("FPS")
+    ax.set_title("renderer FPS vs batch")
+    if rend:
+        ax.legend(fontsize=7)
+    ax = axes[2]
+    for r in ok:
+        if r["group"] == "stream" and r.get("samples_ms"):
+            s = sorted(r["samples_ms"])
+            ax.step(s, [(i + 1) / len(s) for i in range(len(s))], where="post", label=f"{r['case']} {r['provider']}")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of frames")
+    ax.set_title("streaming latency CDF")
+    if any(r["group"] == "stream" and r.get("samples_ms") for r in ok):
+        ax.legend(fontsize=7)
+    fig.suptitle(f"flashtalk bench: {env['device']}" + (" (CPU: not GPU figures)" if env["cpu_only"] else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load_report(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FlashTalkError(f"--compare: {path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise FlashTalkError(f"--compare: {path} is not JSON ({exc})") from None
+    errors = validate(data)
+    if errors:
+        raise FlashTalkError(f"--compare: {path} is not a flashtalk bench report: {errors[0]}")
+    return data
+
+
+def compare(records: list[dict], old: dict) -> list[str]:
+    """new/old per (case, provider, metric); 'better' accounts for the unit (ms: lower is better)."""
+    index = {(r["case"], r["provider"], r["metric"]): r for r in old["records"] if r["status"] == "ok"}
+    lines = [f"compared with {old['environment']['command']} ({old['environment']['device']}, "
+             f"{old['environment']['commit']}, {old['environment']['timestamp']})"]
+    for r in records:
+        o = index.get((r["case"], r["provider"], r["metric"]))
+        if r["status"] != "ok" or o is None or not o["value"]:
+            continue
+        ratio = r["value"] / o["value"]
+        better = ratio < 1 if r["unit"] in LOWER_IS_BETTER else ratio > 1
+        lines.append(f"{r['case']:<40} {r['provider']:<18} {_fmt(o['value'], 4):>10} -> {_fmt(r['value'], 4):>10} "
+                     f"{r['unit']:<9} x{ratio:.3f} {'better' if better else 'worse' if ratio != 1 else 'same'}")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a short run: fewer cases and iterations")
+    parser.add_argument("--only", action="append", choices=["kernel", "stage", "renderer", "pipeline", "stream"],
+                        help="case group(s) to run (default: all)")
+    parser.add_argument("--case", action="append", metavar="TEXT", help="only cases whose name contains TEXT")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="dtype of the attention / warp kernel cases")
+    parser.add_argument("--compile", dest="compile", action="store_true", default=None,
+                        help="measure torch.compile providers (default: on, except --quick on the CPU)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--iters", type=int, help="timed calls per provider (default 20 on GPU, 3 on CPU; quick fewer)")
+    parser.add_argument("--sessions", type=int, help="concurrent sessions of the aggregate streaming case")
+    parser.add_argument("--json", metavar="PATH", help="write one record per case and provider as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
+    parser.add_argument("--plot", metavar="PATH", help="write PNG charts (speed-up, FPS vs batch, latency CDF)")
+    parser.add_argument("--compare", metavar="OLD.json", help="print the ratio against an earlier --json report")
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The options this run was given, as a command line (for the report's `command`)."""
+    out: list[str] = []
+    for key, value in vars(args).items():
+        flag = "--" + key.replace("_", "-")
+        if key == "compile" and value is not None:
+            out.append("--compile" if value else "--no-compile")
+        elif value is True:
+            out.append(flag)
+        elif isinstance(value, list):
+            out += [x for v in value for x in (flag, str(v))]
+        elif value not in (None, False):
+            out += [flag, str(value)]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.iters is not None and args.iters < 1:
+        raise FlashTalkError(f"--iters must be >= 1, got {args.iters}")
+    if args.sessions is not None and args.sessions < 1:
+        raise FlashTalkError(f"--sessions must be >= 1, got {args.sessions}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FlashTalkError(f"--device {device}: CUDA is not available here")
+    if not device.startswith(("cuda", "cpu")):
+        raise FlashTalkError(f"--device must be cuda or cpu, got {device!r}")
+    old = load_report(args.compare) if args.compare else None
+    registry = _registry()
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype or "")
+    setup = registry.Setup.for_device(device, quick=args.quick, compile=args.compile, sessions=args.sessions,
+                                      dtype=dtype)
+    cuda = setup.cuda
+    iters = args.iters or ((5 if args.quick else 20) if cuda else (2 if args.quick else 3))
+    warmup = 3 if cuda else 1
+    env = environment(device, _argv(args))
+    for line in header_lines(env):
+        print(line)
+    cases = registry.select(setup, args.only, args.case)
+    if not cases:
+        raise FlashTalkError("no case matches --only / --case")
+    records: list[dict] = []
+
+    def emit(rec: dict) -> None:
+        print(terminal_table([rec]).splitlines()[1], flush=True)
+
+    print("  ".join(COLUMNS))
+    start = time.perf_counter()
+    for case in cases:
+        records += run_case(case, setup, env, iters, warmup, emit)
+    env["wall_s"] = time.perf_counter() - start
+    print(f"\n{len(records)} records from {len(cases)} cases in {env['wall_s']:.1f} s")
+    print(terminal_table(records))
+    report = {"format": FORMAT, "version": VERSION, "environment": env, "records": records}
+    errors = validate(report)
+    if errors:  # a bug here, not the user's: say so plainly
+        raise FlashTalkError(f"internal error: the report does not match its schema: {errors[:3]}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(env, records))
+        print(f"wrote {args.markdown}")
+    if args.plot:
+        plot(records, args.plot, env)
+        print(f"wrote {args.plot}")
+    if old is not None:
+        print("\n".join(compare(records, old)))
+    return 0
