@@ -22,8 +22,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-weights": ("flashtalk.model.bundle", "convert a LivePortrait + JoyVASA weights folder into one bundle"),
     "bench": ("flashtalk.bench", "measure kernels, stages, renderer, pipeline and streaming against eager / compile"),
     "profile": ("flashtalk.profile", "write a torch-profiler trace of a few rendered frames"),
-    "bench": ("flashtalk.bench", "measure kernels, stages, renderer, pipeline and streaming against eager / compile"),
-    "profile": ("flashtalk.profile", "write a torch-profiler trace of a few rendered frames"),
     "serve": ("flashtalk.serve", "stream talking heads over WebSocket/HTTP, with a web page to try it"),
 }
 
