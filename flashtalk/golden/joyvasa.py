@@ -125,10 +125,18 @@ def _pipeline(folder: Path, model: MotionGenerator, g, dtype, device, base_seed:
     enc = _seeded_audio_encoder(folder, dtype, device, base_seed)
     template = MotionTemplate.from_dict({k[len("template_"):]: g[k] for k in g.files if k.startswith("template_")})
     audio = _t(g["audio"], dtype, device)
+    cache: dict[bytes, torch.Tensor] = {}
+
+    def features(win: torch.Tensor) -> torch.Tensor:  # both PE modes see the same windows: encode each once
+        key = win.detach().cpu().numpy().tobytes()
+        if key not in cache:
+            cache[key] = joyvasa_audio_features(enc, win, model.cfg.n_motions)
+        return cache[key]
+
     out = {}
     for mode in PE_MODES:
         model.denoising_net.pe_mode = mode
-        coef = generate_motion(model, lambda win: joyvasa_audio_features(enc, win, model.cfg.n_motions), audio[None],
+        coef = generate_motion(model, features, audio[None],
                                cfg_scale=float(g["cfg_scale"]), x_T=_t(g["x_T"], dtype, device),
                                noise=_t(g["z"], dtype, device))[0]
         out[f"motion_coef_{mode}"] = coef
