@@ -255,13 +255,6 @@ def test_a_writer_failure_reaches_the_caller(clips, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_weights_backend_is_not_wired_yet(tmp_path):
-    with pytest.raises(FlashTalkError, match="no such file"):
-        Engine.from_weights(tmp_path / "missing")
-    with pytest.raises(FlashTalkError, match="network backend not available yet"):
-        Engine.from_weights(tmp_path)
-
-
 def test_preview_rejects_controls(clips):
     with pytest.raises(FlashTalkError, match="takes no controls.*gaze"):
         Engine.preview("cpu").prepare(PORTRAIT, clips["short"], gaze=(0.1, 0.0))

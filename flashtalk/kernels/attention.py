@@ -398,29 +398,35 @@ def attention_ref(
     causal: bool = False,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Plain attention computed in fp32 (fp64 for fp64 inputs); fully masked rows give zeros."""
+    """Attention computed in fp32 (fp64 for fp64 inputs) by PyTorch's SDPA, with every mask folded into one
+    additive bias; causal is bottom-right aligned, and rows whose keys are all masked give zeros."""
     if k.shape[2] == 0:  # no keys at all: every row is all-masked
         return torch.zeros_like(q)
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s = torch.matmul(q.to(compute), k.to(compute).transpose(-1, -2)) * scale  # [B, H, Lq, Lk]
-    allowed = torch.ones(s.shape, dtype=torch.bool, device=s.device)
+    Lq, Lk = q.shape[2], k.shape[2]
+    allowed = None
+    bias = None
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
-            allowed = allowed & attn_mask
+            allowed = attn_mask
         else:
-            s = s + attn_mask.to(compute)
+            bias = attn_mask.to(compute)
     if key_padding_mask is not None:
-        allowed = allowed & ~key_padding_mask[:, None, None, :]
+        keep = ~key_padding_mask[:, None, None, :]
+        allowed = keep if allowed is None else allowed & keep
     if causal:
-        Lq, Lk = s.shape[-2:]
-        allowed = allowed & torch.ones(Lq, Lk, dtype=torch.bool, device=s.device).tril(Lk - Lq)
-    s = s.masked_fill(~allowed, float("-inf"))
-    row_max = s.amax(dim=-1, keepdim=True)
-    p = torch.exp(s - torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)))
-    denom = p.sum(dim=-1, keepdim=True)
-    p = p / torch.where(denom > 0, denom, torch.ones_like(denom))
-    return torch.matmul(p, v.to(compute)).to(q.dtype)
+        lower = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)
+        allowed = lower if allowed is None else allowed & lower
+    if allowed is not None:
+        blocked = torch.zeros(allowed.shape, dtype=compute, device=q.device).masked_fill(~allowed, float("-inf"))
+        bias = blocked if bias is None else bias + blocked
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.to(compute), k.to(compute), v.to(compute), attn_mask=bias, scale=scale
+    )
+    if bias is not None:  # SDPA gives NaN where a row has no finite score; define those rows as zeros
+        dead = ~(bias > float("-inf")).any(dim=-1, keepdim=True)
+        out = out.masked_fill(dead, 0.0)
+    return out.to(q.dtype)
 
 
 def attention(
