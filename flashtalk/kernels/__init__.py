@@ -28,6 +28,7 @@ OPS: dict[str, str] = {
     "warp2d": "flashtalk.kernels.warp2d",
     "paste_back": "flashtalk.kernels.paste_back",
     "watermark_embed": "flashtalk.kernels.watermark_embed",
+    "spade_norm": "flashtalk.kernels.spade_norm",
 }
 
 __all__ = ["OPS", "Choice", "choose", "last_choice", "mode", "use_kernels", *OPS]

@@ -1,0 +1,91 @@
+"""spade_norm: Triton kernel (interpreter on CPU) against spade_norm_ref and against an fp64 reference of
+the unfused math (instance_norm, modulation, leaky ReLU as three PyTorch ops)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flashtalk.errors import FlashTalkError
+from flashtalk.kernels import use_kernels
+from flashtalk.kernels.spade_norm import _launch, spade_norm, spade_norm_ref
+from tests.utils import TOLERANCES, assert_close, max_err
+
+CASES = [
+    pytest.param((1, 3, 5, 7), "contiguous", id="B1-C3-5x7"),
+    pytest.param((2, 19, 13, 11), "contiguous", id="B2-C19-13x11"),
+    pytest.param((2, 17, 9, 15), "channels_last", id="B2-C17-9x15-cl"),
+    pytest.param((1, 20, 12, 16), "sliced", id="B1-C20-12x16-slice"),
+]
+DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.float32, torch.float16, torch.bfloat16)]
+
+
+def _make(shape, layout, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    if layout == "sliced":  # a non-contiguous view: every other column of a wider tensor
+        b, c, h, w = shape
+        return (3 * torch.randn(b, c, h, 2 * w, generator=g) + 1.5)[..., ::2].to(dtype)
+    t = (3 * torch.randn(shape, generator=g) + 1.5).to(dtype)
+    return t.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else t
+
+
+def _unfused64(x, gamma, beta, slope):
+    y = F.instance_norm(x.double(), eps=1e-5) * (1 + gamma.double()) + beta.double()
+    return F.leaky_relu(y, slope) if slope is not None else y
+
+
+@pytest.mark.parametrize("slope", [0.2, None], ids=["lrelu0.2", "noact"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,layout", CASES)
+def test_kernel_matches_reference(shape, layout, dtype, slope):
+    x = _make(shape, layout, dtype, 1)
+    gamma = 0.5 * _make(shape, layout, dtype, 2) - 0.7
+    beta = _make(shape, "contiguous", dtype, 3)  # mixed layouts across the three inputs
+    expected = _unfused64(x, gamma, beta, slope)
+    with use_kernels("triton"):
+        out = spade_norm(x, gamma, beta, slope)
+    assert out.dtype == dtype and out.shape == x.shape
+    ref = spade_norm_ref(x, gamma, beta, slope)
+    atol, rtol = TOLERANCES[dtype]
+    assert_close(out, expected, atol, rtol)
+    # low precision: at most ~2x the error of the reference in the same dtype (plus one output ulp)
+    if dtype != torch.float32:
+        assert max_err(out, expected) <= 2 * max_err(ref, expected) + atol
+    assert_close(ref, expected, atol, rtol)
+
+
+def test_kernel_writes_every_element():
+    x = _make((2, 5, 7, 9), "contiguous", torch.float32, 4)
+    gamma, beta = _make(x.shape, "contiguous", torch.float32, 5), _make(x.shape, "contiguous", torch.float32, 6)
+    out = torch.full_like(x, float("nan"))
+    _launch(x, gamma, beta, 0.2, 1e-5, out)
+    assert_close(out, _unfused64(x, gamma, beta, 0.2), 1e-5, 1e-5)
+
+
+def test_channels_last_output_keeps_format():
+    x = _make((1, 6, 4, 5), "channels_last", torch.float32, 7)
+    with use_kernels("triton"):
+        out = spade_norm(x, x * 0.1, x * 0.2, 0.2)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fp16_large_activations_stay_finite():
+    """Values of 3e3 square to 9e6 (> fp16 max 65504): fp16 statistics would overflow; fp32 ones do not."""
+    g = torch.Generator().manual_seed(8)
+    x = (3000 * torch.randn(1, 4, 16, 16, generator=g) + 2000).half()
+    gamma, beta = torch.zeros_like(x), torch.zeros_like(x)
+    with use_kernels("triton"):
+        out = spade_norm(x, gamma, beta, None)
+    assert torch.isfinite(out).all()
+    assert_close(out, _unfused64(x, gamma, beta, None), 2e-3, 2e-3)
+
+
+def test_bad_inputs():
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(FlashTalkError, match="gamma must have x's shape"):
+        spade_norm(x, torch.randn(1, 3, 4, 5), x)
+    with pytest.raises(FlashTalkError, match=r"x must be a non-empty \[B, C, H, W\]"):
+        spade_norm(x[0], x[0], x[0])
+    with pytest.raises(FlashTalkError, match="beta must be floating point"):
+        spade_norm(x, x, x.to(torch.int32))
