@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from flashtalk.errors import FlashTalkError
 from flashtalk.model.audio_encoder import joyvasa_audio_features
 from flashtalk.model.bundle import Networks
-from flashtalk.model.keypoints import Motion, bins_to_degrees, rotation_from_degrees, transform_keypoints
-from flashtalk.model.motion_pipeline import LEAD_FRAMES, LIP_KEYPOINTS, TRAIL_FRAMES, MotionStream, SamplerConfig
+from flashtalk.model.controls import ControlSet, apply_controls
+from flashtalk.model.keypoints import Motion, bins_to_degrees, rotation_from_degrees
+from flashtalk.model.motion_pipeline import LEAD_FRAMES, TRAIL_FRAMES, MotionStream, SamplerConfig
 from flashtalk.model.renderer import SourceState
 
 log = logging.getLogger(__name__)
@@ -39,52 +40,9 @@ OUT_SIZE = 512
 SAMPLER_NAMES = {"ddim": "ddim", "dpmpp": "dpmpp_2m", "ddpm": "ddpm"}
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_CFG = "dpmpp", 10, 2.0
 DEFAULT_POSE_SMOOTHING = 0.99  # JoyVASA's EMA alpha 0.01
-# Source eye / lip-open ratios assumed for the retargeting MLPs (LivePortrait measures them with its
-# 203-point landmark model, which FlashTalk does not ship): typical open eyes, closed mouth.
-SOURCE_EYE_RATIO, SOURCE_LIP_RATIO = 0.35, 0.05
-CONTROLS = ("yaw", "pitch", "roll", "expression_scale", "eye_open", "lip_open", "pose_smoothing")
-
-
-@dataclass(frozen=True)
-class Controls:
-    """User controls; the defaults leave the model's motion unchanged (zero offsets = no offsets)."""
-
-    yaw: float = 0.0  # head-pose offsets in degrees, added to the source pose
-    pitch: float = 0.0
-    roll: float = 0.0
-    expression_scale: float = 1.0  # scales the expression change from the source
-    eye_open: float | None = None  # target eye-open ratio (0 closed .. 0.8) through the eye-retargeting MLP
-    lip_open: float | None = None  # target lip-open ratio (0 closed .. 0.8) through the lip-retargeting MLP
-    pose_smoothing: float = DEFAULT_POSE_SMOOTHING  # EMA strength on pose: 0 none .. < 1 (alpha = 1 - strength)
-
-    @classmethod
-    def from_mapping(cls, controls: Mapping[str, Any]) -> "Controls":
-        unknown = sorted(set(controls) - set(CONTROLS))
-        if unknown:
-            raise FlashTalkError(f"unknown controls {unknown} (known: {', '.join(CONTROLS)})")
-        values = {}
-        for k, v in controls.items():
-            if v is None:
-                continue
-            try:
-                values[k] = float(v)
-            except (TypeError, ValueError):
-                raise FlashTalkError(f"control {k} must be a number, got {v!r}") from None
-            if not math.isfinite(values[k]):
-                raise FlashTalkError(f"control {k} must be finite, got {v!r}")
-        c = cls(**values)
-        for name in ("yaw", "pitch", "roll"):
-            if abs(getattr(c, name)) > 90:
-                raise FlashTalkError(f"{name} offset must be within ±90 degrees, got {getattr(c, name)}")
-        if not 0 <= c.expression_scale <= 3:
-            raise FlashTalkError(f"expression_scale must be in [0, 3], got {c.expression_scale}")
-        for name in ("eye_open", "lip_open"):
-            v = getattr(c, name)
-            if v is not None and not 0 <= v <= 0.8:
-                raise FlashTalkError(f"{name} must be in [0, 0.8] (LivePortrait's retargeting range), got {v}")
-        if not 0 <= c.pose_smoothing < 1:
-            raise FlashTalkError(f"pose_smoothing must be in [0, 1), got {c.pose_smoothing}")
-        return c
+# The user's controls: `flashtalk.model.controls.ControlSet` (pose offsets / gains, expression scale,
+# intensity, head distance, gaze, eyes, mouth, emotion offset, regions, keyframed tracks).
+Controls = ControlSet
 
 
 def sampler_config(sampler: str = DEFAULT_SAMPLER, steps: int | None = DEFAULT_STEPS,
@@ -137,31 +95,14 @@ def clip_frames(n_samples: int, samples_per_frame: int) -> int:
 
 
 def compose(renderer: Any, source: SourceState, generated: Motion, reference: Motion, controls: Controls, *,
-            lip_absolute: bool = True) -> torch.Tensor:
+            lip_absolute: bool = True, frames: torch.Tensor | None = None, fps: float = 25.0,
+            seed: int = 0) -> torch.Tensor:
     """Driving keypoints [N, 21, 3] (before stitching): joyvasa.md §3.6 / liveportrait.md §10.4 relative
-    mapping (lips absolute for audio-driven motion), with the controls: pose offsets on the source pose,
-    expression scale on the change from the source expression, eye / lip retargeting deltas added to x_d."""
-    n = generated.R.shape[0]
-    R_s = source.R
-    if controls.pitch or controls.yaw or controls.roll:
-        R_s = rotation_from_degrees(source.pitch + controls.pitch, source.yaw + controls.yaw, source.roll + controls.roll)
-    R = generated.R @ reference.R.transpose(1, 2) @ R_s
-    exp = (source.exp + (generated.exp - reference.exp)).expand(n, -1, -1).clone()
-    if lip_absolute:
-        exp[:, list(LIP_KEYPOINTS)] = generated.exp[:, list(LIP_KEYPOINTS)]
-    if controls.expression_scale != 1.0:
-        exp = source.exp + controls.expression_scale * (exp - source.exp)
-    scale = (source.scale * (generated.scale / reference.scale)).expand(n, -1)
-    t = (source.t + (generated.t - reference.t)).expand(n, -1)
-    x_d = transform_keypoints(source.x_c.expand(n, -1, -1), R, exp, scale, t)
-    stitch = renderer.stitching_retargeting_module
-    if controls.eye_open is not None:
-        ratio = x_d.new_tensor([SOURCE_EYE_RATIO, SOURCE_EYE_RATIO, controls.eye_open]).expand(n, -1)
-        x_d = x_d + stitch.retarget_eye_delta(source.x_s, ratio)
-    if controls.lip_open is not None:
-        ratio = x_d.new_tensor([SOURCE_LIP_RATIO, controls.lip_open]).expand(n, -1)
-        x_d = x_d + stitch.retarget_lip_delta(source.x_s, ratio)
-    return x_d
+    mapping (lips absolute for audio-driven motion) with the controls (`flashtalk.model.controls`);
+    `frames`: the output frame indices (keyframed controls, automatic blinks)."""
+    return apply_controls(controls, x_c=source.x_c, source=source, generated=generated, reference=reference,
+                          lip_absolute=lip_absolute, frames=frames, fps=fps,
+                          retarget=renderer.stitching_retargeting_module, seed=seed)
 
 
 class NetworkBackend:
@@ -193,15 +134,28 @@ class NetworkBackend:
 
     def prepare(self, crop: torch.Tensor, audio16k: np.ndarray, *, seed: int, controls: Mapping[str, Any],
                 landmarks: Any = None) -> "SpeechAnimation":
-        c = Controls.from_mapping(controls)
-        return SpeechAnimation(self, self.encode(crop), np.asarray(audio16k, dtype=np.float32), seed, c)
+        source = self.encode(crop)
+        c = Controls.from_mapping(controls, expression_of=lambda path: self.expression_offset(path, source))
+        return SpeechAnimation(self, source, np.asarray(audio16k, dtype=np.float32), seed, c)
+
+    def expression_offset(self, image: str | Path, neutral: SourceState | None = None) -> torch.Tensor:
+        """A photo's expression [21, 3] relative to `neutral`'s (the portrait being animated), or on its
+        own (controls.expression_offset) without one: the emotion offset of a reference photo."""
+        from flashtalk.facecrop import face_crop
+        from flashtalk.media import load_image
+        from flashtalk.model.controls import expression_offset
+
+        fc = face_crop(load_image(image, name="emotion image"), "auto", name="emotion image")
+        ref = self.encode(torch.from_numpy(fc.image).to(self.device).permute(2, 0, 1).float().div_(255))
+        return expression_offset(ref.exp[0].cpu(), None if neutral is None else neutral.exp[0].cpu())
 
     def prepare_driving(self, crop: torch.Tensor, video: str | Path, *, controls: Mapping[str, Any]) -> "DrivingAnimation":
         """Video-driven mode (LivePortrait's own use): the motion of each driving frame, relative to the first."""
-        c = Controls.from_mapping(controls)
+        source = self.encode(crop)
+        c = Controls.from_mapping(controls, expression_of=lambda path: self.expression_offset(path, source))
         if c.pose_smoothing != DEFAULT_POSE_SMOOTHING:
             raise FlashTalkError("pose_smoothing applies to audio-driven motion, not to a driving video")
-        return DrivingAnimation(self, self.encode(crop), Path(video), c)
+        return DrivingAnimation(self, source, Path(video), c)
 
     def render(self, source: SourceState, x_d: torch.Tensor) -> torch.Tensor:
         """Stitching + warp + decode -> [N, 3, 512, 512] in [0, 1] (resized if the preset renders smaller)."""
@@ -291,7 +245,7 @@ class SpeechAnimation(_Rendered):
         """Driving keypoints [n, 21, 3] of consecutive output frames, one window at a time (unstitched)."""
         gen = MotionWindows(self.backend.nets, sampler=self.backend.sampler, seed=self.seed,
                             pose_smoothing=self.controls.pose_smoothing)
-        reference, skip = None, LEAD_FRAMES
+        reference, skip, done = None, LEAD_FRAMES, 0
         for window, n_valid in self._windows():
             motion = gen.push(window, n_valid)
             if reference is None:
@@ -299,7 +253,10 @@ class SpeechAnimation(_Rendered):
             motion = _pose_of(motion, slice(skip, None))
             skip = max(0, skip - n_valid)
             if motion.R.shape[0]:
-                yield compose(self.backend.nets.renderer, self.source, motion, reference, self.controls)
+                frames = torch.arange(done, done + motion.R.shape[0], device=motion.R.device)
+                done += len(frames)
+                yield compose(self.backend.nets.renderer, self.source, motion, reference, self.controls,
+                              frames=frames, fps=self.backend.fps, seed=self.seed)
 
 
 
@@ -403,7 +360,7 @@ class DrivingAnimation(_Rendered):
         return Motion(R=rotation_from_degrees(pitch, yaw, roll), exp=m["exp"].view(n, -1, 3), scale=m["scale"], t=m["t"])
 
     def keypoints(self, chunk: int = 16) -> Iterator[torch.Tensor]:
-        reference = None
+        reference, done = None, 0
         images = self._images()
         while True:
             buf = [img for _, img in zip(range(chunk), images)]
@@ -412,4 +369,7 @@ class DrivingAnimation(_Rendered):
             motion = self._motion(torch.stack(buf))
             if reference is None:
                 reference = _pose_of(motion, slice(0, 1))
-            yield compose(self.backend.nets.renderer, self.source, motion, reference, self.controls, lip_absolute=False)
+            frames = torch.arange(done, done + len(buf), device=motion.R.device)
+            done += len(buf)
+            yield compose(self.backend.nets.renderer, self.source, motion, reference, self.controls, lip_absolute=False,
+                          frames=frames, fps=self.backend.fps)
