@@ -50,6 +50,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="target lip-open ratio 0..0.8 (lip-retargeting MLP)")
     net.add_argument("--pose-smoothing", type=float, default=None, metavar="S",
                      help="EMA smoothing of head pose, 0 (none) .. <1 (default 0.99, JoyVASA's)")
+    net.add_argument("--gaze", metavar="X,Y", help="gaze offset in eyeball units (LivePortrait's), e.g. 5,-3")
+    net.add_argument("--head-distance", type=float, default=None, metavar="K",
+                     help="head scale multiplier 0.5..2 (> 1 closer; guarded to keep the face in the crop)")
+    net.add_argument("--emotion", metavar="IMAGE_OR_PRESET",
+                     help="emotion offset: a preset (.json/.safetensors) or a photo (relative to the portrait)")
+    net.add_argument("--emotion-weight", type=float, default=None, metavar="W", help="weight of --emotion (default 1)")
+    net.add_argument("--controls", metavar="TRACK.json", help="keyframed controls: {\"keyframes\": {time: {name: value}}}")
+    net.add_argument("--control", action="append", default=[], metavar="NAME=VALUE",
+                     help="any other control (smile, mouth_open, blink, intensity, region, ...); repeatable")
+    net.add_argument("--no-auto-blink", action="store_true", help="no natural automatic blinks")
     p.add_argument("--crop", default="auto", metavar="auto|center|X,Y,W,H",
                    help="face crop: detect the face (default), the centred square, or a box in pixels")
     p.add_argument("--paste-back", action="store_true", help="paste the animated crop back into the photo")
@@ -61,6 +71,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-watermark", action="store_true", help="do not embed the provenance watermark")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notices")
+
+
+def _extra_controls(args: argparse.Namespace) -> dict:
+    """--gaze, --head-distance, --emotion(-weight), --controls and --control NAME=VALUE as control names."""
+    out: dict = {}
+    if args.gaze:
+        parts = args.gaze.split(",")
+        try:
+            out["gaze_x"], out["gaze_y"] = (float(p) for p in parts)
+        except ValueError:
+            raise FlashTalkError(f"--gaze takes X,Y (two numbers), got {args.gaze!r}") from None
+    for flag, name in (("head_distance", "head_distance"), ("emotion", "emotion"),
+                       ("emotion_weight", "emotion_weight"), ("controls", "controls")):
+        if getattr(args, flag) is not None:
+            out[name] = getattr(args, flag)
+    for item in args.control:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise FlashTalkError(f"--control takes NAME=VALUE, got {item!r}")
+        out[name.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,9 +116,11 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output, overwrite=args.overwrite)
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="flashtalk: %(message)s")
     controls = {name: getattr(args, name) for name in CONTROL_FLAGS if getattr(args, name) is not None}
+    controls.update(_extra_controls(args))
     if args.preset and not args.seeded_weights:
         raise FlashTalkError("--preset applies to --seeded-weights only (a weights file fixes its own shapes)")
     if args.weights or args.seeded_weights:
+        controls.setdefault("auto_blink", not args.no_auto_blink)
         engine = Engine.from_weights(args.weights, seeded=args.seeded_weights, preset=args.preset,
                                      device=args.device, sampler=args.sampler, steps=args.steps, cfg=args.cfg)
         if args.seeded_weights and not args.quiet:

@@ -300,3 +300,58 @@ def test_bad_presets(tmp_path):
         load_preset(tmp_path / "z.pkl")
     with pytest.raises(FlashTalkError, match="json or .safetensors"):
         save_preset(tmp_path / "p.pkl", torch.zeros(21, 3), "p")
+
+
+# ------------------------------------------------------------------------------------------------ live, CLI
+
+
+def test_controls_changed_mid_stream_take_effect_on_the_next_frame():
+    from flashtalk.animate import demo_assets
+    from flashtalk.runtime.scheduler import Scheduler
+    from flashtalk.runtime.session import HOP, PreviewStreamingBackend, Session, encode_portrait
+
+    backend = PreviewStreamingBackend("cpu")
+    portrait = encode_portrait(backend, demo_assets()[0])
+    audio = (np.random.default_rng(1).standard_normal(4 * HOP) * 0.05).astype(np.float32)
+    sessions = [Session(backend, portrait, idle=False, watermark=False) for _ in range(2)]
+    scheduler = Scheduler(backend)
+    for s in sessions:
+        scheduler.admit(s)
+        s.push_audio(audio[: 2 * HOP])
+    scheduler.step()
+    sessions[1].set_controls({"head_distance": 1.3, "mouth_open": 100})
+    for s in sessions:
+        s.push_audio(audio[2 * HOP:])
+    scheduler.step()
+    a, b = ([f.image for f in s.poll()] for s in sessions)
+    assert len(a) == len(b) == 4
+    for i in range(2):
+        np.testing.assert_array_equal(a[i], b[i])
+    assert np.abs(a[2].astype(int) - b[2].astype(int)).mean() > 1.0  # the very next frame changed
+    with pytest.raises(FlashTalkError, match="head_distance must be in"):
+        sessions[0].set_controls({"head_distance": 3.0})
+
+
+def test_merged_is_the_live_update():
+    c = ControlSet(yaw=5.0, smile=0.2).merged({"smile": 0.4, "gaze_x": 3.0})
+    assert (c.yaw, c.smile, c.gaze_x) == (5.0, 0.4, 3.0)
+    with pytest.raises(FlashTalkError, match="smile"):
+        c.merged({"smile": 9.0})
+
+
+def test_cli_preset_save_and_animate_flags(tmp_path, capsys):
+    from flashtalk.animate import demo_assets
+    from flashtalk.cli import main
+
+    portrait = str(demo_assets()[0])
+    out = tmp_path / "p.json"
+    assert main(["preset", "save", portrait, "-o", str(out), "--seeded-weights", "--preset", "tiny",
+                 "--device", "cpu"]) == 0
+    name, offset = load_preset(out)
+    assert name == "p" and bool(offset.abs().sum() > 0) and offset[5, :2].abs().sum() == 0
+    assert main(["preset", "show", str(out)]) == 0
+    assert "largest" in capsys.readouterr().out
+    assert main(["preset", "save", portrait, "-o", str(out), "--seeded-weights"]) == 2  # exists
+    assert main(["preset", "save", portrait, "-o", str(tmp_path / "q.json")]) == 2  # no network
+    assert main(["animate", portrait, portrait, "-o", str(tmp_path / "o.mp4"), "--gaze", "5"]) == 2
+    assert "--gaze takes X,Y" in capsys.readouterr().err

@@ -46,7 +46,10 @@ IDLE_SLACK_S = 0.2  # idle frames start once the wall clock is this far ahead of
 MAX_IDLE_FRAMES_PER_STEP = 5
 MAX_QUEUED_AUDIO_S = 30.0  # push_audio refuses audio beyond this much not yet turned into motion
 MAX_OUTPUT_BACKLOG = 250  # frames not yet polled; older ones are dropped (and counted) beyond this
-PREVIEW_CONTROLS = ("yaw", "pitch", "roll", "expression_scale")
+PREVIEW_CONTROLS = ("yaw", "pitch", "roll", "expression_scale", "head_distance", "mouth_open", "blink")
+# range of each preview control (names and meanings as in flashtalk.model.controls)
+PREVIEW_LIMITS = {"yaw": (-30.0, 30.0), "pitch": (-30.0, 30.0), "roll": (-30.0, 30.0), "expression_scale": (0.0, 2.0),
+                  "head_distance": (0.5, 2.0), "mouth_open": (-90.0, 120.0), "blink": (-20.0, 5.0)}
 
 
 # ------------------------------------------------------------------------------------ backend protocol
@@ -126,7 +129,8 @@ class _PreviewStream:
 
 class PreviewStreamingBackend:
     """The weights-free preview behind `StreamingBackend`. Controls: yaw / pitch / roll offsets in degrees
-    (within ±30) and expression_scale in [0, 2] (scales mouth opening and lip shape)."""
+    (within ±30), expression_scale in [0, 2] (scales mouth opening and lip shape), head_distance (scale),
+    mouth_open and blink (see `flashtalk.model.controls.apply_preview_controls`)."""
 
     name = "preview"
     fps = FPS
@@ -164,7 +168,7 @@ class PreviewStreamingBackend:
         for key, value in controls.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise FlashTalkError(f"control {key} must be a finite number; got {value!r}")
-            limit = (0.0, 2.0) if key == "expression_scale" else (-30.0, 30.0)
+            limit = PREVIEW_LIMITS[key]
             if not limit[0] <= value <= limit[1]:
                 raise FlashTalkError(f"control {key} must be in [{limit[0]:g}, {limit[1]:g}]; got {value!r}")
             out[key] = float(value)
@@ -174,15 +178,11 @@ class PreviewStreamingBackend:
         return 0  # the preview motion is causal: a frame needs only its own audio and what came before
 
     def motion(self, items: Sequence[tuple[Any, np.ndarray, Mapping[str, float]]]) -> list[MotionChunk]:
+        from flashtalk.model.controls import apply_preview_controls
+
         out = []
         for stream, audio, controls in items:
-            m = stream.motion.push(audio)
-            for key in ("yaw", "pitch", "roll"):
-                if key in controls:
-                    setattr(m, key, getattr(m, key) + np.float32(controls[key]))
-            scale = np.float32(controls.get("expression_scale", 1.0))
-            m.jaw, m.lip_width, m.lip_round = m.jaw * scale, m.lip_width * scale, m.lip_round * scale
-            out.append(m)
+            out.append(apply_preview_controls(stream.motion.push(audio), controls))
         return out
 
     def render(self, items: Sequence[tuple[Any, list[MotionChunk]]], bucket: int) -> "torch.Tensor":
