@@ -355,3 +355,14 @@ def test_cli_preset_save_and_animate_flags(tmp_path, capsys):
     assert main(["preset", "save", portrait, "-o", str(tmp_path / "q.json")]) == 2  # no network
     assert main(["animate", portrait, portrait, "-o", str(tmp_path / "o.mp4"), "--gaze", "5"]) == 2
     assert "--gaze takes X,Y" in capsys.readouterr().err
+
+
+def test_contact_sheet_is_committed_and_small():
+    from pathlib import Path
+
+    from PIL import Image
+
+    sheet = Path(__file__).resolve().parents[1] / "docs" / "controls_contact_sheet.png"
+    assert sheet.is_file() and sheet.stat().st_size <= 300 * 1024
+    with Image.open(sheet) as im:
+        assert im.format == "PNG" and im.size[0] >= 4 * 128
