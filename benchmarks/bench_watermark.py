@@ -142,6 +142,16 @@ def rescale(frames: np.ndarray, factor: float) -> np.ndarray:
     return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def rescale_xy(frames: np.ndarray, fx: float, fy: float) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    y = F.interpolate(x, size=(round(frames.shape[1] * fy), round(frames.shape[2] * fx)), mode="bilinear",
+                      align_corners=False, antialias=True)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def crop(frames: np.ndarray, fraction: float) -> np.ndarray:
     """Cut `fraction` of the width and of the height, unevenly (2/3 from the left/top, 1/3 from the right/bottom)."""
     h, w = frames.shape[1:3]
@@ -153,7 +163,7 @@ def tone(frames: np.ndarray, gain: float, offset: float) -> np.ndarray:
     return np.clip(frames.astype(np.float32) * gain + offset, 0, 255).round().astype(np.uint8)
 
 
-# (name, function of marked frames) - each then H.264 CRF 23 re-encoded unless the name says otherwise
+# name -> attack on marked frames; every one ends in an H.264 encode, as a distributed video would
 ATTACKS = {
     "none (lossless)": lambda f: f,
     "H.264 CRF 18": lambda f: h264(f, 18),
@@ -170,6 +180,10 @@ ATTACKS = {
     "brightness +30 + CRF 23": lambda f: h264(tone(f, 1.0, 30), 23),
     "contrast x0.7 + CRF 23": lambda f: h264(tone(f, 0.7, 20), 23),
     "contrast x1.3 + CRF 23": lambda f: h264(tone(f, 1.3, -35), 23),
+    "H.264 CRF 35": lambda f: h264(f, 35),
+    "scale 50% + CRF 28": lambda f: h264(rescale(f, 0.5), 28),
+    "crop 20% + scale 75% + CRF 28": lambda f: h264(rescale(crop(f, 0.2), 0.75), 28),
+    "scale 110% x, 90% y (aspect change) + CRF 23": lambda f: h264(rescale_xy(f, 1.1, 0.9), 23),
 }
 
 
@@ -211,11 +225,13 @@ def robustness(clips: int, frames: int, out: str | None) -> None:
         f"min {min(psnrs):.2f} dB, mean {np.mean(psnrs):.2f} dB. Each attack is followed by an H.264 encode "
         "(libx264 preset medium, yuv420p) as a distributed video would be.",
         "",
-        "| attack | " + " | ".join(f"{k} (of {clips})" for k in KINDS) + f" | detected (of {n}) | false positives on unmarked (of {n}) |",
+        "| attack | " + " | ".join(f"{k} (of {clips})" for k in KINDS)
+        + f" | detected (of {n}) | false positives on unmarked (of {n}) |",
         "| --- | " + " | ".join("---" for _ in KINDS) + " | --- | --- |",
     ]
     for name, found, false, _ in rows:
-        lines.append(f"| {name} | " + " | ".join(str(found[k]) for k in KINDS) + f" | {sum(found.values())} | {false} |")
+        cells = " | ".join(str(found[k]) for k in KINDS)
+        lines.append(f"| {name} | {cells} | {sum(found.values())} | {false} |")
     lines += ["", f"Command: `python benchmarks/bench_watermark.py --robustness --clips {clips} --frames {frames}`; "
               f"{_provenance()}."]
     text = "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.kernels.dense_motion_input import _jit, block_size, tl, triton
+from flashtalk.kernels._triton import _jit, block_size, tl, triton
 from flashtalk.kernels.dispatch import choose
 
 LUMA = (0.299, 0.587, 0.114)
@@ -38,7 +38,8 @@ def _check(frames: torch.Tensor, table: torch.Tensor, cell: int) -> None:
     if frames.dtype != torch.uint8:
         raise FlashTalkError(f"watermark_embed: frames must be uint8; got {frames.dtype}")
     if table.dim() != 2 or table.shape[0] != table.shape[1] or table.shape[0] < 1 or table.dtype != torch.float32:
-        raise FlashTalkError(f"watermark_embed: table must be a square fp32 [M, M]; got {table.dtype} {tuple(table.shape)}")
+        raise FlashTalkError(
+            f"watermark_embed: table must be a square fp32 [M, M]; got {table.dtype} {tuple(table.shape)}")
     if table.device != frames.device:
         raise FlashTalkError(f"watermark_embed: table is on {table.device}, frames on {frames.device}")
     if cell < 1:

@@ -19,15 +19,15 @@ Scheme (version 1)
   CRF 28, 4-px cells gave the best bit SNR (less picture in the band), and coarser cells lost more.
 * Embed (`flashtalk.kernels.watermark_embed`, a fused Triton kernel on CUDA, the PyTorch reference on
   CPU): BT.601 luma moves by pattern · (2.6 + 0.3 · min(local contrast / 16, 1)) grey levels, added
-  equally to R, G and B, rounded and clamped. PSNR ≈ 42.5-44 dB. The floor is high on purpose: H.264
-  at CRF 28 wipes out a mark of ~1 grey level in flat areas, and flat areas are where the picture
-  interferes least.
-* Detect: luma -> normalised high-pass residual (`_residual`) -> the tile period on each axis
-  from the residual's autocorrelation (a scaled video has a scaled period; the unscaled period is always
-  tried too) -> resample to the 128-px period -> fold every tile of every frame into one 128 × 128 sum
-  -> circular cross-correlation with the sync pattern over all 128² shifts (FFT) -> z-score of the peak
-  -> data cells read at the peak -> soft majority per bit -> de-whiten -> CRC (Chase). Found = CRC passes and the
-  sync z-score is >= `Z_MIN`. Frames of one video share one fold, so evidence adds up over frames.
+  equally to R, G and B, rounded and clamped. PSNR 42.4 dB (pure noise) to 43.4 dB (flat). The floor is
+  high on purpose: H.264 at CRF 28 wipes out a mark of ~1 grey level in flat areas, and flat areas are
+  where the picture interferes least.
+* Detect: luma -> normalised high-pass residual (`_residual`) -> the tile period on each axis from the
+  residual's autocorrelation (a scaled video has a scaled period; the unscaled period is always tried
+  too) -> resample to the 128-px period -> fold every tile of every frame into one 128 × 128 sum ->
+  circular cross-correlation with the sync pattern over all 128² shifts (FFT) -> z-score of the peak ->
+  data cells read at the peak -> soft majority per bit -> de-whiten -> CRC (Chase). Found = CRC passes
+  and the sync z-score is >= `Z_MIN`. Frames of one video share one fold, so evidence adds up over frames.
 Survives: see benchmarks/results/watermark_robustness.md (measured). Not designed for rotation,
 mirroring or heavy non-uniform warps.
 """
