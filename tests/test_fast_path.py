@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels import last_choice, use_kernels
 from flashtalk.model.fast import (FastRenderer, FastSPADEDecoder, fold_batchnorms, fold_spectral_norms,
                                   optimize_renderer, phase_weights, render_frames, upsampled_conv3x3)
 from flashtalk.model.liveportrait_weights import seeded_state_dict
@@ -77,6 +78,9 @@ def test_fold_spectral_and_fused_decoder_equal_reference():
         assert_close(dec(feature), expected, 1e-6)
         for cl in (False, True):
             assert_close(FastSPADEDecoder(dec, channels_last=cl)(feature), expected, 1e-5)
+        with use_kernels("triton"):  # the fused spade_norm kernel inside the decoder (interpreter on CPU)
+            assert_close(FastSPADEDecoder(dec, channels_last=True)(feature[:1]), expected[:1], 1e-5)
+        assert last_choice("spade_norm").use_triton
 
 
 def test_optimize_fp32_renders_like_reference_and_leaves_original(tiny):
