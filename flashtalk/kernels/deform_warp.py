@@ -19,17 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels._triton import _jit, block_size, tl, to_element, triton
 from flashtalk.kernels.dense_motion_input import (
     FLOAT_DTYPES,
-    _jit,
-    block_size,
     check_keypoints,
     grid_axis,
     identity_grid,
     sparse_motions,
-    tl,
-    to_element,
-    triton,
     trilinear_corners,
     trilinear_gather,
 )

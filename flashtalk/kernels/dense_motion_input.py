@@ -22,18 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.kernels.dispatch import choose, interpreter_enabled
-
-try:
-    import triton
-    import triton.language as tl
-
-    _jit = triton.jit
-except ImportError:  # without triton only the references run (dispatch reports why)
-    triton = tl = None
-
-    def _jit(fn):
-        return fn
+from flashtalk.kernels._triton import _jit, block_size, grid_corners, tl, to_element, triton
+from flashtalk.kernels.dispatch import choose
 
 KP_VARIANCE = 0.01  # Gaussian heatmap variance in normalised units (std 0.1)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -106,25 +96,6 @@ def dense_motion_input_ref(compressed: torch.Tensor, kp_source: torch.Tensor, kp
 # --------------------------------------------------------------------------------------------- Triton
 
 
-def block_size(n: int) -> int:
-    """Elements (voxels, pixels) per program: 256 on the GPU (one or two per thread at 4 warps); under the
-    interpreter, whose cost is per program and per op, one large block covers up to 8192 at once."""
-    if interpreter_enabled():
-        return min(max(triton.next_power_of_2(n), 16), 8192)
-    return 256
-
-
-@_jit
-def to_element(x, p):
-    """fp32 `x` cast to the element type of pointer `p`, rounding to nearest even. bf16 is rounded by hand:
-    the Triton interpreter's own fp32 -> bf16 cast truncates (on the GPU both agree)."""
-    if p.dtype.element_ty == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
-    return x.to(p.dtype.element_ty)
-
-
 @_jit
 def grid_axis(i, n):
     """Corner-aligned identity coordinate 2·(i / (n - 1)) - 1 of integer index `i` on an axis of size n."""
@@ -132,28 +103,12 @@ def grid_axis(i, n):
 
 
 @_jit
-def sample_axis(g, n):
-    """grid_sample (align_corners=False) along one axis of size n: normalised g -> corner indices
-    (i0, i1) and weights (w0, w1), a weight being 0 where its corner lies outside [0, n-1]."""
-    x = ((g + 1.0) * n - 1.0) * 0.5
-    x = tl.minimum(tl.maximum(x, -2.0), n + 1.0)  # far-out points keep both corners outside, no int overflow
-    f = tl.floor(x)
-    w1 = x - f
-    w0 = 1.0 - w1
-    i0 = f.to(tl.int32)
-    i1 = i0 + 1
-    w0 = tl.where((i0 >= 0) & (i0 < n), w0, 0.0)
-    w1 = tl.where((i1 >= 0) & (i1 < n), w1, 0.0)
-    return i0, i1, w0, w1
-
-
-@_jit
 def trilinear_corners(gx, gy, gz, D, H, W, s_d, s_h, s_w):
     """The 8 corners of the trilinear sample at (gx, gy, gz): int64 offsets o_zyx (from the strides of the
     sampled volume) and weights w_zyx (0 for corners outside the volume)."""
-    x0, x1, wx0, wx1 = sample_axis(gx, W)
-    y0, y1, wy0, wy1 = sample_axis(gy, H)
-    z0, z1, wz0, wz1 = sample_axis(gz, D)
+    x0, x1, wx0, wx1 = grid_corners(gx, W, False)
+    y0, y1, wy0, wy1 = grid_corners(gy, H, False)
+    z0, z1, wz0, wz1 = grid_corners(gz, D, False)
     ox0 = x0.to(tl.int64) * s_w
     ox1 = x1.to(tl.int64) * s_w
     oy0 = y0.to(tl.int64) * s_h

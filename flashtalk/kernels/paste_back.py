@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.kernels.dense_motion_input import _jit, block_size, tl, triton
+from flashtalk.kernels._triton import _jit, axis_corners, block_size, tl, triton
 from flashtalk.kernels.dispatch import choose
 from flashtalk.kernels.warp2d import bilinear_gather
 
@@ -98,23 +98,6 @@ def paste_back_ref(crop: torch.Tensor, background: torch.Tensor, affine: torch.T
 
 
 @_jit
-def _pixel_axis(x, n, BORDER: tl.constexpr):
-    """Bilinear corners of pixel coordinate x on an axis of size n: (i0, i1, w0, w1), 0 weight outside."""
-    if BORDER:
-        x = tl.minimum(tl.maximum(x, 0.0), n - 1.0)
-    else:
-        x = tl.minimum(tl.maximum(x, -2.0), n + 1.0)
-    f = tl.floor(x)
-    w1 = x - f
-    w0 = 1.0 - w1
-    i0 = f.to(tl.int32)
-    i1 = i0 + 1
-    w0 = tl.where((i0 >= 0) & (i0 < n), w0, 0.0)
-    w1 = tl.where((i1 >= 0) & (i1 < n), w1, 0.0)
-    return i0.to(tl.int64), i1.to(tl.int64), w0, w1
-
-
-@_jit
 def _paste_back_kernel(
     c_ptr, bg_ptr, a_ptr, m_ptr, out_ptr,
     h, w, Hb, Wb,
@@ -138,13 +121,15 @@ def _paste_back_kernel(
     p_a += s_ar
     v = tl.load(p_a).to(tl.float32) * X + tl.load(p_a + s_ac).to(tl.float32) * Y + tl.load(p_a + 2 * s_ac).to(tl.float32)
     # mask: zeros outside the crop
-    x0, x1, wx0, wx1 = _pixel_axis(u, w, False)
-    y0, y1, wy0, wy1 = _pixel_axis(v, h, False)
+    x0, x1, wx0, wx1 = axis_corners(u, w, False)
+    y0, y1, wy0, wy1 = axis_corners(v, h, False)
+    x0, x1, y0, y1 = x0.to(tl.int64), x1.to(tl.int64), y0.to(tl.int64), y1.to(tl.int64)
     b_m = bilinear_gather(m_ptr, m_p, y0 * s_mh + x0 * s_mw, y0 * s_mh + x1 * s_mw, y1 * s_mh + x0 * s_mw,
                           y1 * s_mh + x1 * s_mw, wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1)  # [BP]
     # colour: edge pixels repeat
-    x0, x1, wx0, wx1 = _pixel_axis(u, w, True)
-    y0, y1, wy0, wy1 = _pixel_axis(v, h, True)
+    x0, x1, wx0, wx1 = axis_corners(u, w, True)
+    y0, y1, wy0, wy1 = axis_corners(v, h, True)
+    x0, x1, y0, y1 = x0.to(tl.int64), x1.to(tl.int64), y0.to(tl.int64), y1.to(tl.int64)
     o00 = y0 * s_ch + x0 * s_cw
     o01 = y0 * s_ch + x1 * s_cw
     o10 = y1 * s_ch + x0 * s_cw

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.kernels.dense_motion_input import _jit, block_size, tl, to_element, triton
+from flashtalk.kernels._triton import _jit, block_size, grid_corners, tl, to_element, triton
 from flashtalk.kernels.dispatch import choose
 
 PADDING_MODES = ("zeros", "border")
@@ -46,25 +46,6 @@ def warp2d_ref(image: torch.Tensor, grid: torch.Tensor, *, padding: str = "zeros
 
 
 @_jit
-def bilinear_axis(g, n, BORDER: tl.constexpr):
-    """grid_sample (align_corners=False) along one axis of size n: normalised g -> corner indices (i0, i1)
-    and weights (w0, w1), 0 for a corner outside [0, n-1]; BORDER clamps the coordinate into the image."""
-    x = ((g + 1.0) * n - 1.0) * 0.5
-    if BORDER:
-        x = tl.minimum(tl.maximum(x, 0.0), n - 1.0)
-    else:
-        x = tl.minimum(tl.maximum(x, -2.0), n + 1.0)  # far-out points keep both corners outside
-    f = tl.floor(x)
-    w1 = x - f
-    w0 = 1.0 - w1
-    i0 = f.to(tl.int32)
-    i1 = i0 + 1
-    w0 = tl.where((i0 >= 0) & (i0 < n), w0, 0.0)
-    w1 = tl.where((i1 >= 0) & (i1 < n), w1, 0.0)
-    return i0, i1, w0, w1
-
-
-@_jit
 def bilinear_gather(p, m, o00, o01, o10, o11, w00, w01, w10, w11):
     """Σ over the 4 corners of weight · value at pointer p + offset (fp32); a zero weight skips the load."""
     acc = w00 * tl.load(p + o00, mask=m & (w00 != 0.0), other=0.0).to(tl.float32)
@@ -93,8 +74,8 @@ def _warp2d_kernel(
     p_g = g_ptr + i_b * s_gb + i_h * s_gh + i_w * s_gw
     gx = tl.load(p_g, mask=m_p, other=0.0).to(tl.float32)
     gy = tl.load(p_g + s_gx, mask=m_p, other=0.0).to(tl.float32)
-    x0, x1, wx0, wx1 = bilinear_axis(gx, W, BORDER)
-    y0, y1, wy0, wy1 = bilinear_axis(gy, H, BORDER)
+    x0, x1, wx0, wx1 = grid_corners(gx, W, BORDER)
+    y0, y1, wy0, wy1 = grid_corners(gy, H, BORDER)
     ox0 = x0.to(tl.int64) * s_xw
     ox1 = x1.to(tl.int64) * s_xw
     oy0 = y0.to(tl.int64) * s_xh

@@ -1,0 +1,64 @@
+"""Triton helpers shared by the kernel files: the import guard, block sizes, rounding stores and the
+bilinear corner math of grid_sample (align_corners=False).
+
+Without triton installed, `triton` and `tl` are None and `_jit` leaves functions undecorated, so the
+kernel modules still import and their PyTorch references run (the dispatch reports why).
+"""
+
+from __future__ import annotations
+
+from flashtalk.kernels.dispatch import interpreter_enabled
+
+try:
+    import triton
+    import triton.language as tl
+
+    _jit = triton.jit
+except ImportError:
+    triton = tl = None
+
+    def _jit(fn):
+        return fn
+
+
+def block_size(n: int) -> int:
+    """Elements (voxels, pixels) per program: 256 on the GPU (one or two per thread at 4 warps); under the
+    interpreter, whose cost is per program and per op, one large block covers up to 8192 at once."""
+    if interpreter_enabled():
+        return min(max(triton.next_power_of_2(n), 16), 8192)
+    return 256
+
+
+@_jit
+def to_element(x, p):
+    """fp32 `x` cast to the element type of pointer `p`, rounding to nearest even. bf16 is rounded by hand:
+    the Triton interpreter's own fp32 -> bf16 cast truncates (on the GPU both agree)."""
+    if p.dtype.element_ty == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+    return x.to(p.dtype.element_ty)
+
+
+@_jit
+def axis_corners(x, n, BORDER: tl.constexpr):
+    """Linear-interpolation corners of pixel coordinate x on an axis of size n: indices (i0, i1) and weights
+    (w0, w1), a weight being 0 where its corner lies outside [0, n-1]; BORDER clamps x into the axis first."""
+    if BORDER:
+        x = tl.minimum(tl.maximum(x, 0.0), n - 1.0)
+    else:
+        x = tl.minimum(tl.maximum(x, -2.0), n + 1.0)  # far-out points keep both corners outside, no int overflow
+    f = tl.floor(x)
+    w1 = x - f
+    w0 = 1.0 - w1
+    i0 = f.to(tl.int32)
+    i1 = i0 + 1
+    w0 = tl.where((i0 >= 0) & (i0 < n), w0, 0.0)
+    w1 = tl.where((i1 >= 0) & (i1 < n), w1, 0.0)
+    return i0, i1, w0, w1
+
+
+@_jit
+def grid_corners(g, n, BORDER: tl.constexpr):
+    """`axis_corners` of a normalised grid_sample coordinate g (align_corners=False)."""
+    return axis_corners(((g + 1.0) * n - 1.0) * 0.5, n, BORDER)
