@@ -55,12 +55,16 @@ def test_kernel_matches_reference(shape, layout, dtype, slope):
     assert_close(ref, expected, atol, rtol)
 
 
-def test_kernel_writes_every_element():
-    x = _make((2, 5, 7, 9), "contiguous", torch.float32, 4)
+@pytest.mark.parametrize("chunk", [4096, 10, 7], ids=["one-chunk", "chunk10", "chunk7-ragged"])
+def test_kernel_writes_every_element_and_merges_chunks(chunk):
+    """Poisoned output; small chunks split H·W = 63 into many partial statistics (the last one short)."""
+    x = _make((2, 5, 7, 9), "channels_last", torch.float32, 4) + 40.0  # large mean: a naive merge would lose digits
     gamma, beta = _make(x.shape, "contiguous", torch.float32, 5), _make(x.shape, "contiguous", torch.float32, 6)
     out = torch.full_like(x, float("nan"))
-    _launch(x, gamma, beta, 0.2, 1e-5, out)
-    assert_close(out, _unfused64(x, gamma, beta, 0.2), 1e-5, 1e-5)
+    _launch(x, gamma, beta, 0.2, 1e-5, out, chunk=chunk)
+    expected = _unfused64(x, gamma, beta, 0.2)
+    assert_close(out, expected, 1e-4, 1e-5)
+    assert max_err(out, expected) <= 2 * max_err(spade_norm_ref(x, gamma, beta, 0.2), expected) + 1e-6
 
 
 def test_channels_last_output_keeps_format():

@@ -9,9 +9,12 @@ x's dtype and memory format. The statistics and the arithmetic are fp32 whatever
 variance of a 512-channel activation overflows or loses all precision in fp16 (the reference
 implementation's black boxes).
 
-The Triton kernel runs one program per (sample, tile of BC channels) and walks H·W in tiles of BP pixels
-three times (mean, centred sum of squares, output), so every tile is a [BP, BC] block that is coalesced
-along whichever of the two axes is contiguous. fp64 inputs run the reference.
+Two Triton kernels over a grid of (sample, tile of BC channels, chunk of H·W pixels), so a batch-1 frame
+still fills the GPU: the first writes each chunk's fp32 mean and centred sum of squares (two passes over
+the chunk, which stays in cache); the second merges the chunks' statistics exactly (Chan's parallel
+formula, no E[x²] − E[x]² cancellation) and writes its chunk normalised, modulated and activated. Every
+tile is a [BP, BC] block, coalesced along whichever of pixels / channels is contiguous. fp64 inputs run
+the reference.
 """
 
 from __future__ import annotations
@@ -56,65 +59,122 @@ def spade_norm_ref(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, neg
 
 
 @_jit
-def _spade_norm_kernel(
-    x_ptr, g_ptr, b_ptr, out_ptr,
-    C, HW, W, eps, slope,
+def _tile_offsets(o_p, W, s_h, s_w):
+    """[BP] flat pixel indices over H·W -> [BP, 1] element offsets (int64) with strides s_h, s_w."""
+    return ((o_p // W).to(tl.int64) * s_h + (o_p % W).to(tl.int64) * s_w)[:, None]
+
+
+@_jit
+def _spade_stats_kernel(
+    x_ptr, mean_ptr, m2_ptr,
+    C, HW, W, CHUNK, NS,
+    s_xb, s_xc, s_xh, s_xw,
+    BP: tl.constexpr, BC: tl.constexpr,
+):
+    """Per (sample, BC channels, chunk of CHUNK pixels): the chunk's mean and centred sum of squares (two
+    passes over the chunk, fp32) -> mean / m2 [B, C, NS]."""
+    i_b = tl.program_id(0).to(tl.int64)
+    i_c = tl.program_id(1)
+    i_s = tl.program_id(2)
+    o_c = (i_c * BC + tl.arange(0, BC)).to(tl.int64)  # [BC]
+    m_c = o_c < C
+    lo = i_s * CHUNK
+    hi = tl.minimum(lo + CHUNK, HW)
+    p_x = x_ptr + i_b * s_xb + o_c[None, :] * s_xc  # [1, BC]
+    # shifted sum: Σ(x − x_first) keeps the partial sums small when |mean| >> std
+    o_first = tl.full([1], 0, tl.int32) + lo
+    b_shift = tl.sum(tl.load(p_x + _tile_offsets(o_first, W, s_xh, s_xw), mask=m_c[None, :], other=0.0).to(tl.float32), axis=0)
+    b_sum = tl.zeros([BC], dtype=tl.float32)
+    for start in range(lo, hi, BP):
+        o_p = start + tl.arange(0, BP)  # [BP]
+        m = (o_p < hi)[:, None] & m_c[None, :]  # [BP, BC]
+        b_x = tl.load(p_x + _tile_offsets(o_p, W, s_xh, s_xw), mask=m, other=0.0).to(tl.float32)
+        b_sum += tl.sum(tl.where(m, b_x - b_shift[None, :], 0.0), axis=0)
+    mean = b_shift + b_sum / (hi - lo).to(tl.float32)  # [BC]
+    b_m2 = tl.zeros([BC], dtype=tl.float32)
+    for start in range(lo, hi, BP):
+        o_p = start + tl.arange(0, BP)
+        m = (o_p < hi)[:, None] & m_c[None, :]
+        b_x = tl.load(p_x + _tile_offsets(o_p, W, s_xh, s_xw), mask=m, other=0.0).to(tl.float32)
+        b_d = tl.where(m, b_x - mean[None, :], 0.0)  # [BP, BC]
+        b_m2 += tl.sum(b_d * b_d, axis=0)
+    o_st = (i_b * C + o_c) * NS + i_s  # [BC]
+    tl.store(mean_ptr + o_st, mean, mask=m_c)
+    tl.store(m2_ptr + o_st, b_m2, mask=m_c)
+
+
+@_jit
+def _spade_apply_kernel(
+    x_ptr, g_ptr, b_ptr, out_ptr, mean_ptr, m2_ptr,
+    C, HW, W, CHUNK, NS, eps, slope,
     s_xb, s_xc, s_xh, s_xw,
     s_gb, s_gc, s_gh, s_gw,
     s_bb, s_bc, s_bh, s_bw,
     s_ob, s_oc, s_oh, s_ow,
-    ACT: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+    ACT: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
 ):
+    """Per (sample, BC channels, chunk): merge the NS chunk statistics (Chan et al.: M2 = Σ M2_s +
+    n_s·(mean_s − mean)²), then normalise, modulate and activate the chunk."""
     i_b = tl.program_id(0).to(tl.int64)
     i_c = tl.program_id(1)
+    i_s = tl.program_id(2)
     o_c = (i_c * BC + tl.arange(0, BC)).to(tl.int64)  # [BC]
     m_c = o_c < C
-    p_x = x_ptr + i_b * s_xb + o_c[None, :] * s_xc  # [1, BC]
-    # pass 1: mean
-    b_sum = tl.zeros([BC], dtype=tl.float32)
-    for start in range(0, HW, BP):
-        o_p = start + tl.arange(0, BP)  # [BP] flat pixel index over H·W
-        m = (o_p < HW)[:, None] & m_c[None, :]  # [BP, BC]
-        o_x = ((o_p // W).to(tl.int64) * s_xh + (o_p % W).to(tl.int64) * s_xw)[:, None]
-        b_sum += tl.sum(tl.load(p_x + o_x, mask=m, other=0.0).to(tl.float32), axis=0)
-    mean = b_sum / HW  # [BC]
-    # pass 2: centred sum of squares (no cancellation in E[x²] - E[x]²)
-    b_sq = tl.zeros([BC], dtype=tl.float32)
-    for start in range(0, HW, BP):
-        o_p = start + tl.arange(0, BP)
-        m = (o_p < HW)[:, None] & m_c[None, :]
-        o_x = ((o_p // W).to(tl.int64) * s_xh + (o_p % W).to(tl.int64) * s_xw)[:, None]
-        b_d = tl.where(m, tl.load(p_x + o_x, mask=m, other=0.0).to(tl.float32) - mean[None, :], 0.0)
-        b_sq += tl.sum(b_d * b_d, axis=0)
-    rstd = 1.0 / tl.sqrt(b_sq / HW + eps)  # [BC]
-    # pass 3: normalise, modulate, activate
+    p_st = (i_b * C + o_c[None, :]) * NS  # [1, BC]
+    n_tot = HW.to(tl.float32)
+    b_shift = tl.load(mean_ptr + p_st, mask=m_c[None, :], other=0.0)  # [1, BC] chunk 0's mean
+    b_mean = tl.zeros([BC], dtype=tl.float32)
+    for s0 in range(0, NS, BS):
+        o_s = s0 + tl.arange(0, BS)  # [BS]
+        m = (o_s < NS)[:, None] & m_c[None, :]  # [BS, BC]
+        n_s = (tl.minimum(o_s * CHUNK + CHUNK, HW) - o_s * CHUNK).to(tl.float32)[:, None]  # [BS, 1]
+        b_dm = tl.load(mean_ptr + p_st + o_s[:, None], mask=m, other=0.0) - b_shift
+        b_mean += tl.sum(tl.where(m, b_dm * n_s, 0.0), axis=0)
+    b_mean = tl.sum(b_shift, axis=0) + b_mean / n_tot
+    b_m2 = tl.zeros([BC], dtype=tl.float32)
+    for s0 in range(0, NS, BS):
+        o_s = s0 + tl.arange(0, BS)
+        m = (o_s < NS)[:, None] & m_c[None, :]
+        n_s = (tl.minimum(o_s * CHUNK + CHUNK, HW) - o_s * CHUNK).to(tl.float32)[:, None]
+        b_d = tl.load(mean_ptr + p_st + o_s[:, None], mask=m, other=0.0) - b_mean[None, :]  # [BS, BC]
+        b_m2 += tl.sum(tl.where(m, tl.load(m2_ptr + p_st + o_s[:, None], mask=m, other=0.0) + n_s * b_d * b_d, 0.0), axis=0)
+    rstd = 1.0 / tl.sqrt(b_m2 / n_tot + eps)  # [BC]
+    lo = i_s * CHUNK
+    hi = tl.minimum(lo + CHUNK, HW)
+    p_x = x_ptr + i_b * s_xb + o_c[None, :] * s_xc
     p_g = g_ptr + i_b * s_gb + o_c[None, :] * s_gc
     p_be = b_ptr + i_b * s_bb + o_c[None, :] * s_bc
     p_o = out_ptr + i_b * s_ob + o_c[None, :] * s_oc
-    for start in range(0, HW, BP):
-        o_p = start + tl.arange(0, BP)
-        m = (o_p < HW)[:, None] & m_c[None, :]
-        i_h = (o_p // W).to(tl.int64)[:, None]  # [BP, 1]
-        i_w = (o_p % W).to(tl.int64)[:, None]
-        b_x = tl.load(p_x + i_h * s_xh + i_w * s_xw, mask=m, other=0.0).to(tl.float32)  # [BP, BC]
-        b_g = tl.load(p_g + i_h * s_gh + i_w * s_gw, mask=m, other=0.0).to(tl.float32)
-        b_be = tl.load(p_be + i_h * s_bh + i_w * s_bw, mask=m, other=0.0).to(tl.float32)
-        b_y = (b_x - mean[None, :]) * rstd[None, :] * (1.0 + b_g) + b_be
+    for start in range(lo, hi, BP):
+        o_p = start + tl.arange(0, BP)  # [BP]
+        m = (o_p < hi)[:, None] & m_c[None, :]  # [BP, BC]
+        b_x = tl.load(p_x + _tile_offsets(o_p, W, s_xh, s_xw), mask=m, other=0.0).to(tl.float32)
+        b_g = tl.load(p_g + _tile_offsets(o_p, W, s_gh, s_gw), mask=m, other=0.0).to(tl.float32)
+        b_be = tl.load(p_be + _tile_offsets(o_p, W, s_bh, s_bw), mask=m, other=0.0).to(tl.float32)
+        b_y = (b_x - b_mean[None, :]) * rstd[None, :] * (1.0 + b_g) + b_be  # [BP, BC]
         if ACT:
             b_y = tl.where(b_y >= 0, b_y, b_y * slope)
-        tl.store(p_o + i_h * s_oh + i_w * s_ow, b_y.to(out_ptr.dtype.element_ty), mask=m)
+        tl.store(p_o + _tile_offsets(o_p, W, s_oh, s_ow), b_y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+CHUNK = 4096  # pixels per program: one program per chunk at 64², 4 at 128², 16 at 256²
 
 
 def _launch(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None, eps: float,
-            out: torch.Tensor) -> torch.Tensor:
-    """Run the kernel into `out` (x's shape, any strides)."""
+            out: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+    """Run the two kernels into `out` (x's shape, any strides); `chunk` pixels per program (tests use
+    small chunks to exercise the merge of many partial statistics)."""
     B, C, H, W = x.shape
-    BC = min(16, triton.next_power_of_2(C))
-    BP = 128
-    _spade_norm_kernel[(B, triton.cdiv(C, BC))](
-        x, gamma, beta, out, C, H * W, W, eps, 0.0 if negative_slope is None else negative_slope,
+    BC, BP, BS = min(16, triton.next_power_of_2(C)), 128, 16
+    ns = triton.cdiv(H * W, chunk)
+    mean = torch.empty(B, C, ns, dtype=torch.float32, device=x.device)
+    m2 = torch.empty_like(mean)
+    grid = (B, triton.cdiv(C, BC), ns)
+    _spade_stats_kernel[grid](x, mean, m2, C, H * W, W, chunk, ns, *x.stride(), BP=BP, BC=BC, num_warps=4)
+    _spade_apply_kernel[grid](
+        x, gamma, beta, out, mean, m2, C, H * W, W, chunk, ns, eps, 0.0 if negative_slope is None else negative_slope,
         *x.stride(), *gamma.stride(), *beta.stride(), *out.stride(),
-        ACT=negative_slope is not None, BP=BP, BC=BC, num_warps=4,
+        ACT=negative_slope is not None, BP=BP, BC=BC, BS=BS, num_warps=4,
     )
     return out
 

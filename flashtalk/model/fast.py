@@ -240,10 +240,10 @@ def optimize_renderer(renderer: Renderer, precision: str = "bf16", channels_last
     fast.warping_dtype = dtype if device.type != "cpu" else torch.float32
     for name, net_dtype in (("warping_module", fast.warping_dtype), ("spade_generator", dtype)):
         net = getattr(fast, name).to(net_dtype)
-        if channels_last:
-            for m in net.modules():
-                if isinstance(m, nn.Conv2d):
-                    m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+        if channels_last:  # 2-D conv weights (and the decoder's merged mlp_shared weights)
+            for t in [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)] + list(net.buffers()):
+                if t.dim() == 4:
+                    t.data = t.data.contiguous(memory_format=torch.channels_last)
     fast.precision = precision
     return fast
 
