@@ -1,4 +1,5 @@
-"""`flashtalk serve`: the WebSocket/HTTP streaming server with its web page (weights-free preview backend)."""
+"""`flashtalk serve`: the WebSocket/HTTP streaming server with its web page: the weights-free preview backend,
+or the full network with --weights / --seeded-weights."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sessions", type=int, default=16, help="live sessions admitted at once (default 16)")
     parser.add_argument("--max-upload-mb", type=float, default=8.0, help="largest portrait upload in MB (default 8)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--weights", help="full network: a published weights folder or a .safetensors bundle")
+    weights.add_argument("--seeded-weights", action="store_true",
+                         help="full network with seeded synthetic weights (not a face: for testing)")
+    parser.add_argument("--preset", default="liveportrait", choices=("liveportrait", "tiny"),
+                        help="network size with --seeded-weights (default liveportrait)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,5 +41,18 @@ def run(args: argparse.Namespace) -> int:
                          max_upload_bytes=int(args.max_upload_mb * (1 << 20)), device=None)
     check_config(config)  # refuse a public bind without a token before touching the device
     config = ServeConfig(**{**config.__dict__, "device": str(_default_device(args.device))})
-    serve(config)
+    if args.weights is None and not args.seeded_weights:
+        serve(config)  # the preview
+        return 0
+    from aiohttp import web
+
+    from flashtalk.model.bundle import load_networks, seeded_networks
+    from flashtalk.runtime.session import NetworkStreamingBackend
+    from flashtalk.serving.server import create_app
+
+    nets = seeded_networks(args.preset) if args.seeded_weights else load_networks(args.weights)
+    backend = NetworkStreamingBackend(nets, config.device, seeded=args.seeded_weights)
+    print(f"flashtalk serve: http://{config.host}:{config.port}/  (backend {backend.name}, max "
+          f"{config.max_sessions} sessions{', token required' if config.token else ''})", flush=True)
+    web.run_app(create_app(config, backend), host=config.host, port=config.port, print=None, handle_signals=True)
     return 0
