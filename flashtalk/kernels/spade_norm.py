@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.kernels.dense_motion_input import _jit, tl, triton
+from flashtalk.kernels._triton import _jit, tl, to_element, triton
 from flashtalk.kernels.dispatch import choose
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -154,7 +154,7 @@ def _spade_apply_kernel(
         b_y = (b_x - b_mean[None, :]) * rstd[None, :] * (1.0 + b_g) + b_be  # [BP, BC]
         if ACT:
             b_y = tl.where(b_y >= 0, b_y, b_y * slope)
-        tl.store(p_o + _tile_offsets(o_p, W, s_oh, s_ow), b_y.to(out_ptr.dtype.element_ty), mask=m)
+        tl.store(p_o + _tile_offsets(o_p, W, s_oh, s_ow), to_element(b_y, out_ptr), mask=m)
 
 
 CHUNK = 4096  # pixels per program: one program per chunk at 64², 4 at 128², 16 at 256²
