@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="motion sampler (default dpmpp: DPM-Solver++(2M); ddpm: the original 50 steps)")
     net.add_argument("--steps", type=int, default=10, help="sampler steps per motion window (default 10)")
     net.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance on audio (default 2.0)")
+    net.add_argument("--precision", metavar="fp32|bf16|fp16",
+                     help="renderer precision (default bf16 on CUDA, fp32 on CPU; not fp32 or on CUDA: the fast path)")
     for angle in ("yaw", "pitch", "roll"):
         net.add_argument(f"--{angle}", type=float, default=None, metavar="DEG", help=f"head {angle} offset in degrees")
     net.add_argument("--expression-scale", type=float, default=None, metavar="K",
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     if args.weights or args.seeded_weights:
         controls.setdefault("auto_blink", not args.no_auto_blink)
         engine = Engine.from_weights(args.weights, seeded=args.seeded_weights, preset=args.preset,
-                                     device=args.device, sampler=args.sampler, steps=args.steps, cfg=args.cfg)
+                                     device=args.device, sampler=args.sampler, steps=args.steps, cfg=args.cfg,
+                                     precision=args.precision)
         if args.seeded_weights and not args.quiet:
             preset = args.preset or "liveportrait"
             note = "flashtalk: seeded weights: deterministic test weights; the output is NOT a face"
@@ -131,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
                          "pass --preset tiny for a quick run")
             print(note, file=sys.stderr)
     else:
-        if controls or args.driving:
-            given = sorted(controls) + (["driving"] if args.driving else [])
+        if controls or args.driving or args.precision:
+            given = sorted(controls) + (["driving"] if args.driving else []) + (["precision"] if args.precision else [])
             raise FlashTalkError(f"{', '.join(given)} need(s) the network; {WEIGHTS_HINT} (or --seeded-weights)")
         engine = Engine.preview(args.device)
         if not args.quiet:

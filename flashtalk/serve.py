@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="full network with seeded synthetic weights (not a face: for testing)")
     parser.add_argument("--preset", default="liveportrait", choices=("liveportrait", "tiny"),
                         help="network size with --seeded-weights (default liveportrait)")
+    parser.add_argument("--precision", metavar="fp32|bf16|fp16",
+                        help="renderer precision of the network (default bf16 on CUDA, fp32 on CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,16 +44,21 @@ def run(args: argparse.Namespace) -> int:
     check_config(config)  # refuse a public bind without a token before touching the device
     config = ServeConfig(**{**config.__dict__, "device": str(_default_device(args.device))})
     if args.weights is None and not args.seeded_weights:
+        if args.precision is not None:
+            raise FlashTalkError("--precision applies to the network (--weights / --seeded-weights), not the preview")
         serve(config)  # the preview
         return 0
+    import torch
     from aiohttp import web
 
     from flashtalk.model.bundle import load_networks, seeded_networks
     from flashtalk.runtime.session import NetworkStreamingBackend
+    from flashtalk.runtime.network import resolve_precision
     from flashtalk.serving.server import create_app
 
+    resolve_precision(args.precision, torch.device(config.device))  # a bad value fails before the weights load
     nets = seeded_networks(args.preset) if args.seeded_weights else load_networks(args.weights)
-    backend = NetworkStreamingBackend(nets, config.device, seeded=args.seeded_weights)
+    backend = NetworkStreamingBackend(nets, config.device, seeded=args.seeded_weights, precision=args.precision)
     print(f"flashtalk serve: http://{config.host}:{config.port}/  (backend {backend.name}, max "
           f"{config.max_sessions} sessions{', token required' if config.token else ''})", flush=True)
     web.run_app(create_app(config, backend), host=config.host, port=config.port, print=None, handle_signals=True)

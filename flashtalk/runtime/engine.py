@@ -240,14 +240,16 @@ class Engine:
     @classmethod
     def from_weights(cls, path: "str | os.PathLike | None", *, seeded: bool = False, preset: str | None = None,
                      device: "str | torch.device | None" = None, sampler: str = "dpmpp", steps: int | None = 10,
-                     cfg: float = 2.0) -> "Engine":
+                     cfg: float = 2.0, precision: str | None = None) -> "Engine":
         """The full network from a weights folder (published layout) or a FlashTalk safetensors bundle, or
         with `seeded` the golden seeded weights of `preset` ("liveportrait" default, or "tiny"): not a face.
-        sampler ddim | dpmpp | ddpm with `steps` model calls per window and guidance scale `cfg`."""
+        sampler ddim | dpmpp | ddpm with `steps` model calls per window and guidance scale `cfg`.
+        precision: the renderer's fp32 | bf16 | fp16 (default bf16 on CUDA, fp32 on the CPU)."""
         from flashtalk.model.bundle import PRESETS, load_networks, seeded_networks
-        from flashtalk.runtime.network import NetworkBackend
+        from flashtalk.runtime.network import NetworkBackend, resolve_precision
 
         dev = _default_device(device)
+        resolve_precision(precision, dev)  # a bad precision fails before the weights load
         if seeded:
             if path is not None:
                 raise FlashTalkError("give either a weights path or seeded weights, not both")
@@ -261,7 +263,8 @@ class Engine:
             if preset is not None:
                 raise FlashTalkError("preset applies to seeded weights only (a weights file fixes its own shapes)")
             nets = load_networks(path)
-        return cls(NetworkBackend(nets, dev, sampler=sampler, steps=steps, cfg=cfg, seeded=seeded))
+        return cls(NetworkBackend(nets, dev, sampler=sampler, steps=steps, cfg=cfg, seeded=seeded,
+                                  precision=precision))
 
     def prepare(self, image: Any, audio: Any, *, crop: Any = "auto", seed: int = 0, fps: float = 25,
                 paste_back: bool = False, watermark: bool = True, watermark_key: str = DEFAULT_WATERMARK_KEY,

@@ -11,6 +11,11 @@ frames are generated (they are the reference frame d_0 of the relative mapping) 
 of the output then starts at audio time i / 25 s, in sync with the muxed audio.
 
 `MotionWindows` is the reusable window-by-window generator (offline here, streaming in the session).
+
+Precision (`resolve_precision`): fp32 on the CPU renders with the reference renderer; any other precision,
+or any precision on CUDA, renders through `flashtalk.model.fast.FastRenderer` (folded + fused; CUDA graphs
+with batch buckets on CUDA). On CUDA each motion window's whole sampling loop is one CUDA graph
+(`GraphedSampler`); eager elsewhere.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from flashtalk.model.audio_encoder import joyvasa_audio_features
 from flashtalk.model.bundle import Networks
 from flashtalk.model.controls import ControlSet, apply_controls
 from flashtalk.model.keypoints import Motion, bins_to_degrees, rotation_from_degrees
-from flashtalk.model.motion_pipeline import LEAD_FRAMES, TRAIL_FRAMES, MotionStream, SamplerConfig
+from flashtalk.model.motion_pipeline import (LEAD_FRAMES, TRAIL_FRAMES, MotionStream, SamplerConfig,
+                                             motion_to_renderer)
 from flashtalk.model.renderer import SourceState
+from flashtalk.model.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,64 @@ def sampler_config(sampler: str = DEFAULT_SAMPLER, steps: int | None = DEFAULT_S
     return SamplerConfig(SAMPLER_NAMES[sampler], None if sampler == "ddpm" else steps, 0.0, float(cfg))
 
 
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """The renderer precision: None -> bf16 on CUDA, fp32 elsewhere; else one of fp32 / bf16 / fp16."""
+    from flashtalk.model.fast import PRECISIONS
+
+    if precision is None:
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise FlashTalkError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def sample_window(model: Any, sampler: SamplerConfig, audio: torch.Tensor, prev_motion: torch.Tensor,
+                  prev_audio: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """One window's whole sampling loop: projected audio [B, W, d], context, x_T [B, W, 70] and the
+    per-step noise ([draws, B, W, 70] or None) -> normalised motion coef [B, W, 70]. Pure tensor code."""
+    x0_fn = model.guided_x0_fn(audio, prev_motion, prev_audio, sampler.cfg_scale)
+    sched, steps = model.schedule(), sampler.steps or model.cfg.n_diff_steps
+    if sampler.name == "ddpm":
+        return ddpm_sample(x0_fn, x_T, sched, noise=noise)
+    if sampler.name == "ddim":
+        return ddim_sample(x0_fn, x_T, sched, steps, eta=sampler.eta, noise=noise)
+    return dpmpp_2m_sample(x0_fn, x_T, sched, steps)
+
+
+class GraphedSampler:
+    """`sample_window` through a `GraphRunner` (static buffers, one bucket: the batch): the whole loop is
+    one CUDA graph on CUDA. `backend` is the runner's capture backend (EagerBackend for CPU tests). If the
+    capture fails (an op of the loop cannot be captured) it logs why once and samples eagerly from then on."""
+
+    def __init__(self, model: Any, sampler: SamplerConfig, batch: int, backend: Any = None) -> None:
+        self.model, self.sampler, self.batch, self.backend = model, sampler, batch, backend
+        self.draws = sampler.noise_draws(model.cfg.n_diff_steps)
+        self.runner: Any = None
+        self.failed: str | None = None
+
+    def _fn(self, audio, prev_motion, prev_audio, x_T, noise=None) -> torch.Tensor:
+        z = None if noise is None else noise.transpose(0, 1)  # the runner batches dim 0: [B, draws, ...]
+        return sample_window(self.model, self.sampler, audio, prev_motion, prev_audio, x_T, z)
+
+    def __call__(self, audio: torch.Tensor, prev_motion: torch.Tensor, prev_audio: torch.Tensor,
+                 x_T: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        from flashtalk.runtime.graphs import GraphRunner, InputSpec
+
+        inputs = [audio, prev_motion, prev_audio, x_T] + ([] if noise is None else [noise.transpose(0, 1)])
+        if self.failed is None and self.runner is None:
+            specs = [InputSpec(tuple(t.shape[1:]), t.dtype) for t in inputs]
+            runner = GraphRunner(self._fn, specs, (self.batch,), x_T.device, backend=self.backend)
+            try:
+                runner.capture(*inputs)
+                self.runner = runner
+            except FlashTalkError as exc:
+                self.failed = str(exc)
+                log.warning("motion sampler: CUDA graph capture failed, sampling eagerly (%s)", exc)
+        if self.runner is None:
+            return sample_window(self.model, self.sampler, audio, prev_motion, prev_audio, x_T, noise)
+        return self.runner(*inputs)
+
+
 def _pose_of(motion: Motion | Any, i: slice) -> Motion:
     return Motion(R=motion.R[i], exp=motion.exp[i], scale=motion.scale[i], t=motion.t[i])
 
@@ -63,9 +128,13 @@ class MotionWindows:
 
     Feed `push(window_audio, n_valid)` consecutive windows of `window_samples` samples (zero-padded at the
     end of a clip); each call returns the `Motion` of the window's first n_valid frames (batch = frames).
-    Reproducible for a seed: x_T and any per-step noise come from one generator seeded with it."""
+    Reproducible for a seed: x_T and any per-step noise come from one generator seeded with it.
+    `graphs` (default: on CUDA): the sampling loop runs through `GraphedSampler` (per-step noise drawn from
+    the same generator before the replay, so the motion equals the eager one); `graph_backend` overrides
+    its capture backend (tests)."""
 
-    def __init__(self, nets: Networks, *, sampler: SamplerConfig, seed: int, pose_smoothing: float) -> None:
+    def __init__(self, nets: Networks, *, sampler: SamplerConfig, seed: int, pose_smoothing: float,
+                 graphs: bool | None = None, graph_backend: Any = None) -> None:
         device = next(nets.motion.parameters()).device
         self.nets = nets
         self.cfg = nets.motion.cfg
@@ -74,6 +143,8 @@ class MotionWindows:
         self.stream = MotionStream(nets.motion, sampler=sampler, template=nets.template,
                                    ema_alpha=None if alpha >= 1.0 else alpha, generator=gen)
         self.device = device
+        use = device.type == "cuda" if graphs is None else graphs
+        self.sampler = GraphedSampler(nets.motion, sampler, 1, graph_backend) if use else None
 
     @property
     def window_samples(self) -> int:
@@ -85,8 +156,28 @@ class MotionWindows:
             raise FlashTalkError(f"a motion window takes {self.window_samples} samples, got {tuple(audio.shape)}")
         window = audio.to(self.device, torch.float32)[None]
         feats = joyvasa_audio_features(self.nets.audio, window, self.cfg.n_motions)
-        out = self.stream.push(feats, n_valid=n_valid).motion
+        if self.sampler is None:
+            out = self.stream.push(feats, n_valid=n_valid).motion
+        else:
+            out = self._push_graphed(feats, n_valid)
         return Motion(R=out.R[0], exp=out.exp[0], scale=out.scale[0], t=out.t[0])
+
+    def _push_graphed(self, feats: torch.Tensor, n_valid: int) -> Any:
+        """`MotionStream.push` with the sampling loop through `self.sampler` (same context / EMA updates)."""
+        st, model, P = self.stream, self.nets.motion, self.cfg.n_prev_motions
+        audio = model.audio_feature_map(feats.to(st.x_T.dtype))
+        noise = None
+        if self.sampler.draws:  # what the eager sampler would draw from the generator, drawn up front
+            noise = torch.randn((self.sampler.draws, *st.x_T.shape), generator=st.generator, device=st.x_T.device,
+                                dtype=st.x_T.dtype)
+        coef = self.sampler(audio, st.prev_motion, st.prev_audio, st.x_T, noise)
+        st.prev_motion, st.prev_audio = coef[:, -P:], audio[:, -P:]
+        st.windows += 1
+        motion = motion_to_renderer(coef[:, :n_valid], self.nets.template, ema_alpha=st.ema_alpha,
+                                    ema_previous=st.ema_last)
+        st.ema_last = torch.cat([motion.scale, motion.t, motion.pitch[..., None], motion.yaw[..., None],
+                                 motion.roll[..., None]], dim=-1)[:, -1]
+        return motion
 
 
 def clip_frames(n_samples: int, samples_per_frame: int) -> int:
@@ -112,9 +203,17 @@ class NetworkBackend:
     fps = 25
 
     def __init__(self, nets: Networks, device: torch.device, *, sampler: str = DEFAULT_SAMPLER,
-                 steps: int | None = DEFAULT_STEPS, cfg: float = DEFAULT_CFG, seeded: bool = False) -> None:
+                 steps: int | None = DEFAULT_STEPS, cfg: float = DEFAULT_CFG, seeded: bool = False,
+                 precision: str | None = None) -> None:
         self.nets = nets.to(device)
         self.device = device
+        self.precision = resolve_precision(precision, device)
+        self.fast = None  # FastRenderer, unless fp32 on the CPU (the reference renderer, bit for bit)
+        if self.precision != "fp32" or device.type == "cuda":
+            from flashtalk.model.fast import FastRenderer
+
+            self.fast = FastRenderer(self.nets.renderer, self.precision)
+        self._gathered: Any = None  # render_gathered's GraphRunner (CUDA)
         n_train = nets.motion.cfg.n_diff_steps
         if steps is not None and steps > n_train:
             log.info("sampler steps %d > the schedule's %d steps; using %d", steps, n_train, n_train)
@@ -159,10 +258,42 @@ class NetworkBackend:
 
     def render(self, source: SourceState, x_d: torch.Tensor) -> torch.Tensor:
         """Stitching + warp + decode -> [N, 3, 512, 512] in [0, 1] (resized if the preset renders smaller)."""
-        out = self.nets.renderer.render(source, x_d)
+        if self.fast is None:
+            out = self.nets.renderer.render(source, x_d)
+        else:
+            out = self._fast_call(lambda: self.fast.render(source, x_d))
         if out.shape[-2:] != (OUT_SIZE, OUT_SIZE):
             out = F.interpolate(out, size=(OUT_SIZE, OUT_SIZE), mode="bilinear", align_corners=False)
         return out.clamp_(0, 1)
+
+
+    def render_gathered(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
+        """The fast path on per-frame sources (f_s [N, C, D, H, W], x_s [N, K, 3], x_d [N, K, 3]; frames of
+        several portraits in one call) -> [N, 3, h, w] fp32; a CUDA-graph runner with the fast renderer's
+        buckets on CUDA (per-frame f_s in its static buffers), eager elsewhere."""
+        from flashtalk.model.fast import render_frames
+
+        model = self.fast.model
+        if not self.fast.graphs:
+            return self._fast_call(lambda: render_frames(model, f_s, x_s, x_d))
+        runner = self._gathered
+        if runner is None or runner.specs[0].shape != tuple(f_s.shape[1:]):
+            from flashtalk.runtime.graphs import GraphRunner, InputSpec
+
+            specs = [InputSpec(tuple(t.shape[1:]), t.dtype) for t in (f_s, x_s, x_d)]
+            runner = GraphRunner(lambda f, s, d: render_frames(model, f, s, d), specs, self.fast.buckets, self.device)
+            runner.capture(f_s, x_s, x_d)
+            self._gathered = runner
+        return runner(f_s, x_s, x_d)
+
+    def _fast_call(self, fn):
+        try:
+            return fn()
+        except (RuntimeError, NotImplementedError) as exc:
+            if "not implemented for" not in str(exc):
+                raise
+            raise FlashTalkError(f"precision {self.precision} is not supported on {self.device.type} by this "
+                                 f"PyTorch ({str(exc).splitlines()[0]}); use --precision fp32") from None
 
 
 def _batches(x_d_chunks: Iterator[torch.Tensor], batch_size: int, render) -> Iterator[torch.Tensor]:

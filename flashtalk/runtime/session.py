@@ -263,13 +263,15 @@ class NetworkStreamingBackend:
     applied when frames are rendered: a change takes effect on the next frame rendered. `render` stacks the
     driving keypoints and the per-frame source features (f_s, x_s gathered per frame, so sessions with
     different portraits share a call) into one stitching + warping + decoder call, padded to the bucket on
-    CUDA (stable shapes for graphs / cuDNN plans; on the CPU padding would only cost time)."""
+    CUDA (stable shapes for graphs / cuDNN plans; on the CPU padding would only cost time). `precision`
+    (default bf16 on CUDA, fp32 on the CPU): as `NetworkBackend`'s: the fast renderer (CUDA graphs on
+    CUDA) unless fp32 on the CPU."""
 
     fps = FPS
 
     def __init__(self, nets: Any, device: "torch.device | str", *, sampler: str | None = None,
                  steps: int | None = None, cfg: float | None = None, seeded: bool = False,
-                 pad_to_bucket: bool | None = None) -> None:
+                 pad_to_bucket: bool | None = None, precision: str | None = None) -> None:
         import torch
 
         from flashtalk.model.controls import ControlSet
@@ -278,7 +280,9 @@ class NetworkStreamingBackend:
         self.device = torch.device(device)
         self.offline = nw.NetworkBackend(nets, self.device, sampler=sampler or nw.DEFAULT_SAMPLER,
                                          steps=nw.DEFAULT_STEPS if steps is None else steps,
-                                         cfg=nw.DEFAULT_CFG if cfg is None else cfg, seeded=seeded)
+                                         cfg=nw.DEFAULT_CFG if cfg is None else cfg, seeded=seeded,
+                                         precision=precision)
+        self.precision = self.offline.precision
         self.nets = self.offline.nets
         self.name = self.offline.name
         self.cfg = self.nets.motion.cfg
@@ -456,9 +460,13 @@ class NetworkStreamingBackend:
         with torch.no_grad():
             f_s = torch.cat([s.f_s for s in sources]).index_select(0, index)  # [N, C, D, H, W], per frame
             x_s = torch.cat([s.x_s for s in sources]).index_select(0, index)
-            kp = r.stitching_retargeting_module.stitch(x_s, torch.cat(x_d).to(x_s.device, x_s.dtype))
-            out = r.spade_generator(r.warping_module(f_s, kp_driving=kp, kp_source=x_s,
-                                                     return_deformation=False)["out"])
+            x_d = torch.cat(x_d).to(x_s.device, x_s.dtype)
+            if self.offline.fast is not None:  # precision != fp32 or CUDA: the fast path (graphs on CUDA)
+                out = self.offline.render_gathered(f_s, x_s, x_d)
+            else:
+                kp = r.stitching_retargeting_module.stitch(x_s, x_d)
+                out = r.spade_generator(r.warping_module(f_s, kp_driving=kp, kp_source=x_s,
+                                                         return_deformation=False)["out"])
             if out.shape[-2:] != (OUT_SIZE, OUT_SIZE):
                 out = F.interpolate(out, size=(OUT_SIZE, OUT_SIZE), mode="bilinear", align_corners=False)
         return out[:n].clamp_(0, 1)
