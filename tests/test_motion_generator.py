@@ -18,7 +18,7 @@ from flashtalk.model.motion_pipeline import (
     relative_driving,
 )
 from flashtalk.model.keypoints import Motion, rotation_from_degrees
-from flashtalk.model.samplers import Schedule, cosine_schedule, ddim_sample, ddpm_sample, dpmpp_2m_sample, timesteps
+from flashtalk.model.samplers import Schedule, cosine_schedule, ddim_sample, ddpm_sample, dpmpp_2m_sample, timestep_index, timesteps
 from tests.conftest import golden_dir
 from tests.utils import assert_close
 
@@ -175,6 +175,13 @@ def test_few_step_samplers_on_exact_x0():
         assert_close(dpmpp_2m_sample(oracle, x_T, sched, steps), x0, 1e-12)
     with pytest.raises(FlashTalkError, match="1..50"):
         timesteps(50, 51)
+
+
+def test_device_timestep_index_equals_the_grid():
+    """The graph-capturable index (device ops only) is the same grid as the Python list, for every step count."""
+    for T in (5, 50):
+        for steps in range(1, T + 1):
+            assert timestep_index(T, steps).tolist() == timesteps(T, steps), (T, steps)
 
 
 def test_config_from_args_reads_only_the_constructor_fields():

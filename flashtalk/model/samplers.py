@@ -111,6 +111,18 @@ def timesteps(n_train_steps: int, n_steps: int) -> list[int]:
     return [round(n_train_steps - (n_train_steps - 1) * i / (n_steps - 1)) for i in range(n_steps)] + [0]
 
 
+def timestep_index(n_train_steps: int, n_steps: int, device=None) -> torch.Tensor:
+    """`timesteps` as an int64 tensor made on `device` by device ops, with no host-to-device copy, so a
+    sampling loop that uses it can be captured in a CUDA graph."""
+    timesteps(n_train_steps, n_steps)  # validates the arguments
+    zero = torch.zeros(1, dtype=torch.int64, device=device)
+    if n_steps == 1:
+        return torch.cat([zero + n_train_steps, zero])
+    i = torch.arange(n_steps, dtype=torch.float64, device=device)
+    calls = torch.round(n_train_steps - (n_train_steps - 1) * i / (n_steps - 1)).to(torch.int64)
+    return torch.cat([calls, zero])
+
+
 def ddim_sample(
     x0_fn: X0Fn,
     x_T: torch.Tensor,
@@ -123,9 +135,8 @@ def ddim_sample(
 ) -> torch.Tensor:
     """DDIM on an x0-prediction model over `timesteps(T, n_steps)`; eta 0 is deterministic, eta 1 with
     n_steps = T is the ancestral sampler. noise: [n_steps - 1, *x_T.shape] (the last step adds none)."""
-    grid = timesteps(schedule.n_steps, n_steps)
     sched = schedule.to(x_T.device, x_T.dtype)
-    idx = torch.tensor(grid, device=x_T.device)
+    idx = timestep_index(schedule.n_steps, n_steps, x_T.device)
     abar = sched.alpha_bars[idx]  # [S + 1], abar[-1] = 1
     a_t, a_s = abar[:-1], abar[1:]
     sigma = eta * torch.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
@@ -144,9 +155,8 @@ def ddim_sample(
 def dpmpp_2m_sample(x0_fn: X0Fn, x_T: torch.Tensor, schedule: Schedule, n_steps: int) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, multistep, data prediction) over `timesteps(T, n_steps)`:
     first-order first step, second-order steps after it, first-order final step to t = 0 (x_0 = x0_hat)."""
-    grid = timesteps(schedule.n_steps, n_steps)
     sched = schedule.to(x_T.device, x_T.dtype)
-    idx = torch.tensor(grid, device=x_T.device)
+    idx = timestep_index(schedule.n_steps, n_steps, x_T.device)
     abar = sched.alpha_bars[idx]
     alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
     lam = torch.log(alpha[:-1]) - torch.log(sigma[:-1])  # lambda at the model-evaluated steps t_0..t_{S-1}
