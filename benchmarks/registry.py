@@ -472,23 +472,30 @@ def _stream_backends(setup: Setup) -> dict[str, object]:
     return out
 
 
+def _stream_providers(setup: Setup, make_run) -> dict[str, "Provider | str"]:
+    """One provider per streaming backend: `make_run(backend, portrait)` with the bundled portrait encoded
+    once; a backend that is not available stays its reason string."""
+    from flashtalk.runtime.session import encode_portrait
+
+    provs: dict[str, Provider | str] = {}
+    for name, backend in _stream_backends(setup).items():
+        provs[name] = backend if isinstance(backend, str) else make_run(
+            backend, encode_portrait(backend, ASSETS / "portrait.jpg", crop="center"))
+    return provs
+
+
 def _first_frame(setup: Setup) -> Built:
     """Push 40 ms of speech into a fresh session; time until its first frame is out (scheduler stepped inline)."""
     import numpy as np
 
     from flashtalk.audio import load_audio
     from flashtalk.runtime.scheduler import Scheduler
-    from flashtalk.runtime.session import HOP, Frame, Session, encode_portrait
+    from flashtalk.runtime.session import HOP, Frame, Session
 
     speech = load_audio(ASSETS / "speech.ogg", target_rate=16000).samples
-    provs: dict[str, Provider | str] = {}
-    for name, backend in _stream_backends(setup).items():
-        if isinstance(backend, str):
-            provs[name] = backend
-            continue
-        portrait = encode_portrait(backend, ASSETS / "portrait.jpg", crop="center")
 
-        def run(i: int, backend=backend, portrait=portrait) -> float:
+    def make_run(backend, portrait) -> Provider:
+        def run(i: int) -> float:
             sched = Scheduler(backend, max_sessions=1)
             s = Session(backend, portrait, seed=i, sample_rate=16000, sample_format="f32le", idle=False)
             sched.admit(s)
@@ -502,8 +509,9 @@ def _first_frame(setup: Setup) -> Built:
             sched.release(s)
             return (time.perf_counter() - t0) * 1e3
 
-        provs[name] = run
-    return Built(provs, "40 ms of 16-kHz speech -> first 512² frame (watermarked)", "fp32", samples_key="latency",
+        return run
+
+    return Built(_stream_providers(setup, make_run), "40 ms of 16-kHz speech -> first 512² frame (watermarked)", "fp32", samples_key="latency",
                  note="compute only: scheduler stepped inline, no network, no look-ahead")
 
 
@@ -513,19 +521,14 @@ def _aggregate(setup: Setup) -> Built:
 
     from flashtalk.audio import load_audio
     from flashtalk.runtime.scheduler import Scheduler
-    from flashtalk.runtime.session import FPS, HOP, Frame, Session, encode_portrait
+    from flashtalk.runtime.session import FPS, HOP, Frame, Session
 
     seconds = 2.0 if setup.cuda else 0.2
     speech = load_audio(ASSETS / "speech.ogg", target_rate=16000).samples
     n = setup.sessions
-    provs: dict[str, Provider | str] = {}
-    for name, backend in _stream_backends(setup).items():
-        if isinstance(backend, str):
-            provs[name] = backend
-            continue
-        portrait = encode_portrait(backend, ASSETS / "portrait.jpg", crop="center")
 
-        def run(i: int, backend=backend, portrait=portrait) -> dict:
+    def make_run(backend, portrait) -> Provider:
+        def run(i: int) -> dict:
             sched = Scheduler(backend, max_sessions=n)
             sessions = [Session(backend, portrait, seed=k, sample_rate=16000, sample_format="f32le", idle=False)
                         for k in range(n)]
@@ -544,8 +547,9 @@ def _aggregate(setup: Setup) -> Built:
                 sched.release(s)
             return {"frames": got, "seconds": wall, "latency_ms": lat}
 
-        provs[name] = run
-    return Built(provs, f"{n} sessions x {seconds:g} s of speech, pushed at once", "fp32", samples_key="aggregate",
+        return run
+
+    return Built(_stream_providers(setup, make_run), f"{n} sessions x {seconds:g} s of speech, pushed at once", "fp32", samples_key="aggregate",
                  frames=None, note="one batched motion + one batched render call per scheduler tick")
 
 
