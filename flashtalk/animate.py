@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", nargs="?", help="speech (WAV, FLAC, OGG, MP3, M4A, ...)")
     p.add_argument("-o", "--output", required=True, help="output .mp4 (or a folder with --frames-dir)")
     p.add_argument("--demo", action="store_true", help="use the bundled portrait and speech clip")
-    p.add_argument("--weights", metavar="DIR_OR_BUNDLE", help="network weights (default: weights-free preview)")
+    p.add_argument("--weights", metavar="DIR_OR_BUNDLE", help="network weights: a folder, a bundle, or hf (what `flashtalk download` "
+                   "put in the Hugging Face cache); default: weights-free preview")
     p.add_argument("--seeded-weights", action="store_true",
                    help="the network with deterministic seeded weights (for tests; the picture is noise)")
     p.add_argument("--preset", choices=("liveportrait", "tiny"),

@@ -11,16 +11,27 @@ pixels, squared around its centre.
 
 The eyes (a second Haar cascade, inside the face) and an estimate of the mouth are located in the crop
 as hints for renderers that need a face layout (the weights-free preview); None when not found.
+
+With LivePortrait's face models (`flashtalk.faces`, `faces=` below) `auto` is LivePortrait's own crop
+instead: detection, 106 landmarks, the rotated landmark crop of the size-limited photo, and the 203-point
+eye / lip open ratios (`FaceCrop.ratios`). The log says which path ran.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flashtalk.errors import FlashTalkError
+
+if TYPE_CHECKING:
+    from flashtalk.faces.pipeline import FaceModels
+
+log = logging.getLogger(__name__)
 
 CROP_SIZE = 512
 FACE_SCALE = 2.3  # crop side / face-box side
@@ -45,6 +56,15 @@ class Landmarks:
     left_eye: tuple[float, float]  # the eye on the viewer's left
     right_eye: tuple[float, float]
     mouth: tuple[float, float]  # estimated from the eyes
+    ratios: "FaceRatios | None" = None  # eye / lip open ratios (LivePortrait's 203 landmarks only)
+
+
+@dataclass(frozen=True)
+class FaceRatios:
+    """The source's eye-open ratios (left, right) and lip-open ratio from its 203 landmarks."""
+
+    eye: tuple[float, float]
+    lip: float
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,8 @@ class FaceCrop:
     box: Box
     crop_to_photo: np.ndarray  # [2, 3] float64: photo pixel = M @ (u, v, 1) for crop pixel (u, v)
     landmarks: Landmarks | None  # None when the eyes were not found in the crop
+    ratios: FaceRatios | None = None  # only from LivePortrait's landmarks
+    method: str = "haar"  # "liveportrait" | "haar" | "center" | "box"
 
     @property
     def photo_to_crop(self) -> np.ndarray:
@@ -192,7 +214,48 @@ def cut(photo: np.ndarray, box: Box, size: int = CROP_SIZE) -> np.ndarray:
 
 
 def face_crop(photo: np.ndarray, spec: str | tuple[float, float, float, float] = "auto", *,
-              name: str = "portrait", size: int = CROP_SIZE) -> FaceCrop:
+              name: str = "portrait", size: int = CROP_SIZE, faces: "FaceModels | None" = None) -> FaceCrop:
+    """`faces`: LivePortrait's face models; with them `auto` is LivePortrait's crop (else the Haar one)."""
+    mode = parse_crop(spec) if isinstance(spec, str) else "box"
+    if mode == "auto" and faces is not None:
+        return liveportrait_crop(photo, faces, name=name, size=size)
+    if mode == "auto":
+        log.info("face crop of %s: OpenCV Haar cascade (LivePortrait's face models not loaded)", name)
     box = crop_box(photo, spec, name=name)
     image = cut(photo, box, size)
-    return FaceCrop(image=image, box=box, crop_to_photo=crop_affine(box, size), landmarks=find_landmarks(image))
+    return FaceCrop(image=image, box=box, crop_to_photo=crop_affine(box, size), landmarks=find_landmarks(image),
+                    method="haar" if mode == "auto" else str(mode))
+
+
+def liveportrait_crop(photo: np.ndarray, faces: "FaceModels", *, name: str = "portrait",
+                      size: int = CROP_SIZE) -> FaceCrop:
+    """LivePortrait's source crop (specs/faces.md §7.1) with its paste-back affine onto `photo`."""
+    import cv2
+
+    from flashtalk.faces.crop import resize_to_limit, resize_to_limit_shape, transform_points
+    from flashtalk.faces.pipeline import source_face
+
+    limited = resize_to_limit(photo)
+    face = source_face(limited, faces, name=name)
+    log.info("face crop of %s: LivePortrait landmarks (%s)", name, faces.label)
+    image = face.crop.image
+    k = image.shape[0] / size
+    if size != image.shape[0]:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    # crop (at `size`) -> 512 crop -> size-limited photo -> photo (cv2.resize's half-pixel centres)
+    from_size = np.array([[k, 0, 0.5 * k - 0.5], [0, k, 0.5 * k - 0.5], [0, 0, 1]])
+    resized, _ = resize_to_limit_shape(photo.shape[0], photo.shape[1])
+    to_photo = np.eye(3)  # the divisibility crop alone keeps pixel coordinates
+    if resized is not None:
+        sx, sy = photo.shape[1] / resized[0], photo.shape[0] / resized[1]
+        to_photo = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+    m = to_photo @ face.crop.M_c2o.astype(np.float64) @ from_size
+    centre = transform_points(np.array([[size / 2 - 0.5, size / 2 - 0.5]]), m)[0]
+    side = float(np.hypot(m[0, 0], m[1, 0]) * size)
+    pts = transform_points(face.lmk203.astype(np.float64), np.linalg.inv(m)[:2]) / size
+    eyes = sorted([tuple(pts[[0, 6, 12, 18]].mean(0)), tuple(pts[[24, 30, 36, 42]].mean(0))])
+    mouth = tuple((pts[48] + pts[66]) / 2)
+    ratios = FaceRatios((float(face.eye_ratio[0, 0]), float(face.eye_ratio[0, 1])), float(face.lip_ratio[0, 0]))
+    landmarks = Landmarks(*(tuple(float(v) for v in p) for p in (eyes[0], eyes[1], mouth)), ratios=ratios)
+    return FaceCrop(image=np.ascontiguousarray(image), box=Box(float(centre[0] - side / 2), float(centre[1] - side / 2), side),
+                    crop_to_photo=m[:2], landmarks=landmarks, ratios=ratios, method="liveportrait")

@@ -82,7 +82,7 @@ def source_face(img_rgb: np.ndarray, models: FaceModels, *, name: str = "portrai
     if found is None:
         raise _no_face(name)
     if len(found.order) > 1:
-        log.info("%d faces found in %s; using the largest (box %s)", len(found.order), name,
+        log.warning("%d faces found in %s; using the largest (box %s)", len(found.order), name,
                  np.round(found.detections.dets[found.picked, :4], 1).tolist())
     lmk106 = found.lmk106[found.picked]
     crop = C.crop_image(img_rgb, lmk106, C.SOURCE)
@@ -121,7 +121,7 @@ def track(frames: Sequence[np.ndarray], models: FaceModels, *, name: str = "driv
                 if found is None:
                     continue
                 if len(found.order) > 1:
-                    log.info("%d faces in frame %d of %s; tracking the largest", len(found.order), t, name)
+                    log.warning("%d faces in frame %d of %s; tracking the largest", len(found.order), t, name)
                 seed = found.lmk106[found.picked]
             first = t
         else:

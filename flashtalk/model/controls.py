@@ -75,8 +75,8 @@ NUMERIC: dict[str, tuple[float, float, float]] = {
     "pout": (0.0, -0.09, 0.09), "smile": (0.0, -0.3, 1.3), "emotion_weight": (1.0, -1.0, 2.0),
 }
 OPTIONAL_RATIOS = ("eye_open", "lip_open")  # None = off; [0, 0.8]: LivePortrait's retargeting range
-# Source eye / lip-open ratios assumed for the retargeting MLPs (LivePortrait measures them with its
-# 203-point landmark model, which FlashTalk does not ship): typical open eyes, closed mouth.
+# Source eye / lip-open ratios assumed for the retargeting MLPs when LivePortrait's 203-point landmark
+# model is not available to measure them (ControlSet.source_eye / source_lip): open eyes, closed mouth.
 SOURCE_EYE_RATIO, SOURCE_LIP_RATIO = 0.35, 0.05
 BLINK_FRAMES, BLINK_DEPTH, BLINK_GAP = 6, -20.0, (60, 100)
 
@@ -242,6 +242,8 @@ class ControlSet:
     smile: float = 0.0
     eye_open: float | None = None  # target eye-open ratio (0 closed .. 0.8), eye-retargeting MLP
     lip_open: float | None = None  # target lip-open ratio (0 closed .. 0.8), lip-retargeting MLP
+    source_eye: tuple[float, float] | None = None  # the portrait's measured eye-open ratios (set by the
+    source_lip: float | None = None  # engine from LivePortrait's 203 landmarks; None: SOURCE_*_RATIO)
     emotion: tuple[float, ...] | None = None  # expression offset, 63 values (21 keypoints × xyz)
     emotion_weight: float = 1.0
     emotion_lips: bool = False  # False: the offset is kept off the lip keypoints
@@ -279,7 +281,8 @@ class ControlSet:
         """Controls from names -> values (CLI, API, server). `controls` may name a track JSON file or
         mapping; `emotion` a preset file (.json / .safetensors), 63 numbers, or, with `expression_of`
         (path -> offset [21, 3]), an image. `allowed` limits the names a caller accepts."""
-        known = allowed if allowed is not None else tuple(n for n in cls.names() if n != "tracks") + ("controls",)
+        internal = ("tracks", "source_eye", "source_lip")
+        known = allowed if allowed is not None else tuple(n for n in cls.names() if n not in internal) + ("controls",)
         unknown = sorted(set(controls) - set(known))
         if unknown:
             raise FlashTalkError(f"unknown controls {unknown} (known: {', '.join(known)})")
@@ -511,10 +514,12 @@ def _retarget_deltas(c: ControlSet, x_d: "torch.Tensor", source: Any, retarget: 
         raise FlashTalkError("eye_open / lip_open need the renderer's retargeting MLPs (not given)")
     n, out = x_d.shape[0], 0.0
     if c.eye_open is not None:
-        ratio = x_d.new_tensor([SOURCE_EYE_RATIO, SOURCE_EYE_RATIO, c.eye_open]).expand(n, -1)
+        eye = c.source_eye if c.source_eye is not None else (SOURCE_EYE_RATIO, SOURCE_EYE_RATIO)
+        ratio = x_d.new_tensor([eye[0], eye[1], c.eye_open]).expand(n, -1)
         out = out + retarget.retarget_eye_delta(source.x_s, ratio)
     if c.lip_open is not None:
-        ratio = x_d.new_tensor([SOURCE_LIP_RATIO, c.lip_open]).expand(n, -1)
+        lip = c.source_lip if c.source_lip is not None else SOURCE_LIP_RATIO
+        ratio = x_d.new_tensor([lip, c.lip_open]).expand(n, -1)
         out = out + retarget.retarget_lip_delta(source.x_s, ratio)
     return out
 

@@ -20,6 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol
 
 import numpy as np
@@ -229,8 +230,17 @@ def _default_device(device: "str | torch.device | None") -> "torch.device":
 class Engine:
     """Portrait + speech -> frames. Build with `Engine.preview()` or `Engine.from_weights(path)`."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, faces: Any = None) -> None:
         self.backend = backend
+        self.faces = faces  # LivePortrait's face models (flashtalk.faces), or None: the Haar crop
+
+    @classmethod
+    def from_pretrained(cls, revision: list[str] | None = None, **kwargs: Any) -> "Engine":
+        """The full network from the files `flashtalk download` put in the Hugging Face cache (no network
+        access; HF_HUB_OFFLINE=1 works). revision: `REPO=REV` overrides of the pinned revisions."""
+        from flashtalk.hub import resolve_cache
+
+        return cls.from_weights(resolve_cache(revision), **kwargs)
 
     @classmethod
     def preview(cls, device: "str | torch.device | None" = None) -> "Engine":
@@ -262,9 +272,14 @@ class Engine:
                 raise FlashTalkError("no weights given: pass a weights folder or bundle, or seeded=True")
             if preset is not None:
                 raise FlashTalkError("preset applies to seeded weights only (a weights file fixes its own shapes)")
+            if str(path) == "hf":  # what `flashtalk download` put in the Hugging Face cache
+                from flashtalk.hub import resolve_cache
+
+                path = resolve_cache()
             nets = load_networks(path)
+        faces = None if seeded else _face_models(Path(path), dev)
         return cls(NetworkBackend(nets, dev, sampler=sampler, steps=steps, cfg=cfg, seeded=seeded,
-                                  precision=precision))
+                                  precision=precision), faces)
 
     def prepare(self, image: Any, audio: Any, *, crop: Any = "auto", seed: int = 0, fps: float = 25,
                 paste_back: bool = False, watermark: bool = True, watermark_key: str = DEFAULT_WATERMARK_KEY,
@@ -295,10 +310,10 @@ class Engine:
             clip = _load_audio(audio)
         photo = load_image(image)
         name = f"portrait {image}" if isinstance(image, (str, os.PathLike)) else "portrait"
-        fc = face_crop(photo, crop, name=name)
+        fc = face_crop(photo, crop, name=name, faces=self.faces)
         crop_t = torch.from_numpy(fc.image).to(self.backend.device).permute(2, 0, 1).float().div_(255)
         if driving is not None:
-            animation = self.backend.prepare_driving(crop_t, driving, controls=controls)
+            animation = self.backend.prepare_driving(crop_t, driving, controls=controls, landmarks=fc.landmarks)
         else:
             animation = self.backend.prepare(crop_t, clip.samples, seed=seed, controls=controls,
                                              landmarks=fc.landmarks)
@@ -318,6 +333,18 @@ class Engine:
         clip = self.prepare(image, audio, crop=crop, seed=seed, fps=fps, paste_back=paste_back,
                             watermark=watermark, **controls)
         return (frame for batch in clip.batches(batch_size) for frame in batch)
+
+
+def _face_models(path: Path, device: "torch.device") -> Any:
+    """LivePortrait's face models beside the weights (a folder, or a bundle's folder), or None."""
+    from flashtalk.faces.onnx_models import find_files, load_if_present
+
+    folder = path if path.is_dir() else path.parent
+    faces = load_if_present(folder, device=device.type)
+    if faces is None and not find_files(folder):
+        log.warning("LivePortrait's face models (det_10g, 2d106det, landmark.onnx) are not in %s: --crop auto "
+                    "uses the Haar crop and assumed eye / lip ratios (`flashtalk download` fetches them)", folder)
+    return faces
 
 
 def _load_audio(audio: Any) -> "AudioClip":

@@ -234,7 +234,8 @@ class NetworkBackend:
     def prepare(self, crop: torch.Tensor, audio16k: np.ndarray, *, seed: int, controls: Mapping[str, Any],
                 landmarks: Any = None) -> "SpeechAnimation":
         source = self.encode(crop)
-        c = Controls.from_mapping(controls, expression_of=lambda path: self.expression_offset(path, source))
+        c = with_source_ratios(Controls.from_mapping(controls, expression_of=lambda path: self.expression_offset(path, source)),
+                               landmarks)
         return SpeechAnimation(self, source, np.asarray(audio16k, dtype=np.float32), seed, c)
 
     def expression_offset(self, image: str | Path, neutral: SourceState | None = None) -> torch.Tensor:
@@ -248,10 +249,12 @@ class NetworkBackend:
         ref = self.encode(torch.from_numpy(fc.image).to(self.device).permute(2, 0, 1).float().div_(255))
         return expression_offset(ref.exp[0].cpu(), None if neutral is None else neutral.exp[0].cpu())
 
-    def prepare_driving(self, crop: torch.Tensor, video: str | Path, *, controls: Mapping[str, Any]) -> "DrivingAnimation":
+    def prepare_driving(self, crop: torch.Tensor, video: str | Path, *, controls: Mapping[str, Any],
+                        landmarks: Any = None) -> "DrivingAnimation":
         """Video-driven mode (LivePortrait's own use): the motion of each driving frame, relative to the first."""
         source = self.encode(crop)
-        c = Controls.from_mapping(controls, expression_of=lambda path: self.expression_offset(path, source))
+        c = with_source_ratios(Controls.from_mapping(controls, expression_of=lambda path: self.expression_offset(path, source)),
+                               landmarks)
         if c.pose_smoothing != DEFAULT_POSE_SMOOTHING:
             raise FlashTalkError("pose_smoothing applies to audio-driven motion, not to a driving video")
         return DrivingAnimation(self, source, Path(video), c)
@@ -433,6 +436,16 @@ def video_frame_times(path: Path) -> list[float]:
         raise FlashTalkError(f"driving video {path} has no frames")
     step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1 / 25
     return times + [times[-1] + step]
+
+
+def with_source_ratios(c: Controls, landmarks: Any) -> Controls:
+    """The portrait's measured eye / lip ratios (LivePortrait landmarks) for eye_open / lip_open."""
+    import dataclasses
+
+    ratios = getattr(landmarks, "ratios", None)
+    if ratios is None:
+        return c
+    return dataclasses.replace(c, source_eye=tuple(ratios.eye), source_lip=float(ratios.lip))
 
 
 def driving_audio(path: str | Path, rate: int = 16000):
