@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("flashtalk.profile", "write a torch-profiler trace of a few rendered frames"),
     "serve": ("flashtalk.serve", "stream talking heads over WebSocket/HTTP, with a web page to try it"),
     "preset": ("flashtalk.preset", "save a reference photo's expression as an emotion preset (or show one)"),
+    "download": ("flashtalk.download", "fetch the published LivePortrait / JoyVASA / HuBERT weights (Hugging Face)"),
 }
 
 
