@@ -216,7 +216,8 @@ def cut(photo: np.ndarray, box: Box, size: int = CROP_SIZE) -> np.ndarray:
 def face_crop(photo: np.ndarray, spec: str | tuple[float, float, float, float] = "auto", *,
               name: str = "portrait", size: int = CROP_SIZE, faces: "FaceModels | None" = None) -> FaceCrop:
     """`faces`: LivePortrait's face models; with them `auto` is LivePortrait's crop (else the Haar one)."""
-    mode = parse_crop(spec) if isinstance(spec, str) else "box"
+    mode = parse_crop(spec) if isinstance(spec, str) else spec
+    kind = mode if mode in ("auto", "center") else "box"
     if mode == "auto" and faces is not None:
         return liveportrait_crop(photo, faces, name=name, size=size)
     if mode == "auto":
@@ -224,7 +225,7 @@ def face_crop(photo: np.ndarray, spec: str | tuple[float, float, float, float] =
     box = crop_box(photo, spec, name=name)
     image = cut(photo, box, size)
     return FaceCrop(image=image, box=box, crop_to_photo=crop_affine(box, size), landmarks=find_landmarks(image),
-                    method="haar" if mode == "auto" else str(mode))
+                    method="haar" if kind == "auto" else kind)
 
 
 def liveportrait_crop(photo: np.ndarray, faces: "FaceModels", *, name: str = "portrait",

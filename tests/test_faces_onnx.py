@@ -160,3 +160,18 @@ def test_measured_ratios_feed_eye_and_lip_retargeting():
     assert rec.lip[0].tolist() == pytest.approx([SOURCE_LIP_RATIO, 0.3])
     with pytest.raises(FlashTalkError, match="unknown controls"):
         ControlSet.from_mapping({"source_eye": (0.1, 0.1)})
+
+
+def test_the_engine_crops_with_its_face_models(models):
+    from flashtalk.runtime.engine import Engine
+
+    engine = Engine.preview("cpu")
+    engine.faces = models
+    audio = np.zeros(16000, np.float32)
+    from flashtalk.audio import AudioClip
+
+    clip = engine.prepare(face_image(), AudioClip(audio, 16000, 1.0, "silence"), watermark=False)
+    assert clip.crop.method == "liveportrait" and clip.crop.ratios is not None
+    box = engine.prepare(face_image(), AudioClip(audio, 16000, 1.0, "silence"), crop=(150, 150, 200, 200),
+                         watermark=False)
+    assert box.crop.method == "box" and box.crop.ratios is None

@@ -42,15 +42,16 @@ SIGNATURES = {
 }
 
 
-def find_files(folder: str | Path) -> dict[str, Path]:
-    """The face ONNX files under `folder` (published path first, else by file name anywhere below)."""
+def find_files(folder: str | Path, *, search: bool = True) -> dict[str, Path]:
+    """The face ONNX files under `folder`: at the published path, else (with `search`) by file name
+    anywhere below, as the network loader finds its files."""
     folder = Path(folder)
     found = {}
     for key, rel in FILES.items():
         if (folder / rel).is_file():
             found[key] = folder / rel
             continue
-        hits = sorted(p for p in folder.rglob(Path(rel).name) if p.is_file()) if folder.is_dir() else []
+        hits = sorted(p for p in folder.rglob(Path(rel).name) if p.is_file()) if search and folder.is_dir() else []
         if hits:
             found[key] = hits[0]
     return found
@@ -116,9 +117,10 @@ def _runner(sess, first_only: bool):
     return run
 
 
-def load(folder: str | Path, *, device: str = "cpu", det_thresh: float | None = None) -> FaceModels:
+def load(folder: str | Path, *, device: str = "cpu", det_thresh: float | None = None,
+         search: bool = True) -> FaceModels:
     """The three sessions from a weights folder; a FlashTalkError names the missing files."""
-    found = find_files(folder)
+    found = find_files(folder, search=search)
     missing = [rel for key, rel in FILES.items() if key not in found]
     if missing:
         raise FlashTalkError(f"{folder} holds no LivePortrait face models: missing {', '.join(missing)} "
@@ -131,12 +133,12 @@ def load(folder: str | Path, *, device: str = "cpu", det_thresh: float | None = 
     return models
 
 
-def load_if_present(folder: str | Path | None, *, device: str = "cpu") -> FaceModels | None:
-    """The face models when all three files are in `folder`; None (logged) when none is; an error for a
-    partial set, an unreadable file or a missing onnxruntime."""
+def load_if_present(folder: str | Path | None, *, device: str = "cpu", search: bool = True) -> FaceModels | None:
+    """The face models when all three files are in `folder`; None (logged) when none is (or onnxruntime
+    is missing); an error for a partial set or an unreadable file."""
     if folder is None or not Path(folder).is_dir():
         return None
-    found = find_files(folder)
+    found = find_files(folder, search=search)
     if not found:
         log.info("no LivePortrait face models in %s: --crop auto uses the Haar crop", folder)
         return None
@@ -146,4 +148,4 @@ def load_if_present(folder: str | Path | None, *, device: str = "cpu") -> FaceMo
         log.warning("LivePortrait's face models are in %s but onnxruntime is not installed (%s): --crop auto "
                     "uses the Haar crop", folder, EXTRA_HINT)
         return None
-    return load(folder, device=device)
+    return load(folder, device=device, search=search)

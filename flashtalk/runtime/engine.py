@@ -339,9 +339,9 @@ def _face_models(path: Path, device: "torch.device") -> Any:
     """LivePortrait's face models beside the weights (a folder, or a bundle's folder), or None."""
     from flashtalk.faces.onnx_models import find_files, load_if_present
 
-    folder = path if path.is_dir() else path.parent
-    faces = load_if_present(folder, device=device.type)
-    if faces is None and not find_files(folder):
+    folder, search = (path, True) if path.is_dir() else (path.parent, False)  # beside a bundle: published paths
+    faces = load_if_present(folder, device=device.type, search=search)
+    if faces is None and not find_files(folder, search=search):
         log.warning("LivePortrait's face models (det_10g, 2d106det, landmark.onnx) are not in %s: --crop auto "
                     "uses the Haar crop and assumed eye / lip ratios (`flashtalk download` fetches them)", folder)
     return faces
