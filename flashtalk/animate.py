@@ -22,6 +22,15 @@ def demo_assets() -> tuple[Path, Path]:
     return Path(str(root / DEMO_PORTRAIT)), Path(str(root / DEMO_AUDIO))
 
 
+def _ratio(text: str) -> float | str:
+    if text == "driving":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a ratio in [0, 0.8] or driving, got {text!r}") from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("portrait", nargs="?", help="portrait photo (JPEG, PNG or WebP)")
     p.add_argument("audio", nargs="?", help="speech (WAV, FLAC, OGG, MP3, M4A, ...)")
@@ -47,10 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         net.add_argument(f"--{angle}", type=float, default=None, metavar="DEG", help=f"head {angle} offset in degrees")
     net.add_argument("--expression-scale", type=float, default=None, metavar="K",
                      help="scale of the expression change (default 1; 0 keeps the source expression)")
-    net.add_argument("--eye-open", type=float, default=None, metavar="R",
-                     help="target eye-open ratio 0..0.8 (eye-retargeting MLP)")
-    net.add_argument("--lip-open", type=float, default=None, metavar="R",
-                     help="target lip-open ratio 0..0.8 (lip-retargeting MLP)")
+    net.add_argument("--eye-open", type=_ratio, default=None, metavar="R",
+                     help="target eye-open ratio 0..0.8 (eye-retargeting MLP), or driving: each driving frame's")
+    net.add_argument("--lip-open", type=_ratio, default=None, metavar="R",
+                     help="target lip-open ratio 0..0.8 (lip-retargeting MLP), or driving: each driving frame's")
     net.add_argument("--pose-smoothing", type=float, default=None, metavar="S",
                      help="EMA smoothing of head pose, 0 (none) .. <1 (default 0.99, JoyVASA's)")
     net.add_argument("--gaze", metavar="X,Y", help="gaze offset in eyeball units (LivePortrait's), e.g. 5,-3")

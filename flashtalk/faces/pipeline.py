@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -148,12 +148,46 @@ def driving_crops(frames: Sequence[np.ndarray], models: FaceModels, *, name: str
                         ratios.eye_ratio(lmk_crop), ratios.lip_ratio(lmk_crop))
 
 
-def frame_ratios(frames: Sequence[np.ndarray], models: FaceModels, *, name: str = "driving video") -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame eye [T, 2] and lip [T, 1] ratios of a driving clip from tracked 203 points (frames before
-    the first face repeat its ratios)."""
-    first, _, lmk203 = track(frames, models, name=name)
-    eye, lip = ratios.eye_ratio(lmk203), ratios.lip_ratio(lmk203)
+@dataclass(frozen=True)
+class DrivingPlan:
+    """What a driving clip needs from its landmarks: the global crop box (None for a square clip, which
+    LivePortrait resizes whole) and per-frame eye [T, 2] / lip [T, 1] ratios (frames before the first face
+    repeat its ratios)."""
+
+    box: np.ndarray | None
+    eye_ratio: np.ndarray
+    lip_ratio: np.ndarray
+
+
+def plan_driving(frames: Iterable[np.ndarray], models: FaceModels, *, name: str = "driving video") -> DrivingPlan:
+    """§4.6 / §7.3 in one streaming pass (only landmarks are kept): detect on the first frame with a
+    face, track with the 203 runner, per-frame boxes averaged into one; ratios from the crop's points."""
+    lmks, first, square, size = [], -1, True, None
+    for t, frame in enumerate(frames):
+        size = size or frame.shape[:2]
+        square = frame.shape[0] == frame.shape[1]
+        if first < 0:
+            found = detect_faces(frame, models)
+            if found is None:
+                continue
+            if len(found.order) > 1:
+                log.warning("%d faces in frame %d of %s; tracking the largest", len(found.order), t, name)
+            seed, first = found.lmk106[found.picked], t
+        else:
+            seed = lmks[-1]
+        p = landmark203.prepare(frame, seed)
+        lmks.append(landmark203.decode(models.l203(p.input)[2], p.M_c2o))
+    if first < 0:
+        raise FlashTalkError(f"no face found in any frame of {name} by the LivePortrait detector")
+    pts = np.stack(lmks)
+    box = None if square else C.global_box([C.driving_box(p) for p in pts])
+    if box is not None:  # ratios from the 512-crop points, as LivePortrait (invariant anyway)
+        M = C.driving_matrix(box)
+        pts = np.stack([C.transform_points(p, M) for p in pts])
+    eye, lip = ratios.eye_ratio(pts), ratios.lip_ratio(pts)
     if first:
         eye = np.concatenate([np.repeat(eye[:1], first, 0), eye])
         lip = np.concatenate([np.repeat(lip[:1], first, 0), lip])
-    return eye, lip
+    log.info("driving video %s: LivePortrait tracking from frame %d, %s", name, first,
+             "square, resized whole" if box is None else f"crop box {np.round(box, 1).tolist()}")
+    return DrivingPlan(box, eye, lip)

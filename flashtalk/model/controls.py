@@ -13,7 +13,8 @@ x_d = s·(x_c R + δ) + t):
   vertical eyelid coupling), blink, eyebrow, wink, mouth_open, grin, purse, pout, smile; `look_at_camera`
   adds Ditto's compensation dx = 0.26·Δyaw, dy = 0.28·Δpitch (Δ: the head's rotation away from the
   source pose, offsets included) so the pupils counter-rotate;
-* `eye_open` / `lip_open`: targets of the eye / lip retargeting MLPs (deltas added to x_d);
+* `eye_open` / `lip_open`: targets of the eye / lip retargeting MLPs (deltas added to x_d), or "driving"
+  (each driving frame's own ratio, from LivePortrait's landmarks);
 * `emotion`: an additive expression offset [21, 3] times `emotion_weight`, kept off the lip keypoints
   unless `emotion_lips`;
 * `head_distance` k multiplies the scale; a guard lowers k (never below 1) per frame so every keypoint's
@@ -75,6 +76,7 @@ NUMERIC: dict[str, tuple[float, float, float]] = {
     "pout": (0.0, -0.09, 0.09), "smile": (0.0, -0.3, 1.3), "emotion_weight": (1.0, -1.0, 2.0),
 }
 OPTIONAL_RATIOS = ("eye_open", "lip_open")  # None = off; [0, 0.8]: LivePortrait's retargeting range
+DRIVING = "driving"  # eye_open / lip_open follow the driving video's per-frame ratios
 # Source eye / lip-open ratios assumed for the retargeting MLPs when LivePortrait's 203-point landmark
 # model is not available to measure them (ControlSet.source_eye / source_lip): open eyes, closed mouth.
 SOURCE_EYE_RATIO, SOURCE_LIP_RATIO = 0.35, 0.05
@@ -240,10 +242,12 @@ class ControlSet:
     purse: float = 0.0  # "woo"
     pout: float = 0.0
     smile: float = 0.0
-    eye_open: float | None = None  # target eye-open ratio (0 closed .. 0.8), eye-retargeting MLP
-    lip_open: float | None = None  # target lip-open ratio (0 closed .. 0.8), lip-retargeting MLP
+    eye_open: float | str | None = None  # target eye-open ratio (0 closed .. 0.8), eye-retargeting MLP, or
+    lip_open: float | str | None = None  # "driving": each driving frame's own ratio (LivePortrait landmarks)
     source_eye: tuple[float, float] | None = None  # the portrait's measured eye-open ratios (set by the
     source_lip: float | None = None  # engine from LivePortrait's 203 landmarks; None: SOURCE_*_RATIO)
+    driving_eye: tuple[float, ...] | None = None  # per frame of the batch being composed (set by the
+    driving_lip: tuple[float, ...] | None = None  # driving animation) for eye_open / lip_open "driving"
     emotion: tuple[float, ...] | None = None  # expression offset, 63 values (21 keypoints × xyz)
     emotion_weight: float = 1.0
     emotion_lips: bool = False  # False: the offset is kept off the lip keypoints
@@ -257,7 +261,7 @@ class ControlSet:
             _check_range(name, _number(name, getattr(self, name)))
         for name in OPTIONAL_RATIOS:
             v = getattr(self, name)
-            if v is not None and not 0 <= _number(name, v) <= 0.8:
+            if v is not None and v != DRIVING and not 0 <= _number(name, v) <= 0.8:
                 raise FlashTalkError(f"{name} must be in [0, 0.8] (LivePortrait's retargeting range), got {v}")
         if not 0 <= _number("pose_smoothing", self.pose_smoothing) < 1:
             raise FlashTalkError(f"pose_smoothing must be in [0, 1), got {self.pose_smoothing}")
@@ -281,7 +285,7 @@ class ControlSet:
         """Controls from names -> values (CLI, API, server). `controls` may name a track JSON file or
         mapping; `emotion` a preset file (.json / .safetensors), 63 numbers, or, with `expression_of`
         (path -> offset [21, 3]), an image. `allowed` limits the names a caller accepts."""
-        internal = ("tracks", "source_eye", "source_lip")
+        internal = ("tracks", "source_eye", "source_lip", "driving_eye", "driving_lip")
         known = allowed if allowed is not None else tuple(n for n in cls.names() if n not in internal) + ("controls",)
         unknown = sorted(set(controls) - set(known))
         if unknown:
@@ -300,6 +304,8 @@ class ControlSet:
                 if not isinstance(v, bool):
                     raise FlashTalkError(f"control {k} must be true or false, got {v!r}")
                 values[k] = v
+            elif k in OPTIONAL_RATIOS and v == DRIVING:
+                values[k] = DRIVING
             else:
                 values[k] = _number(k, v)
         return cls(**values)
@@ -512,16 +518,32 @@ def _retarget_deltas(c: ControlSet, x_d: "torch.Tensor", source: Any, retarget: 
         return 0.0
     if retarget is None:
         raise FlashTalkError("eye_open / lip_open need the renderer's retargeting MLPs (not given)")
+    import torch
+
     n, out = x_d.shape[0], 0.0
     if c.eye_open is not None:
         eye = c.source_eye if c.source_eye is not None else (SOURCE_EYE_RATIO, SOURCE_EYE_RATIO)
-        ratio = x_d.new_tensor([eye[0], eye[1], c.eye_open]).expand(n, -1)
+        target = _targets(c.eye_open, c.driving_eye, n, x_d, "eye_open")
+        ratio = torch.cat([x_d.new_tensor(eye).expand(n, -1), target[:, None]], dim=1)
         out = out + retarget.retarget_eye_delta(source.x_s, ratio)
     if c.lip_open is not None:
         lip = c.source_lip if c.source_lip is not None else SOURCE_LIP_RATIO
-        ratio = x_d.new_tensor([lip, c.lip_open]).expand(n, -1)
+        target = _targets(c.lip_open, c.driving_lip, n, x_d, "lip_open")
+        ratio = torch.stack([x_d.new_full((n,), lip), target], dim=1)
         out = out + retarget.retarget_lip_delta(source.x_s, ratio)
     return out
+
+
+def _targets(value: Any, driving: tuple[float, ...] | None, n: int, like: "torch.Tensor", name: str) -> "torch.Tensor":
+    """[n] retargeting targets: the control's value, or the driving frames' ratios for "driving"."""
+    if value != DRIVING:
+        return like.new_full((n,), float(value))
+    if driving is None:
+        raise FlashTalkError(f"{name}=driving needs a driving video and LivePortrait's face models "
+                             "(`flashtalk download`)")
+    if len(driving) != n:
+        raise FlashTalkError(f"{name}=driving: {len(driving)} driving ratios for {n} frames")
+    return like.new_tensor(driving)
 
 
 # ------------------------------------------------------------------------------------------------ presets

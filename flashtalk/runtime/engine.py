@@ -313,7 +313,8 @@ class Engine:
         fc = face_crop(photo, crop, name=name, faces=self.faces)
         crop_t = torch.from_numpy(fc.image).to(self.backend.device).permute(2, 0, 1).float().div_(255)
         if driving is not None:
-            animation = self.backend.prepare_driving(crop_t, driving, controls=controls, landmarks=fc.landmarks)
+            animation = self.backend.prepare_driving(crop_t, driving, controls=controls, landmarks=fc.landmarks,
+                                                     faces=self.faces)
         else:
             animation = self.backend.prepare(crop_t, clip.samples, seed=seed, controls=controls,
                                              landmarks=fc.landmarks)

@@ -20,6 +20,7 @@ with batch buckets on CUDA). On CUDA each motion window's whole sampling loop is
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -250,14 +251,14 @@ class NetworkBackend:
         return expression_offset(ref.exp[0].cpu(), None if neutral is None else neutral.exp[0].cpu())
 
     def prepare_driving(self, crop: torch.Tensor, video: str | Path, *, controls: Mapping[str, Any],
-                        landmarks: Any = None) -> "DrivingAnimation":
+                        landmarks: Any = None, faces: Any = None) -> "DrivingAnimation":
         """Video-driven mode (LivePortrait's own use): the motion of each driving frame, relative to the first."""
         source = self.encode(crop)
         c = with_source_ratios(Controls.from_mapping(controls, expression_of=lambda path: self.expression_offset(path, source)),
                                landmarks)
         if c.pose_smoothing != DEFAULT_POSE_SMOOTHING:
             raise FlashTalkError("pose_smoothing applies to audio-driven motion, not to a driving video")
-        return DrivingAnimation(self, source, Path(video), c)
+        return DrivingAnimation(self, source, Path(video), c, faces)
 
     def render(self, source: SourceState, x_d: torch.Tensor) -> torch.Tensor:
         """Stitching + warp + decode -> [N, 3, 512, 512] in [0, 1] (resized if the preset renders smaller)."""
@@ -440,8 +441,6 @@ def video_frame_times(path: Path) -> list[float]:
 
 def with_source_ratios(c: Controls, landmarks: Any) -> Controls:
     """The portrait's measured eye / lip ratios (LivePortrait landmarks) for eye_open / lip_open."""
-    import dataclasses
-
     ratios = getattr(landmarks, "ratios", None)
     if ratios is None:
         return c
@@ -468,8 +467,19 @@ class DrivingAnimation(_Rendered):
     """Video-driven clip: the motion extractor on each driving frame (resampled to 25 fps, nearest earlier
     frame), relative composition onto the source (liveportrait.md §10.4: full relative expression)."""
 
-    def __init__(self, backend: NetworkBackend, source: SourceState, video: Path, controls: Controls) -> None:
+    def __init__(self, backend: NetworkBackend, source: SourceState, video: Path, controls: Controls,
+                 faces: Any = None) -> None:
         self.backend, self.source, self.video, self.controls = backend, source, video, controls
+        self.plan = None  # with LivePortrait's face models: its crop box and per-frame eye / lip ratios
+        if faces is not None:
+            from flashtalk.faces.pipeline import plan_driving
+
+            self.plan = plan_driving((f.to_ndarray(format="rgb24") for _, f in _decoded(video)), faces,
+                                     name=f"driving video {video}")
+        elif "driving" in (controls.eye_open, controls.lip_open):
+            raise FlashTalkError("eye_open / lip_open = driving need LivePortrait's face models beside the weights "
+                                 "(`flashtalk download`)")
+        self._shown: list[int] = []  # driving frame index of each image yielded
         times = video_frame_times(video)
         self.start = times[0]
         self._frames = max(1, int((times[-1] - times[0]) * backend.fps + 1e-6))
@@ -481,10 +491,14 @@ class DrivingAnimation(_Rendered):
         """Driving images [3, S, S] in [0, 1] for output frames 0.. num_frames-1 (centre square, resized)."""
         size = self.backend.nets.renderer.cfg.motion.image_size
         j, last = 0, None
-        for t, frame in _decoded(self.video):
+        for k, (t, frame) in enumerate(_decoded(self.video)):
             while last is not None and j < self._frames and self.start + j / self.backend.fps < t - 1e-6:
+                self._shown.append(k - 1)
                 yield last  # output frame j shows the latest driving frame at or before its time
                 j += 1
+            if self.plan is not None and self.plan.box is not None:
+                last = self._liveportrait_crop(frame.to_ndarray(format="rgb24"), size)
+                continue
             rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
             h, w = rgb.shape[:2]
             side = min(h, w)
@@ -493,8 +507,25 @@ class DrivingAnimation(_Rendered):
             last = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False,
                                  antialias=side > size).clamp(0, 1)[0]
         while last is not None and j < self._frames:
+            self._shown.append(k)
             yield last
             j += 1
+
+    def _liveportrait_crop(self, rgb: np.ndarray, size: int) -> torch.Tensor:
+        """specs/faces.md §4.6: the clip's one unrotated box, a 512 crop, bilinear to the motion input size."""
+        import cv2
+
+        from flashtalk.faces.crop import driving_matrix, warp
+
+        crop = cv2.resize(warp(rgb, driving_matrix(self.plan.box), 512), (size, size))
+        return torch.from_numpy(crop).permute(2, 0, 1).float().div(255)
+
+    def _controls_for(self, start: int, stop: int) -> Controls:
+        if self.plan is None:
+            return self.controls
+        idx = self._shown[start:stop]
+        return dataclasses.replace(self.controls, driving_eye=tuple(float(v) for v in self.plan.eye_ratio[idx, 0]),
+                                   driving_lip=tuple(float(v) for v in self.plan.lip_ratio[idx, 0]))
 
     @torch.no_grad()
     def _motion(self, images: torch.Tensor) -> Motion:
@@ -514,6 +545,7 @@ class DrivingAnimation(_Rendered):
             if reference is None:
                 reference = _pose_of(motion, slice(0, 1))
             frames = torch.arange(done, done + len(buf), device=motion.R.device)
+            controls = self._controls_for(done, done + len(buf))
             done += len(buf)
-            yield compose(self.backend.nets.renderer, self.source, motion, reference, self.controls, lip_absolute=False,
+            yield compose(self.backend.nets.renderer, self.source, motion, reference, controls, lip_absolute=False,
                           frames=frames, fps=self.backend.fps)
