@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         if query:
             print(f"total {hub._size(sum(known))} (without the files marked 'if needed')")
         for r in hub.REPOS:
-            print(f"licence of {r.repo_id}: {pl.licences.get(r.repo_id, 'unknown offline')}" + (f" ({r.note})" if r.note else ""))
+            note = f" ({r.note})" if r.note else ""
+            print(f"licence of {r.repo_id}: {pl.licences.get(r.repo_id, 'unknown offline')}{note}")
         print(hub.INSIGHTFACE_NOTICE)
         return 0
     if hub.offline():

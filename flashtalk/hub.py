@@ -81,7 +81,8 @@ def offline() -> bool:
 def cache_dir() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
+    xdg = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
+    home = os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface")
     return Path(home) / "hub"
 
 
@@ -210,8 +211,9 @@ def _stream(url: str, part: Path, size: int | None, what: str) -> None:
             return
         except errors as exc:
             if attempt == RETRIES:
+                got = part.stat().st_size if part.exists() else 0
                 raise FlashTalkError(f"{what}: the connection kept failing ({type(exc).__name__}: {exc}); "
-                                     f"run the command again to resume from {part.stat().st_size if part.exists() else 0} bytes") from None
+                                     f"run the command again to resume from {got} bytes") from None
             log.warning("%s: %s; resuming", what, exc)
 
 

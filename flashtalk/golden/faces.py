@@ -65,6 +65,10 @@ class Checker:
             ok = f0 <= TIER_A[0] and f1 <= TIER_A[1] and mx <= TIER_A[2]
             self._add(name, mx, f0, TIER_A[2], ok, f"frac>0 {f0:.2e} (<= {TIER_A[0]:g}), frac>1 {f1:.2e} (<= {TIER_A[1]:g})")
 
+    def o2c(self, name: str, M_o2c, ref_o2c, dsize: int) -> None:
+        """An image -> crop matrix, checked through its inverse like M_c2o."""
+        self.mapping(name, np.linalg.inv(np.asarray(M_o2c, np.float64)), np.linalg.inv(np.asarray(ref_o2c, np.float64)), dsize)
+
     def mapping(self, name: str, M_c2o, ref_c2o, dsize: int) -> None:
         """Crop corners and centre mapped to the source by both matrices."""
         q = np.array([[0, 0], [dsize - 1, 0], [0, dsize - 1], [dsize - 1, dsize - 1], [dsize / 2, dsize / 2]], np.float64)
@@ -150,12 +154,12 @@ def check_chain(ck: Checker, d, images) -> None:
            d["l106_lmk"], PX)
     ck.abs("crop_lmk106", found.lmk106[found.picked], d["crop_lmk106"], PX)
     ck.mapping("crop_M_c2o", face.crop.M_c2o, d["crop_M_c2o"], 512)
-    ck.mapping("crop_M_o2c", np.linalg.inv(face.crop.M_o2c.astype(np.float64)), np.linalg.inv(d["crop_M_o2c"].astype(np.float64)), 512)
+    ck.o2c("crop_M_o2c", face.crop.M_o2c, d["crop_M_o2c"], 512)
     ck.abs("crop_pt_crop", face.crop.pt_crop, d["crop_pt_crop"], PT_CROP)
     ck.image("crop_img_crop", face.crop.image, d["crop_img_crop"])
     ck.image("crop_img_crop_256x256", face.crop_256, d["crop_img_crop_256x256"])
     ck.mapping("l203_M_c2o", face.runner.M_c2o, d["l203_M_c2o"], 224)
-    ck.mapping("l203_M_o2c", np.linalg.inv(face.runner.M_o2c.astype(np.float64)), np.linalg.inv(d["l203_M_o2c"].astype(np.float64)), 224)
+    ck.o2c("l203_M_o2c", face.runner.M_o2c, d["l203_M_o2c"], 224)
     ck.image("l203_img_crop_rgb", face.runner.img_crop_rgb, d["l203_img_crop_rgb"])
     ck.abs("l203_input", landmark203.prepare_input(d["l203_img_crop_rgb"]), d["l203_input"], BLOB)
     ck.abs("l203_lmk", face.lmk203, d["l203_lmk"], PT_CROP)
@@ -194,8 +198,7 @@ def check_driving(ck: Checker, d, images) -> None:
     models = FaceModels(Stub([]), Stub([]), l203)
     out = driving_crops(frames, models, seed106=d["lmk106_frame0"])
     for t, p in enumerate(out.runner):
-        ck.mapping(f"runner_M_o2c[{t}]", np.linalg.inv(p.M_o2c.astype(np.float64)),
-                   np.linalg.inv(d["runner_M_o2c"][t].astype(np.float64)), 224)
+        ck.o2c(f"runner_M_o2c[{t}]", p.M_o2c, d["runner_M_o2c"][t], 224)
     ck.image("runner_img_crop", np.stack([p.img_crop_rgb for p in out.runner]), d["runner_img_crop"])
     ck.abs("runner_input_frame0", landmark203.prepare_input(d["runner_img_crop"][0]), d["runner_input_frame0"], BLOB)
     ck.abs("lmk203", out.lmk203, d["lmk203"], PT_CROP)
@@ -209,7 +212,7 @@ def check_driving(ck: Checker, d, images) -> None:
     ck.abs("global_bbox", out.box, d["global_bbox"], PX)
     for t, c in enumerate(out.crops):
         ck.mapping(f"M_c2o[{t}]", c.M_c2o, d["M_c2o"][t], 512)
-        ck.mapping(f"M_o2c[{t}]", np.linalg.inv(c.M_o2c.astype(np.float64)), np.linalg.inv(d["M_o2c"][t].astype(np.float64)), 512)
+        ck.o2c(f"M_o2c[{t}]", c.M_o2c, d["M_o2c"][t], 512)
     ck.image("img_crop", np.stack([c.image for c in out.crops]), d["img_crop"])
     ck.abs("lmk_crop", np.stack([c.pt_crop for c in out.crops]), d["lmk_crop"], PT_CROP)
     ck.image("img_crop_256x256", out.crops_256, d["img_crop_256x256"])
@@ -221,7 +224,7 @@ def check_runner(ck: Checker, d, images) -> None:
     img = images[str(d["image_key"])]
     p = landmark203.prepare(img, d["lmk_in"])
     ck.mapping("M_c2o", p.M_c2o, d["M_c2o"], 224)
-    ck.mapping("M_o2c", np.linalg.inv(p.M_o2c.astype(np.float64)), np.linalg.inv(d["M_o2c"].astype(np.float64)), 224)
+    ck.o2c("M_o2c", p.M_o2c, d["M_o2c"], 224)
     ck.image("img_crop_rgb", p.img_crop_rgb, d["img_crop_rgb"])
     ck.abs("input", landmark203.prepare_input(d["img_crop_rgb"]), d["input"], BLOB)
     ck.abs("lmk203", landmark203.refine(img, d["lmk_in"], Stub([_runner_out(d["raw_out2"])])), d["lmk203"], PT_CROP)

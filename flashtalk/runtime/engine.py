@@ -272,7 +272,7 @@ class Engine:
                 raise FlashTalkError("no weights given: pass a weights folder or bundle, or seeded=True")
             if preset is not None:
                 raise FlashTalkError("preset applies to seeded weights only (a weights file fixes its own shapes)")
-            if str(path) == "hf":  # what `flashtalk download` put in the Hugging Face cache
+            if str(path) == "hf" and not Path(path).exists():  # what `flashtalk download` put in the HF cache
                 from flashtalk.hub import resolve_cache
 
                 path = resolve_cache()
