@@ -80,3 +80,11 @@ def test_eye_and_lip_open_follow_the_driving_frames(models, tmp_path):
     _, plain = keypoints()
     torch.testing.assert_close(driven, fixed, atol=1e-5, rtol=1e-4)
     assert (driven - plain).abs().max() > 1e-4  # the retargeting did something
+
+
+def test_driving_ratios_need_a_driving_video():
+    from flashtalk.model.controls import ControlSet
+
+    with pytest.raises(FlashTalkError, match="driving video"):
+        ControlSet.from_mapping({"eye_open": "driving"})
+    assert ControlSet.from_mapping({"lip_open": "driving"}, driving=True).lip_open == "driving"

@@ -281,10 +281,11 @@ class ControlSet:
 
     @classmethod
     def from_mapping(cls, controls: Mapping[str, Any], *, allowed: tuple[str, ...] | None = None,
-                     expression_of: Callable[[str], Any] | None = None) -> "ControlSet":
+                     expression_of: Callable[[str], Any] | None = None, driving: bool = False) -> "ControlSet":
         """Controls from names -> values (CLI, API, server). `controls` may name a track JSON file or
         mapping; `emotion` a preset file (.json / .safetensors), 63 numbers, or, with `expression_of`
-        (path -> offset [21, 3]), an image. `allowed` limits the names a caller accepts."""
+        (path -> offset [21, 3]), an image. `allowed` limits the names a caller accepts; `driving` admits
+        eye_open / lip_open = "driving" (video-driven clips)."""
         internal = ("tracks", "source_eye", "source_lip", "driving_eye", "driving_lip")
         known = allowed if allowed is not None else tuple(n for n in cls.names() if n not in internal) + ("controls",)
         unknown = sorted(set(controls) - set(known))
@@ -305,6 +306,9 @@ class ControlSet:
                     raise FlashTalkError(f"control {k} must be true or false, got {v!r}")
                 values[k] = v
             elif k in OPTIONAL_RATIOS and v == DRIVING:
+                if not driving:
+                    raise FlashTalkError(f"{k}=driving follows a driving video's frames; give one (--driving) "
+                                         "or a ratio in [0, 0.8]")
                 values[k] = DRIVING
             else:
                 values[k] = _number(k, v)

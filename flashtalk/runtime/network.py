@@ -254,7 +254,8 @@ class NetworkBackend:
                         landmarks: Any = None, faces: Any = None) -> "DrivingAnimation":
         """Video-driven mode (LivePortrait's own use): the motion of each driving frame, relative to the first."""
         source = self.encode(crop)
-        c = with_source_ratios(Controls.from_mapping(controls, expression_of=lambda path: self.expression_offset(path, source)),
+        c = with_source_ratios(Controls.from_mapping(controls, driving=True,
+                                                     expression_of=lambda path: self.expression_offset(path, source)),
                                landmarks)
         if c.pose_smoothing != DEFAULT_POSE_SMOOTHING:
             raise FlashTalkError("pose_smoothing applies to audio-driven motion, not to a driving video")
