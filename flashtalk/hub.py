@@ -140,6 +140,9 @@ def plan(revs: dict[str, str], *, query: bool = True) -> Plan:
         except Exception as exc:  # noqa: BLE001
             raise _hub_error(exc, p.repo.repo_id, p.revision, p.path) from None
         p.size, p.etag, p.commit = meta.size, meta.etag, meta.commit_hash
+        if not p.etag:
+            raise FlashTalkError(f"{p.repo.repo_id}@{p.revision[:12]}: {p.path}: {endpoint()} sent no ETag, so the "
+                                 "download could not be verified")
     return out
 
 
@@ -223,7 +226,8 @@ def _place_in_cache(p: Planned, data: Path) -> Path:
     storage = cache_dir() / f"models--{p.repo.repo_id.replace('/', '--')}"
     blob = storage / "blobs" / str(p.etag)
     os.replace(data, blob)
-    pointer = storage / "snapshots" / str(p.commit) / p.path
+    commit = p.commit or p.revision  # the hub names the commit in X-Repo-Commit; a pinned hash is one
+    pointer = storage / "snapshots" / commit / p.path
     pointer.parent.mkdir(parents=True, exist_ok=True)
     if pointer.is_symlink() or pointer.exists():
         pointer.unlink()
@@ -233,9 +237,9 @@ def _place_in_cache(p: Planned, data: Path) -> Path:
         import shutil
 
         shutil.copyfile(blob, pointer)
-    if p.commit and p.revision != p.commit:
+    if p.revision != commit:
         (storage / "refs").mkdir(parents=True, exist_ok=True)
-        (storage / "refs" / p.revision).write_text(p.commit)
+        (storage / "refs" / p.revision).write_text(commit)
     return pointer
 
 
@@ -247,7 +251,8 @@ def fetch(p: Planned, target: Path | None) -> Path:
     if target is not None:
         final = target / p.repo.folder / p.path
     else:
-        hit = hub.try_to_load_from_cache(p.repo.repo_id, p.path, cache_dir=str(cache_dir()), revision=p.commit)
+        hit = hub.try_to_load_from_cache(p.repo.repo_id, p.path, cache_dir=str(cache_dir()),
+                                         revision=p.commit or p.revision)
         final = Path(hit) if isinstance(hit, str) else None
     if final is not None and final.is_file() and _checksum_ok(final, p.etag) is not False:
         return final  # already complete
