@@ -215,3 +215,11 @@ def test_downloading_offline_and_bad_revisions_are_clear_errors(stub, capsys, mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["download"]) == 2
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+
+
+def test_a_second_run_fetches_nothing(stub, tmp_path):
+    assert main(["download", "--dir", str(tmp_path / "w"), "--no-load"]) == 0
+    before = sum(1 for m, u, _ in stub.log if m == "GET" and "/resolve/" in u)
+    assert before == sum(len(r.files) for r in hub.REPOS)
+    assert main(["download", "--dir", str(tmp_path / "w"), "--no-load"]) == 0
+    assert sum(1 for m, u, _ in stub.log if m == "GET" and "/resolve/" in u) == before
