@@ -108,10 +108,12 @@ class DrivingCrops:
     lip_ratio: np.ndarray  # [T, 1]
 
 
-def track(frames: Sequence[np.ndarray], models: FaceModels, *, name: str = "driving video",
-          seed106: np.ndarray | None = None) -> tuple[int, list[landmark203.RunnerInput], np.ndarray]:
+def track(frames: Iterable[np.ndarray], models: FaceModels, *, name: str = "driving video",
+          seed106: np.ndarray | None = None,
+          keep_inputs: bool = True) -> tuple[int, list[landmark203.RunnerInput], np.ndarray]:
     """Detect on the first frame with a face (or use `seed106` for frame 0), then track with the 203
-    runner seeded by the previous frame's 203 points."""
+    runner seeded by the previous frame's 203 points: (first frame, the runner inputs if `keep_inputs`,
+    [T', 203, 2] points)."""
     runners, lmks, first = [], [], -1
     for t, frame in enumerate(frames):
         if first < 0:
@@ -127,7 +129,8 @@ def track(frames: Sequence[np.ndarray], models: FaceModels, *, name: str = "driv
         else:
             seed = lmks[-1]
         p = landmark203.prepare(frame, seed)
-        runners.append(p)
+        if keep_inputs:
+            runners.append(p)
         lmks.append(landmark203.decode(models.l203(p.input)[2], p.M_c2o))
     if first < 0:
         raise FlashTalkError(f"no face found in any frame of {name} by the LivePortrait detector")
@@ -162,24 +165,15 @@ class DrivingPlan:
 def plan_driving(frames: Iterable[np.ndarray], models: FaceModels, *, name: str = "driving video") -> DrivingPlan:
     """§4.6 / §7.3 in one streaming pass (only landmarks are kept): detect on the first frame with a
     face, track with the 203 runner, per-frame boxes averaged into one; ratios from the crop's points."""
-    lmks, first, square, size = [], -1, True, None
-    for t, frame in enumerate(frames):
-        size = size or frame.shape[:2]
-        square = frame.shape[0] == frame.shape[1]
-        if first < 0:
-            found = detect_faces(frame, models)
-            if found is None:
-                continue
-            if len(found.order) > 1:
-                log.warning("%d faces in frame %d of %s; tracking the largest", len(found.order), t, name)
-            seed, first = found.lmk106[found.picked], t
-        else:
-            seed = lmks[-1]
-        p = landmark203.prepare(frame, seed)
-        lmks.append(landmark203.decode(models.l203(p.input)[2], p.M_c2o))
-    if first < 0:
-        raise FlashTalkError(f"no face found in any frame of {name} by the LivePortrait detector")
-    pts = np.stack(lmks)
+    shapes = set()
+
+    def noted(it: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+        for frame in it:
+            shapes.add(frame.shape[:2])
+            yield frame
+
+    first, _, pts = track(noted(frames), models, name=name, keep_inputs=False)
+    square = all(h == w for h, w in shapes)
     box = None if square else C.global_box([C.driving_box(p) for p in pts])
     if box is not None:  # ratios from the 512-crop points, as LivePortrait (invariant anyway)
         M = C.driving_matrix(box)
