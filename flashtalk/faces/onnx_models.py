@@ -21,6 +21,7 @@ L106 = "insightface/models/buffalo_l/2d106det.onnx"
 L203 = "liveportrait/landmark.onnx"
 FILES = {"det": DET, "l106": L106, "l203": L203}
 EXTRA_HINT = "pip install 'flashtalk[faces]'"
+_NOTICE_SHOWN = False  # the InsightFace licence notice, once per process
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,10 @@ def load(folder: str | Path, *, device: str = "cpu", det_thresh: float | None = 
         raise FlashTalkError(f"{folder} holds no LivePortrait face models: missing {', '.join(missing)} "
                              "(run `flashtalk download`)")
     sessions = {key: _session(key, found[key], device) for key in FILES}
+    global _NOTICE_SHOWN
+    if not _NOTICE_SHOWN:
+        _NOTICE_SHOWN = True
+        log.warning("face crop: InsightFace's det_10g / 2d106det models, licensed for non-commercial research only")
     models = FaceModels(_runner(sessions["det"], False), _runner(sessions["l106"], True),
                         _runner(sessions["l203"], False), label=f"LivePortrait face models in {folder}")
     if det_thresh is not None:
