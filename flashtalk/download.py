@@ -17,7 +17,7 @@ from flashtalk.errors import FlashTalkError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", metavar="DIR", help="download into DIR (default: the Hugging Face cache)")
     p.add_argument("--revision", nargs="+", metavar="REPO=REV", help="use another revision of a repo "
-                   "(e.g. KwaiVGI/LivePortrait=main); default: the pinned commits")
+                   "(e.g. LivePortrait=main); default: the pinned commits")
     p.add_argument("--dry-run", action="store_true", help="list repos, revisions, files and sizes; fetch nothing")
     p.add_argument("--no-load", action="store_true", help="skip loading the networks after the download")
 

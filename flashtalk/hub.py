@@ -37,9 +37,10 @@ class Repo:
     note: str = ""
 
 
-# Pinned revisions (commit hashes; override with --revision REPO=REV).
+# Pinned revisions (commit hashes; override with --revision REPO=REV). The LivePortrait weights moved from
+# KwaiVGI/LivePortrait to KlingTeam/LivePortrait; the commit hash names the same files under either.
 REPOS = (
-    Repo("KwaiVGI/LivePortrait", "82a4fa6735ca58432b6ce39301b4b9ee066dea47", "LivePortrait", (
+    Repo("KlingTeam/LivePortrait", "82a4fa6735ca58432b6ce39301b4b9ee066dea47", "LivePortrait", (
         "liveportrait/base_models/appearance_feature_extractor.pth",
         "liveportrait/base_models/motion_extractor.pth",
         "liveportrait/base_models/warping_module.pth",
@@ -48,7 +49,8 @@ REPOS = (
         "liveportrait/landmark.onnx",
         "insightface/models/buffalo_l/det_10g.onnx",
         "insightface/models/buffalo_l/2d106det.onnx",
-    ), note="the insightface/ files are InsightFace models: non-commercial research use only"),
+    ), note="formerly KwaiVGI/LivePortrait; the insightface/ files are InsightFace models: non-commercial "
+             "research use only"),
     Repo("jdh-algo/JoyVASA", "b8f13fe9c23679c56f21b1baafb92ed00dc087c3", "JoyVASA", (
         "motion_generator/motion_generator_hubert_chinese.pt",
         "motion_template/motion_template.pkl",
@@ -93,7 +95,7 @@ def revisions(overrides: list[str] | None) -> dict[str, str]:
         repo, sep, rev = item.rpartition("=")
         if not sep or not rev:
             raise FlashTalkError(f"--revision {item!r}: expected REPO=REVISION, e.g. {REPOS[0].repo_id}=main")
-        match = [r for r in revs if r == repo or r.split("/")[-1] == repo]
+        match = [r for r in revs if r.split("/")[-1] == repo.split("/")[-1]]  # the name alone, or a former owner
         if len(match) != 1:
             raise FlashTalkError(f"--revision {item!r}: unknown repo {repo!r} (known: {', '.join(revs)})")
         revs[match[0]] = rev
