@@ -5,7 +5,8 @@ synthetic weights), written in the published folder layout.
   Only stride 32 fires: score = sigmoid(8 * mean of the cell's R plane - 4), so a white 64-px block
   aligned to the 32-px grid of the 512 canvas is one face; every box reaches 3 strides (96 px) from
   its anchor.
-* 2d106det: `data` [N, 3, 192, 192] -> `fc1` [N, 212]: a fixed layout (LAYOUT_106, in [-1, 1]).
+* 2d106det: `data` [N, 3, 192, 192] -> `fc1` [N, 212]: a fixed layout (LAYOUT_106, in [-1, 1]); its
+  first nodes subtract and multiply (named like insightface expects of a self-normalising model).
 * landmark.onnx: `input` [1, 3, 224, 224] -> 3 outputs, the third [1, 406]: LAYOUT_203 in [0, 1].
 """
 
@@ -105,14 +106,21 @@ def det_model(input_name: str = "input.1"):
     return _model(nodes, [x], order, inits, "det_10g_synthetic")
 
 
-def _constant_head(input_name, in_shape, bias: np.ndarray, out_names, out_shape_last, extra_outputs=0):
+def _constant_head(input_name, in_shape, bias: np.ndarray, out_names, out_shape_last, extra_outputs=0,
+                   self_normalising=False):
     from onnx import TensorProto, helper
 
-    nodes = [helper.make_node("GlobalAveragePool", [input_name], ["gap"]),
+    nodes, src = [], input_name
+    if self_normalising:  # 2d106det subtracts and scales inside the graph (insightface reads the node names)
+        nodes += [helper.make_node("Sub", [input_name, "zero"], ["centred"], name="_minus0"),
+                  helper.make_node("Mul", ["centred", "one"], ["scaled"], name="_mul0")]
+        src = "scaled"
+    nodes += [helper.make_node("GlobalAveragePool", [src], ["gap"]),
              helper.make_node("Flatten", ["gap"], ["flat"]),
              helper.make_node("MatMul", ["flat", "w"], ["mm"]),
              helper.make_node("Add", ["mm", "b"], [out_names[-1]])]
-    inits = [_t("w", np.zeros((3, bias.size), np.float32)), _t("b", bias.reshape(-1))]
+    inits = [_t("w", np.zeros((3, bias.size), np.float32)), _t("b", bias.reshape(-1)),
+             _t("zero", np.zeros(1, np.float32)), _t("one", np.ones(1, np.float32))]
     outputs = []
     for k in range(extra_outputs):
         nodes.append(helper.make_node("Identity", ["flat"], [out_names[k]]))
@@ -122,8 +130,8 @@ def _constant_head(input_name, in_shape, bias: np.ndarray, out_names, out_shape_
     return _model(nodes, [x], outputs, inits, "head_synthetic")
 
 
-def l106_model(input_name: str = "data"):
-    return _constant_head(input_name, ["n", 3, 192, 192], LAYOUT_106, ["fc1"], 212)
+def l106_model(input_name: str = "data", self_normalising: bool = True):
+    return _constant_head(input_name, ["n", 3, 192, 192], LAYOUT_106, ["fc1"], 212, self_normalising=self_normalising)
 
 
 def l203_model(input_name: str = "input"):

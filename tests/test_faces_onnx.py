@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from tests.faces_onnx import EYE_RATIO, LIP_RATIO, face_image, l203_model, write_face_models  # noqa: E402
+from tests.faces_onnx import EYE_RATIO, LIP_RATIO, face_image, l106_model, l203_model, write_face_models  # noqa: E402
 
 from flashtalk.errors import FlashTalkError  # noqa: E402
 from flashtalk.faces import onnx_models  # noqa: E402
@@ -175,3 +175,17 @@ def test_the_engine_crops_with_its_face_models(models):
     box = engine.prepare(face_image(), AudioClip(audio, 16000, 1.0, "silence"), crop=(150, 150, 200, 200),
                          watermark=False)
     assert box.crop.method == "box" and box.crop.ratios is None
+
+
+def test_the_106_model_normalisation_follows_insightfaces_rule(models, tmp_path):
+    from flashtalk.faces.landmark106 import normalisation, to_blob
+
+    assert normalisation(["_minus0", "_mul0", "conv0"]) == (0.0, 1.0)
+    assert normalisation(["bn_data", "conv0"]) == (0.0, 1.0)
+    assert normalisation(["Sub_1", "conv0"]) == (127.5, 128.0)  # subtraction alone is not enough
+    assert models.l106_norm == (0.0, 1.0)
+    other = onnx_models.load(write_face_models(tmp_path, l106=l106_model(self_normalising=False)))
+    assert other.l106_norm == (127.5, 128.0)
+    aimg = np.full((192, 192, 3), (0, 128, 255), np.uint8)  # BGR
+    assert to_blob(aimg)[0, :, 0, 0].tolist() == [255.0, 128.0, 0.0]
+    assert to_blob(aimg, 127.5, 128.0)[0, :, 0, 0].tolist() == pytest.approx([127.5 / 128, 0.5 / 128, -127.5 / 128])

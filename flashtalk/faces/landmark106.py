@@ -26,7 +26,7 @@ class Alignment:
     blob: np.ndarray  # [1, 3, 192, 192] float32, RGB, raw 0..255
 
 
-def align(img_bgr: np.ndarray, box: np.ndarray) -> Alignment:
+def align(img_bgr: np.ndarray, box: np.ndarray, mean: float = 0.0, std: float = 1.0) -> Alignment:
     """§3.2-3.3: similarity (no rotation) putting the box centre at (96, 96) at 192 / (1.5 max(w, h))."""
     import cv2
 
@@ -37,12 +37,26 @@ def align(img_bgr: np.ndarray, box: np.ndarray) -> Alignment:
     half = SIZE / 2
     M = np.array([[scale, 0.0, -(cx * scale) + half], [0.0, scale, -(cy * scale) + half]], dtype=np.float64)
     aimg = cv2.warpAffine(img_bgr, M, (SIZE, SIZE), borderValue=0.0)
-    return Alignment(scale, M, aimg, to_blob(aimg))
+    return Alignment(scale, M, aimg, to_blob(aimg, mean, std))
 
 
-def to_blob(aimg_bgr: np.ndarray) -> np.ndarray:
-    """§3.3: BGR -> RGB planes, raw 0..255 values, NCHW float32 (2d106det normalises itself)."""
-    return np.ascontiguousarray(aimg_bgr[..., ::-1].astype(F32).transpose(2, 0, 1)[None])
+def to_blob(aimg_bgr: np.ndarray, mean: float = 0.0, std: float = 1.0) -> np.ndarray:
+    """§3.3: BGR -> RGB planes, (pixel - mean) / std as NCHW float32; 2d106det normalises itself, so
+    mean 0 and std 1 (raw 0..255 values)."""
+    rgb = aimg_bgr[..., ::-1].astype(F32)
+    if mean != 0.0 or std != 1.0:
+        rgb = (rgb - F32(mean)) * F32(1.0 / std)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None])
+
+
+def normalisation(node_names: list[str]) -> tuple[float, float]:
+    """§3.1: insightface's rule on the first graph nodes: a model that subtracts and multiplies itself
+    (or starts with `bn_data`) gets mean 0, std 1; otherwise mean 127.5, std 128."""
+    sub = any(n.startswith(("Sub", "_minus")) for n in node_names[:8])
+    mul = any(n.startswith(("Mul", "_mul")) for n in node_names[:8])
+    if (sub and mul) or any(n.startswith("bn_data") for n in node_names[:3]):
+        return 0.0, 1.0
+    return 127.5, 128.0
 
 
 def decode(raw: np.ndarray, M: np.ndarray) -> np.ndarray:

@@ -118,6 +118,25 @@ def _runner(sess, first_only: bool):
     return run
 
 
+def _l106_normalisation(path: Path) -> tuple[float, float]:
+    """insightface's input normalisation rule read from the graph's first node names when the `onnx`
+    package is there; else 2d106det's (mean 0, std 1: it normalises itself)."""
+    try:
+        import onnx
+    except ModuleNotFoundError:
+        return 0.0, 1.0
+    from flashtalk.faces.landmark106 import normalisation
+
+    try:
+        names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node[:8]]
+    except Exception:  # noqa: BLE001 - onnxruntime already read the file; keep its reading of it
+        return 0.0, 1.0
+    norm = normalisation(names)
+    if norm != (0.0, 1.0):
+        log.info("%s does not normalise its input itself: mean %g, std %g", path, *norm)
+    return norm
+
+
 def load(folder: str | Path, *, device: str = "cpu", det_thresh: float | None = None,
          search: bool = True) -> FaceModels:
     """The three sessions from a weights folder; a FlashTalkError names the missing files."""
@@ -132,7 +151,8 @@ def load(folder: str | Path, *, device: str = "cpu", det_thresh: float | None = 
         _NOTICE_SHOWN = True
         log.warning("face crop: InsightFace's det_10g / 2d106det models, licensed for non-commercial research only")
     models = FaceModels(_runner(sessions["det"], False), _runner(sessions["l106"], True),
-                        _runner(sessions["l203"], False), label=f"LivePortrait face models in {folder}")
+                        _runner(sessions["l203"], False), label=f"LivePortrait face models in {folder}",
+                        l106_norm=_l106_normalisation(found["l106"]))
     if det_thresh is not None:
         models.det_thresh = det_thresh
     return models

@@ -29,6 +29,7 @@ class FaceModels:
     l203: Callable[[np.ndarray], Sequence[np.ndarray]]
     det_thresh: float = detector.DET_THRESH
     label: str = "LivePortrait face models"
+    l106_norm: tuple[float, float] = (0.0, 1.0)  # (mean, std) of the 106 model's input (§3.1)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def detect_faces(img_rgb: np.ndarray, models: FaceModels) -> Detected | None:
     dets = detector.detect(bgr, models.det, thresh=models.det_thresh)
     if dets.dets.shape[0] == 0:
         return None
-    aligns = [landmark106.align(bgr, box) for box in dets.dets]
+    aligns = [landmark106.align(bgr, box, *models.l106_norm) for box in dets.dets]
     lmks = [landmark106.decode(models.l106(a.blob), a.M) for a in aligns]
     return Detected(dets, aligns, lmks, detector.order_faces(dets.dets))
 
