@@ -492,6 +492,7 @@ class DrivingAnimation(_Rendered):
         """Driving images [3, S, S] in [0, 1] for output frames 0.. num_frames-1 (centre square, resized)."""
         size = self.backend.nets.renderer.cfg.motion.image_size
         j, last = 0, None
+        self._shown = []
         for k, (t, frame) in enumerate(_decoded(self.video)):
             while last is not None and j < self._frames and self.start + j / self.backend.fps < t - 1e-6:
                 self._shown.append(k - 1)
