@@ -201,6 +201,11 @@ class AvatarStream:
             await self.engine.interrupt()
         self._wakeup.set()
 
+    @property
+    def pending(self) -> bool:
+        """Speech pushed whose frames (or SegmentEnd) have not all been handed out yet."""
+        return bool(self._segments or self._out)
+
     def _open_segment(self) -> _Segment:
         if not self._segments or self._segments[-1].ended:
             self._segments.append(_Segment(self.audio_rate))
