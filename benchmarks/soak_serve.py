@@ -1,33 +1,44 @@
-"""Soak / load test of `flashtalk serve` over loopback: N concurrent sessions stream speech at real time.
+"""Soak / load test of a FlashTalk server: N concurrent sessions stream speech at real time through
+`flashtalk.client`.
 
-    python benchmarks/soak_serve.py --sessions 4 --seconds 20            # starts its own server in-process
-    python benchmarks/soak_serve.py --url ws://127.0.0.1:8000/ws --token T  # an already running server
+    python benchmarks/soak_serve.py --sessions 4 --seconds 20                 # starts `flashtalk serve` here
+    python benchmarks/soak_serve.py --url ws://127.0.0.1:8000/ws --token T    # any running server (a Ray
+                                                                              # Serve deployment too)
+    python benchmarks/soak_serve.py --latency low                              # passed on in each start
 
-Bounded: stops after --seconds of streaming or --max-requests WebSocket sessions, whichever first; only
-loopback URLs are accepted. Each session sends 40-ms PCM chunks paced at real time (pace "fast", so the
-server sends frames as soon as they are ready) and measures, per frame, the time from sending the chunk
-that completed the frame's audio to receiving the frame (end to end: queueing, motion, render, JPEG,
-WebSocket). Reports sessions held, frame latency p50/p99, and dropped frames (frames the audio sent
-should give, minus frames received).
+Bounded: stops starting sessions after --seconds, or after --max-requests sessions, whichever comes
+first. Each session sends 40-ms PCM chunks paced at real time (pace "fast": the server sends each frame as
+soon as it is ready; idle frames off). It measures:
+* first-frame latency: the first chunk sent -> the first frame received;
+* per-frame latency: the chunk that completed a frame's look-ahead (its own 40 ms plus the `lookahead_ms`
+  the server announced in "ready") -> that frame received: queueing, motion, render, JPEG and WebSocket,
+  beyond the look-ahead;
+* the look-ahead announced, sessions held (peak), refusals, dropped frames (frames the audio sent should
+  give, minus frames received) and the aggregate FPS over the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import math
+import os
 import platform
+import signal
+import socket
 import subprocess
 import sys
 import time
-from urllib.parse import urlparse
+import urllib.request
 
 import numpy as np
 
-from flashtalk.serving import protocol
-from flashtalk.serving.server import is_loopback
+from flashtalk import client
 
 CHUNK_S = 0.04
+HOP = 640  # 16-kHz samples per 40-ms frame
 
 
 def _speech(seconds: float, seed: int) -> bytes:
@@ -37,123 +48,159 @@ def _speech(seconds: float, seed: int) -> bytes:
     return (x * 32767).astype("<i2").tobytes()
 
 
-async def _session(aiohttp, url: str, token: str | None, seconds: float, seed: int, out: dict) -> None:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    a = np.array(values) * 1000
+    return {"p50": round(float(np.percentile(a, 50)), 1) if a.size else None,
+            "p99": round(float(np.percentile(a, 99)), 1) if a.size else None}
+
+
+async def _session(args, url: str, seconds: float, seed: int, out: dict) -> None:
     pcm = _speech(seconds, seed)
-    step = int(CHUNK_S * 16000) * 2
+    step = HOP * 2
+    chunks = -(-len(pcm) // step)
+    portrait = {"portrait": args.portrait} if args.portrait else {"portrait_id": "demo"}
+    try:
+        stream = await client.connect(url, token=args.token, pace="fast", idle=False, seed=seed,
+                                      latency=args.latency, ready_timeout=120, **portrait)
+    except client.Refused:
+        out["refused"] += 1
+        return
+    except client.ClientError as exc:
+        out["errors"].append(str(exc))
+        return
+    lookahead_ms = stream.ready.lookahead_ms
+    out["lookahead_ms"].add(lookahead_ms)
+    lead = math.ceil(lookahead_ms / (CHUNK_S * 1000) - 1e-9)  # chunks past a frame's own that it waits for
+    out["held"] += 1
+    out["peak"] = max(out["peak"], out["held"])
     sent_at: list[float] = []  # per chunk: when it was sent
-    async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.ws_connect(url, max_msg_size=0) as ws:
-            await ws.send_str(json.dumps({"type": "start", "portrait_id": "demo", "pace": "fast", "idle": False,
-                                          "seed": seed}))
-            ready = await ws.receive_json(timeout=120)
-            if ready["type"] != "ready":
-                out["refused"] += 1
-                return
-            out["held"] += 1
-            out["peak"] = max(out["peak"], out["held"])
 
-            async def send() -> None:
-                t0 = time.monotonic()
-                for k, i in enumerate(range(0, len(pcm), step)):
-                    await asyncio.sleep(max(0.0, t0 + k * CHUNK_S - time.monotonic()))
-                    sent_at.append(time.monotonic())
-                    await ws.send_bytes(pcm[i:i + step])
-                await ws.send_str('{"type": "end"}')
+    async def send() -> None:
+        t0 = time.monotonic()
+        for k in range(chunks):
+            await asyncio.sleep(max(0.0, t0 + k * CHUNK_S - time.monotonic()))
+            sent_at.append(time.monotonic())
+            await stream.send_audio(pcm[k * step:(k + 1) * step])
+        await stream.end()
 
-            sender = asyncio.create_task(send())
-            expected = None
-            received = 0
+    sender = asyncio.create_task(send())
+    received, expected = 0, None
+    try:
+        for _ in range(10 * chunks + 10):
+            item = await asyncio.wait_for(stream.recv(), max(30.0, 4 * seconds))
+            now = time.monotonic()
+            if isinstance(item, client.Frame):
+                if received == 0:
+                    out["first"].append(now - sent_at[0])
+                received += 1
+                k = min(item.index + lead, chunks - 1)  # the chunk that completed this frame's look-ahead
+                if k < len(sent_at):
+                    out["latency"].append(now - sent_at[k])
+            elif item is None or item.type == "end":
+                expected = None if item is None else item.frames
+                break
+    except (client.ClientError, asyncio.TimeoutError) as exc:
+        out["errors"].append(str(exc) or "timed out waiting for a frame")
+    finally:
+        sender.cancel()
+        out["held"] -= 1
+        await stream.stop()
+    out["frames"] += received
+    out["dropped"] += max(0, (expected or -(-len(pcm) // 2 // HOP)) - received)
+
+
+@contextlib.contextmanager
+def _local_server(args):
+    """`flashtalk serve` on a free loopback port (the preview backend), stopped by its PID at the end."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "flashtalk", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--max-sessions", str(args.sessions)] + (["--device", args.device] if args.device else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):  # up to a minute for the server to come up
+            if proc.poll() is not None:
+                raise SystemExit(f"soak_serve: {' '.join(cmd)} exited with {proc.returncode}")
             try:
-                while True:
-                    msg = await ws.receive(timeout=max(30.0, 4 * seconds))
-                    if msg.type == aiohttp.WSMsgType.BINARY:
-                        frame = protocol.unpack_frame(msg.data)
-                        received += 1
-                        # frame i needs audio up to (i + 1) * 40 ms: chunk i (chunks are one frame long)
-                        if frame.index < len(sent_at):
-                            out["latency"].append(time.monotonic() - sent_at[frame.index])
-                    elif msg.type == aiohttp.WSMsgType.TEXT:
-                        event = json.loads(msg.data)
-                        if event["type"] == "end":
-                            expected = event["frames"]
-                            break
-                        if event["type"] == "error":
-                            out["errors"].append(event["reason"])
-                            break
-                    else:
-                        break
-            finally:
-                sender.cancel()
-                out["held"] -= 1
-            should = -(-len(pcm) // 2 // 640)
-            out["frames"] += received
-            out["dropped"] += max(0, (expected or should) - received)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit("soak_serve: the server did not answer /health within a minute")
+        yield f"ws://127.0.0.1:{port}/ws"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
-async def _main(args) -> dict:
-    import aiohttp
-    from aiohttp.test_utils import TestServer
-
-    server = None
-    url = args.url
-    if url is None:
-        from flashtalk.serving.server import ServeConfig, create_app
-
-        server = TestServer(create_app(ServeConfig(max_sessions=max(args.sessions, 1), device=args.device)),
-                            host="127.0.0.1")
-        await server.start_server()
-        url = str(server.make_url("/ws"))
-    out = {"held": 0, "peak": 0, "refused": 0, "frames": 0, "dropped": 0, "latency": [], "errors": []}
+async def _soak(args, url: str) -> dict:
+    out = {"held": 0, "peak": 0, "refused": 0, "frames": 0, "dropped": 0, "first": [], "latency": [], "errors": [],
+           "lookahead_ms": set()}
     deadline = time.monotonic() + args.seconds
     requests = 0
 
-    async def worker(w: int) -> None:
+    async def worker() -> None:
         nonlocal requests
         while time.monotonic() < deadline and requests < args.max_requests:
             requests += 1
             clip = min(args.clip_seconds, max(0.2, deadline - time.monotonic()))
-            await _session(aiohttp, url, args.token, clip, requests, out)
+            await _session(args, url, clip, requests, out)
 
     t0 = time.monotonic()
-    try:
-        await asyncio.gather(*(worker(w) for w in range(args.sessions)))
-    finally:
-        if server is not None:
-            await server.close()
+    await asyncio.gather(*(worker() for _ in range(args.sessions)))
     wall = time.monotonic() - t0
-    lat = np.array(out["latency"]) * 1000
     return {
         "sessions_requested": args.sessions, "sessions_held_peak": out["peak"], "requests": requests,
         "refused": out["refused"], "frames": out["frames"], "dropped_frames": out["dropped"],
-        "aggregate_fps": round(out["frames"] / wall, 1),
-        "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
-        "latency_ms_p99": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+        "aggregate_fps": round(out["frames"] / wall, 1), "latency_mode": args.latency or "server default",
+        "lookahead_ms": sorted(out["lookahead_ms"]),
+        "first_frame_ms": _percentiles(out["first"]), "frame_latency_ms": _percentiles(out["latency"]),
         "errors": out["errors"][:5], "wall_s": round(wall, 1),
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="ws://127.0.0.1:PORT/ws of a running server (default: start one here)")
-    parser.add_argument("--token")
+    parser.add_argument("--url", help="ws://HOST:PORT/ws of a running server (default: start one on loopback)")
+    parser.add_argument("--token", default=os.environ.get("FLASHTALK_TOKEN"))
+    parser.add_argument("--latency", choices=("low", "exact"), help="streaming mode asked for in each start")
+    parser.add_argument("--portrait", help="portrait image sent in each start (default: the server's demo)")
     parser.add_argument("--sessions", type=int, default=4, help="concurrent sessions (default 4)")
     parser.add_argument("--seconds", type=float, default=20.0, help="stop starting sessions after this (default 20)")
     parser.add_argument("--clip-seconds", type=float, default=5.0, help="speech per session (default 5)")
     parser.add_argument("--max-requests", type=int, default=100, help="most sessions opened in total (default 100)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="device of the server started here")
     args = parser.parse_args()
-    if args.url is not None and not is_loopback(urlparse(args.url).hostname or ""):
-        parser.error(f"--url must be a loopback address (this is a load generator); got {args.url}")
-    if not (1 <= args.sessions <= 256 and 0 < args.seconds <= 600 and 1 <= args.max_requests <= 10000):
-        parser.error("bounds: 1 <= --sessions <= 256, 0 < --seconds <= 600, 1 <= --max-requests <= 10000")
-    result = asyncio.run(_main(args))
-    import torch
+    if not (1 <= args.sessions <= 256 and 0 < args.seconds <= 600 and 1 <= args.max_requests <= 10000
+            and 0.04 <= args.clip_seconds <= 120):
+        parser.error("bounds: 1 <= --sessions <= 256, 0 < --seconds <= 600, 1 <= --max-requests <= 10000, "
+                     "0.04 <= --clip-seconds <= 120")
+    if args.portrait:
+        if not os.path.isfile(args.portrait):
+            parser.error(f"--portrait {args.portrait!r} is not a file")
+        with open(args.portrait, "rb") as f:
+            args.portrait = f.read()
+    if args.url is None:
+        with _local_server(args) as url:
+            result = asyncio.run(_soak(args, url))
+        import torch
 
+        server = (torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu"
+                  else f"cpu ({platform.processor() or 'cpu'})") + ", flashtalk serve started here (preview)"
+    else:
+        result = asyncio.run(_soak(args, args.url))
+        server = args.url
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or 'cpu'})"
-    result.update(device=device, torch=torch.__version__, commit=commit, date=time.strftime("%Y-%m-%d"),
-                  command=" ".join([sys.executable.split("/")[-1]] + sys.argv))
+    result.update(server=server, commit=commit, date=time.strftime("%Y-%m-%d"),
+                  command=" ".join([os.path.basename(sys.executable)] + [a if a != args.token else "***"
+                                                                          for a in sys.argv]))
     print(json.dumps(result, indent=1))
     return 0
 

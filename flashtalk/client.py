@@ -163,7 +163,8 @@ def _error_for(code: int | None, reason: str, where: str) -> ClientError:
         return Refused(f"server is full (close code 1013){words}", code, reason)
     if code in (CLOSE_BAD_MESSAGE, CLOSE_TOO_BIG):
         return Rejected(f"server rejected the {where} (close code {code}){words}", code, reason)
-    return Disconnected(f"connection to the server was lost (close code {code}){words}", code, reason)
+    how = "without a close code" if code is None else f"with close code {code}"
+    return Disconnected(f"connection to the server was lost during the {where} ({how}){words}", code, reason)
 
 
 class Stream:

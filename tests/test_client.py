@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from PIL import Image  # noqa: E402
 
 from flashtalk import client  # noqa: E402
 from flashtalk.serving.server import ASSETS_DIR  # noqa: E402
-from tests.serve_process import flashtalk_serve  # noqa: E402
+from tests.serve_process import REPO, flashtalk_serve  # noqa: E402
 
 TOKEN = "test-token-0123"
 WAIT_S = 60.0  # bound on any single wait for the server
@@ -87,7 +90,7 @@ def test_interrupt_drops_the_old_speech_and_goes_on(server):
     async def main():
         async with client.connect(server.url, token=TOKEN, portrait_id="demo", pace="fast", idle=False,
                                   video="raw") as stream:
-            await stream.send_audio(tone(2.0, 16000))  # 50 frames queued
+            await stream.send_audio(tone(1.0, 16000))  # 25 frames queued
             await stream.end()
             first = await asyncio.wait_for(stream.recv(), WAIT_S)
             assert isinstance(first, client.Frame) and first.rgb().shape == (512, 512, 3)
@@ -180,3 +183,12 @@ def test_jpeg_frames_decode_like_pillow():
     assert f.rgb().shape == (4, 8, 3)
     raw = client.Frame(0, 0.0, b"", bytes(range(96)), False, "raw", 8, 4, 0)
     assert raw.rgb()[0, 1].tolist() == [3, 4, 5]
+
+
+def test_pcm_adapter_example_runs_against_the_server(server):
+    server.wait_sessions(0)
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "pcm_adapter.py"), "--url", server.url,
+                          "--token", TOKEN, "--seconds", "0.2"], cwd=REPO, capture_output=True, text=True,
+                         timeout=4 * WAIT_S, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "backend preview" in out.stdout and "\nend: " in out.stdout
