@@ -44,7 +44,8 @@ HOP = 640  # 16-kHz samples per 40-ms frame
 def _speech(seconds: float, seed: int) -> bytes:
     t = np.arange(int(seconds * 16000)) / 16000
     rng = np.random.default_rng(seed)
-    x = (0.3 * np.sin(2 * np.pi * 170 * t) + 0.05 * rng.standard_normal(len(t))) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
+    x = (0.3 * np.sin(2 * np.pi * 170 * t) + 0.05 * rng.standard_normal(len(t))) * envelope
     return (x * 32767).astype("<i2").tobytes()
 
 

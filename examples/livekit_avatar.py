@@ -31,7 +31,8 @@ from flashtalk.integrations.livekit import (FlashTalkVideoGenerator, avatar_opti
                                             send_agent_audio_to_avatar, start_in_process_avatar)
 
 AVATAR_IDENTITY = "flashtalk-avatar"
-PORTRAIT = os.environ.get("FLASHTALK_PORTRAIT") or str(Path(__file__).resolve().parents[1] / "flashtalk/assets/portrait.jpg")
+ASSETS = Path(__file__).resolve().parents[1] / "flashtalk" / "assets"
+PORTRAIT = os.environ.get("FLASHTALK_PORTRAIT") or str(ASSETS / "portrait.jpg")
 OPTIONS = avatar_options(width=512, height=512, audio_sample_rate=48000)
 
 

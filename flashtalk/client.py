@@ -144,7 +144,8 @@ def _is_loopback(host: str) -> bool:
 
 def _portrait_field(portrait: str | Path | bytes | None, portrait_id: str | None) -> dict[str, str]:
     if (portrait is None) == (portrait_id is None):
-        raise FlashTalkError("give exactly one of portrait= (an image path or bytes) or portrait_id= (from POST /portraits)")
+        raise FlashTalkError("give exactly one of portrait= (an image path or bytes) or portrait_id= "
+                             "(from POST /portraits)")
     if portrait_id is not None:
         return {"portrait_id": portrait_id}
     if isinstance(portrait, (str, Path)):

@@ -157,7 +157,7 @@ def test_server_gone_mid_stream_raises_disconnected():
     with flashtalk_serve() as srv:
         async def main():
             stream = await client.connect(srv.url, portrait_id="demo", pace="fast", idle=False)
-            await stream.send_audio(tone(2.0, 16000))
+            await stream.send_audio(tone(1.0, 16000))
             first = await asyncio.wait_for(stream.recv(), WAIT_S)
             assert isinstance(first, client.Frame)
             srv.kill()

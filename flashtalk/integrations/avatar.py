@@ -31,7 +31,9 @@ from flashtalk.integrations.engines import MODEL_RATE, EngineEvent, EngineFrame
 
 FPS = 25
 HOP = MODEL_RATE // FPS  # 16-kHz samples per frame
-MAX_AHEAD_S = 20.0  # push() waits while more than this much pushed audio has not yet come out as frames
+# push() waits while more than this much pushed audio has not yet come out as frames: below the engine's
+# own bounds (a Session keeps at most 250 unread frames = 10 s, and refuses more than 30 s of queued audio)
+MAX_AHEAD_S = 8.0
 
 
 @dataclass(frozen=True)

@@ -145,11 +145,12 @@ class LocalEngine:
 
 class RemoteEngine:
     """A session on a FlashTalk server through `flashtalk.client` (audio sent as 16-kHz s16le). `pace`
-    defaults to "fast": the framework's own synchroniser plays the frames out at their rate."""
+    defaults to "realtime": the server sends frames at 25 FPS, the rate the framework plays them at, so no
+    backlog builds up on either side of the connection."""
 
     def __init__(self, url: str, *, token: str | None = None, portrait: str | Path | bytes | None = None,
                  portrait_id: str | None = None, seed: int = 0, controls: Mapping[str, float] | None = None,
-                 idle: bool = True, latency: str | None = None, video: str = "jpeg", pace: str = "fast",
+                 idle: bool = True, latency: str | None = None, video: str = "jpeg", pace: str = "realtime",
                  options: Mapping[str, Any] | None = None) -> None:
         from flashtalk import client
 
