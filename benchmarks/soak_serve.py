@@ -99,6 +99,8 @@ async def _session(args, url: str, seconds: float, seed: int, out: dict) -> None
                     out["latency"].append(now - sent_at[k])
             elif item is None or item.type == "end":
                 expected = None if item is None else item.frames
+                if item is not None and isinstance(item.info.get("dropped"), int):
+                    out["server_dropped"] += item.info["dropped"]  # servers that report their own drops
                 break
     except (client.ClientError, asyncio.TimeoutError) as exc:
         out["errors"].append(str(exc) or "timed out waiting for a frame")
@@ -142,8 +144,8 @@ def _local_server(args):
 
 
 async def _soak(args, url: str) -> dict:
-    out = {"held": 0, "peak": 0, "refused": 0, "frames": 0, "dropped": 0, "first": [], "latency": [], "errors": [],
-           "lookahead_ms": set()}
+    out = {"held": 0, "peak": 0, "refused": 0, "frames": 0, "dropped": 0, "server_dropped": 0, "first": [],
+           "latency": [], "errors": [], "lookahead_ms": set()}
     deadline = time.monotonic() + args.seconds
     requests = 0
 
@@ -160,6 +162,7 @@ async def _soak(args, url: str) -> dict:
     return {
         "sessions_requested": args.sessions, "sessions_held_peak": out["peak"], "requests": requests,
         "refused": out["refused"], "frames": out["frames"], "dropped_frames": out["dropped"],
+        "server_dropped_frames": out["server_dropped"],
         "aggregate_fps": round(out["frames"] / wall, 1), "latency_mode": args.latency or "server default",
         "lookahead_ms": sorted(out["lookahead_ms"]),
         "first_frame_ms": _percentiles(out["first"]), "frame_latency_ms": _percentiles(out["latency"]),

@@ -135,9 +135,12 @@ def test_rejected_start_names_the_bad_value(server):
             await client.connect(server.url, token=TOKEN, portrait_id="demo", controls={"yaw": 1000})
         with pytest.raises(client.Rejected) as bad_image:
             await client.connect(server.url, token=TOKEN, portrait=b"not an image")
-        return bad_control.value, bad_image.value
+        with pytest.raises(client.Rejected) as bad_latency:  # passed through to the server, which judges it
+            await client.connect(server.url, token=TOKEN, portrait_id="demo", latency="bogus")
+        return bad_control.value, bad_image.value, bad_latency.value
 
-    bad_control, bad_image = run(main())
+    bad_control, bad_image, bad_latency = run(main())
+    assert bad_latency.code == 1008 and "latency" in str(bad_latency)
     assert bad_control.code == 1008 and "yaw" in str(bad_control)
     assert bad_image.code == 1008 and "image" in str(bad_image)
 

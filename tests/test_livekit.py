@@ -230,3 +230,13 @@ def test_options_fps_must_be_25(preview):
     bad = AvatarOptions(video_width=512, video_height=512, video_fps=30, audio_sample_rate=48000, audio_channels=1)
     with pytest.raises(FlashTalkError, match="video_fps must be 25"):
         FlashTalkVideoGenerator.local(portrait, bad, backend=backend)
+
+
+def test_latency_is_handed_to_the_in_process_session(preview):
+    from flashtalk.integrations.engines import LocalEngine
+
+    backend, portrait = preview
+    engine = LocalEngine(portrait, backend=backend, latency="bogus")
+    with pytest.raises(ValueError, match="latency"):  # refused by the Session (or: this Session has no such option)
+        run(engine.start())
+    run(engine.aclose())

@@ -58,6 +58,7 @@ class AvatarStats:
     idle_frames: int = 0
     stale: int = 0  # frames and events dropped because they were on their way before a clear()
     unmatched: int = 0  # speech frames with no utterance left to belong to (shown without audio)
+    dropped: int = 0  # speech frames the engine dropped (their audio went out with the next frame)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class AvatarStream:
         self._drained = asyncio.Event()  # frames came out (push() may be waiting)
         self._next: asyncio.Future | None = None
         self.stats = AvatarStats()
+        self._last_index: int | None = None  # engine index of the latest frame
         self._started = False
         self._start_lock = asyncio.Lock()
         self.closed = False
@@ -255,6 +257,8 @@ class AvatarStream:
                     self._settle()
             return
         image = self._resize(item.image)
+        gap = 0 if self._last_index is None else item.index - self._last_index - 1  # frames that never came
+        self._last_index = item.index
         seg = next((s for s in self._segments if not s.ended or s.frames < s.total), None)
         if item.idle or seg is None:
             self.stats.idle_frames += item.idle
@@ -262,6 +266,12 @@ class AvatarStream:
             self._out.append(AvatarFrame(item.index, item.pts, image, np.zeros(0, np.int16), self._rate(seg),
                                          item.idle))
             return
+        if gap > 0 and seg.frames > 0:
+            # frames of this utterance were dropped on the way (a late or backlogged engine): their audio
+            # goes out with this frame, so the audio stays whole and in step with the video
+            skip = max(0, min(gap, (seg.total if seg.ended else seg.n16 // HOP) - seg.frames - 1))
+            seg.frames += skip
+            self.stats.dropped += skip
         j = seg.frames
         last = seg.ended and j + 1 >= seg.total
         audio = seg.take(None if last else int(math.floor((j + 1) * seg.out_rate / FPS + 0.5)))
