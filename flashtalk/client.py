@@ -283,6 +283,8 @@ class Stream:
     def _closed_error(self, exc: Any, where: str) -> ClientError:
         code = exc.rcvd.code if exc.rcvd is not None else None
         reason = self._error or (exc.rcvd.reason if exc.rcvd is not None else "")
+        if code is None and exc.sent is not None and not reason:  # this side closed it (e.g. a bad frame)
+            reason = f"this client closed it with code {exc.sent.code} {exc.sent.reason}".strip()
         return _error_for(code, reason, where)
 
     async def __aenter__(self) -> "Stream":
