@@ -1,5 +1,6 @@
 """The LiveKit Agents avatar, driven with the real `livekit.rtc` frame types and livekit-agents' own
-QueueAudioOutput / AvatarRunner / AVSynchronizer (weights-free preview, CPU).
+QueueAudioOutput / AvatarRunner / AVSynchronizer (weights-free preview, CPU), in process and once over a
+real `flashtalk serve` on loopback.
 
 Boundary: nothing here connects to a LiveKit server. The generator is tested directly; the in-process
 pattern runs the real AgentSession output chain, AvatarRunner, AVSynchronizer, AudioSource and VideoSource
@@ -240,3 +241,27 @@ def test_latency_is_handed_to_the_in_process_session(preview):
     with pytest.raises(ValueError, match="latency"):  # refused by the Session (or: this Session has no such option)
         run(engine.start())
     run(engine.aclose())
+
+
+def test_remote_generator_over_flashtalk_serve():
+    from tests.serve_process import flashtalk_serve
+
+    pcm = speech(4800, 48000)  # 0.1 s: 2 whole frames and a partial third
+
+    async def main(url):
+        gen = FlashTalkVideoGenerator.remote(url, avatar_options(256, 256, 48000), portrait_id="demo", idle=False)
+        try:
+            for f in audio_frames(pcm, 48000):
+                await gen.push_audio(f)
+            await gen.push_audio(AudioSegmentEnd())
+            return await until_segment_end(gen)
+        finally:
+            await gen.aclose()
+
+    with flashtalk_serve() as srv:
+        items = run(main(srv.url))
+    assert [type(x).__name__ for x in items] == ["VideoFrame", "AudioFrame"] * 3 + ["AudioSegmentEnd"]
+    assert all((v.width, v.height) == (256, 256) for v in items[0:6:2])
+    audio = [np.frombuffer(a.data, np.int16) for a in items[1:6:2]]
+    assert [len(a) for a in audio] == [1920, 1920, 960]
+    np.testing.assert_array_equal(np.concatenate(audio), pcm)
