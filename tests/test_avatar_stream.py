@@ -120,3 +120,22 @@ def test_idle_frames_and_overtaking_utterances_keep_the_audio_in_place():
     np.testing.assert_array_equal(np.concatenate([items[0].audio, items[3].audio, items[4].audio]), a)
     np.testing.assert_array_equal(items[6].audio, b)
     assert [x.frames for x in items if isinstance(x, SegmentEnd)] == [3, 1]
+
+
+def test_push_waits_while_the_engine_is_far_behind():
+    async def main():
+        engine = ScriptedEngine()
+        stream = AvatarStream(engine, audio_rate=16000, max_ahead_s=0.08)  # 2 frames ahead at most
+        await stream.push(speech(1280, 5), 16000)  # 2 frames: at the limit, not past it
+        await stream.push(speech(640, 6), 16000)  # 3 frames ahead now
+        blocked = asyncio.create_task(stream.push(speech(640, 7), 16000))
+        await asyncio.sleep(0.1)
+        waiting = not blocked.done() and engine.pushed == 1920
+        engine.frames(0)
+        first = await take(stream, 1)
+        await asyncio.wait_for(blocked, 10)
+        return waiting, first, engine.pushed
+
+    waiting, first, pushed = asyncio.run(main())
+    assert waiting  # the third push held its audio back
+    assert len(first[0].audio) == 640 and pushed == 2560  # one frame out, then it went on

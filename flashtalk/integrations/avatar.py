@@ -34,6 +34,7 @@ HOP = MODEL_RATE // FPS  # 16-kHz samples per frame
 # push() waits while more than this much pushed audio has not yet come out as frames: below the engine's
 # own bounds (a Session keeps at most 250 unread frames = 10 s, and refuses more than 30 s of queued audio)
 MAX_AHEAD_S = 8.0
+STALL_S = 60.0  # push() gives up when no frame came out for this long
 
 
 @dataclass(frozen=True)
@@ -171,11 +172,17 @@ class AvatarStream:
         await self.start()
         seg = self._open_segment()
         y16 = seg.feed(x, rate)
-        for _ in range(100000):  # bounded wait while the engine is far behind
+        for _ in range(int(STALL_S / 0.5)):  # wait while the engine is far behind
             if self.closed or self._ahead() <= self._max_ahead:
                 break
             self._drained.clear()
-            await self._drained.wait()
+            try:
+                await asyncio.wait_for(self._drained.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+        else:
+            raise FlashTalkError(f"no frame came out for {STALL_S:g} s while {self._ahead() / FPS:.1f} s of audio "
+                                 "waited: is the stream being iterated?")
         if self.closed or seg not in self._segments:
             return  # closed, or cleared while waiting
         if len(y16):
