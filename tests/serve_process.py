@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "flashtalk" / "assets"  # the bundled portrait and speech
 START_TIMEOUT_S = 120.0
 
 

@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("websockets", reason="flashtalk.client needs websockets (the 'client' extra)")
-pytest.importorskip("aiohttp", reason="flashtalk serve needs its server extra")
 
 from PIL import Image  # noqa: E402
 
 from flashtalk import client  # noqa: E402
-from flashtalk.serving.server import ASSETS_DIR  # noqa: E402
-from tests.serve_process import REPO, flashtalk_serve  # noqa: E402
+from tests.serve_process import ASSETS, REPO, flashtalk_serve  # noqa: E402
 
 TOKEN = "test-token-0123"
 WAIT_S = 60.0  # bound on any single wait for the server
@@ -59,7 +57,7 @@ def test_clip_at_24khz_gives_its_frames_in_order(server):
     x = tone(0.2, 24000)  # 4800 samples -> 3200 at 16 kHz -> exactly 5 frames
 
     async def main():
-        portrait = (ASSETS_DIR / "portrait.jpg").read_bytes()
+        portrait = (ASSETS / "portrait.jpg").read_bytes()
         async with client.connect(server.url, token=TOKEN, portrait=portrait, sample_rate=24000, pace="fast",
                                   idle=False) as stream:
             r = stream.ready

@@ -25,7 +25,7 @@ from livekit.agents.voice.avatar import AudioSegmentEnd  # noqa: E402
 from flashtalk.integrations.livekit import (FlashTalkVideoGenerator, avatar_options,  # noqa: E402
                                             start_in_process_avatar)
 from flashtalk.runtime.session import PreviewStreamingBackend, encode_portrait  # noqa: E402
-from flashtalk.serving.server import ASSETS_DIR  # noqa: E402
+from tests.serve_process import ASSETS  # noqa: E402
 
 WAIT_S = 60.0
 
@@ -33,7 +33,7 @@ WAIT_S = 60.0
 @pytest.fixture(scope="module")
 def preview():
     backend = PreviewStreamingBackend("cpu")
-    return backend, encode_portrait(backend, ASSETS_DIR / "portrait.jpg")
+    return backend, encode_portrait(backend, ASSETS / "portrait.jpg")
 
 
 def speech(samples: int, rate: int, freq: float = 300.0) -> np.ndarray:

@@ -22,8 +22,7 @@ from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
 from flashtalk.integrations.pipecat import FlashTalkVideoService  # noqa: E402
 from flashtalk.runtime.session import PreviewStreamingBackend, encode_portrait  # noqa: E402
-from flashtalk.serving.server import ASSETS_DIR  # noqa: E402
-from tests.serve_process import flashtalk_serve  # noqa: E402
+from tests.serve_process import ASSETS, flashtalk_serve  # noqa: E402
 
 WAIT_S = 60.0
 
@@ -31,7 +30,7 @@ WAIT_S = 60.0
 @pytest.fixture(scope="module")
 def preview():
     backend = PreviewStreamingBackend("cpu")
-    return backend, encode_portrait(backend, ASSETS_DIR / "portrait.jpg")
+    return backend, encode_portrait(backend, ASSETS / "portrait.jpg")
 
 
 def speech(samples: int, rate: int) -> np.ndarray:
