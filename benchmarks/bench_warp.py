@@ -18,31 +18,10 @@ import json
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import torch
 
-K, C_FEAT, C_COMP, SIZE = 21, 32, 4, (16, 64, 64)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Case:
-    op: str  # dense_motion_input | deform_warp
-    B: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.op}-B{self.B}"
-
-    def bytes(self, elem: int) -> float:
-        vox = self.B * SIZE[0] * SIZE[1] * SIZE[2]
-        if self.op == "dense_motion_input":
-            return vox * elem * (C_COMP + (K + 1) * (C_COMP + 1))
-        return vox * elem * ((K + 1) + 2 * C_FEAT)  # logits + feature read, warped written
-
-
-CASES = [Case(op, B) for op in ("dense_motion_input", "deform_warp") for B in (1, 8, 32)]
+from flashtalk.bench.warp_cases import C_COMP, C_FEAT, CASES, DTYPES, K, SIZE, Case
 
 
 def make_inputs(case: Case, dtype: torch.dtype) -> tuple:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.bench_attention import CASES, make_inputs
+from flashtalk.bench.attention_cases import CASES, make_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="attention benchmarks need a CUDA GPU")
 

@@ -1,4 +1,4 @@
-"""pytest-benchmark suite over the kernel cases of the one registry (`benchmarks/registry.py`), the same
+"""pytest-benchmark suite over the kernel cases of the one registry (`flashtalk/bench/registry.py`), the same
 cases and providers `flashtalk bench --only kernel` measures: the GPU grid on CUDA, small shapes on the CPU.
 
     pytest benchmarks/test_bench_kernels.py --benchmark-only                 # quick set
@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from benchmarks.registry import Setup, select
+from flashtalk.bench.registry import Setup, select
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SETUP = Setup.for_device(DEVICE, quick=not os.environ.get("FLASHTALK_BENCH_FULL"), compile=torch.cuda.is_available())

@@ -5,7 +5,7 @@ figure next to PyTorch eager and torch.compile of the same code, in one run, wit
     flashtalk bench --quick --json out.json --markdown out.md --plot out.png
     flashtalk bench --only stage --only renderer --compare old.json
 
-Cases come from the one registry, `benchmarks/registry.py` (so this command needs the source checkout).
+Cases come from the one registry, `flashtalk/bench/registry.py`.
 Method: warm-up calls first (their time, which holds compile / autotune / capture, is reported as
 `warmup_s`), then timed calls with CUDA events on the GPU (perf_counter on the CPU), each call on the next
 of several rotating input sets (random data, never zeros); median with p20/p80, p50/p90/p99 for stream
@@ -101,16 +101,8 @@ def validate(instance: Any, schema: dict = SCHEMA, where: str = "$") -> list[str
 
 
 def _registry():
-    """benchmarks.registry from the source checkout this package lives in."""
-    try:
-        from benchmarks import registry
-    except ModuleNotFoundError:
-        root = Path(__file__).resolve().parents[1]
-        if not (root / "benchmarks" / "registry.py").is_file():
-            raise FlashTalkError("flashtalk bench needs the source checkout's benchmarks/ folder "
-                                 f"(not found beside {Path(__file__).parent})") from None
-        sys.path.insert(0, str(root))
-        from benchmarks import registry
+    from flashtalk.bench import registry
+
     return registry
 
 

@@ -8,7 +8,7 @@ Provider names are the same everywhere: "flashtalk" (our code, kernels in `auto`
 reference on CPU), "eager" (the same model / op on the pure-PyTorch references), "compile" (torch.compile of
 the eager reference), plus per-case extras (SDPA backends, xformers, the fast renderer when it exists).
 
-The attention and warp kernel cases are the ones listed in bench_attention.py / bench_warp.py (imported, not
+The attention and warp kernel cases are the ones listed in attention_cases.py / warp_cases.py (imported, not
 re-listed); on the CPU the kernels run at small shapes of the same ops, and the networks use the tiny preset
 (with a smaller feature volume for the warping / decoder stages): CPU figures are not GPU figures.
 """
@@ -27,10 +27,11 @@ from typing import Callable, Iterator
 
 import torch
 
-from benchmarks import bench_attention, bench_warp
+from flashtalk.bench import attention_cases as bench_attention
+from flashtalk.bench import warp_cases as bench_warp
 
 Provider = Callable[[int], object]
-ASSETS = Path(__file__).resolve().parents[1] / "flashtalk" / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 GROUPS = ("kernel", "stage", "renderer", "pipeline", "stream")
 
 

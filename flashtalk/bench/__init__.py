@@ -1,0 +1,9 @@
+"""`flashtalk bench`: the benchmark harness (`harness`), its one case registry (`registry`, with the attention
+and warp shapes in `attention_cases` / `warp_cases`) and the one-call GPU suite (`suite`). Inside the package,
+so `flashtalk bench` works from a wheel; `benchmarks/` keeps thin scripts over the same cases."""
+
+from __future__ import annotations
+
+from flashtalk.bench.harness import SCHEMA, add_arguments, compare, run, validate
+
+__all__ = ["SCHEMA", "add_arguments", "compare", "run", "validate"]
