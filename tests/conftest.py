@@ -1,15 +1,13 @@
-"""Shared fixtures. Kernel tests run under the Triton interpreter on CPU: set it before anything imports
-a kernel module (triton decides interpreter vs compiler when a kernel is decorated)."""
+"""Shared fixtures. Kernel tests take the `kernel_device` fixture: each runs once on the CPU under the Triton
+interpreter and once on CUDA with compiled Triton (that copy carries the `gpu` marker and skips, with the
+reason, where no GPU is visible). `TRITON_INTERPRET` is set for that one test only."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-os.environ.setdefault("TRITON_INTERPRET", "0" if os.environ.get("FLASHTALK_TEST_DEVICE") == "cuda" else "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN = SHARED / "golden"
@@ -41,3 +39,34 @@ def _deterministic():
 
 def devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+GPU = torch.cuda.is_available()
+NO_GPU = "needs a CUDA device and none is visible (run `pytest -m gpu` on a GPU machine)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip, with the reason, where CUDA is not available."""
+    if GPU:
+        return
+    skip = pytest.mark.skip(reason=NO_GPU)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def kernel_device(request, monkeypatch) -> str:
+    """Where this test's Triton kernels run: "cpu" under the interpreter (TRITON_INTERPRET=1), or "cuda"
+    compiled (TRITON_INTERPRET=0). Tensors the test creates without a device land there."""
+    device = request.param
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if device == "cpu" else "0")
+    previous = torch.get_default_device()
+    torch.set_default_device(device)
+    yield device
+    torch.set_default_device(previous)
+
+
+def triton_backend(device: str) -> str:
+    """The dispatch backend a kernel reports on `device` in a `kernel_device` test."""
+    return "triton-interpreter" if device == "cpu" else "triton"

@@ -1,4 +1,5 @@
-"""Triton attention (`flashtalk.kernels.attention`) against an fp64 reference, under the interpreter on CPU.
+"""Triton attention (`flashtalk.kernels.attention`) against an fp64 reference: every test runs on the CPU
+under the interpreter and on CUDA compiled (`kernel_device`, the CUDA copy marked `gpu`).
 
 Accuracy rule: the kernel's max error against `attention_ref` in fp64 (on the same rounded inputs) must be at
 most 2x PyTorch SDPA's own error in the same dtype, plus a tiny floor. Kernel outputs are poisoned with NaN
@@ -16,7 +17,10 @@ import torch.nn.functional as F
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice, use_kernels
 from flashtalk.kernels.attention import _launch, _variant, attention, attention_ref
+from tests.conftest import triton_backend
 from tests.utils import assert_close, max_err
+
+pytestmark = pytest.mark.usefixtures("kernel_device")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
@@ -206,12 +210,12 @@ def test_variant_choice_by_shape():
     assert [_variant(n) for n in (1, 110, 128, 129, 3000)] == ["short", "short", "short", "tiled", "tiled"]
 
 
-def test_public_op_dispatch():
+def test_public_op_dispatch(kernel_device):
     q, k, v = _make(2, 2, 20, 150, 32, torch.float16, "transposed")
     kpm = torch.rand(2, 150) < 0.3
     with use_kernels("triton"):
         out = attention(q, k, v, key_padding_mask=kpm, causal=True)
-        assert last_choice("attention").backend == "triton-interpreter"
+        assert last_choice("attention").backend == triton_backend(kernel_device)
     expected = _launch(q, k, v, None, kpm, True, 1 / math.sqrt(32))
     assert torch.equal(out, expected)
     with use_kernels("reference"):

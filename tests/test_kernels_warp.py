@@ -1,5 +1,6 @@
-"""Warping kernels (dense_motion_input, deform_warp, warp2d, paste_back) against their PyTorch references
-under the Triton interpreter, plus the golden grid_sample / warping-module data.
+"""Warping kernels (dense_motion_input, deform_warp, warp2d, paste_back) against their PyTorch references,
+plus the golden grid_sample / warping-module data; on the CPU under the Triton interpreter and on CUDA
+compiled (`kernel_device`: tensors made without a device land on it).
 
 Precision rule for fp32/fp16/bf16: the kernel's max error against the fp64 reference is at most twice the
 error of PyTorch's own computation in that dtype (the reference op, which samples in fp32 and rounds to the
@@ -16,11 +17,11 @@ import torch
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import dispatch
+from flashtalk.kernels._triton import _jit
 from flashtalk.kernels.deform_warp import deform_warp, deform_warp_ref
 from flashtalk.kernels.dense_motion_input import dense_motion_input, dense_motion_input_ref
 from flashtalk.kernels.paste_back import make_feather_mask, paste_back, paste_back_ref
 from flashtalk.kernels.warp2d import warp2d, warp2d_ref
-from tests.conftest import devices
 from tests.utils import assert_close, max_err
 
 triton = pytest.importorskip("triton")
@@ -32,7 +33,8 @@ pb_mod = importlib.import_module("flashtalk.kernels.paste_back")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 FLOOR = 1e-6  # absolute slack on top of 2x PyTorch's own error
-DEVICE = devices()[-1]
+
+pytestmark = pytest.mark.usefixtures("kernel_device")
 
 
 def run_triton(fn, *args, **kwargs):
@@ -53,8 +55,8 @@ def keypoints(B: int, K: int, spread: float = 1.2) -> tuple[torch.Tensor, torch.
     """Source keypoints up to ±spread and driving ones moved by up to ±0.3, so some motions leave [-1, 1]
     (|g| up to ~1.5), plus exact hits: keypoint 0 does not move (S = G), keypoint 1 shifts by exactly one
     half-volume (S lands on the corners ±1 and the centre 0)."""
-    xs = (torch.rand(B, K, 3, device=DEVICE) * 2 - 1) * spread
-    xd = xs + (torch.rand(B, K, 3, device=DEVICE) * 2 - 1) * 0.3
+    xs = (torch.rand(B, K, 3) * 2 - 1) * spread
+    xd = xs + (torch.rand(B, K, 3) * 2 - 1) * 0.3
     xd[:, 0] = xs[:, 0]
     if K > 1:
         xs[:, 1], xd[:, 1] = 0.5, -0.5
@@ -82,7 +84,7 @@ DMI_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("B,K,C,size,strided", DMI_CASES)
 def test_dense_motion_input(B, K, C, size, strided, dtype):
-    c32 = torch.randn(B, C, *size, device=DEVICE)
+    c32 = torch.randn(B, C, *size)
     xs, xd = keypoints(B, K)
     c = c32.to(dtype)
     if strided:
@@ -117,8 +119,8 @@ DW_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("B,K,C,size,fsize,strided", DW_CASES)
 def test_deform_warp(B, K, C, size, fsize, strided, dtype):
-    logits = (torch.randn(B, K + 1, *size, device=DEVICE) * 4).to(dtype)
-    feature = torch.randn(B, C, *fsize, device=DEVICE).to(dtype)
+    logits = (torch.randn(B, K + 1, *size) * 4).to(dtype)
+    feature = torch.randn(B, C, *fsize).to(dtype)
     xs, xd = keypoints(B, K)
     if strided:
         logits, feature = noncontig(logits), noncontig(feature)
@@ -153,10 +155,10 @@ W2_CASES = [
 
 
 def grid2d(B: int, Ho: int, Wo: int) -> torch.Tensor:
-    g = (torch.rand(B, Ho, Wo, 2, device=DEVICE) * 2 - 1) * 1.5
+    g = (torch.rand(B, Ho, Wo, 2) * 2 - 1) * 1.5
     special = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [1.0, -1.0], [1.5, 0.2], [-1.2, 1.4]])
     n = min(len(special), Ho * Wo)
-    g.view(B, -1, 2)[:, :n] = special[:n].to(DEVICE)
+    g.view(B, -1, 2)[:, :n] = special[:n].to(g.device)
     return g
 
 
@@ -164,7 +166,7 @@ def grid2d(B: int, Ho: int, Wo: int) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("B,C,size,osize,strided", W2_CASES)
 def test_warp2d(B, C, size, osize, strided, dtype, padding):
-    image = torch.randn(B, C, *size, device=DEVICE).to(dtype)
+    image = torch.randn(B, C, *size).to(dtype)
     grid = grid2d(B, *osize)
     if strided:
         image, grid = noncontig(image), grid.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
@@ -185,10 +187,10 @@ def rotation_affine(angle: float, scale: float, tx: float, ty: float) -> list[li
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_paste_back_matches_reference(dtype):
     h, w = 20, 26
-    crop = noncontig(torch.rand(2, 3, h, w, device=DEVICE).to(dtype))
-    bg = torch.randint(0, 256, (1, 37, 45, 3), dtype=torch.uint8, device=DEVICE)  # broadcast over B
-    affine = torch.tensor([rotation_affine(0.3, 0.8, -4.2, -2.5), rotation_affine(-0.1, 1.3, -15.7, -6.1)], device=DEVICE)
-    mask = make_feather_mask((h, w), device=DEVICE)
+    crop = noncontig(torch.rand(2, 3, h, w).to(dtype))
+    bg = torch.randint(0, 256, (1, 37, 45, 3), dtype=torch.uint8)  # broadcast over B
+    affine = torch.tensor([rotation_affine(0.3, 0.8, -4.2, -2.5), rotation_affine(-0.1, 1.3, -15.7, -6.1)])
+    mask = make_feather_mask((h, w))
     out = run_triton(paste_back, crop, bg, affine, mask)
     ref = paste_back_ref(crop, bg, affine, mask)
     assert out.shape == (2, 37, 45, 3) and out.dtype == torch.uint8
@@ -202,11 +204,11 @@ def test_paste_back_identity():
     """Identity affine, crop values on the uint8 grid: the crop exactly where the mask is 1, the background
     untouched where it is 0 and outside the crop, a blend in between."""
     h, w = 24, 32
-    crop8 = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, device=DEVICE)
+    crop8 = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
     crop = crop8.float() / 255
-    bg = torch.randint(0, 256, (2, 30, 40, 3), dtype=torch.uint8, device=DEVICE)
-    affine = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], device=DEVICE)
-    mask = make_feather_mask((h, w), device=DEVICE)
+    bg = torch.randint(0, 256, (2, 30, 40, 3), dtype=torch.uint8)
+    affine = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    mask = make_feather_mask((h, w))
     out = torch.full((2, 30, 40, 3), 77, dtype=torch.uint8)  # poison: a wrong pixel shows
     pb_mod._launch(crop, bg, affine, mask, out)
     inner, outer = mask == 1, mask == 0
@@ -231,7 +233,7 @@ def test_feather_mask_shape():
 # ------------------------------------------------------------------------------ golden data
 
 
-@triton.jit
+@_jit
 def _sample_at_grid_kernel(f_ptr, g_ptr, out_ptr, C, D, H, W, N, BV: tl.constexpr):
     """Test harness: the ops' trilinear helpers at an arbitrary contiguous grid [N, 3] of one batch."""
     o_v = tl.program_id(0) * BV + tl.arange(0, BV)
@@ -256,9 +258,14 @@ def sample_at_grid(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return out.view(volume.shape[0], *grid.shape[:-1])
 
 
+def on_device(a: np.ndarray) -> torch.Tensor:
+    """A golden array on this test's kernel device."""
+    return torch.from_numpy(a).to(torch.get_default_device())
+
+
 def test_golden_grid_sample_5d(lp_golden):
     z = np.load(lp_golden / "grid_sample_5d.npz")
-    inp, grid, expected = (torch.from_numpy(z[k]) for k in ("in_input", "in_grid", "out"))
+    inp, grid, expected = (on_device(z[k]) for k in ("in_input", "in_grid", "out"))
     for b in range(inp.shape[0]):
         assert_close(sample_at_grid(inp[b], grid[b]), expected[b], atol=1e-5)
 
@@ -270,13 +277,13 @@ def test_golden_warping_module_real_size(lp_golden):
     repeated over depth) gives the golden Φ and warped feature at depth 8; dense_motion_input against its
     reference at the real size."""
     z = np.load(lp_golden / "warping_module.npz")
-    f_s, xs, xd = (torch.from_numpy(z[k]) for k in ("in_feature_3d", "in_kp_source", "in_kp_driving"))
-    phi_gold = torch.from_numpy(z["out_deformation"])
-    warped_z8 = torch.from_numpy(z["dbg_warped_feature_z8"]).double()
+    f_s, xs, xd = (on_device(z[k]) for k in ("in_feature_3d", "in_kp_source", "in_kp_driving"))
+    phi_gold = on_device(z["out_deformation"])
+    warped_z8 = on_device(z["dbg_warped_feature_z8"]).double()
     torch_z8 = torch.nn.functional.grid_sample(f_s, phi_gold[:, 8:9], align_corners=False)[:, :, 0]
     check_rule(sample_at_grid(f_s[0], phi_gold[0, 8])[None], torch_z8, warped_z8, "trilinear at golden Φ")
 
-    logits = torch.from_numpy(z["dbg_mask_softmax_z8"]).log()[:, :, None].expand(1, 22, 16, 64, 64)
+    logits = on_device(z["dbg_mask_softmax_z8"]).log()[:, :, None].expand(1, 22, 16, 64, 64)
     warped, phi = run_triton(deform_warp, logits, xs, xd, f_s, return_deformation=True)
     ref, phi_ref = deform_warp_ref(logits, xs, xd, f_s, return_deformation=True)
     check_rule(phi[:, 8], phi_ref[:, 8], phi_gold[:, 8].double(), "deform_warp Φ vs golden")

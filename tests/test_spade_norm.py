@@ -1,4 +1,4 @@
-"""spade_norm: Triton kernel (interpreter on CPU) against spade_norm_ref and against an fp64 reference of
+"""spade_norm: Triton kernel (interpreter on CPU, compiled on CUDA: `kernel_device`) against spade_norm_ref and against an fp64 reference of
 the unfused math (instance_norm, modulation, leaky ReLU as three PyTorch ops)."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from flashtalk.kernels import use_kernels
 from flashtalk.kernels.spade_norm import _launch, spade_norm, spade_norm_ref
 from tests.utils import TOLERANCES, assert_close, max_err
 
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 CASES = [
     pytest.param((1, 3, 5, 7), "contiguous", id="B1-C3-5x7"),
     pytest.param((2, 19, 13, 11), "contiguous", id="B2-C19-13x11"),
@@ -22,7 +24,7 @@ DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.floa
 
 
 def _make(shape, layout, dtype, seed):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     if layout == "sliced":  # a non-contiguous view: every other column of a wider tensor
         b, c, h, w = shape
         return (3 * torch.randn(b, c, h, 2 * w, generator=g) + 1.5)[..., ::2].to(dtype)
@@ -76,7 +78,7 @@ def test_channels_last_output_keeps_format():
 
 def test_fp16_large_activations_stay_finite():
     """Values of 3e3 square to 9e6 (> fp16 max 65504): fp16 statistics would overflow; fp32 ones do not."""
-    g = torch.Generator().manual_seed(8)
+    g = torch.Generator(torch.get_default_device()).manual_seed(8)
     x = (3000 * torch.randn(1, 4, 16, 16, generator=g) + 2000).half()
     gamma, beta = torch.zeros_like(x), torch.zeros_like(x)
     with use_kernels("triton"):

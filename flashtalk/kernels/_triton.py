@@ -1,8 +1,11 @@
-"""Triton helpers shared by the kernel files: the import guard, block sizes, rounding stores and the
-bilinear corner math of grid_sample (align_corners=False).
+"""Triton helpers shared by the kernel files: the import guard, the `_jit` decorator, block sizes, rounding
+stores and the bilinear corner math of grid_sample (align_corners=False).
 
-Without triton installed, `triton` and `tl` are None and `_jit` leaves functions undecorated, so the
-kernel modules still import and their PyTorch references run (the dispatch reports why).
+`_jit` functions run compiled or under the Triton interpreter, chosen at each launch by `TRITON_INTERPRET`
+(triton's own `triton.jit` decides once, when the function is decorated), so a test can switch the
+interpreter on for itself only. Without triton installed, `triton` and `tl` are None and `_jit` leaves
+functions undecorated, so the kernel modules still import and their PyTorch references run (the dispatch
+reports why).
 """
 
 from __future__ import annotations
@@ -12,13 +15,47 @@ from flashtalk.kernels.dispatch import interpreter_enabled
 try:
     import triton
     import triton.language as tl
-
-    _jit = triton.jit
+    from triton.runtime.jit import JITFunction
 except ImportError:
     triton = tl = None
 
     def _jit(fn):
         return fn
+else:
+    _interpreted: dict[int, object] = {}
+
+    def _interpreter(fn: JITFunction):
+        """The interpreted twin of a jit function (made once)."""
+        twin = _interpreted.get(id(fn))
+        if twin is None:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            twin = _interpreted[id(fn)] = InterpretedFunction(fn.fn)
+        return twin
+
+    class _Kernel(JITFunction):
+        """A jit function launched compiled, or interpreted while `TRITON_INTERPRET=1` (decided per launch).
+        A subclass of JITFunction, so the compiler inlines it as a callee as usual."""
+
+        def run(self, *args, grid, warmup, **kwargs):
+            if interpreter_enabled():
+                return _interpreter(self).run(*args, grid=grid, warmup=warmup, **kwargs)
+            return super().run(*args, grid=grid, warmup=warmup, **kwargs)
+
+    _compiled_call = JITFunction.__call__
+
+    def _device_call(self, *args, **kwargs):
+        """Inside an interpreted kernel, a call of a jit function (ours, or triton.language's own `tl.max`,
+        `tl.sum`, decorated when triton was imported) runs its interpreted twin; otherwise it raises as
+        before (a jit function cannot be called from Python)."""
+        if interpreter_enabled():
+            return _interpreter(self)(*args, **kwargs)
+        return _compiled_call(self, *args, **kwargs)
+
+    JITFunction.__call__ = _device_call
+
+    def _jit(fn):
+        return _Kernel(fn)
 
 
 def block_size(n: int) -> int:

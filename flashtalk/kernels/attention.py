@@ -28,6 +28,7 @@ import math
 import torch
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels._triton import _jit
 from flashtalk.kernels.dispatch import choose, interpreter_enabled
 
 try:
@@ -73,7 +74,7 @@ _NO_MASK, _BOOL_MASK, _ADD_MASK = 0, 1, 2
 
 if triton is not None:
 
-    @triton.jit
+    @_jit
     def _to_output(b_o, p_o, INTERP_BF16: tl.constexpr):
         """Cast an fp32 block to the output dtype. The interpreter truncates fp32 -> bf16 casts (the GPU
         rounds to nearest even), so there we add the rounding bias to the bits first."""
@@ -83,7 +84,7 @@ if triton is not None:
             b_o = tl.where(b_o == 0.0, b_o, bits.to(tl.float32, bitcast=True))  # keep exact zeros exact
         return b_o.to(p_o.dtype.element_ty)
 
-    @triton.jit
+    @_jit
     def _score_tile(
         b_q, p_k, s_kn, s_kd, p_am, s_am, s_an, p_kpm, s_pn,
         o_m, o_n, o_d, Lq, Lk, qk_scale, diag,
@@ -113,7 +114,7 @@ if triton is not None:
                 b_s = tl.where(o_n[None, :] <= o_m[:, None] + diag, b_s, float("-inf"))
         return b_s
 
-    @triton.jit
+    @_jit
     def _online_softmax_steps(
         acc, m_i, l_i, b_q, lo, hi,
         p_k, s_kn, s_kd, p_v, s_vn, s_vd, p_am, s_am, s_an, p_kpm, s_pn,
@@ -140,7 +141,7 @@ if triton is not None:
             m_i = m_new
         return acc, m_i, l_i
 
-    @triton.jit
+    @_jit
     def _attn_fwd_tiled(
         p_q, s_qb, s_qh, s_qm, s_qd,
         p_k, s_kb, s_kh, s_kn, s_kd,
@@ -197,7 +198,7 @@ if triton is not None:
         b_o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # [BM, BD]; rows with no allowed key stay 0
         tl.store(p_o + o_m[:, None] * s_om + o_d[None, :] * s_od, _to_output(b_o, p_o, INTERP_BF16), mask=m_m[:, None])
 
-    @triton.jit
+    @_jit
     def _attn_fwd_short(
         p_q, s_qb, s_qh, s_qm, s_qd,
         p_k, s_kb, s_kh, s_kn, s_kd,
@@ -448,3 +449,33 @@ def attention(
     if choice.use_triton:
         return torch.ops.flashtalk.attention(q, k, v, attn_mask, key_padding_mask, bool(causal), scale)
     return attention_ref(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask, causal=causal, scale=scale)
+
+
+def compile_variants():
+    """The launches `flashtalk kernels check` compiles: the model's calls through `_launch` (so through the
+    launch tables above) at the production shapes, and the `_SWEEP` alternatives."""
+    from flashtalk.kernels.check import Variant, meta
+
+    def proj(B: int, L: int, H: int, D: int, dtype: torch.dtype) -> torch.Tensor:
+        return meta(B, L, H, D, dtype=dtype).transpose(1, 2)  # [B, H, L, D] as a projection writes it
+
+    def call(B, H, Lq, Lk, D, dtype, *, mask=False, padded=False, config=None):
+        q, k, v = proj(B, Lq, H, D, dtype), proj(B, Lk, H, D, dtype), proj(B, Lk, H, D, dtype)
+        am = meta(Lq, Lk, dtype=torch.bool) if mask else None
+        kpm = meta(B, Lk, dtype=torch.bool) if padded else None
+        return lambda: _launch(q, k, v, am, kpm, False, D ** -0.5, config=config)
+
+    out = []
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        for B in (2, 64):  # guidance-batched window of 1 stream / 32 streams
+            out.append(Variant(f"motion self-attention B{B} H8 L110 D32 {name}", call(B, 8, 110, 110, 32, dtype)))
+            out.append(Variant(f"motion cross-attention (masked) B{B} H8 L110 D32 {name}",
+                               call(B, 8, 110, 110, 32, dtype, mask=True)))
+        for B in (1, 32):  # one window (2 x 110 frames at 50 Hz) of 1 / 32 streams, padded batches
+            out.append(Variant(f"audio-encoder attention B{B} H12 L220 D64 {name}",
+                               call(B, 12, 220, 220, 64, dtype, padded=B > 1)))
+    for cfg in _SWEEP:
+        tag = " ".join(f"{k}={v}" for k, v in cfg.items())
+        out.append(Variant(f"sweep audio B32 H12 L220 D64 fp16 {tag}",
+                           call(32, 12, 220, 220, 64, torch.float16, padded=True, config=cfg), production=False))
+    return out
