@@ -198,3 +198,19 @@ def deform_warp(
         out, phi = _deform_warp_op(mask_logits, kp_source, kp_driving, feature, return_deformation)
         return out, (phi if return_deformation else None)
     return deform_warp_ref(mask_logits, kp_source, kp_driving, feature, return_deformation=return_deformation)
+
+
+def compile_variants():
+    """The launches `flashtalk kernels check` compiles: the warping network's call at the real size (22 mask
+    channels, 32-channel 16x64x64 feature volume), batch 1 and 32, with and without Φ, in each precision."""
+    from flashtalk.kernels.check import Variant, meta
+
+    def call(B: int, dtype: torch.dtype, with_phi: bool):
+        logits, xs, xd = meta(B, 22, 16, 64, 64, dtype=dtype), meta(B, 21, 3), meta(B, 21, 3)
+        feature, out = meta(B, 32, 16, 64, 64, dtype=dtype), meta(B, 32, 16, 64, 64, dtype=dtype)
+        phi = meta(B, 16, 64, 64, 3, dtype=dtype) if with_phi else None
+        return lambda: _launch(logits, xs, xd, feature, out, phi)
+
+    return [Variant(f"warping deform+sample B{B} 32x16x64x64{' +phi' if phi else ''} {name}", call(B, dtype, phi))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))
+            for B in (1, 32) for phi in (False, True)]

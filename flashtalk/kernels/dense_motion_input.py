@@ -236,3 +236,17 @@ def dense_motion_input(compressed: torch.Tensor, kp_source: torch.Tensor, kp_dri
     if choose("dense_motion_input", compressed.device, _unsupported(compressed, kp_source, kp_driving)).use_triton:
         return _dense_motion_input_op(compressed, kp_source, kp_driving)
     return dense_motion_input_ref(compressed, kp_source, kp_driving)
+
+
+def compile_variants():
+    """The launches `flashtalk kernels check` compiles: the warping network's call at the real volume
+    (C=4 compressed channels, 21 keypoints, 16x64x64), batch 1 and 32, in each precision."""
+    from flashtalk.kernels.check import Variant, meta
+
+    def call(B: int, dtype: torch.dtype):
+        c, xs, xd = meta(B, 4, 16, 64, 64, dtype=dtype), meta(B, 21, 3), meta(B, 21, 3)
+        return lambda: _launch(c, xs, xd, meta(B, 22 * 5, 16, 64, 64, dtype=dtype))
+
+    return [Variant(f"warping dense-motion input B{B} volume 16x64x64 {name}", call(B, dtype))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))
+            for B in (1, 32)]

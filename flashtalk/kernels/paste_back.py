@@ -181,3 +181,17 @@ def paste_back(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tenso
     if choose("paste_back", crop.device).use_triton:
         return _paste_back_op(crop, background, affine, mask)
     return paste_back_ref(crop, background, affine, mask)
+
+
+def compile_variants():
+    """The launches `flashtalk kernels check` compiles: a 512² crop pasted into a 1080p photo (one background
+    broadcast over the batch), batch 1 and 16, fp32 and bf16 crops."""
+    from flashtalk.kernels.check import Variant, meta
+
+    def call(B: int, dtype: torch.dtype):
+        crop, bg = meta(B, 3, 512, 512, dtype=dtype), meta(1, 1080, 1920, 3, dtype=torch.uint8)
+        affine, mask = meta(1, 2, 3), meta(512, 512)
+        return lambda: _launch(crop, bg, affine, mask, meta(B, 1080, 1920, 3, dtype=torch.uint8))
+
+    return [Variant(f"paste-back B{B} 512² -> 1920x1080 {name}", call(B, dtype))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)) for B in (1, 16)]

@@ -206,3 +206,20 @@ def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negativ
     if choose("spade_norm", x.device, unsupported).use_triton:
         return _spade_norm_op(x, gamma, beta, negative_slope, eps)
     return spade_norm_ref(x, gamma, beta, negative_slope, eps)
+
+
+def compile_variants():
+    """The launches `flashtalk kernels check` compiles: the SPADE decoder's normalisations (channels-last,
+    the fast renderer's layout) from 64² to 512², batch 1 and 32, with and without the leaky ReLU."""
+    from flashtalk.kernels.check import Variant, meta
+
+    def cl(B: int, C: int, S: int, dtype: torch.dtype) -> torch.Tensor:
+        return meta(B, S, S, C, dtype=dtype).permute(0, 3, 1, 2)  # channels-last [B, C, S, S]
+
+    def call(B: int, C: int, S: int, dtype: torch.dtype, slope: float | None):
+        x, g, b, out = (cl(B, C, S, dtype) for _ in range(4))
+        return lambda: _launch(x, g, b, slope, IN_EPS, out)
+
+    return [Variant(f"SPADE norm B{B} C{C} {S}² {'lrelu' if slope else 'plain'} {name}", call(B, C, S, dtype, slope))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))
+            for B in (1, 32) for C, S in ((512, 64), (256, 128), (128, 256), (64, 512)) for slope in (0.2, None)]

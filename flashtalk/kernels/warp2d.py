@@ -120,3 +120,18 @@ def warp2d(image: torch.Tensor, grid: torch.Tensor, *, padding: str = "zeros") -
     if choose("warp2d", image.device, unsupported).use_triton:
         return _warp2d_op(image, grid, padding)
     return warp2d_ref(image, grid, padding=padding)
+
+
+def compile_variants():
+    """The launches `flashtalk kernels check` compiles: the preview renderer's call (a 512² RGB portrait
+    expanded over the batch, the grid a channels-last view of x / y planes), batch 1 and 32."""
+    from flashtalk.kernels.check import Variant, meta
+
+    def call(B: int, dtype: torch.dtype, padding: str):
+        image = meta(1, 3, 512, 512, dtype=dtype).expand(B, -1, -1, -1)
+        grid = meta(B, 2, 512, 512, dtype=dtype).permute(0, 2, 3, 1)
+        return lambda: _launch(image, grid, meta(B, 3, 512, 512, dtype=dtype), padding)
+
+    return [Variant(f"preview warp B{B} 512² {padding} {name}", call(B, dtype, padding))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+            for B in (1, 32) for padding in ("border", "zeros")]

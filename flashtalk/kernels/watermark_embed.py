@@ -181,3 +181,15 @@ def watermark_embed(frames: torch.Tensor, table: torch.Tensor, *, cell: int, bas
     if choose("watermark_embed", frames.device).use_triton:
         return _watermark_embed_op(frames, table, int(cell), float(base), float(gain), float(act_ref))
     return watermark_embed_ref(frames, table, cell=cell, base=base, gain=gain, act_ref=act_ref)
+
+
+def compile_variants():
+    """The launches `flashtalk kernels check` compiles: the provenance watermark on 512² uint8 frames with
+    the 32x32 cell table, batch 1 and 16 (the parameters of `flashtalk.provenance.watermark`)."""
+    from flashtalk.kernels.check import Variant, meta
+
+    def call(B: int):
+        frames, table = meta(B, 512, 512, 3, dtype=torch.uint8), meta(32, 32)
+        return lambda: _launch(frames, table, 4, 2.6, 0.3, 16.0, meta(B, 512, 512, 3, dtype=torch.uint8))
+
+    return [Variant(f"watermark B{B} 512x512x3", call(B)) for B in (1, 16)]
