@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("flashtalk.detect", "look for FlashTalk's invisible watermark in a video or an image"),
     "convert-weights": ("flashtalk.model.bundle", "convert a LivePortrait + JoyVASA weights folder into one bundle"),
     "bench": ("flashtalk.bench", "measure kernels, stages, renderer, pipeline and streaming against eager / compile"),
+    "kernels": ("flashtalk.kernels.check", "kernels check: compile every kernel variant ahead of time for a GPU arch (sm_90)"),
     "profile": ("flashtalk.profile", "write a torch-profiler trace of a few rendered frames"),
     "serve": ("flashtalk.serve", "stream talking heads over WebSocket/HTTP, with a web page to try it"),
     "preset": ("flashtalk.preset", "save a reference photo's expression as an emotion preset (or show one)"),

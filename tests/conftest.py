@@ -67,6 +67,12 @@ def kernel_device(request, monkeypatch) -> str:
     torch.set_default_device(previous)
 
 
+@pytest.fixture
+def interpreter(monkeypatch) -> None:
+    """A CPU test that runs Triton kernels: the interpreter for this test only."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
 def triton_backend(device: str) -> str:
     """The dispatch backend a kernel reports on `device` in a `kernel_device` test."""
     return "triton-interpreter" if device == "cpu" else "triton"

@@ -106,14 +106,17 @@ def test_capture_failure_is_actionable():
         runner.capture(*_inputs(1))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph capture needs a CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_fast_renderer_graphs_match_eager_every_bucket(precision):
+def test_fast_renderer_graphs_match_eager_every_bucket(precision, monkeypatch):
+    """Captured with the compiled Triton kernels inside (spade_norm, the warping ops), not the references."""
+    from flashtalk.kernels import last_choice
     from flashtalk.model.fast import FastRenderer, render_frames
     from flashtalk.model.renderer import Renderer
 
     r = Renderer.seeded("tiny").cuda()
     src = r.encode_source(torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)).cuda())
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     fr = FastRenderer(r, precision, buckets=(1, 2, 4, 8))
     g = torch.Generator(device="cuda").manual_seed(1)
     for n in (1, 2, 3, 4, 5, 8, 11):
@@ -123,3 +126,5 @@ def test_fast_renderer_graphs_match_eager_every_bucket(precision):
             eager = torch.cat([render_frames(fr.model, src.f_s, src.x_s, x_d[i : i + 1]) for i in range(n)])
         assert torch.isfinite(graphed).all()
         assert_close(graphed, eager, 1e-5 if precision == "fp32" else 2e-2)
+        for op in ("spade_norm", "dense_motion_input", "deform_warp"):
+            assert last_choice(op).backend == "triton", (op, last_choice(op))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -205,12 +204,10 @@ def test_tiny_warping_still_keypoints_give_identity_deformation():
     assert_close(out["deformation"][0], torch.stack([x, y, z], dim=-1), 1e-12)
 
 
-def test_tiny_warping_through_triton_kernels_matches_reference():
-    # the model path through the Triton kernels (interpreter on CPU) against the PyTorch references
+def test_tiny_warping_through_triton_kernels_matches_reference(kernel_device):
+    # the model path through the Triton kernels (interpreter on CPU, compiled on CUDA) against the references
     pytest.importorskip("triton")
-    device = "cuda" if os.environ.get("FLASHTALK_TEST_DEVICE") == "cuda" else "cpu"
-    if device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        pytest.skip("Triton on the CPU needs TRITON_INTERPRET=1 (tests/conftest.py sets it unless overridden)")
+    device = kernel_device
     _, w = tiny_pair()
     w = w.to(device)
     f_s = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(4)).to(device)

@@ -156,7 +156,7 @@ def test_graphed_sampler_falls_back_to_eager_when_capture_fails(tiny_nets, caplo
     assert torch.equal(got[0].exp, eager[0].exp)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA-graph capture)")
+@pytest.mark.gpu
 @pytest.mark.parametrize("sampler,steps", [("dpmpp", 10), ("ddim", 10), ("ddpm", None)])
 def test_cuda_graphed_sampler_matches_eager(tiny_nets, sampler, steps):
     nets = seeded_networks("tiny").to(torch.device("cuda"))

@@ -386,15 +386,12 @@ def test_real_photo_and_speech_from_the_demo_assets():
     assert r >= 0.5, f"Pearson r between mouth-region change and speech RMS is {r:.3f}"
 
 
-def test_triton_warp2d_path_matches_reference():
+def test_triton_warp2d_path_matches_reference(kernel_device):
     """The renderer's grid (a strided view) and broadcast source through the Triton warp2d kernel (the
-    interpreter on CPU), one frame."""
+    interpreter on CPU, compiled on CUDA), one frame."""
     from flashtalk.kernels import use_kernels
-    from flashtalk.kernels.dispatch import interpreter_enabled
 
-    device = "cpu" if interpreter_enabled() else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
+    device = kernel_device
     audio, _ = speech_like(0.8)
     motion = preview_motion(audio)
     renderer = PreviewRenderer(portrait(), device=device)

@@ -4,9 +4,9 @@ PyTorch reference otherwise, and why.
 Mode, from the innermost `use_kernels(...)` block, else the `FLASHTALK_KERNELS` environment variable:
 
 * ``auto`` (default): Triton for CUDA tensors when triton is importable; the reference on CPU.
-* ``triton``: Triton wherever it can run: CUDA, or CPU under the interpreter (`TRITON_INTERPRET=1`,
-  which must be set before any kernel module is imported). Asking for it where it cannot run is an
-  error, never a silent fallback.
+* ``triton``: Triton wherever it can run: CUDA, or CPU under the interpreter (`TRITON_INTERPRET=1`, read
+  at each launch, so a test can switch it for itself). Asking for it where it cannot run is an error,
+  never a silent fallback.
 * ``reference``: the pure-PyTorch reference everywhere.
 
 In every mode an op that does not support a particular call (a head dim, a dtype) runs the reference and
