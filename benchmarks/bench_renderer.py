@@ -6,7 +6,7 @@
     python benchmarks/bench_renderer.py --fidelity report.md --golden ../shared/golden/liveportrait
 
 Providers, same run, same inputs: eager fp32 (the reference Renderer, PyTorch ops only), eager bf16 (the
-same modules cast to bf16), torch.compile(mode="max-autotune") of the bf16 modules, and FlashTalk bf16 +
+same modules cast to bf16), torch.compile (default mode: max-autotune alone takes minutes) of the bf16 modules, and FlashTalk bf16 +
 CUDA graphs (`FastRenderer`: folded norms, fused SPADE decoder, channels-last, graph buckets = the batch
 sizes). Timing: `flashtalk.profiling.timing.measure` (CUDA events, median and p20/p80); TFLOP/s from the
 FLOP count of one eager frame; % of the device's dense bf16 peak from `flashtalk.profiling.devices`.
@@ -87,8 +87,8 @@ def providers(r: Renderer, src: SourceState, batch: int, compile_: bool) -> dict
     provs = {"eager-fp32": eager(fp32), "eager-bf16": eager(bf16)}
     if compile_:
         comp = plain_cast(r, torch.bfloat16)
-        comp.warping_module = torch.compile(comp.warping_module, mode="max-autotune")
-        comp.spade_generator = torch.compile(comp.spade_generator, mode="max-autotune")
+        comp.warping_module = torch.compile(comp.warping_module)
+        comp.spade_generator = torch.compile(comp.spade_generator)
         provs["compile-bf16"] = eager(comp)
     fast = FastRenderer(r, "bf16", buckets=(batch,))
     provs["flashtalk-bf16-graphs"] = lambda x_d: fast.render(src, x_d)

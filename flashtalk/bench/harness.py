@@ -48,6 +48,7 @@ RECORD_SCHEMA: dict = {
         "status": {"type": "string", "enum": ["ok", "skipped", "failed"]},
         "reason": _STR, "shape": _STR, "dtype": _STR, "provider": _STR, "device": _STR,
         "driver": {"type": ["string", "null"]}, "torch": _STR, "triton": {"type": ["string", "null"]},
+        "cuda": {"type": ["string", "null"]},
         "commit": _STR, "command": _STR, "timestamp": _STR, "backend": {"type": ["string", "null"]},
         "p20": _NUM, "p80": _NUM, "p50": _NUM, "p90": _NUM, "p99": _NUM, "iters": {"type": "integer"},
         "warmup_s": _NUM, "tflops": _NUM, "pct_peak_flops": _NUM, "gbps": _NUM, "pct_peak_bw": _NUM,
@@ -106,6 +107,22 @@ def _registry():
     return registry
 
 
+def _commit() -> str:
+    """The git commit of the package's checkout, else of the working directory (a wheel install), else
+    $FLASHTALK_COMMIT, else "unknown"."""
+    import os
+
+    for where in (Path(__file__).resolve().parents[1], Path.cwd()):
+        try:
+            out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=where, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out:
+            return out
+    return os.environ.get("FLASHTALK_COMMIT", "unknown")
+
+
 def environment(device: str, argv: list[str]) -> dict:
     import torch
 
@@ -115,12 +132,7 @@ def environment(device: str, argv: list[str]) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    try:
-        root = Path(__file__).resolve().parents[1]
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=root, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    commit = _commit()
     cuda = device.startswith("cuda")
     if cuda:
         from flashtalk.profiling.devices import current
@@ -204,13 +216,14 @@ def measure_provider(fn, built, setup, iters: int, warmup: int) -> dict:
     return out
 
 
-def run_case(case, setup, env: dict, iters: int, warmup: int, emit) -> list[dict]:
-    """Build a case and measure each provider; returns its records (speed-ups filled in)."""
+def run_case(case, setup, env: dict, iters: int, warmup: int, emit, deadline: float | None = None) -> list[dict]:
+    """Build a case and measure each provider; returns its records (speed-ups filled in). A provider whose
+    turn comes after `deadline` (perf_counter seconds) is skipped, saying so."""
     import torch
 
     from flashtalk.kernels import last_choice
 
-    base = {k: env[k] for k in ("device", "driver", "torch", "triton", "commit", "command", "timestamp")}
+    base = {k: env[k] for k in ("device", "driver", "torch", "triton", "cuda", "commit", "command", "timestamp")}
     base.update(case=case.name, group=case.group)
     try:
         built = case.build(setup)
@@ -227,6 +240,8 @@ def run_case(case, setup, env: dict, iters: int, warmup: int, emit) -> list[dict
     try:
         for name, fn in built.providers.items():
             rec = base | dict(shape=built.shape, dtype=built.dtype, provider=name, note=built.note)
+            if deadline is not None and not isinstance(fn, str) and time.perf_counter() > deadline:
+                fn = "not run: the time budget (--budget-s) ran out before this provider"
             if isinstance(fn, str):
                 metric, unit = {"latency": ("first_frame_latency", "ms"), "aggregate": ("aggregate_fps", "frames/s"),
                                 None: ("fps", "frames/s") if pipeline else ("time", "ms")}[built.samples_key]
@@ -457,7 +472,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="dtype of the attention / warp kernel cases")
     parser.add_argument("--compile", dest="compile", action="store_true", default=None,
-                        help="measure torch.compile providers (default: on, except --quick on the CPU)")
+                        help="measure torch.compile providers (default: on, except --quick)")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--iters", type=int, help="timed calls per provider (default 20 on GPU, 3 on CPU; quick fewer)")
     parser.add_argument("--sessions", type=int, help="concurrent sessions of the aggregate streaming case")
@@ -465,6 +480,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
     parser.add_argument("--plot", metavar="PATH", help="write PNG charts (speed-up, FPS vs batch, latency CDF)")
     parser.add_argument("--compare", metavar="OLD.json", help="print the ratio against an earlier --json report")
+    parser.add_argument("--suite", choices=["gpu"], help="the one-call GPU suite: gpu tests, then the headline "
+                        "benchmarks, within --budget-s, written under --out")
+    parser.add_argument("--out", metavar="DIR", help="--suite: folder for results.json, summary.md and plots")
+    parser.add_argument("--budget-s", type=float, help="stop before this many seconds, naming what did not fit "
+                        "(default: 480 for --suite, none otherwise)")
+    parser.add_argument("--smoke", action="store_true", help="--suite on the CPU at tiny sizes (CI)")
+    parser.add_argument("--tests", metavar="DIR", help="--suite: the checkout's tests/ folder (found by itself "
+                        "in a checkout; a wheel install needs it to run the gpu tests)")
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
@@ -486,6 +509,15 @@ def _argv(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    if args.budget_s is not None and args.budget_s <= 0:
+        raise FlashTalkError(f"--budget-s must be > 0 seconds, got {args.budget_s:g}")
+    if args.suite:
+        from flashtalk.bench.suite import run_suite
+
+        return run_suite(args)
+    for flag, value in (("--out", args.out), ("--smoke", args.smoke), ("--tests", args.tests)):
+        if value:
+            raise FlashTalkError(f"{flag} needs --suite gpu")
     if args.iters is not None and args.iters < 1:
         raise FlashTalkError(f"--iters must be >= 1, got {args.iters}")
     if args.sessions is not None and args.sessions < 1:
@@ -516,8 +548,9 @@ def run(args: argparse.Namespace) -> int:
 
     print("  ".join(COLUMNS))
     start = time.perf_counter()
+    deadline = start + args.budget_s if args.budget_s else None
     for case in cases:
-        records += run_case(case, setup, env, iters, warmup, emit)
+        records += run_case(case, setup, env, iters, warmup, emit, deadline)
     env["wall_s"] = time.perf_counter() - start
     print(f"\n{len(records)} records from {len(cases)} cases in {env['wall_s']:.1f} s")
     print(terminal_table(records))

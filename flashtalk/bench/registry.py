@@ -53,8 +53,8 @@ class Setup:
     def for_device(cls, device: str, *, quick: bool, compile: bool | None = None, sessions: int | None = None,
                    dtype: torch.dtype | None = None) -> "Setup":
         cuda = device.startswith("cuda")
-        if compile is None:  # inductor on two shared CPU cores takes minutes: not in a quick CPU run
-            compile = cuda or not quick
+        if compile is None:  # inductor takes minutes (on two shared CPU cores, or compiling every GPU case): not in --quick
+            compile = not quick
         return cls(device, "liveportrait" if cuda else "tiny", quick, compile, 4 if cuda else 3,
                    sessions or (8 if cuda else 2), dtype)
 
@@ -96,7 +96,7 @@ def _kernel_mode(mode: str, fn: Callable) -> Callable:
     return run
 
 
-NO_COMPILE = "torch.compile is off (--quick on CPU: inductor takes minutes on two cores; --compile forces it)"
+NO_COMPILE = "torch.compile is off (--quick, or over the suite's budget: inductor takes minutes; --compile forces it)"
 
 
 def _compiled(setup: Setup, fn: Callable) -> Callable | str:
