@@ -15,9 +15,11 @@ from flashtalk.kernels.check import SMEM_LIMIT, kernel_files
 
 pytest.importorskip("triton")
 
-# Production launches that spill today, found by this check (sm_90, triton 3.9): the fp32 attention tiles
-# (IEEE dots on CUDA cores; the launch tables are being retuned) and one SPADE apply specialisation. The
-# test fails when this set changes either way: a new spill, or a fixed one still listed here.
+# Production launches that spill today, found by this check (sm_90, triton 3.9, CI's version): the fp32
+# attention tiles (IEEE dots on CUDA cores; the launch tables are being retuned) and one SPADE apply
+# specialisation. The test fails when this set changes either way: a new spill, or a fixed one still listed.
+# (ptxas's register allocation differs between triton versions: triton 3.6 spills other SPADE variants.)
+SPILLS_MEASURED_WITH = "3.9"
 KNOWN_SPILLS = {
     ("attention", f"motion cross-attention (masked) B{B} H8 L110 D32 fp32") for B in (2, 64)
 } | {
@@ -57,6 +59,9 @@ def test_production_variants_fit_sm90_without_spills(report):
     over = [(r["file"], r["variant"], r["shared_bytes"]) for r in prod if r["shared_bytes"] > SMEM_LIMIT["sm_90"]]
     assert over == []
     spills = {(r["file"], r["variant"]) for r in prod if r["spill_bytes"]}
+    if not data["triton"].startswith(SPILLS_MEASURED_WITH + "."):
+        pytest.skip(f"the known-spill list is for triton {SPILLS_MEASURED_WITH} (CI); this is {data['triton']}: "
+                    f"{len(spills)} production launches spill, see `flashtalk kernels check`")
     assert spills == KNOWN_SPILLS
     # the command's exit status says the same: 1 while any production variant has a problem
     assert rc == (1 if spills else 0)

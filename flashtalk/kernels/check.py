@@ -205,60 +205,107 @@ def _triton_version() -> str:
     return triton.__version__
 
 
-def check(arch: str = "sm_90", files: list[str] | None = None, match: str | None = None) -> list[Result]:
-    """Compile every declared variant of the kernel files (all by default) for `arch`."""
+def _launches(name: str, match: str | None, target):
+    """(variant index, variant, [(launch index, result, source, options, key)] or an error Result) of a file."""
+    module = importlib.import_module(f"flashtalk.kernels.{name}")
+    declare = getattr(module, "compile_variants", None)
+    if declare is None:
+        yield -1, None, Result(name, "(none declared)", True, error=f"flashtalk/kernels/{name}.py declares no compile_variants()")
+        return
+    for vi, variant in enumerate(declare()):
+        if match and match not in variant.name:
+            continue
+        with _captured() as launches:
+            try:
+                variant.launch()
+            except Exception as exc:  # noqa: BLE001 - a launcher that fails on the declared shapes is a row
+                yield vi, variant, Result(name, variant.name, variant.production, error=f"launcher: {_one_line(exc)}")
+                continue
+        if not launches:
+            yield vi, variant, Result(name, variant.name, variant.production, error="the launcher launched no kernel")
+            continue
+        specialised = []
+        for li, (kernel, args, kwargs) in enumerate(launches):
+            result = Result(name, variant.name, variant.production)
+            try:
+                specialised.append((li, result, *_specialise(kernel, args, kwargs, target, result)))
+            except FlashTalkError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - specialisation failed: a row, not a crash
+                result.error = _one_line(exc)
+                specialised.append((li, result, None, None, None))
+        yield vi, variant, specialised
+
+
+def _target(arch: str):
+    from triton.backends.compiler import GPUTarget
+
+    return GPUTarget("cuda", int(arch.removeprefix("sm_")), 32)
+
+
+def _compile_job(arch: str, name: str, vi: int, li: int) -> Result:
+    """In a worker process: capture, specialise and compile launch `li` of variant `vi` of kernel file `name`."""
+    target = _target(arch)
+    for index, _, launches in _launches(name, None, target):
+        if index == vi:
+            _, result, src, options, _ = launches[li]
+            _compile(src, options, target, result)
+            return result
+    raise AssertionError(f"{name}: variant {vi} not found")
+
+
+def check(arch: str = "sm_90", files: list[str] | None = None, match: str | None = None,
+          jobs: int = 1) -> list[Result]:
+    """Compile every declared variant of the kernel files (all by default) for `arch`; each distinct binary
+    once, on `jobs` worker processes."""
     if arch not in SMEM_LIMIT:
         raise FlashTalkError(f"--arch {arch!r} is not one of {', '.join(SMEM_LIMIT)}")
+    if jobs < 1:
+        raise FlashTalkError(f"--jobs must be >= 1, got {jobs}")
     try:
         import triton  # noqa: F401
     except ImportError:
         raise FlashTalkError("the compile check needs triton: pip install 'flashtalk[triton]'") from None
-    from triton.backends.compiler import GPUTarget
-
-    target = GPUTarget("cuda", int(arch.removeprefix("sm_")), 32)
-    seen: dict[tuple, Result] = {}
+    target = _target(arch)
     known = kernel_files()
     for f in files or []:
         if f not in known:
             raise FlashTalkError(f"--file {f!r} is not a kernel file; they are: {', '.join(known)}")
     results: list[Result] = []
+    first: dict[tuple, Result] = {}  # cache key -> the result that compiles it
+    todo: list[tuple] = []  # (result, source, options, (file, variant index, launch index))
+    dupes: list[tuple[Result, Result]] = []  # (a result, the earlier one with the same binary)
     for name in files or known:
-        module = importlib.import_module(f"flashtalk.kernels.{name}")
-        declare = getattr(module, "compile_variants", None)
-        if declare is None:
-            results.append(Result(name, "(none declared)", True,
-                                  error=f"flashtalk/kernels/{name}.py declares no compile_variants()"))
-            continue
-        for variant in declare():
-            if match and match not in variant.name:
+        for vi, _, launches in _launches(name, match, target):
+            if isinstance(launches, Result):
+                results.append(launches)
                 continue
-            with _captured() as launches:
-                try:
-                    variant.launch()
-                except Exception as exc:  # noqa: BLE001 - a launcher that fails on the declared shapes is a row
-                    results.append(Result(name, variant.name, variant.production, error=f"launcher: {_one_line(exc)}"))
-                    continue
-            if not launches:
-                results.append(Result(name, variant.name, variant.production, error="the launcher launched no kernel"))
-            for kernel, args, kwargs in launches:
-                result = Result(name, variant.name, variant.production)
-                try:
-                    src, options, key = _specialise(kernel, args, kwargs, target, result)
-                except FlashTalkError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - specialisation failed: a row, not a crash
-                    result.error = _one_line(exc)
-                    results.append(result)
-                    continue
-                first = seen.get(key)
-                if first is None:
-                    _compile(src, options, target, result)
-                    seen[key] = result
-                else:  # the same binary as an earlier launch (e.g. another batch size): its figures
-                    for f in ("compiled", "error", "registers", "shared_bytes", "spill_bytes", "tensor_cores"):
-                        setattr(result, f, getattr(first, f))
-                    result.same_as = first.variant
+            for li, result, src, options, key in launches:
                 results.append(result)
+                if key is None:
+                    continue
+                if key in first:
+                    result.same_as = first[key].variant
+                    dupes.append((result, first[key]))
+                else:
+                    first[key] = result
+                    todo.append((result, src, options, (name, vi, li)))
+    if jobs == 1 or len(todo) < 2:
+        for result, src, options, _ in todo:
+            _compile(src, options, target, result)
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [(result, pool.submit(_compile_job, arch, *where)) for result, _, _, where in todo]
+            for result, future in futures:
+                done = future.result()
+                for f in ("compiled", "error", "registers", "shared_bytes", "spill_bytes", "tensor_cores", "compile_s"):
+                    setattr(result, f, getattr(done, f))
+    for r, src in dupes:  # the same binary as an earlier launch (e.g. another batch size): its figures
+        for f in ("compiled", "error", "registers", "shared_bytes", "spill_bytes", "tensor_cores"):
+            setattr(r, f, getattr(src, f))
     return results
 
 
@@ -290,6 +337,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--file", action="append", metavar="NAME", help="only this kernel file (repeatable), e.g. attention")
     p.add_argument("--match", metavar="TEXT", help="only variants whose name contains TEXT")
+    p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
+                   help="compile in this many processes (default: the CPU count, at most 8)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -297,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise FlashTalkError(f"--json {args.json}: {'is a folder' if out.is_dir() else 'its folder does not exist'}")
     t0 = time.perf_counter()
-    results = check(args.arch, args.file, args.match)
+    results = check(args.arch, args.file, args.match, args.jobs)
     limit = SMEM_LIMIT[args.arch]
     print(table(results, limit))
     failed = [r for r in results if r.problems(limit)]
