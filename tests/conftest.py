@@ -61,10 +61,14 @@ def kernel_device(request, monkeypatch) -> str:
     compiled (TRITON_INTERPRET=0). Tensors the test creates without a device land there."""
     device = request.param
     monkeypatch.setenv("TRITON_INTERPRET", "1" if device == "cpu" else "0")
-    previous = torch.get_default_device()
+    if device == "cpu":  # already the default: no device mode pushed
+        yield device
+        return
     torch.set_default_device(device)
-    yield device
-    torch.set_default_device(previous)
+    try:
+        yield device
+    finally:
+        torch.set_default_device(None)
 
 
 @pytest.fixture

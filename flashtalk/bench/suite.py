@@ -102,19 +102,19 @@ def run_gpu_tests(tests: Path, out: Path, seconds: float, parallel: int) -> dict
     """`pytest -m gpu` over the GPU test files, `parallel` pytest processes at a time (one file each; one
     process for all when parallel == 1), stopped (by PID) when `seconds` run out."""
     files = gpu_test_files(tests)
-    groups = [files] if parallel == 1 else [[f] for f in files]
     log_dir = out / "tests"
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     t0 = time.perf_counter()
     deadline = t0 + seconds
+    groups = [[str(f) for f in files]] if parallel == 1 else _shards(files, tests, out, env, parallel, seconds)
     pending, running, results, killed = list(enumerate(groups)), [], [], []
     while pending or running:
         while pending and len(running) < parallel:
             i, group = pending.pop(0)
             xml = log_dir / f"junit-{i}.xml"
             cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "--import-mode=append",
-                   f"--rootdir={tests.parent}", f"--junitxml={xml.resolve()}", *map(str, group)]
+                   f"--rootdir={tests.parent}", f"--junitxml={xml.resolve()}", *group]
             log = open(log_dir / f"pytest-{i}.log", "w")
             # run from the output folder, not the checkout, so an installed flashtalk is the one tested
             proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -126,18 +126,43 @@ def run_gpu_tests(tests: Path, out: Path, seconds: float, parallel: int) -> dict
             if proc.poll() is None and time.perf_counter() > deadline:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                killed += [g.name for g in group]
+                killed += [g for g in _file_names(group) if g not in killed]
             if proc.poll() is not None:
                 log.close()
                 running.remove(item)
                 results.append(_junit(xml))
         if time.perf_counter() > deadline and pending:
-            killed += [g.name for _, grp in pending for g in grp]
+            killed += [g for _, grp in pending for g in _file_names(grp) if g not in killed]
             pending = []
     summary = {k: sum(r[k] for r in results) for k in ("passed", "failed", "skipped")}
     summary.update(failures=[f for r in results for f in r["failures"]], files=[f.name for f in files],
                    not_finished=killed, wall_s=round(time.perf_counter() - t0, 1), logs=str(log_dir.name))
     return summary
+
+
+def _file_names(group: list[str]) -> list[str]:
+    return list(dict.fromkeys(Path(g.split("::")[0]).name for g in group))
+
+
+def _shards(files: list[Path], tests: Path, out: Path, env: dict, parallel: int, seconds: float) -> list[list[str]]:
+    """The gpu test ids in `parallel` groups of about equal size (a big file split, small files whole), so
+    the Triton compiles of one file spread over processes; whole files if collection fails."""
+    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+           "--import-mode=append", f"--rootdir={tests.parent}", *map(str, files)]
+    try:
+        text = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=max(10.0, seconds / 4)).stdout
+    except subprocess.TimeoutExpired:
+        text = ""
+    ids = [line.strip() for line in text.splitlines() if "::" in line and not line.startswith(" ")]
+    if not ids:
+        return [[str(f)] for f in files]
+    by_file: dict[str, list[str]] = {}
+    for i in ids:
+        by_file.setdefault(i.split("::")[0], []).append(i)
+    size = -(-len(ids) // parallel)
+    chunks = [ids_[k:k + size] for ids_ in sorted(by_file.values(), key=len, reverse=True)
+              for k in range(0, len(ids_), size)]
+    return [[i if Path(i.split("::")[0]).is_absolute() else f"{tests.parent}/{i}" for i in c] for c in chunks]
 
 
 # ------------------------------------------------------------------------------------------------ the suite
@@ -189,7 +214,7 @@ def run_suite(args: argparse.Namespace) -> int:
                                     if tests_summary["not_finished"] else ""))})
         print(f"[gpu tests] {steps[-1]['reason']}", flush=True)
 
-    setup = registry.Setup.for_device(device, quick=smoke, compile=False)
+    setup = registry.Setup.for_device(device, quick=smoke, compile=False, sessions=1 if smoke else None)
     iters, warmup = (1, 1) if smoke else (20, 3)
     cases = {c.name: c for c in registry.all_cases()}
     records: list[dict] = []
