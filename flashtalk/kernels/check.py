@@ -10,7 +10,9 @@ Where the variants come from: every kernel file in `flashtalk/kernels/` declares
     def compile_variants() -> list[Variant]:
         return [Variant("motion self-attention B64 H8 L110 D32 bf16", lambda: _launch(...meta tensors...)), ...]
 
-each a zero-argument call of the file's own launcher on meta tensors (shape, dtype and strides, no data).
+each a zero-argument call of the file's own launcher on meta tensors (shape, dtype and strides, no data);
+a file without it is a failing row (a helper module without kernels starts with `_` or is listed in
+NOT_KERNEL_FILES).
 The check runs those calls with every kernel launch captured instead of executed, then compiles each captured
 launch exactly as `JITFunction.run` would on the GPU (triton's own argument specialisation, constexprs,
 warps and stages) for the target instead of the current device. So the check and production cannot
