@@ -1,6 +1,7 @@
-"""Shared fixtures. Kernel tests take the `kernel_device` fixture: each runs once on the CPU under the Triton
-interpreter and once on CUDA with compiled Triton (that copy carries the `gpu` marker and skips, with the
-reason, where no GPU is visible). `TRITON_INTERPRET` is set for that one test only."""
+"""Shared fixtures. Kernel tests take the `kernel_device` fixture (or `on_kernel_device`, which also makes it
+the default device): each runs once on the CPU under the Triton interpreter and once on CUDA with compiled
+Triton (that copy carries the `gpu` marker and skips, with the reason, where no GPU is visible).
+`TRITON_INTERPRET` is set for that one test only."""
 
 from __future__ import annotations
 
@@ -58,15 +59,21 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def kernel_device(request, monkeypatch) -> str:
     """Where this test's Triton kernels run: "cpu" under the interpreter (TRITON_INTERPRET=1), or "cuda"
-    compiled (TRITON_INTERPRET=0). Tensors the test creates without a device land there."""
-    device = request.param
-    monkeypatch.setenv("TRITON_INTERPRET", "1" if device == "cpu" else "0")
-    if device == "cpu":  # already the default: no device mode pushed
-        yield device
+    compiled (TRITON_INTERPRET=0)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if request.param == "cpu" else "0")
+    return request.param
+
+
+@pytest.fixture
+def on_kernel_device(kernel_device):
+    """`kernel_device`, with the tensors the test creates without a device landing there (kernel-level test
+    files; model-level tests pass the device explicitly, as production code does)."""
+    if kernel_device == "cpu":  # already the default: no device mode pushed
+        yield kernel_device
         return
-    torch.set_default_device(device)
+    torch.set_default_device(kernel_device)
     try:
-        yield device
+        yield kernel_device
     finally:
         torch.set_default_device(None)
 

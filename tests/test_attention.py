@@ -20,7 +20,7 @@ from flashtalk.kernels.attention import _launch, _variant, attention, attention_
 from tests.conftest import triton_backend
 from tests.utils import assert_close, max_err
 
-pytestmark = pytest.mark.usefixtures("kernel_device")
+pytestmark = pytest.mark.usefixtures("on_kernel_device")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}

@@ -34,7 +34,7 @@ pb_mod = importlib.import_module("flashtalk.kernels.paste_back")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 FLOOR = 1e-6  # absolute slack on top of 2x PyTorch's own error
 
-pytestmark = pytest.mark.usefixtures("kernel_device")
+pytestmark = pytest.mark.usefixtures("on_kernel_device")
 
 
 def run_triton(fn, *args, **kwargs):

@@ -12,7 +12,7 @@ from flashtalk.kernels import use_kernels
 from flashtalk.kernels.spade_norm import _launch, spade_norm, spade_norm_ref
 from tests.utils import TOLERANCES, assert_close, max_err
 
-pytestmark = pytest.mark.usefixtures("kernel_device")
+pytestmark = pytest.mark.usefixtures("on_kernel_device")
 
 CASES = [
     pytest.param((1, 3, 5, 7), "contiguous", id="B1-C3-5x7"),

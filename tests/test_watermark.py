@@ -58,9 +58,9 @@ KERNEL_CASES = [
 
 
 @pytest.mark.parametrize("shape, cell, M, noncontig", KERNEL_CASES)
-def test_kernel_matches_reference(shape, cell, M, noncontig, kernel_device):
+def test_kernel_matches_reference(shape, cell, M, noncontig, on_kernel_device):
     N, H, W = shape
-    g = torch.Generator(kernel_device).manual_seed(H * 1000 + W)
+    g = torch.Generator(on_kernel_device).manual_seed(H * 1000 + W)
     if noncontig:  # channel-planar storage viewed as [N, H, W, 3], and every other frame of a bigger batch
         frames = torch.randint(0, 256, (2 * N, 3, H, W), dtype=torch.uint8, generator=g).permute(0, 2, 3, 1)[::2]
         assert not frames.is_contiguous()
