@@ -75,3 +75,15 @@ def test_bad_arguments(argv, message, capsys, monkeypatch):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_measurement_past_the_budget_is_stopped():
+    import time
+
+    from flashtalk.bench.suite import BudgetExceeded, _hard_stop
+
+    t0 = time.perf_counter()
+    with pytest.raises(BudgetExceeded), _hard_stop(0.5):
+        while time.perf_counter() - t0 < 20:  # bounded: the alarm ends it after 0.5 s
+            time.sleep(0.01)
+    assert time.perf_counter() - t0 < 5

@@ -10,8 +10,8 @@ and measure, in one command on a fresh machine (cold Triton cache), most importa
 5. N streaming sessions: aggregate FPS and latency, and first-frame latency;
 6. attention at the model's shapes against SDPA's backends (and xformers if installed).
 
-Each step starts only if it still fits: the run stops itself before `--budget-s`, and every step or provider
-that did not fit is a row naming why. torch.compile providers run only while at least half the budget is
+Each step starts only if it still fits, and a measurement still running when the budget ends is interrupted:
+the run stops itself before `--budget-s`, and every step or provider that did not fit is a row naming why. torch.compile providers run only while at least half the budget is
 left (their compile time is the record's `warmup_s`). Writes DIR/results.json (the `flashtalk bench` report
 format, every record carrying GPU, driver, torch / triton / CUDA versions, commit, command and date, plus a
 `suite` section), DIR/summary.md and DIR/plots.png, and prints a short table last.
@@ -21,6 +21,7 @@ format, every record carrying GPU, driver, torch / triton / CUDA versions, commi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -165,6 +166,25 @@ def _shards(files: list[Path], tests: Path, out: Path, env: dict, parallel: int,
     return [[i if Path(i.split("::")[0]).is_absolute() else f"{tests.parent}/{i}" for i in c] for c in chunks]
 
 
+class BudgetExceeded(TimeoutError):
+    """Raised inside a measurement when the suite's budget runs out (it becomes that provider's row)."""
+
+
+@contextlib.contextmanager
+def _hard_stop(seconds: float):
+    """Interrupt the block (SIGALRM, main thread) after `seconds`: a case that would overrun the budget stops."""
+    def alarm(signum, frame):
+        raise BudgetExceeded("the --budget-s budget ran out during this measurement")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.5))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 # ------------------------------------------------------------------------------------------------ the suite
 
 
@@ -237,7 +257,15 @@ def run_suite(args: argparse.Namespace) -> int:
                 continue
             compile_ok = not smoke and left > COMPILE_WHILE_LEFT * budget
             case_setup = replace(setup, compile=compile_ok)
-            recs = harness.run_case(cases[name], case_setup, env, iters, warmup, emit, deadline=end)
+            try:
+                with _hard_stop(left):
+                    recs = harness.run_case(cases[name], case_setup, env, iters, warmup, emit, deadline=end)
+            except BudgetExceeded:  # stopped outside a provider (building or cleaning up the case)
+                skipped.append(name)
+                continue
+            for rec in recs:
+                if rec.get("reason", "").startswith(BudgetExceeded.__name__):
+                    rec.update(status="skipped", reason="stopped: " + rec["reason"].split(": ", 1)[1])
             for rec in recs:
                 if rec["provider"] == "compile" and rec["status"] == "skipped" and not smoke and not compile_ok:
                     rec["reason"] = f"torch.compile not run: {left:.0f} s of the {budget:.0f} s budget left at this case"
