@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -213,15 +214,14 @@ def run_suite(args: argparse.Namespace) -> int:
     steps: list[dict] = []
 
     tests = find_tests(args.tests)
+    tests_summary = None
     if tests is None:
         steps.append({"step": "gpu tests", "status": "skipped", "reason": "no tests/ folder here (a wheel install: "
                       "pass --tests CHECKOUT/tests)"})
-        tests_summary = None
+    elif importlib.util.find_spec("pytest") is None:
+        steps.append({"step": "gpu tests", "status": "skipped", "reason": "pytest is not installed: "
+                      "pip install 'flashtalk[test]'"})
     else:
-        try:
-            import pytest  # noqa: F401
-        except ImportError:
-            raise FlashTalkError("the suite's gpu tests need pytest: pip install 'flashtalk[test]'") from None
         share = min(budget * TESTS_SHARE, end - time.perf_counter())
         print(f"\n[gpu tests] pytest -m gpu over {tests}, at most {share:.0f} s", flush=True)
         parallel = 1 if smoke else max(1, min(8, (os.cpu_count() or 2) // 2))
