@@ -87,3 +87,12 @@ def test_a_measurement_past_the_budget_is_stopped():
         while time.perf_counter() - t0 < 20:  # bounded: the alarm ends it after 0.5 s
             time.sleep(0.01)
     assert time.perf_counter() - t0 < 5
+
+
+def test_every_suite_case_is_in_the_registry():
+    from flashtalk.bench.registry import all_cases
+    from flashtalk.bench.suite import STEPS
+
+    names = {c.name for c in all_cases()}
+    for step in STEPS:
+        assert set(step.gpu_cases) <= names and set(step.smoke_cases) <= names, step
