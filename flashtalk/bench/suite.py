@@ -164,7 +164,10 @@ def _shards(files: list[Path], tests: Path, out: Path, env: dict, parallel: int,
     size = -(-len(ids) // parallel)
     chunks = [ids_[k:k + size] for ids_ in sorted(by_file.values(), key=len, reverse=True)
               for k in range(0, len(ids_), size)]
-    return [[i if Path(i.split("::")[0]).is_absolute() else f"{tests.parent}/{i}" for i in c] for c in chunks]
+    groups: list[list[str]] = [[] for _ in range(parallel)]
+    for c in sorted(chunks, key=len, reverse=True):  # the small files packed in beside the big chunks
+        min(groups, key=len).extend(c)
+    return [[i if Path(i.split("::")[0]).is_absolute() else f"{tests.parent}/{i}" for i in g] for g in groups if g]
 
 
 class BudgetExceeded(TimeoutError):
