@@ -14,15 +14,17 @@ import weakref
 import numpy as np
 import pytest
 
-aiohttp = pytest.importorskip("aiohttp", reason="aiohttp is needed for flashtalk serve")
-from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+pytest.importorskip("starlette", reason="flashtalk serve needs starlette + uvicorn: pip install 'flashtalk[serve]'")
+httpx = pytest.importorskip("httpx", reason="the tests talk HTTP with httpx")
+websockets = pytest.importorskip("websockets", reason="the tests talk WebSocket with websockets")
 from PIL import Image  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
 
 from flashtalk import cli  # noqa: E402
 from flashtalk.errors import FlashTalkError  # noqa: E402
 from flashtalk.runtime.session import HOP, PreviewStreamingBackend, Session  # noqa: E402
 from flashtalk.serving import protocol  # noqa: E402
-from flashtalk.serving.server import ASSETS_DIR, STATE_KEY, ServeConfig, check_config, create_app  # noqa: E402
+from flashtalk.serving.server import ASSETS_DIR, ServeConfig, check_config, serving  # noqa: E402
 
 
 class SpyBackend(PreviewStreamingBackend):
@@ -48,44 +50,74 @@ def pcm16(x: np.ndarray) -> bytes:
     return (x * 32767).astype("<i2").tobytes()
 
 
+class Client:
+    """HTTP (httpx) and WebSocket (websockets) to one server on loopback."""
+
+    def __init__(self, url: str, http) -> None:
+        self.url, self.http = url, http
+
+    async def get(self, path, **kw):
+        return await self.http.get(path, **kw)
+
+    async def post(self, path, **kw):
+        return await self.http.post(path, **kw)
+
+    async def ws_connect(self, path="/ws", headers=None):
+        return await connect(self.url.replace("http", "ws", 1) + path, max_size=None, additional_headers=headers,
+                             open_timeout=30)
+
+
 @contextlib.asynccontextmanager
-async def serving(backend=None, **config):
-    app = create_app(ServeConfig(**config), backend=backend)
-    async with TestClient(TestServer(app)) as client:
-        yield client, app[STATE_KEY]
+async def served(backend=None, **config):
+    async with serving(ServeConfig(port=0, **config), backend) as (url, state):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            yield Client(url, http), state
+
+
+async def receive_json(ws, timeout=60):
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def closed(ws, timeout=10):
+    """Wait for the server's close; its code."""
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    return ws.close_code
 
 
 async def start(client, **fields):
-    ws = await client.ws_connect("/ws")
-    await ws.send_str(json.dumps({"type": "start", "portrait_id": "demo", "pace": "fast", "idle": False, **fields}))
-    ready = await ws.receive_json(timeout=60)
+    ws = await client.ws_connect()
+    await ws.send(json.dumps({"type": "start", "portrait_id": "demo", "pace": "fast", "idle": False, **fields}))
+    ready = await receive_json(ws)
     return ws, ready
 
 
 async def collect(ws, until="end", timeout=120):
     frames, events = [], []
     while True:
-        msg = await ws.receive(timeout=timeout)
-        if msg.type == aiohttp.WSMsgType.BINARY:
-            frames.append(protocol.unpack_frame(msg.data))
-        elif msg.type == aiohttp.WSMsgType.TEXT:
-            events.append(json.loads(msg.data))
+        try:
+            msg = await asyncio.wait_for(ws.recv(), timeout)
+        except websockets.ConnectionClosed:
+            return frames, events
+        if isinstance(msg, bytes):
+            frames.append(protocol.unpack_frame(msg))
+        else:
+            events.append(json.loads(msg))
             if events[-1]["type"] == until:
                 return frames, events
-        else:
-            return frames, events
 
 
 def test_stream_clip_frames_in_order_with_audio():
     async def main():
-        async with serving() as (client, state):
+        async with served() as (client, state):
             ws, ready = await start(client, sample_rate=22050)
             assert ready["type"] == "ready" and ready["fps"] == 25 and ready["backend"] == "preview"
             assert ready["lookahead_ms"] > 0  # the 22.05 -> 16 kHz resampler's filter delay
             audio = speech(0.2, 22050)
             for i in range(0, len(audio), 1000):  # odd chunk sizes
-                await ws.send_bytes(pcm16(audio[i:i + 1000]))
-            await ws.send_str('{"type": "end"}')
+                await ws.send(pcm16(audio[i:i + 1000]))
+            await ws.send('{"type": "end"}')
             frames, events = await collect(ws)
             expected = -(-int(np.ceil(len(audio) * 16000 / 22050)) // HOP)
             assert len(frames) == expected == events[-1]["frames"]
@@ -97,7 +129,7 @@ def test_stream_clip_frames_in_order_with_audio():
             driven = np.frombuffer(b"".join(f.audio for f in frames), "<i2")
             assert np.abs(driven).max() > 3000  # the frames carry the (resampled) speech, not silence
             await ws.close()
-            metrics = await (await client.get("/metrics")).text()
+            metrics = (await client.get("/metrics")).text
             assert f"flashtalk_frames_sent_total {expected}" in metrics
             assert "flashtalk_frame_latency_seconds_count" in metrics and "flashtalk_sessions " in metrics
     asyncio.run(main())
@@ -107,12 +139,12 @@ def test_two_sessions_batched_and_interrupt():
     backend = SpyBackend()
 
     async def main():
-        async with serving(backend) as (client, state):
+        async with served(backend) as (client, state):
             (a, _), (b, _) = await start(client), await start(client, seed=3)
             state.scheduler.stop()  # queue both clips before a tick so one tick sees both sessions
             for ws in (a, b):
-                await ws.send_bytes(pcm16(speech(0.12)))
-                await ws.send_str('{"type": "end"}')
+                await ws.send(pcm16(speech(0.12)))
+                await ws.send('{"type": "end"}')
             await asyncio.sleep(0.2)
             state.scheduler.start()
             (fa, ea), (fb, eb) = await asyncio.gather(collect(a), collect(b))
@@ -120,10 +152,10 @@ def test_two_sessions_batched_and_interrupt():
             assert max(backend.render_calls) == 2 and state.scheduler.stats.max_render_sessions == 2
             # interrupt: queued audio is dropped, the session goes on afterwards
             state.scheduler.stop()
-            await a.send_bytes(pcm16(speech(2.0)))
-            await a.send_str('{"type": "interrupt"}')
-            await a.send_bytes(pcm16(speech(0.08)))
-            await a.send_str('{"type": "end"}')
+            await a.send(pcm16(speech(2.0)))
+            await a.send('{"type": "interrupt"}')
+            await a.send(pcm16(speech(0.08)))
+            await a.send('{"type": "end"}')
             await asyncio.sleep(0.2)
             state.scheduler.start()
             frames, events = await collect(a)
@@ -148,19 +180,18 @@ def test_two_sessions_batched_and_interrupt():
     ('{"type": "start", "portrait_id": "demo"}', '{"type": "controls", "controls": {"yaw": 99}}', "yaw"),
     ('{"type": "start", "portrait_id": "demo"}', '{"type": "start", "portrait_id": "demo"}', "only once"),
 ])
-def test_bad_messages_close_the_session_not_the_server(first, then, reason):
+def test_bad_messages_close_the_session_not_the_server(first, then, reason, code=1008):
     async def main():
-        async with serving() as (client, state):
-            ws = await client.ws_connect("/ws")
-            await (ws.send_bytes(first) if isinstance(first, bytes) else ws.send_str(first))
+        async with served() as (client, state):
+            ws = await client.ws_connect()
+            await ws.send(first)
             if then is not None:
-                assert (await ws.receive_json(timeout=60))["type"] == "ready"
-                await (ws.send_bytes(then) if isinstance(then, bytes) else ws.send_str(then))
-            error = await ws.receive_json(timeout=60)
+                assert (await receive_json(ws))["type"] == "ready"
+                await ws.send(then)
+            error = await receive_json(ws)
             assert error["type"] == "error" and reason in error["reason"]
-            await ws.receive(timeout=10)
-            assert ws.closed and ws.close_code == 1008
-            assert (await client.get("/health")).status == 200
+            assert await closed(ws) == code
+            assert (await client.get("/health")).status_code == 200
             for _ in range(100):  # the handler's cleanup runs right after the close
                 if state.scheduler.sessions == 0:
                     break
@@ -171,50 +202,49 @@ def test_bad_messages_close_the_session_not_the_server(first, then, reason):
 
 def test_uploads_are_capped_and_checked():
     async def main():
-        async with serving(max_upload_bytes=50_000, max_image_side=1000) as (client, state):
-            r = await client.post("/portraits", data=b"x" * 60_000)
-            assert r.status == 413 and "limit" in (await r.json())["error"]
+        async with served(max_upload_bytes=50_000, max_image_side=1000) as (client, state):
+            r = await client.post("/portraits", content=b"x" * 60_000)
+            assert r.status_code == 413 and "limit" in r.json()["error"]
             buf = io.BytesIO()
             Image.new("RGB", (1200, 64), (200, 150, 120)).save(buf, "PNG")
-            r = await client.post("/portraits", data=buf.getvalue())
-            assert r.status == 400 and "1200x64" in (await r.json())["error"]
-            r = await client.post("/portraits", data=b"GIF89a not really")
-            assert r.status == 400 and "not a readable image" in (await r.json())["error"]
+            r = await client.post("/portraits", content=buf.getvalue())
+            assert r.status_code == 400 and "1200x64" in r.json()["error"]
+            r = await client.post("/portraits", content=b"GIF89a not really")
+            assert r.status_code == 400 and "not a readable image" in r.json()["error"]
             photo = (ASSETS_DIR / "portrait.jpg").read_bytes()
-            r = await client.post("/portraits", data=photo)
-            body = await r.json()
-            assert r.status == 200 and body["width"] == 300 and body["height"] == 360
+            r = await client.post("/portraits", content=photo)
+            body = r.json()
+            assert r.status_code == 200 and body["width"] == 300 and body["height"] == 360
             ws, ready = await start(client, portrait_id=body["id"])
             assert ready["type"] == "ready"
             await ws.close()
             # the same photo inline (base64) in the start message
-            ws = await client.ws_connect("/ws")
-            await ws.send_str(json.dumps({"type": "start", "portrait": base64.b64encode(photo).decode()}))
-            assert (await ws.receive_json(timeout=60))["type"] == "ready"
+            ws = await client.ws_connect()
+            await ws.send(json.dumps({"type": "start", "portrait": base64.b64encode(photo).decode()}))
+            assert (await receive_json(ws))["type"] == "ready"
             await ws.close()
     asyncio.run(main())
 
 
 def test_max_sessions_abrupt_disconnect_and_no_leaks():
     async def main():
-        async with serving(max_sessions=1) as (client, state):
+        async with served(max_sessions=1) as (client, state):
             ws, ready = await start(client)
             assert ready["type"] == "ready"
-            second = await client.ws_connect("/ws")
-            await second.send_str('{"type": "start", "portrait_id": "demo"}')
-            refusal = await second.receive_json(timeout=60)
+            second = await client.ws_connect()
+            await second.send('{"type": "start", "portrait_id": "demo"}')
+            refusal = await receive_json(second)
             assert refusal["type"] == "error" and "1 of 1 sessions" in refusal["reason"]
-            await second.receive(timeout=10)
-            assert second.close_code == 1013
+            assert await closed(second) == 1013
             # abrupt disconnect mid-stream: drop the TCP connection without a close handshake
-            await ws.send_bytes(pcm16(speech(0.3)))
-            ws._response.connection.transport.abort()
+            await ws.send(pcm16(speech(0.3)))
+            ws.transport.abort()
             for _ in range(200):
                 if state.scheduler.sessions == 0:
                     break
                 await asyncio.sleep(0.02)
             assert state.scheduler.sessions == 0
-            assert (await client.get("/health")).status == 200
+            assert (await client.get("/health")).status_code == 200
 
             # 200 sessions opened and closed: no session, task or scheduler entry left behind
             gc.collect()
@@ -232,7 +262,7 @@ def test_max_sessions_abrupt_disconnect_and_no_leaks():
                     ws, ready = await start(client, seed=i)
                     assert ready["type"] == "ready"
                     if i % 2:
-                        await ws.send_bytes(pcm16(speech(0.01)))
+                        await ws.send(pcm16(speech(0.01)))
                     await ws.close()
             finally:
                 Session.__init__ = original
@@ -257,18 +287,22 @@ def test_token_required_off_loopback_and_checked():
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
 
     async def main():
-        async with serving(token="s3cret-token") as (client, state):
-            assert (await client.get("/health")).status == 200
-            assert (await client.get("/")).status == 200
-            assert (await client.get("/metrics")).status == 401
+        async with served(token="s3cret-token") as (client, state):
+            assert (await client.get("/health")).status_code == 200
+            assert (await client.get("/")).status_code == 200
+            assert (await client.get("/metrics")).status_code == 401
             r = await client.get("/metrics", headers={"Authorization": "Bearer wrong-token"})
-            assert r.status == 401
+            assert r.status_code == 401
             r = await client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
-            assert r.status == 200
-            with pytest.raises(aiohttp.WSServerHandshakeError):
-                await client.ws_connect("/ws")
+            assert r.status_code == 200
+            with pytest.raises(websockets.InvalidStatus):
+                await client.ws_connect()
             ws = await client.ws_connect("/ws?token=s3cret-token")
-            await ws.send_str('{"type": "start", "portrait_id": "demo", "idle": false}')
-            assert (await ws.receive_json(timeout=60))["type"] == "ready"
+            await ws.send('{"type": "start", "portrait_id": "demo", "idle": false}')
+            assert (await receive_json(ws))["type"] == "ready"
+            await ws.close()
+            ws = await client.ws_connect(headers={"Authorization": "Bearer s3cret-token"})
+            await ws.send('{"type": "start", "portrait_id": "demo", "idle": false}')
+            assert (await receive_json(ws))["type"] == "ready"
             await ws.close()
     asyncio.run(main())
