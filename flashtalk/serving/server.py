@@ -30,7 +30,8 @@ from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.session import PreviewStreamingBackend, StreamingBackend
 from flashtalk.serving.state import (ASSETS_DIR, DROP_REASONS, ServeConfig, ServerState, check_config, decode_image,
                                      is_loopback)
-from flashtalk.serving.stream import websocket_session
+from flashtalk.serving.protocol import CLOSE_FULL
+from flashtalk.serving.stream import close_with_error, websocket_session
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,10 @@ async def _upload(request: Request) -> Response:
     except FlashTalkError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
     pid = secrets.token_hex(8)
-    st.remember(pid, portrait)
     if st.portrait_sink is not None:
-        await st.portrait_sink(pid, data)
+        await st.portrait_sink(pid, data, portrait)
+    else:
+        st.remember(pid, portrait)
     return JSONResponse({"id": pid, "width": image.size[0], "height": image.size[1]})
 
 
@@ -202,6 +204,9 @@ def create_app(config: ServeConfig, backend: StreamingBackend | None = None, sta
             yield
         finally:
             state.draining = True
+            sockets = list(state.sockets.values())
+            await asyncio.gather(*(close_with_error(ws, CLOSE_FULL, f"replica {config.replica} is shutting down; "
+                                                    "start a new session") for ws in sockets))
             for session in list(state.sessions.values()):
                 state.scheduler.release(session)
             state.close()

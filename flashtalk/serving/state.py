@@ -103,6 +103,32 @@ def decode_image(data: bytes, max_side: int) -> Any:
     return image
 
 
+@dataclass(frozen=True)
+class BackendSpec:
+    """Which backend a server (or each Ray replica) builds: picklable, so replicas build their own."""
+
+    kind: str = "preview"  # "preview" | "network"
+    weights: str | None = None  # network: a published weights folder or a .safetensors bundle
+    seeded: bool = False  # network: seeded synthetic weights (not a face: for testing)
+    preset: str = "liveportrait"
+    precision: str | None = None
+
+
+def build_backend(spec: BackendSpec, device: str) -> StreamingBackend:
+    from flashtalk.runtime.session import NetworkStreamingBackend, PreviewStreamingBackend
+
+    if spec.kind == "preview":
+        return PreviewStreamingBackend(device)
+    if spec.kind != "network":
+        raise FlashTalkError(f"backend must be 'preview' or 'network'; got {spec.kind!r}")
+    if spec.weights is None and not spec.seeded:
+        raise FlashTalkError("the network backend needs weights (a folder or a .safetensors bundle) or seeded=True")
+    from flashtalk.model.bundle import load_networks, seeded_networks
+
+    nets = seeded_networks(spec.preset) if spec.seeded else load_networks(spec.weights)
+    return NetworkStreamingBackend(nets, device, seeded=spec.seeded, precision=spec.precision)
+
+
 PortraitLoader = Callable[[str], Awaitable[EncodedPortrait]]
 
 
@@ -117,8 +143,9 @@ class ServerState:
         self.scheduler = Scheduler(backend, max_sessions=config.max_sessions)
         self.portraits: collections.OrderedDict[str, EncodedPortrait] = collections.OrderedDict()
         self.portrait_loader: PortraitLoader | None = None  # replaces the local lookup (Ray: shared store)
-        self.portrait_sink: Callable[[str, bytes], Awaitable[None]] | None = None  # where uploads also go
-        self.sessions: dict[str, Any] = {}
+        self.portrait_sink: Callable[[str, bytes, EncodedPortrait], Awaitable[None]] | None = None  # uploads (Ray)
+        self.sessions: dict[str, Any] = {}  # live Session by id
+        self.sockets: dict[str, Any] = {}  # their WebSockets (closed with an error at shutdown)
         self.ids = itertools.count(1)
         self.started = time.monotonic()
         self.frames_sent = 0
@@ -159,14 +186,14 @@ class ServerState:
 
     async def portrait(self, pid: str) -> EncodedPortrait:
         """The encoded portrait for an id: this replica's cache, the demo, or the loader (shared store)."""
+        if self.portrait_loader is not None and pid != DEMO_PORTRAIT_ID:
+            return await self.portrait_loader(pid)  # it keeps its own cache (Ray: one per replica, multiplexed)
         hit = self.cached(pid)
         if hit is not None:
             return hit
         loop = asyncio.get_running_loop()
         if pid == DEMO_PORTRAIT_ID:
             portrait = await loop.run_in_executor(self.setup, self.encode, ASSETS_DIR / "portrait.jpg")
-        elif self.portrait_loader is not None:
-            portrait = await self.portrait_loader(pid)
         else:
             raise FlashTalkError(f"unknown portrait_id {pid!r}: upload it with POST /portraits first")
         self.remember(pid, portrait)
@@ -184,5 +211,5 @@ class ServerState:
         self.frames.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["ASSETS_DIR", "DEMO_PORTRAIT_ID", "ServeConfig", "ServerState", "check_config", "decode_image",
-           "is_loopback"]
+__all__ = ["ASSETS_DIR", "BackendSpec", "DEMO_PORTRAIT_ID", "ServeConfig", "ServerState", "build_backend", "check_config",
+           "decode_image", "is_loopback"]

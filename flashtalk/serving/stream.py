@@ -336,7 +336,7 @@ async def websocket_session(ws: WebSocket, st: ServerState) -> None:
             st.protocol_errors += 1
             await close_with_error(ws, CLOSE_TOO_BIG if isinstance(exc, TooBig) else CLOSE_BAD_MESSAGE, str(exc))
             return
-        st.sessions[sid] = session
+        st.sessions[sid], st.sockets[sid] = session, ws
         st.sessions_total += 1
         await ws.send_text(json.dumps({
             "type": "ready", "session": sid, "fps": FPS, "width": FRAME_SIZE, "height": FRAME_SIZE,
@@ -357,6 +357,7 @@ async def websocket_session(ws: WebSocket, st: ServerState) -> None:
         if session is not None:
             st.scheduler.release(session)
         st.sessions.pop(sid, None)
+        st.sockets.pop(sid, None)
         if audio_pool is not None:
             audio_pool.shutdown(wait=False, cancel_futures=True)
         if ws.application_state == WebSocketState.CONNECTED and ws.client_state == WebSocketState.CONNECTED:
