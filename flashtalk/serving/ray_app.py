@@ -119,9 +119,10 @@ class FlashTalkReplica:
         await self.portrait(pid)  # registers the id with the router (multiplexed), no second encode
 
     async def portrait(self, pid: str):
-        return await self._load(pid)
+        return await self.load_portrait(pid)
 
-    async def _load_portrait(self, pid: str):
+    async def load_portrait(self, pid: str):
+        """Portrait id -> encoded portrait (wrapped by `serve.multiplexed` in `deployment`)."""
         portrait = self.fresh.pop(pid, None)
         if portrait is not None:
             return portrait
@@ -148,7 +149,8 @@ def deployment(config: ServeConfig, options: RayOptions, backend: BackendSpec):
     if replicas is None:
         replicas = max(1, int(ray.cluster_resources().get("GPU", 0))) if ray.is_initialized() else 1
     cls = type(DEPLOYMENT, (FlashTalkReplica,), {})
-    cls._load = serve.multiplexed(max_num_models_per_replica=config.max_portraits)(FlashTalkReplica._load_portrait)
+    # the multiplexed loader must sit under its own name on the class (Ray finds `self` by that name)
+    cls.load_portrait = serve.multiplexed(max_num_models_per_replica=config.max_portraits)(FlashTalkReplica.load_portrait)
     dep = serve.deployment(
         serve.ingress()(cls), name=DEPLOYMENT, num_replicas=replicas,
         max_ongoing_requests=options.sessions + 1, max_queued_requests=options.max_queued,
