@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import io
 import ipaddress
 import itertools
@@ -129,6 +130,16 @@ def build_backend(spec: BackendSpec, device: str) -> StreamingBackend:
     return NetworkStreamingBackend(nets, device, seeded=spec.seeded, precision=spec.precision)
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
 PortraitLoader = Callable[[str], Awaitable[EncodedPortrait]]
 
 
@@ -162,6 +173,7 @@ class ServerState:
         self.frames = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="flashtalk-frames")
         self.setup_slots = asyncio.Semaphore(4)  # session starts being prepared at once (bounds memory)
         self.nvml: Any = None
+        self._trimmed, self._trim_pending = 0.0, False
 
     @property
     def frames_dropped(self) -> int:
@@ -204,6 +216,24 @@ class ServerState:
         while self.recent and self.recent[0] < now - 5.0:
             self.recent.popleft()
         return len(self.recent) / min(5.0, max(now - self.started, 1e-3))
+
+    def release_memory(self) -> None:
+        """Hand freed heap back to the OS after a session ended (glibc keeps it otherwise: frames of a few
+        hundred KB are below its adaptive mmap threshold). At most once a second; runs on the setup pool."""
+        if _MALLOC_TRIM is None or self._trim_pending:
+            return
+        wait = self._trimmed + 1.0 - time.monotonic()
+        if wait > 0:  # trimmed less than a second ago: once more when that second is over
+            self._trim_pending = True
+            asyncio.get_running_loop().call_later(wait, self._trim_later)
+            return
+        self._trimmed = time.monotonic()
+        self.setup.submit(_MALLOC_TRIM, 0)
+
+    def _trim_later(self) -> None:
+        self._trim_pending = False
+        with contextlib.suppress(RuntimeError):  # the pool was shut down meanwhile
+            self.release_memory()
 
     def close(self) -> None:
         self.scheduler.stop()
