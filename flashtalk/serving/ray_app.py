@@ -2,9 +2,11 @@
 replica per GPU (or `replicas` on CPU), each replica owning one engine and scheduler.
 
 - Admission: a replica holds up to `sessions` live sessions; Ray routes at most `sessions + 1` requests
-  to it (`max_ongoing_requests`), the one over is refused by the app at once with close code 1013, and
-  the proxy queues at most `max_queued` more (`max_queued_requests`) before answering HTTP 503, so a
-  full cluster refuses within moments instead of queueing for minutes.
+  to it (`max_ongoing_requests`), and the one over is refused by the app at once with close code 1013,
+  so a full cluster refuses within moments instead of queueing for minutes. The proxy holds at most
+  `max_queued` requests while it assigns them (`max_queued_requests`; a burst of handshakes is queued
+  there for milliseconds, so 1 would refuse bursts); past that it refuses the handshake (HTTP 503 for
+  plain HTTP; Ray answers a WebSocket handshake with 500).
 - Portraits: `POST /portraits` keeps the image bytes in one small Ray actor (`flashtalk-portraits`,
   bounded in count and bytes); any replica can then start a session of that id. The portrait id is
   Serve's multiplexed model id: clients that send the header `serve_multiplexed_model_id: <id>` with
@@ -46,7 +48,7 @@ STORE_MAX_BYTES = 256 << 20
 class RayOptions:
     replicas: int | None = None  # None: one per visible GPU (at least 1)
     sessions: int = 16  # live sessions per replica
-    max_queued: int = 1  # requests the proxy holds for a full deployment before it answers 503
+    max_queued: int = 16  # requests the proxy holds while it assigns them (a burst), before it answers 503
     num_cpus: float = 1.0  # per replica, when it has no GPU
     gpus: bool | None = None  # a GPU per replica (None: when the cluster has GPUs)
     drain_timeout_s: float = 120.0
@@ -197,6 +199,7 @@ def run(config: ServeConfig, options: RayOptions, backend: BackendSpec, *, block
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(deployment(config, options, backend), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{config.host}:{config.port}/"
+    _warm(url)
     if not blocking:
         return url
     print(f"flashtalk serve --ray: {url}  ({options.replicas or 'one per GPU'} replicas, {options.sessions} "
@@ -209,6 +212,22 @@ def run(config: ServeConfig, options: RayOptions, backend: BackendSpec, *, block
     finally:
         shutdown()
     return url
+
+
+def _warm(url: str, tries: int = 50) -> None:
+    """One request through the proxy before clients come: its first requests set up its route to the
+    deployment, and several WebSockets arriving together before that can get HTTP 500."""
+    import urllib.error
+    import urllib.request
+
+    for _ in range(tries):
+        try:
+            with urllib.request.urlopen(url + "health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
 
 
 def shutdown() -> None:

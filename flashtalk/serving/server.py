@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.session import PreviewStreamingBackend, StreamingBackend
-from flashtalk.serving.state import (ASSETS_DIR, DROP_REASONS, ServeConfig, ServerState, check_config, decode_image,
+from flashtalk.serving.state import (ASSETS_DIR, DEMO_PORTRAIT_ID, DROP_REASONS, ServeConfig, ServerState, check_config, decode_image,
                                      is_loopback)
 from flashtalk.serving.protocol import CLOSE_FULL
 from flashtalk.serving.stream import close_with_error, websocket_session
@@ -200,6 +200,9 @@ def create_app(config: ServeConfig, backend: StreamingBackend | None = None, sta
 
         state.nvml = NvmlSampler(interval_s=1.0).__enter__()
         state.scheduler.start()
+        # the demo portrait encoded once before any client: also imports the face detector (OpenCV) on
+        # one thread, never two at once
+        await state.portrait(DEMO_PORTRAIT_ID)
         try:
             yield
         finally:
