@@ -103,6 +103,12 @@ def test_sessions_spread_over_replicas_and_follow_their_portrait(cluster):
             assert [f.index for f in frames] == list(range(5))  # 0.2 s at 25 FPS, in order
         for ws in wss:
             await ws.close()
+        await asyncio.sleep(0.5)
+        # a burst of handshakes at once: each is served or refused with 1013, never an HTTP error
+        burst = await asyncio.gather(*(_start(url) for _ in range(3)))
+        assert all(r["type"] == "ready" or (r["type"] == "error" and "full" in r["reason"]) for _, r in burst), burst
+        for ws, _ in burst:
+            await ws.close()
 
         # a portrait uploaded once: sessions that name it go to the replica that encoded it
         buf = io.BytesIO()

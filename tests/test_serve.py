@@ -286,6 +286,8 @@ def test_token_required_off_loopback_and_checked():
     check_config(ServeConfig(host="0.0.0.0", token="s3cret-token"))
     check_config(ServeConfig(host="::1"))
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert cli.main(["serve", "--replicas", "2"]) == 2  # --replicas without --ray
+    assert cli.main(["serve", "--ray", "--replicas", "0"]) == 2
 
     async def main():
         async with served(token="s3cret-token") as (client, state):
