@@ -298,8 +298,9 @@ def test_token_required_off_loopback_and_checked():
             assert r.status_code == 401
             r = await client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
             assert r.status_code == 200
-            with pytest.raises(websockets.InvalidStatus):
+            with pytest.raises(websockets.InvalidStatus) as refused:
                 await client.ws_connect()
+            assert refused.value.response.status_code == 401  # the handshake answered like HTTP
             ws = await client.ws_connect("/ws?token=s3cret-token")
             await ws.send('{"type": "start", "portrait_id": "demo", "idle": false}')
             assert (await receive_json(ws))["type"] == "ready"

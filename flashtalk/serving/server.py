@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import secrets
 from pathlib import Path
@@ -170,12 +171,17 @@ class _TokenGuard:
         if self.token and scope["type"] in ("http", "websocket"):
             path = scope["path"]
             if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES) and not self._ok(scope):
-                if scope["type"] == "websocket":
+                body = json.dumps({"error": "missing or wrong bearer token"}).encode()
+                headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                           (b"content-length", str(len(body)).encode())]
+                if scope["type"] == "http":
+                    await send({"type": "http.response.start", "status": 401, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                elif "websocket.http.response" in scope.get("extensions", {}):  # a 401 to the handshake
+                    await send({"type": "websocket.http.response.start", "status": 401, "headers": headers})
+                    await send({"type": "websocket.http.response.body", "body": body})
+                else:  # a server without the denial-response extension answers 403
                     await send({"type": "websocket.close", "code": 1008, "reason": "missing or wrong bearer token"})
-                    return
-                response = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
-                                        headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
