@@ -10,7 +10,9 @@ The server runs as a subprocess (stopped by its PID). The healthy client speaks 
 latency (its audio sent -> the frame received); it runs alone first (baseline), then while the hostile
 cases run, 4 at a time. Hostile kinds: bad JSON, mutated start values (huge ints, float overflow, NaN,
 wrong types, deep nesting), bad controls, messages over the limits, odd sample rates, NaN PCM, readers
-that never read, stalled handshakes, truncated / chunked / oversized uploads, garbage HTTP.
+that never read, stalled handshakes, truncated / chunked / oversized uploads, garbage HTTP. Hostile
+clients send little valid speech (a frame or two each): on a CPU every frame rendered for them is
+~0.1 s of renderer time taken from the healthy session, which is load, not a finding.
 
 Outcomes: ok (a valid input served), clean_error (`{"type": "error"}` then 1008 / 1009 / 1013, a bare
 1009 from the transport for a message over its limit, or an HTTP 4xx with a JSON error), crash (1011, a
@@ -217,7 +219,7 @@ def make_case(rng: random.Random, server: Server, kind: str) -> tuple[str, Calla
                           "controls", "portrait"])
         value = rng.choice(HUGE)
         text = _start()[:-1] + f', "{key}": {value}}}'
-        return f"start {key}={value[:12]}", lambda: _ws_session(url, [text, _pcm(0.08)], read_s=5)
+        return f"start {key}={value[:12]}", lambda: _ws_session(url, [text, _pcm(0.04)], read_s=5)
     if kind == "controls":
         value = rng.choice(HUGE)
         name = rng.choice(["yaw", "pitch", "blink", "zoom", "x" * 1000])
@@ -232,7 +234,7 @@ def make_case(rng: random.Random, server: Server, kind: str) -> tuple[str, Calla
         return f"PCM chunk of {size} bytes", lambda: _ws_session(url, [_start(), b"\x00" * size], read_s=8)
     if kind == "odd_rate":
         rate = rng.randint(4001, 48000) | 1
-        audio = _pcm(0.3, rate)
+        audio = _pcm(0.1, rate)
         return f"sample_rate {rate}", lambda: _ws_session(
             url, [_start(sample_rate=rate), audio[: len(audio) // 2 * 2], '{"type": "end"}'], read_s=15)
     if kind == "nan_pcm":
@@ -240,7 +242,7 @@ def make_case(rng: random.Random, server: Server, kind: str) -> tuple[str, Calla
         return "NaN float PCM", lambda: _ws_session(url, [_start(format="f32le"), pcm], read_s=5)
     if kind == "commands":
         cmds = [rng.choice(['{"type": "end"}', '{"type": "interrupt"}', '{"type": "controls", "controls": {}}',
-                            _pcm(rng.choice([0.005, 0.01, 0.04]))]) for _ in range(rng.randint(5, 30))]
+                            _pcm(rng.choice([0.0025, 0.005, 0.01]))]) for _ in range(rng.randint(5, 20))]
         return f"{len(cmds)} commands", lambda: _ws_session(url, [_start(), *cmds], read_s=1.5)
     if kind == "slow_reader":
         hold = rng.uniform(1.0, 3.0)
@@ -260,7 +262,7 @@ def make_case(rng: random.Random, server: Server, kind: str) -> tuple[str, Calla
 async def _slow_reader(port: int, hold: float) -> str:
     reader, writer = await raw_ws(port, rcvbuf=4096)
     writer.write(ws_frame(_start(video="raw").encode(), 1))
-    writer.write(ws_frame(_pcm(0.4), 2))  # 10 raw frames (7.9 MB) that nobody reads
+    writer.write(ws_frame(_pcm(0.2), 2))  # 5 raw frames (3.9 MB) that nobody reads
     writer.write(ws_frame(b'{"type": "end"}', 1))
     await asyncio.sleep(hold)
     writer.transport.abort()
