@@ -222,3 +222,25 @@ def test_shutdown_leaves_no_ray_process(cluster):
             break
         time.sleep(0.2)
     assert not left, f"Ray processes left behind: {left}"
+
+
+def test_serve_config_file_builds_the_documented_deployment():
+    """deploy/ray-serve.yaml: its import path and args build the deployment with the settings it documents."""
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    conf = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "ray-serve.yaml").read_text())
+    assert conf["http_options"]["host"] == "127.0.0.1"
+    (application,) = conf["applications"]
+    module, name = application["import_path"].split(":")
+    bound = getattr(importlib.import_module(module), name)(application["args"])
+    dep = bound._bound_deployment
+    (documented,) = application["deployments"]
+    assert dep.name == documented["name"] == ray_app.DEPLOYMENT
+    assert dep.max_ongoing_requests == application["args"]["sessions"] + 1 == documented["max_ongoing_requests"]
+    assert dep._deployment_config.graceful_shutdown_timeout_s == documented["graceful_shutdown_timeout_s"] > 20
+    assert dep._deployment_config.max_queued_requests == documented["max_queued_requests"]
+    with pytest.raises(Exception, match="unknown application args"):
+        ray_app.app({"sesions": 2})

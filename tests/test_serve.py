@@ -541,3 +541,36 @@ def test_realtime_pacing_catches_up_after_a_stall(case):
         else:  # a backlog: what is late is dropped, and counted
             assert stream.dropped["late"] > 10 and len(ws.sent) + stream.dropped["late"] == resume + 60
     asyncio.run(main())
+
+
+def test_an_odd_sample_rate_never_blocks_the_event_loop():
+    """A start at a rate whose resampler is expensive to build (a prime near 192 kHz) is prepared off the
+    event loop: the loop keeps ticking meanwhile, and the session then works."""
+    import time
+
+    async def main():
+        async with served() as (client, state):
+            gaps, stop = [], asyncio.Event()
+
+            async def ticker():
+                last = time.monotonic()
+                while not stop.is_set():
+                    await asyncio.sleep(0.01)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            tick = asyncio.create_task(ticker())
+            t0 = time.monotonic()
+            ws, ready = await start(client, sample_rate=191_999)
+            setup_s = time.monotonic() - t0
+            assert ready["type"] == "ready", ready
+            await ws.send(pcm16(speech(0.05, 191_999)))
+            await ws.send('{"type": "end"}')
+            frames, events = await collect(ws)
+            assert len(frames) == 2 and events[-1]["type"] == "end"
+            stop.set()
+            await tick
+            await ws.close()
+            assert max(gaps) < 0.5, (max(gaps), setup_s)  # (the old server froze for the whole build)
+    asyncio.run(main())
