@@ -1,13 +1,17 @@
-"""The served web page in real headless Chromium, driven over the Chrome DevTools protocol: pick an audio
-file, stream it, and check the frames arrived in order and were drawn. Skips when no browser is installed
+"""The served web page in real headless Chromium, driven over the Chrome DevTools protocol: the portrait
+shown before starting, pick an audio file, stream it, check the frames arrived in order and were drawn and
+that FPS, latency, look-ahead, backend and replica are shown; a full server's refusal is shown as such.
+A screenshot of the page is taken (into docs/web_page.png with FLASHTALK_UPDATE_SCREENSHOT=1). Skips when no browser is installed
 (CI: `apt-get install -y chromium`)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -17,10 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-aiohttp = pytest.importorskip("aiohttp", reason="aiohttp is needed for flashtalk serve")
-from aiohttp.test_utils import TestServer  # noqa: E402
+pytest.importorskip("starlette", reason="flashtalk serve needs starlette + uvicorn: pip install 'flashtalk[serve]'")
+httpx = pytest.importorskip("httpx", reason="the test talks HTTP with httpx")
+pytest.importorskip("websockets", reason="the test talks to Chromium's DevTools over websockets")
+from websockets.asyncio.client import connect  # noqa: E402
 
-from flashtalk.serving.server import ServeConfig, create_app  # noqa: E402
+from flashtalk.serving.server import ServeConfig, serving  # noqa: E402
+
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "web_page.png"
 
 BROWSER = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium installed (apt-get install -y chromium)")
@@ -34,9 +42,9 @@ class DevTools:
 
     async def call(self, method: str, **params):
         msg_id = next(self.ids)
-        await self.ws.send_json({"id": msg_id, "method": method, "params": params})
+        await self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
         while True:
-            msg = await self.ws.receive_json(timeout=60)
+            msg = json.loads(await asyncio.wait_for(self.ws.recv(), 60))
             if msg.get("id") == msg_id:
                 if "error" in msg:
                     raise AssertionError(f"{method}: {msg['error']}")
@@ -64,11 +72,11 @@ async def chromium(profile: Path):
                 raise AssertionError(f"{BROWSER} did not start (exit code {proc.poll()})")
             await asyncio.sleep(0.1)
         port = int(port_file.read_text().split()[0])
-        async with aiohttp.ClientSession() as http:
-            pages = await (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
-            page = next(p for p in pages if p["type"] == "page")
-            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                yield DevTools(ws)
+        async with httpx.AsyncClient() as http:
+            pages = (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
+        page = next(p for p in pages if p["type"] == "page")
+        async with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+            yield DevTools(ws)
     finally:
         proc.terminate()
         try:
@@ -78,36 +86,53 @@ async def chromium(profile: Path):
             proc.wait()
 
 
-def test_page_streams_an_audio_file(tmp_path):
+async def _open(page, url: str) -> None:
+    await page.call("Emulation.setDeviceMetricsOverride", width=1100, height=760, deviceScaleFactor=1, mobile=False)
+    await page.call("Page.enable")
+    await page.call("Page.navigate", url=url)
+    for _ in range(200):
+        if await page.eval("document.readyState === 'complete' && typeof ftStats === 'object'"):
+            break
+        await asyncio.sleep(0.05)
+
+
+async def _pick_and_play(page, wav: Path) -> dict:
+    doc = await page.call("DOM.getDocument")
+    node = await page.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#audio-file")
+    await page.call("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(wav)])
+    await page.eval("document.getElementById('pace').value = 'fast';"
+                    "document.getElementById('play').click(); true")
+    stats = {}
+    for _ in range(1200):
+        stats = json.loads(await page.eval("JSON.stringify(ftStats)"))
+        if stats["ended"] or stats["errors"] or stats["refused"]:
+            break
+        await asyncio.sleep(0.05)
+    return stats
+
+
+def _wav(tmp_path: Path) -> Path:
     import soundfile as sf
 
     t = np.arange(int(0.32 * 48000)) / 48000
     sf.write(tmp_path / "speech.wav", (0.4 * np.sin(2 * np.pi * 200 * t) * np.sin(2 * np.pi * 2 * t)), 48000)
+    return tmp_path / "speech.wav"
+
+
+def test_page_streams_an_audio_file(tmp_path):
+    wav = _wav(tmp_path)
 
     async def main():
-        server = TestServer(create_app(ServeConfig()))
-        await server.start_server()
-        try:
+        async with serving(ServeConfig(port=0)) as (url, state):
             with tempfile.TemporaryDirectory() as profile:
                 async with chromium(Path(profile)) as page:
-                    await page.call("Page.enable")
-                    await page.call("Page.navigate", url=str(server.make_url("/")))
-                    for _ in range(200):
-                        if await page.eval("document.readyState === 'complete' && typeof ftStats === 'object'"):
+                    await _open(page, url + "/")
+                    for _ in range(100):  # the portrait is on the canvas before anything streams
+                        if await page.eval("ftStats.portraitShown"):
                             break
                         await asyncio.sleep(0.05)
-                    doc = await page.call("DOM.getDocument")
-                    node = await page.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#audio-file")
-                    await page.call("DOM.setFileInputFiles", nodeId=node["nodeId"],
-                                    files=[str(tmp_path / "speech.wav")])
-                    await page.eval("document.getElementById('pace').value = 'fast';"
-                                    "document.getElementById('play').click(); true")
-                    stats = {}
-                    for _ in range(1200):
-                        stats = json.loads(await page.eval("JSON.stringify(ftStats)"))
-                        if stats["ended"] or stats["errors"]:
-                            break
-                        await asyncio.sleep(0.05)
+                    assert await page.eval("ftStats.portraitShown")
+                    stats = await _pick_and_play(page, wav)
                     assert stats["errors"] == [] and stats["ended"], stats
                     assert stats["frames"] == stats["endFrames"] and abs(stats["frames"] - 8) <= 1, stats
                     assert stats["inOrder"] and stats["monotonic"] and stats["events"][:1] == ["ready"]
@@ -118,7 +143,37 @@ def test_page_streams_an_audio_file(tmp_path):
                         "for (let i = 0; i < d.length; i += 4 * 97) { s += d[i + 1]; s2 += d[i + 1] ** 2; n++; }"
                         "return Math.sqrt(s2 / n - (s / n) ** 2); })()")
                     assert spread > 20  # a face was drawn, not a blank canvas
-        finally:
-            await server.close()
+                    shown = json.loads(await page.eval(
+                        "JSON.stringify(['fps', 'latency', 'lookahead', 'frames', 'backend', 'replica']"
+                        ".map((k) => document.getElementById('stat-' + k).textContent))"))
+                    assert shown[4] == "preview" and shown[5] == "local", shown
+                    assert shown[1].endswith(" ms") and 0 < int(shown[1].split()[0]) < 60_000, shown
+                    assert shown[2].endswith(" ms") and float(shown[2].split()[0]) > 0, shown  # 48 -> 16 kHz filter
+                    assert float(shown[0]) > 0 and int(shown[3].split()[0]) >= stats["frames"], shown  # idle frames go on
+                    shot = base64.b64decode((await page.call("Page.captureScreenshot", format="png"))["data"])
+                    assert shot[:8] == b"\x89PNG\r\n\x1a\n"
+                    out = SCREENSHOT if os.environ.get("FLASHTALK_UPDATE_SCREENSHOT") == "1" else tmp_path / "page.png"
+                    out.write_bytes(shot)
+
+    asyncio.run(main())
+
+
+def test_page_says_when_the_server_is_full(tmp_path):
+    wav = _wav(tmp_path)
+
+    async def main():
+        async with serving(ServeConfig(port=0, max_sessions=1)) as (url, state):
+            held = await connect(url.replace("http", "ws", 1) + "/ws")
+            await held.send('{"type": "start", "portrait_id": "demo", "idle": false}')
+            assert json.loads(await asyncio.wait_for(held.recv(), 60))["type"] == "ready"
+            with tempfile.TemporaryDirectory() as profile:
+                async with chromium(Path(profile)) as page:
+                    await _open(page, url + "/")
+                    stats = await _pick_and_play(page, wav)
+                    assert stats["refused"] and "full" in stats["refused"] and not stats["ready"], stats
+                    text = await page.eval("document.getElementById('notice').hidden ? '' : "
+                                           "document.getElementById('notice').textContent")
+                    assert "busy" in text and "1 of 1 sessions" in text, text
+            await held.close()
 
     asyncio.run(main())

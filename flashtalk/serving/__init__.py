@@ -1,1 +1,1 @@
-"""Serving: the aiohttp WebSocket/HTTP server over the streaming runtime, and its web page."""
+"""Serving: one ASGI app (HTTP + WebSocket + web page) over the streaming runtime, run by uvicorn or as a Ray Serve deployment."""

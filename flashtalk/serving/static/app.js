@@ -10,12 +10,55 @@ const ctx2d = canvas.getContext("2d");
 
 // What the page has done so far (the browser test reads it).
 window.ftStats = { frames: 0, lastIndex: -1, inOrder: true, monotonic: true, ended: false, ready: false,
-                   errors: [], events: [] };
+                   errors: [], events: [], latencyMs: null, fps: null, dropped: 0, backend: null, replica: null,
+                   refused: null, portraitShown: false };
 
 let ws = null, audioCtx = null, micNode = null, micStream = null;
 let demoSpeech = null, clockStart = null, lastPts = -1;
+let sentChunks = [], mediaSent = 0, frameTimes = [];  // [media end s, wall s] of each chunk sent; frame arrivals
 
 function status(text) { $("status").textContent = text; }
+function notice(text) { const n = $("notice"); n.textContent = text || ""; n.hidden = !text; }
+function stat(id, text) { $("stat-" + id).textContent = text; }
+
+// The portrait, before anything streams: the demo's, or the photo picked.
+function showPortrait(src) {
+  const img = new Image();
+  img.onload = () => {
+    const s = Math.min(canvas.width / img.width, canvas.height / img.height);
+    const w = img.width * s, h = img.height * s;
+    ctx2d.fillStyle = "#111"; ctx2d.fillRect(0, 0, canvas.width, canvas.height);
+    ctx2d.drawImage(img, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+    window.ftStats.portraitShown = true;
+  };
+  img.src = src;
+}
+
+function sendAudio(sock, samples, rate) {
+  mediaSent += samples.length / rate;
+  sentChunks.push([mediaSent, performance.now() / 1000]);
+  if (sentChunks.length > 2000) sentChunks.splice(0, 1000);
+  sock.send(samples.buffer);
+}
+
+// Latency of a frame: its arrival minus when the chunk completing its audio was sent.
+function frameLatency(pts, now) {
+  const end = pts + 0.04 - 1e-6;
+  for (const [media, wall] of sentChunks) if (media >= end) return now - wall;
+  return null;
+}
+
+function updateStats(pts) {
+  const now = performance.now() / 1000, st = window.ftStats;
+  frameTimes.push(now);
+  while (frameTimes.length && frameTimes[0] < now - 2) frameTimes.shift();
+  st.fps = frameTimes.length / 2;
+  const lat = frameLatency(pts, now);
+  if (lat !== null) st.latencyMs = Math.round(lat * 1000);
+  stat("fps", st.fps.toFixed(1));
+  stat("latency", st.latencyMs === null ? "-" : st.latencyMs + " ms");
+  stat("frames", st.frames + " / " + st.dropped);
+}
 function authed(url) { return token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url; }
 function headers() { return token ? { Authorization: "Bearer " + token } : {}; }
 
@@ -45,6 +88,7 @@ function onFrame(buf) {
   if (index <= st.lastIndex) st.inOrder = false;
   if (pts <= lastPts) st.monotonic = false;
   st.lastIndex = index; lastPts = pts; st.frames += 1;
+  updateStats(pts);
   const image = new Blob([new Uint8Array(buf, HEADER + nAudio, nImage)], { type: "image/jpeg" });
   const pcm = new Int16Array(buf.slice(HEADER, HEADER + nAudio));
   const now = performance.now() / 1000;
@@ -74,20 +118,39 @@ async function connect(sampleRate) {
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
   const sock = new WebSocket(authed(scheme + location.host + "/ws"));
   sock.binaryType = "arraybuffer";
-  ws = sock; clockStart = null; lastPts = -1;
-  Object.assign(window.ftStats, { frames: 0, lastIndex: -1, inOrder: true, monotonic: true, ended: false, ready: false });
+  ws = sock; clockStart = null; lastPts = -1; sentChunks = []; mediaSent = 0; frameTimes = [];
+  notice("");
+  Object.assign(window.ftStats, { frames: 0, lastIndex: -1, inOrder: true, monotonic: true, ended: false, ready: false,
+                                  dropped: 0, refused: null });
   await new Promise((resolve, reject) => {
     sock.onopen = () => sock.send(JSON.stringify(start));
     sock.onmessage = (ev) => {
       if (typeof ev.data !== "string") { onFrame(ev.data); return; }
       const msg = JSON.parse(ev.data);
       window.ftStats.events.push(msg.type);
-      if (msg.type === "ready") { window.ftStats.ready = true; status("streaming (" + msg.backend + ")"); resolve(); }
-      else if (msg.type === "end") { window.ftStats.ended = true; window.ftStats.endFrames = msg.frames; status("speech done: " + msg.frames + " frames"); }
-      else if (msg.type === "error") { window.ftStats.errors.push(msg.reason); status("error: " + msg.reason); reject(new Error(msg.reason)); }
+      const st = window.ftStats;
+      if (msg.type === "ready") {
+        Object.assign(st, { ready: true, backend: msg.backend, replica: msg.replica || "-" });
+        stat("backend", msg.backend); stat("replica", st.replica); stat("lookahead", msg.lookahead_ms + " ms");
+        status("streaming (" + msg.backend + ")"); resolve();
+      } else if (msg.type === "end" || msg.type === "interrupted") {
+        st.dropped = msg.dropped || 0; stat("frames", st.frames + " / " + st.dropped);
+        if (msg.type === "end") { st.ended = true; st.endFrames = msg.frames; status("speech done: " + msg.frames + " frames"); }
+      } else if (msg.type === "error") { st.lastError = msg.reason; status("error: " + msg.reason); }
     };
     sock.onerror = () => reject(new Error("WebSocket error"));
-    sock.onclose = (ev) => { if (!window.ftStats.ready) reject(new Error("closed: " + ev.reason)); };
+    sock.onclose = (ev) => {
+      const st = window.ftStats;
+      if (ev.code === 1013) {  // the server (or every replica) is full, or draining
+        st.refused = st.lastError || ev.reason || "server full";
+        notice("The server is busy: " + st.refused + ". Try again in a moment.");
+        status("refused");
+        if (!st.ready) reject(new Error("refused: " + st.refused));
+        return;
+      }
+      if (st.lastError) { st.errors.push(st.lastError); notice("Session closed: " + st.lastError); }
+      if (!st.ready) reject(new Error("closed: " + (st.lastError || ev.reason || ev.code)));
+    };
   });
   return sock;
 }
@@ -115,12 +178,12 @@ async function playFile() {
     const sock = await connect(rate);
     const step = Math.round(rate * 0.04), fast = $("pace").value === "fast";
     for (let i = 0; i < mono.length && sock.readyState === WebSocket.OPEN; i += step) {
-      sock.send(mono.slice(i, i + step).buffer);
+      sendAudio(sock, mono.slice(i, i + step), rate);
       if (!fast) await new Promise((r) => setTimeout(r, 40));
     }
     if (sock.readyState === WebSocket.OPEN) sock.send(JSON.stringify({ type: "end" }));
   } catch (err) {
-    window.ftStats.errors.push(String(err.message || err)); status("error: " + (err.message || err));
+    if (!window.ftStats.refused) { window.ftStats.errors.push(String(err.message || err)); status("error: " + (err.message || err)); }
   }
 }
 
@@ -133,7 +196,7 @@ async function toggleMic() {
     const source = ctx.createMediaStreamSource(micStream);
     micNode = ctx.createScriptProcessor(2048, 1, 1);
     micNode.onaudioprocess = (ev) => {
-      if (sock.readyState === WebSocket.OPEN) sock.send(new Float32Array(ev.inputBuffer.getChannelData(0)).buffer);
+      if (sock.readyState === WebSocket.OPEN) sendAudio(sock, new Float32Array(ev.inputBuffer.getChannelData(0)), ctx.sampleRate);
     };
     source.connect(micNode); micNode.connect(ctx.destination);
     $("mic").textContent = "Microphone off";
@@ -160,6 +223,17 @@ $("demo-audio").addEventListener("click", async () => {
   demoSpeech = await resp.blob();
   status("demo speech loaded");
 });
+$("portrait-file").addEventListener("change", () => {
+  const file = $("portrait-file").files[0];
+  if (file) { document.querySelector("input[name=portrait][value=file]").checked = true; showPortrait(URL.createObjectURL(file)); }
+});
+for (const input of document.querySelectorAll("input[name=portrait]")) {
+  input.addEventListener("change", () => {
+    const file = $("portrait-file").files[0];
+    showPortrait(input.value === "file" && file ? URL.createObjectURL(file) : "/assets/portrait.jpg");
+  });
+}
+showPortrait("/assets/portrait.jpg");
 for (const id of ["yaw", "pitch", "expression_scale"]) {
   $(id).addEventListener("change", () => send({ type: "controls", controls: currentControls() }));
 }

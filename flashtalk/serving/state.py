@@ -1,0 +1,245 @@
+"""What one `flashtalk serve` process (or one Ray Serve replica) holds: its settings, the engine (backend +
+scheduler), the portraits it has encoded, its thread pools and its counters. No web framework here."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import io
+import ipaddress
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from flashtalk.errors import FlashTalkError
+from flashtalk.runtime.scheduler import Scheduler
+from flashtalk.runtime.session import EncodedPortrait, StreamingBackend, encode_portrait
+
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+DEMO_PORTRAIT_ID = "demo"
+LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+DROP_REASONS = ("late", "slow_reader", "backlog")  # see flashtalk.serving.stream
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    max_sessions: int = 16
+    max_upload_bytes: int = 8 << 20
+    max_image_side: int = 4096
+    max_portraits: int = 64  # encoded portraits kept (least recently used dropped)
+    max_send_queue_bytes: int = 8 << 20  # per session: encoded frames waiting for a slow reader
+    device: str | None = None
+    replica: str = "local"  # named in `ready`, /health and /metrics (the Ray replica id under Ray Serve)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest WebSocket message read: a start message with an inline base64 portrait."""
+        return self.max_upload_bytes * 4 // 3 + 4096
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_config(config: ServeConfig) -> None:
+    """Refuse unsafe or impossible settings with a clear message (before anything starts)."""
+    if not is_loopback(config.host) and not config.token:
+        raise FlashTalkError(f"refusing to bind to {config.host}, which is not a loopback address, without a "
+                             "token: pass --token T (clients then send 'Authorization: Bearer T')")
+    if config.token is not None and len(config.token) < 8:
+        raise FlashTalkError("--token must be at least 8 characters")
+    if not 0 <= config.port <= 65535:
+        raise FlashTalkError(f"--port must be in [0, 65535]; got {config.port}")
+    if config.max_sessions < 1:
+        raise FlashTalkError(f"--max-sessions must be at least 1; got {config.max_sessions}")
+    if config.max_send_queue_bytes < 1 << 16:
+        raise FlashTalkError(f"max_send_queue_bytes must be at least 65536; got {config.max_send_queue_bytes}")
+
+
+class Histogram:
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds, self.counts, self.sum, self.count = bounds, [0] * len(bounds), 0.0, 0
+
+    def observe(self, value: float) -> None:
+        for i, b in enumerate(self.bounds):
+            if value <= b:
+                self.counts[i] += 1
+        self.sum += value
+        self.count += 1
+
+    def lines(self, name: str, labels: str) -> list[str]:
+        out = [f"# TYPE {name} histogram"]
+        out += [f'{name}_bucket{{{labels},le="{b:g}"}} {c}' for b, c in zip(self.bounds, self.counts)]
+        out += [f'{name}_bucket{{{labels},le="+Inf"}} {self.count}', f"{name}_sum{{{labels}}} {self.sum:.6f}",
+                f"{name}_count{{{labels}}} {self.count}"]
+        return out
+
+
+def decode_image(data: bytes, max_side: int) -> Any:
+    """A PIL image from upload bytes, with its dimensions checked before the pixels are decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        w, h = image.size
+        if max(w, h) > max_side:
+            raise FlashTalkError(f"portrait is {w}x{h} pixels; the limit is {max_side} on each side")
+        image.load()
+    except FlashTalkError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise FlashTalkError(f"portrait is not a readable image (JPEG, PNG or WebP expected): {exc}") from None
+    return image
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Which backend a server (or each Ray replica) builds: picklable, so replicas build their own."""
+
+    kind: str = "preview"  # "preview" | "network"
+    weights: str | None = None  # network: a published weights folder or a .safetensors bundle
+    seeded: bool = False  # network: seeded synthetic weights (not a face: for testing)
+    preset: str = "liveportrait"
+    precision: str | None = None
+
+
+def build_backend(spec: BackendSpec, device: str) -> StreamingBackend:
+    from flashtalk.runtime.session import NetworkStreamingBackend, PreviewStreamingBackend
+
+    if spec.kind == "preview":
+        return PreviewStreamingBackend(device)
+    if spec.kind != "network":
+        raise FlashTalkError(f"backend must be 'preview' or 'network'; got {spec.kind!r}")
+    if spec.weights is None and not spec.seeded:
+        raise FlashTalkError("the network backend needs weights (a folder or a .safetensors bundle) or seeded=True")
+    from flashtalk.model.bundle import load_networks, seeded_networks
+
+    nets = seeded_networks(spec.preset) if spec.seeded else load_networks(spec.weights)
+    return NetworkStreamingBackend(nets, device, seeded=spec.seeded, precision=spec.precision)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+PortraitLoader = Callable[[str], Awaitable[EncodedPortrait]]
+
+
+class ServerState:
+    """One engine and its bookkeeping. Thread pools: `setup` (image decode, portrait encode, session
+    construction with its resampler) is separate from `frames` (JPEG encode of live frames), so slow
+    or hostile session starts never hold up the frames of running sessions."""
+
+    def __init__(self, config: ServeConfig, backend: StreamingBackend) -> None:
+        self.config = config
+        self.backend = backend
+        self.scheduler = Scheduler(backend, max_sessions=config.max_sessions)
+        self.portraits: collections.OrderedDict[str, EncodedPortrait] = collections.OrderedDict()
+        self.portrait_loader: PortraitLoader | None = None  # replaces the local lookup (Ray: shared store)
+        self.portrait_sink: Callable[[str, bytes, EncodedPortrait], Awaitable[None]] | None = None  # uploads (Ray)
+        self.sessions: dict[str, Any] = {}  # live Session by id
+        self.sockets: dict[str, Any] = {}  # their WebSockets (closed with an error at shutdown)
+        self.ids = itertools.count(1)
+        self.started = time.monotonic()
+        self.frames_sent = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.sessions_total = 0
+        self.sessions_refused = 0
+        self.protocol_errors = 0
+        self.internal_errors = 0
+        self.portraits_encoded = 0
+        self.draining = False
+        self.latency = Histogram(LATENCY_BUCKETS)
+        self.recent: collections.deque[float] = collections.deque(maxlen=2000)  # send times, for FPS
+        self.setup = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="flashtalk-setup")
+        self.frames = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="flashtalk-frames")
+        self.setup_slots = asyncio.Semaphore(4)  # session starts being prepared at once (bounds memory)
+        self.nvml: Any = None
+        self._trimmed, self._trim_pending = 0.0, False
+
+    @property
+    def frames_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def encode(self, image: Any) -> EncodedPortrait:
+        portrait = encode_portrait(self.backend, image)
+        self.portraits_encoded += 1
+        return portrait
+
+    def remember(self, pid: str, portrait: EncodedPortrait) -> None:
+        self.portraits[pid] = portrait
+        self.portraits.move_to_end(pid)
+        while len(self.portraits) > self.config.max_portraits:
+            self.portraits.popitem(last=False)
+
+    def cached(self, pid: str) -> EncodedPortrait | None:
+        if pid in self.portraits:
+            self.portraits.move_to_end(pid)
+            return self.portraits[pid]
+        return None
+
+    async def portrait(self, pid: str) -> EncodedPortrait:
+        """The encoded portrait for an id: this replica's cache, the demo, or the loader (shared store)."""
+        if self.portrait_loader is not None and pid != DEMO_PORTRAIT_ID:
+            return await self.portrait_loader(pid)  # it keeps its own cache (Ray: one per replica, multiplexed)
+        hit = self.cached(pid)
+        if hit is not None:
+            return hit
+        loop = asyncio.get_running_loop()
+        if pid == DEMO_PORTRAIT_ID:
+            portrait = await loop.run_in_executor(self.setup, self.encode, ASSETS_DIR / "portrait.jpg")
+        else:
+            raise FlashTalkError(f"unknown portrait_id {pid!r}: upload it with POST /portraits first")
+        self.remember(pid, portrait)
+        return portrait
+
+    def fps(self) -> float:
+        now = time.monotonic()
+        while self.recent and self.recent[0] < now - 5.0:
+            self.recent.popleft()
+        return len(self.recent) / min(5.0, max(now - self.started, 1e-3))
+
+    def release_memory(self) -> None:
+        """Hand freed heap back to the OS after a session ended (glibc keeps it otherwise: frames of a few
+        hundred KB are below its adaptive mmap threshold). At most once a second; runs on the setup pool."""
+        if _MALLOC_TRIM is None or self._trim_pending:
+            return
+        wait = self._trimmed + 1.0 - time.monotonic()
+        if wait > 0:  # trimmed less than a second ago: once more when that second is over
+            self._trim_pending = True
+            asyncio.get_running_loop().call_later(wait, self._trim_later)
+            return
+        self._trimmed = time.monotonic()
+        self.setup.submit(_MALLOC_TRIM, 0)
+
+    def _trim_later(self) -> None:
+        self._trim_pending = False
+        with contextlib.suppress(RuntimeError):  # the pool was shut down meanwhile
+            self.release_memory()
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        self.setup.shutdown(wait=False, cancel_futures=True)
+        self.frames.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["ASSETS_DIR", "BackendSpec", "DEMO_PORTRAIT_ID", "ServeConfig", "ServerState", "build_backend", "check_config",
+           "decode_image", "is_loopback"]
