@@ -3,8 +3,14 @@
 Decoding: WAV/FLAC/OGG (and whatever libsndfile knows) through soundfile; everything else (MP3, M4A/AAC,
 OPUS, video containers...) through PyAV. Multichannel audio is downmixed by averaging the channels.
 
-Resampling: our own polyphase windowed-sinc filter (Kaiser window), exact for any rational ratio
-src/dst. Output sample n sits at input time n * src / dst (zero phase, no delay); the signal is taken
+Resampling: our own polyphase windowed-sinc filter (Kaiser window). Rates must lie in
+[MIN_RATE, MAX_RATE] = [4 kHz, 384 kHz]. The ratio is exact when its reduced form up/down has both terms
+<= MAX_PHASES (16384): every common rate (8k, 11.025k, 22.05k, 44.1k, 48k, 96k, 192k, ...). An odd rate
+whose exact ratio needs more terms (e.g. 44,099 Hz -> 16 kHz is 16000/44099) uses the closest ratio with
+terms <= MAX_PHASES instead: relative rate error <= 3.1e-5 (measured over every integer rate 4k..384k to
+16 kHz; 18 ms over a 600 s clip, under half a 25-FPS frame). So a filter bank holds at most about
+72 x MAX_PHASES float64 taps (<= 10 MiB) and builds in well under a second; built banks are cached up to
+BANK_CACHE_BYTES in all. Output sample n sits at input time n * src / dst (zero phase, no delay); the signal is taken
 as zero outside the clip; a clip of N samples gives ceil(N * dst / src) samples. `StreamingResampler`
 runs the same filter on chunks and keeps its state, so chunked and one-shot results agree to float
 round-off; `resample` is the one-shot form of it.
@@ -18,7 +24,9 @@ import io
 import math
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+import threading
+from collections import OrderedDict
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
@@ -27,6 +35,9 @@ import numpy as np
 from flashtalk.errors import FlashTalkError
 
 MIN_RATE = 4000  # below this no speech band is left; also catches rates mistaken for something else
+MAX_RATE = 384_000  # highest rate accepted anywhere (hi-res audio tops out at 384 kHz)
+MAX_PHASES = 16384  # largest up / down term of a resampling ratio; larger exact ratios are approximated
+BANK_CACHE_BYTES = 64 << 20  # total size of the cached filter banks
 SILENCE_LEVEL = 1e-4  # |x| below this everywhere = silent clip
 DEFAULT_MAX_SECONDS = 600.0
 
@@ -52,16 +63,31 @@ class AudioClip:
 # --------------------------------------------------------------------------------------------- resampling
 
 
+def _check_rate_value(rate, what: str) -> int:
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer, float)) or not math.isfinite(rate) \
+            or int(rate) != rate or not MIN_RATE <= rate <= MAX_RATE:
+        raise FlashTalkError(f"{what} sample rate must be an integer in [{MIN_RATE}, {MAX_RATE}] Hz, got {rate!r}")
+    return int(rate)
+
+
 def _ratio(src_rate: int, dst_rate: int) -> tuple[int, int]:
-    for name, r in (("source", src_rate), ("target", dst_rate)):
-        if int(r) != r or r <= 0:
-            raise FlashTalkError(f"{name} sample rate must be a positive integer, got {r!r}")
-    g = math.gcd(int(src_rate), int(dst_rate))
-    return int(dst_rate) // g, int(src_rate) // g  # (up, down)
+    """(up, down): the exact reduced ratio dst/src, or its closest approximation with terms <= MAX_PHASES."""
+    src = _check_rate_value(src_rate, "source")
+    dst = _check_rate_value(dst_rate, "target")
+    g = math.gcd(src, dst)
+    up, down = dst // g, src // g
+    if max(up, down) <= MAX_PHASES:
+        return up, down
+    r = Fraction(down, up)  # down/up ~ src/dst; bound the denominator so that the numerator fits too
+    q = MAX_PHASES if r <= 1 else max(1, int(MAX_PHASES / r))
+    f = r.limit_denominator(q)
+    while max(f.numerator, f.denominator) > MAX_PHASES:
+        q -= 1
+        f = r.limit_denominator(q)
+    return f.denominator, f.numerator
 
 
-@lru_cache(maxsize=16)
-def _filter_bank(up: int, down: int) -> tuple[np.ndarray, int]:
+def _build_bank(up: int, down: int) -> tuple[np.ndarray, int]:
     """Taps per output phase: bank[p, j] weights input sample b_n - K + 1 + j for outputs n = p mod up,
     where b_n = floor(n * down / up). Returns (bank [up, 2K] float64, K)."""
     fc = 0.5 * min(1.0, up / down) * ROLLOFF  # cutoff in cycles per input sample
@@ -77,14 +103,34 @@ def _filter_bank(up: int, down: int) -> tuple[np.ndarray, int]:
     return bank, K
 
 
+_banks: OrderedDict[tuple[int, int], tuple[np.ndarray, int]] = OrderedDict()
+_banks_lock = threading.Lock()
+
+
+def _filter_bank(up: int, down: int) -> tuple[np.ndarray, int]:
+    """`_build_bank`, cached (least recently used first out) up to BANK_CACHE_BYTES in all; thread-safe."""
+    key = (up, down)
+    with _banks_lock:
+        if key in _banks:
+            _banks.move_to_end(key)
+            return _banks[key]
+    entry = _build_bank(up, down)  # outside the lock: two threads may build the same bank once each
+    with _banks_lock:
+        _banks[key] = entry
+        _banks.move_to_end(key)
+        while len(_banks) > 1 and sum(b.nbytes for b, _ in _banks.values()) > BANK_CACHE_BYTES:
+            _banks.popitem(last=False)
+    return entry
+
+
 class StreamingResampler:
     """Resample a stream chunk by chunk: `push(chunk)` returns every output sample that the input so far
     determines; `flush()` ends the stream (zeros after the last sample) and returns the rest.
     The concatenated outputs equal `resample(whole_input)` up to float round-off."""
 
     def __init__(self, src_rate: int, dst_rate: int):
-        self.src_rate, self.dst_rate = int(src_rate), int(dst_rate)
         self.up, self.down = _ratio(src_rate, dst_rate)
+        self.src_rate, self.dst_rate = int(src_rate), int(dst_rate)
         self.bank, self.K = _filter_bank(self.up, self.down)
         self._buf = np.zeros(self.K - 1)  # input samples from absolute index _buf_start on (zeros before 0)
         self._buf_start = -(self.K - 1)
@@ -207,27 +253,37 @@ def _sf_blocks(handle, name: str, block_frames: int) -> Iterator[tuple[np.ndarra
 def _av_blocks(handle, name: str) -> Iterator[tuple[np.ndarray, int]]:
     import av
 
-    try:
-        container = av.open(handle, mode="r")
-    except av.error.FFmpegError as exc:
+    try:  # tags that are not UTF-8 are decoded with replacement characters instead of failing the open
+        container = av.open(handle, mode="r", metadata_errors="replace")
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise FlashTalkError(f"could not read audio file {name}: not a decodable audio/video file ({exc})") from None
     with container:
         if not container.streams.audio:
             raise FlashTalkError(f"{name} contains no audio stream")
         stream = container.streams.audio[0]
-        rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+        codec = stream.codec_context
+        rate = int(stream.rate or (codec.sample_rate if codec is not None else 0) or 0)
+        if rate == 0:
+            raise FlashTalkError(f"{name}: the audio stream declares no sample rate (corrupt container)")
         _check_rate(rate, name)
         try:
             for frame in container.decode(stream):
-                a = frame.to_ndarray()
+                if frame.sample_rate and frame.sample_rate != rate:
+                    raise FlashTalkError(f"{name}: the audio changes sample rate mid-stream ({rate} -> "
+                                         f"{frame.sample_rate} Hz); convert it to one rate first")
                 channels = frame.layout.nb_channels
+                if channels < 1 or frame.samples == 0:
+                    continue
+                a = frame.to_ndarray()
                 if frame.format.is_planar:  # [channels, samples]
                     a = a.reshape(channels, -1)
                 else:  # [1, samples * channels], interleaved
                     a = a.reshape(-1, channels).T
                 a = _pcm_to_float(a)
                 yield a.mean(axis=0, dtype=np.float32) if channels > 1 else a[0], rate
-        except av.error.FFmpegError as exc:
+        except (av.error.FFmpegError, ValueError) as exc:
+            if isinstance(exc, FlashTalkError):
+                raise
             raise FlashTalkError(f"audio file {name} is corrupt or truncated: decoding failed ({exc})") from None
 
 
@@ -258,6 +314,8 @@ def _check_rate(rate: int, name: str) -> None:
         raise FlashTalkError(
             f"{name}: sample rate {rate} Hz is not supported (need at least {MIN_RATE} Hz for speech)"
         )
+    if rate > MAX_RATE:
+        raise FlashTalkError(f"{name}: sample rate {rate} Hz is not supported (at most {MAX_RATE} Hz)")
 
 
 def _check_finite(x: np.ndarray, name: str) -> None:

@@ -37,6 +37,7 @@ CROP_SIZE = 512
 FACE_SCALE = 2.3  # crop side / face-box side
 FACE_SHIFT_UP = 0.14  # crop centre = face-box centre moved up by this fraction of the face box
 DETECT_MAX_SIDE = 640  # photos are downscaled to at most this for detection
+MAX_BOX_SCALE = 4.0  # a --crop box side may be at most this x the photo's longer side (padding is memory)
 MOUTH_BELOW_EYES = 0.95  # mouth centre below the eyes' midpoint, in inter-eye distances (adult faces)
 
 
@@ -86,13 +87,27 @@ def parse_crop(spec: str) -> str | tuple[float, float, float, float]:
     """`auto`, `center` or `X,Y,W,H` -> the mode or the box."""
     if spec in ("auto", "center"):
         return spec
+    if not isinstance(spec, str):
+        raise FlashTalkError(f"--crop must be auto, center or X,Y,W,H in pixels; got a {type(spec).__name__}")
     parts = spec.split(",")
     try:
         x, y, w, h = (float(p) for p in parts)
     except ValueError:
-        raise FlashTalkError(f"--crop must be auto, center or X,Y,W,H in pixels; got {spec!r}") from None
+        raise FlashTalkError(f"--crop must be auto, center or X,Y,W,H in pixels; got {spec[:80]!r}") from None
+    return _check_box((x, y, w, h))
+
+
+def _check_box(box) -> tuple[float, float, float, float]:
+    """Four finite numbers with a positive width and height (the size against the photo: `crop_box`)."""
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except (TypeError, ValueError, OverflowError):
+        raise FlashTalkError(f"--crop box must be four numbers X,Y,W,H; got {str(box)[:80]!r}") from None
+    text = f"{x:g},{y:g},{w:g},{h:g}"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise FlashTalkError(f"--crop box {text} must be finite numbers (no NaN or inf)")
     if w <= 0 or h <= 0:
-        raise FlashTalkError(f"--crop box {spec!r} must have a positive width and height")
+        raise FlashTalkError(f"--crop box {text} must have a positive width and height")
     return (x, y, w, h)
 
 
@@ -177,9 +192,15 @@ def crop_box(photo: np.ndarray, spec: str | tuple[float, float, float, float], *
             raise FlashTalkError(f"no face found in {name}; pass --crop center or --crop X,Y,W,H "
                                  f"(the face box in pixels)")
         return face_box(face)
-    x, y, bw, bh = mode
+    if isinstance(mode, str):
+        raise FlashTalkError(f"--crop must be auto, center or X,Y,W,H in pixels; got {mode[:80]!r}")
+    x, y, bw, bh = _check_box(mode)
     if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
         raise FlashTalkError(f"--crop box {x:g},{y:g},{bw:g},{bh:g} lies outside the {w}x{h} {name}")
+    limit = MAX_BOX_SCALE * max(w, h)
+    if max(bw, bh) > limit:
+        raise FlashTalkError(f"--crop box {x:g},{y:g},{bw:g},{bh:g} is too large for the {w}x{h} {name}: "
+                             f"its side may be at most {MAX_BOX_SCALE:g} x the photo's longer side ({limit:g} px)")
     return _square_around(x, y, bw, bh)
 
 

@@ -24,6 +24,7 @@ from flashtalk.errors import FlashTalkError
 log = logging.getLogger(__name__)
 
 MIN_IMAGE_SIDE = 64
+MAX_IMAGE_PIXELS = 120_000_000  # refused above this (Pillow's own bomb limit is 179 M)
 FRAME_PATTERN = "frame_{:06d}.png"
 
 
@@ -41,31 +42,73 @@ def load_image(source: str | os.PathLike | np.ndarray | "PIL.Image.Image", *, na
     """An RGB uint8 array [H, W, 3] from a path, a PIL image or an array.
 
     EXIF orientation is applied, palette / grey / CMYK images are converted, and transparency is flattened
-    onto white.
+    onto white. High-bit-depth grey images keep their tones (`_to_8bit`). Files of more than
+    MAX_IMAGE_PIXELS pixels, decompression bombs (also in PNG text chunks) and corrupt files are refused
+    with a one-line error.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     if isinstance(source, np.ndarray):
         return _check_array(source, name)
     if isinstance(source, Image.Image):
-        image, label = source, name
+        label = name
     else:
         path = Path(source)
         label = f"{name} {path}"
         if not path.is_file():
             raise FlashTalkError(f"{label}: file not found")
-        try:
-            image = Image.open(path)
-            image.load()
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
-            raise FlashTalkError(f"{label}: not a readable image (JPEG, PNG or WebP expected): {exc}") from None
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    array = np.array(image.convert("RGB"), dtype=np.uint8)
+    try:
+        image = source if isinstance(source, Image.Image) else Image.open(path)
+        w, h = image.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise FlashTalkError(f"{label}: image is {w}x{h} = {w * h / 1e6:.0f} megapixels; at most "
+                                 f"{MAX_IMAGE_PIXELS / 1e6:.0f} are accepted (downscale it first)")
+        image.load()
+    except FlashTalkError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, ValueError (text-chunk bombs),
+        # SyntaxError, struct.error, EOFError, ... for bad files: each becomes one clear message
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FlashTalkError(f"{label}: not a readable image (JPEG, PNG or WebP expected): {why}") from None
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception as exc:  # noqa: BLE001 - a malformed EXIF block: keep the stored orientation
+        log.warning("%s: ignoring unreadable EXIF orientation (%s)", label, exc)
+    image = _to_8bit(image, label)
+    try:
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, rgba)
+        array = np.array(image.convert("RGB"), dtype=np.uint8)
+    except (ValueError, OSError) as exc:
+        raise FlashTalkError(f"{label}: cannot convert a mode-{image.mode} image to RGB: {exc}") from None
     return _check_array(array, label)
+
+
+def _to_8bit(image: "PIL.Image.Image", label: str) -> "PIL.Image.Image":
+    """Grey images of more than 8 bits (16-bit PNG: mode I;16 / I; TIFF: I, F) as 8-bit grey ("L").
+
+    Pillow's own conversion clips them at 255 (a washed-out or black portrait). Integer images are read
+    as 16-bit (value / 257) when every value fits in 0..65535, else as full 32-bit; float images as 0..1
+    when their maximum is <= 1, else as 0..255, else as 16-bit. NaN / inf pixels are refused."""
+    from PIL import Image
+
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    a = np.asarray(image)
+    if image.mode == "F":
+        a = a.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise FlashTalkError(f"{label}: floating-point image holds NaN or infinite pixels")
+        top = float(a.max(initial=0.0))
+        scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 1.0 / 257.0
+        grey = a * scale
+    else:
+        a = a.astype(np.int64)
+        lo, hi = int(a.min(initial=0)), int(a.max(initial=0))
+        grey = a / 257.0 if 0 <= lo and hi <= 0xFFFF else (a - np.iinfo(np.int32).min) / float(1 << 24)
+    return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
 
 
 def _check_array(array: np.ndarray, label: str) -> np.ndarray:

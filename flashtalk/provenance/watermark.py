@@ -390,7 +390,7 @@ def _read_video_luma(path: Path, max_frames: int) -> np.ndarray:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), metadata_errors="replace") as container:
             if not container.streams.video:
                 raise FlashTalkError(f"{path}: no video stream")
             stream = container.streams.video[0]
