@@ -12,7 +12,9 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import tempfile
+import threading
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Mapping, Protocol
@@ -133,12 +135,36 @@ def check_output(path: str | os.PathLike, *, overwrite: bool) -> Path:
     return path
 
 
+class Terminated(SystemExit):
+    """Raised in the main thread by SIGTERM while an output is being written (exit status 143)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """While inside: SIGTERM raises `Terminated` in the main thread (so cleanup runs) instead of killing the
+    process outright. Left alone off the main thread, or when the application set its own handler."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, overwrite: bool, folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success move it to `path`, on any error remove it.
 
     `folder=True` makes the temporary a directory (for PNG frame folders). Replacing an existing folder is
     refused unless it holds nothing but frames we write, so `--overwrite` cannot delete a user's files.
+    SIGINT (KeyboardInterrupt) and SIGTERM (`Terminated`, in the main thread) also remove the temporary.
     """
     final = check_output(path, overwrite=overwrite)
     if folder and final.exists():
@@ -146,28 +172,34 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool, folder: bool = Fa
     if not folder and final.is_dir():
         raise FlashTalkError(f"output {final} is a folder, not a file")
     tmp = final.parent / f".{final.name}.partial-{secrets.token_hex(4)}{final.suffix}"
-    if folder:
-        tmp.mkdir()
+    with _terminate_raises():
+        try:
+            if folder:
+                tmp.mkdir()
+            else:
+                tmp.open("xb").close()  # created with the user's umask, unlike mkstemp's 0600
+            yield tmp
+            if final.exists() and not overwrite:  # created while we worked
+                raise FlashTalkError(f"output {final} appeared while rendering; not replacing it (pass --overwrite)")
+            if folder and final.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+                os.replace(final, old / final.name)
+                os.replace(tmp, final)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            remove_partial(tmp)
+            raise
+
+
+def remove_partial(tmp: Path) -> None:
+    """Remove a temporary output (file or folder), whatever is left of it."""
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
     else:
-        tmp.open("xb").close()  # created with the user's umask, unlike mkstemp's 0600
-    try:
-        yield tmp
-        if final.exists() and not overwrite:  # created while we worked
-            raise FlashTalkError(f"output {final} appeared while rendering; not replacing it (pass --overwrite)")
-        if folder and final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        raise
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def _check_replaceable_frames_dir(path: Path) -> None:
@@ -222,12 +254,32 @@ class VideoWriter:
         import av
 
         frames = frames[:, : self.height, : self.width]
-        for frame in frames:
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            for packet in self._video.encode(video_frame):
-                self._container.mux(packet)
+        with self._encoder_errors("video"):
+            for frame in frames:
+                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                for packet in self._video.encode(video_frame):
+                    self._container.mux(packet)
         self.frames_written += len(frames)
-        self._write_audio_until(self.frames_written / self.fps)
+        with self._encoder_errors("audio"):
+            self._write_audio_until(self.frames_written / self.fps)
+
+    @contextlib.contextmanager
+    def _encoder_errors(self, what: str) -> Iterator[None]:
+        """FFmpeg failures (EINVAL from the AAC encoder on samples far outside [-1, 1], a full disk, ...)
+        as one FlashTalkError."""
+        import av
+
+        try:
+            yield
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            if isinstance(exc, FlashTalkError):
+                raise
+            hint = ""
+            if what == "audio" and self._audio is not None:
+                peak = float(np.abs(self._samples).max(initial=0.0))
+                if peak > 1.0:
+                    hint = f" (the audio peaks at {peak:.3g}; samples should lie in [-1, 1])"
+            raise FlashTalkError(f"the {what} encoder failed: {exc}{hint}") from None
 
     def _write_audio_until(self, seconds: Fraction | None) -> None:
         import av
@@ -249,17 +301,24 @@ class VideoWriter:
     def close(self) -> None:
         """Flush the encoders and finish the file (the rest of the audio goes in here)."""
         try:
-            for packet in self._video.encode(None):
-                self._container.mux(packet)
-            if self._audio is not None:
-                self._write_audio_until(None)
-                for packet in self._audio.encode(None):
+            with self._encoder_errors("video"):
+                for packet in self._video.encode(None):
                     self._container.mux(packet)
-        finally:
-            self._container.close()
+            if self._audio is not None:
+                with self._encoder_errors("audio"):
+                    self._write_audio_until(None)
+                    for packet in self._audio.encode(None):
+                        self._container.mux(packet)
+        except BaseException:
+            self.abort()
+            raise
+        with self._encoder_errors("container"):
+            self._container.close()  # writes the MP4 index: its failure is the file's failure
 
     def abort(self) -> None:
-        self._container.close()
+        """Close the container, ignoring errors (the file is being discarded or was already flushed)."""
+        with contextlib.suppress(Exception):
+            self._container.close()
 
 
 class PngWriter:
@@ -273,7 +332,11 @@ class PngWriter:
         from PIL import Image
 
         for frame in frames:
-            Image.fromarray(frame).save(self.folder / FRAME_PATTERN.format(self.frames_written), compress_level=1)
+            path = self.folder / FRAME_PATTERN.format(self.frames_written)
+            try:
+                Image.fromarray(frame).save(path, compress_level=1)
+            except OSError as exc:
+                raise FlashTalkError(f"writing frame {path.name} failed: {exc.strerror or exc}") from None
             self.frames_written += 1
 
     def close(self) -> None:

@@ -65,14 +65,16 @@ class _Writer(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        got_done = False
         try:
             while (item := self.queue.get()) is not _DONE:
                 self.sink.write(item)
-            self.sink.close()
+            got_done = True
+            self.sink.close()  # may fail too (encoder flush, container index): the producer is waiting in join
         except BaseException as exc:  # re-raised in the main thread
             self.error = exc
             self.sink.abort()
-            while self.queue.get() is not _DONE:  # drain so the producer never blocks
+            while not got_done and self.queue.get() is not _DONE:  # drain so the producer never blocks
                 pass
 
     def put(self, item: object) -> None:
