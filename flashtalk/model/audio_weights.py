@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import Mapping
 
@@ -25,6 +26,7 @@ import torch
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.model.audio_encoder import AudioEncoder, HubertConfig
+from flashtalk.model.validate import AUDIO_RULES, build_config, check_fields, check_size
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +89,32 @@ def load_joyvasa_audio_encoder(
     return model.to(device).eval()
 
 
+def _index_files(index: Path) -> list[Path]:
+    """The shard files a model.safetensors.index.json names (plain file names inside its folder)."""
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise FlashTalkError(f"{index}: not a readable JSON index: {str(exc)[:80]}") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise FlashTalkError(f"{index}: no 'weight_map' object (tensor name -> shard file) in the index")
+    names = set(weight_map.values())
+    bad = sorted(str(n)[:60] for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", ".."))
+    if bad:
+        raise FlashTalkError(f"{index}: weight_map names shard files outside its folder or not file names: "
+                             f"{', '.join(bad[:3])}")
+    missing = sorted(n for n in names if not (index.parent / n).is_file())
+    if missing:
+        raise FlashTalkError(f"{index}: shard file(s) {', '.join(missing[:3])} not found")
+    return sorted(index.parent / n for n in names)
+
+
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     st, index, pt = folder / "model.safetensors", folder / "model.safetensors.index.json", folder / "pytorch_model.bin"
     if st.is_file() or index.is_file():
         from safetensors.torch import load_file
 
-        files = [st] if st.is_file() else sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+        files = [st] if st.is_file() else _index_files(index)
         state: dict[str, torch.Tensor] = {}
         for f in files:
             try:
@@ -122,11 +144,18 @@ def load_hf_audio_encoder(
         raise FlashTalkError(f"Hugging Face model folder {folder} does not exist")
     cfg_path = folder / "config.json"
     try:
-        cfg = HubertConfig.from_hf_config(json.loads(cfg_path.read_text()))
+        raw = json.loads(cfg_path.read_text())
     except FileNotFoundError:
         raise FlashTalkError(f"{cfg_path} not found (a Hugging Face model folder needs config.json)") from None
-    except json.JSONDecodeError as exc:
-        raise FlashTalkError(f"{cfg_path} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, nesting too deep
+        raise FlashTalkError(f"{cfg_path} is not valid JSON (or nested too deeply): {str(exc)[:80]}") from None
+    if not isinstance(raw, dict):
+        raise FlashTalkError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}")
+    names = {f.name for f in fields(HubertConfig)} - {"extra"}
+    check_fields(HubertConfig, {k: v for k, v in raw.items() if k in names}, AUDIO_RULES, str(cfg_path), partial=True)
+    cfg = build_config(HubertConfig.from_hf_config, str(cfg_path), raw)
+    check_size(lambda: AudioEncoder(cfg), sum(f.stat().st_size for f in folder.iterdir() if f.is_file()),
+               str(cfg_path))
     state = _read_hf_weights(folder)
     base = next((p for p in _BASE_PREFIXES if any(k.startswith(p) for k in state)), None)
     if base is not None:

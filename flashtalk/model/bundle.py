@@ -35,6 +35,7 @@ from flashtalk.model.motion_generator import MotionGenerator, MotionGeneratorCon
 from flashtalk.model.motion_pipeline import MotionTemplate
 from flashtalk.model.renderer import Renderer, RendererConfig
 from flashtalk.model.seeded import joyvasa_category, joyvasa_weights
+from flashtalk.model.validate import AUDIO_RULES, MOTION_RULES, build_config, check_fields, check_finite, check_size
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def load_folder(folder: str | Path) -> Networks:
         module = getattr(renderer, net)
         module.load_state_dict(check_state_dict(module, read_checkpoint(files[net], net), net, str(files[net])))
     ckpt = load_checkpoint(files[MOTION])
+    check_size(lambda: MotionGenerator(ckpt.config), files[MOTION].stat().st_size, f"{files[MOTION]} ['args']")
     motion = MotionGenerator(ckpt.config).eval()
     load_motion_state(motion, ckpt.motion_state, source=ckpt.path)
     if ckpt.audio_state:
@@ -184,7 +186,9 @@ def load_folder(folder: str | Path) -> Networks:
     if audio.cfg.hidden_size != motion.cfg.audio_dim:
         raise FlashTalkError(f"audio encoder width {audio.cfg.hidden_size} does not match the motion generator's "
                              f"audio_dim {motion.cfg.audio_dim}")
-    return Networks("liveportrait", renderer, motion, audio, load_motion_template(files[TEMPLATE]))
+    nets = Networks("liveportrait", renderer, motion, audio, load_motion_template(files[TEMPLATE]))
+    _check_all_finite(nets, str(folder))
+    return nets
 
 
 # --------------------------------------------------------------------------------------------- bundle
@@ -223,14 +227,24 @@ def load_bundle(path: str | Path) -> Networks:
         what = f"networks {', '.join(absent)}" if absent else f"the {CONFIG_KEY!r} metadata"
         raise FlashTalkError(f"{path}: a renderer-only bundle or an old one: lacks {what}; write a full one with "
                              "`flashtalk convert-weights DIR -o OUT.safetensors`")
+    where = f"{path} [{CONFIG_KEY}]"
     try:
         configs = json.loads(raw)
-        preset = configs["renderer_preset"]
-        mcfg = MotionGeneratorConfig(**configs[MOTION])
-        acfg = HubertConfig(**configs[AUDIO])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise FlashTalkError(f"{path}: bad {CONFIG_KEY!r} metadata: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise FlashTalkError(f"{where}: not valid JSON (or nested too deeply): {str(exc)[:80]}") from None
+    if not isinstance(configs, dict) or not {"renderer_preset", MOTION, AUDIO} <= set(configs):
+        raise FlashTalkError(f"{where}: expected an object with renderer_preset, {MOTION} and {AUDIO}")
+    preset = configs["renderer_preset"]
+    if not isinstance(preset, str):
+        raise FlashTalkError(f"{where}: field 'renderer_preset' must be a preset name, got {type(preset).__name__}")
     _check_preset(preset)
+    mkw = check_fields(MotionGeneratorConfig, configs[MOTION], MOTION_RULES, f"{where}.{MOTION}")
+    akw = check_fields(HubertConfig, configs[AUDIO], AUDIO_RULES, f"{where}.{AUDIO}")
+    mcfg = build_config(MotionGeneratorConfig, f"{where}.{MOTION}", **mkw)
+    acfg = build_config(HubertConfig, f"{where}.{AUDIO}", **akw)
+    size = path.stat().st_size
+    check_size(lambda: MotionGenerator(mcfg), size, f"{where}.{MOTION}")
+    check_size(lambda: AudioEncoder(acfg), size, f"{where}.{AUDIO}")
     renderer = Renderer(RendererConfig.from_name(preset))
     for net in NETWORKS:
         module = getattr(renderer, net)
@@ -240,7 +254,18 @@ def load_bundle(path: str | Path) -> Networks:
     audio = AudioEncoder(acfg).eval()
     load_audio_encoder_state(audio, states[AUDIO], source=f"{path} [{AUDIO}]")
     template = MotionTemplate.from_dict(states[TEMPLATE], source=f"{path} [{TEMPLATE}]")
-    return Networks(preset, renderer, motion, audio, template)
+    nets = Networks(preset, renderer, motion, audio, template)
+    _check_all_finite(nets, str(path))
+    return nets
+
+
+def _check_all_finite(nets: Networks, source: str) -> None:
+    """Every network's weights and the template must be finite (NaN weights render black frames)."""
+    for net in NETWORKS:
+        check_finite(getattr(nets.renderer, net), f"{source} [{net}]")
+    check_finite(nets.motion, f"{source} [{MOTION}]")
+    check_finite(nets.audio, f"{source} [{AUDIO}]")
+    check_finite({f.name: getattr(nets.template, f.name) for f in fields(MotionTemplate)}, f"{source} [{TEMPLATE}]")
 
 
 def load_networks(path: str | Path) -> Networks:
@@ -267,14 +292,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from safetensors import SafetensorError
+
+    from flashtalk.media import atomic_output, check_output
+
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise FlashTalkError(f"output {out} must end in .safetensors")
-    if out.exists() and not args.overwrite:
-        raise FlashTalkError(f"output {out} exists (pass --overwrite to replace it)")
+    if out.is_dir():  # checked before the slow load, --overwrite or not: a folder is never replaced
+        raise FlashTalkError(f"output {out} is a folder; give a file name ending in .safetensors")
+    check_output(out, overwrite=args.overwrite)
     nets = load_folder(args.folder)
-    tmp = out.with_name(out.name + ".partial")
-    write_bundle(nets, tmp)
-    tmp.replace(out)
+    with atomic_output(out, overwrite=args.overwrite) as tmp:  # unique temporary, removed on any failure
+        try:
+            write_bundle(nets, tmp)
+        except (OSError, SafetensorError) as exc:
+            raise FlashTalkError(f"writing {out} failed: {getattr(exc, 'strerror', None) or exc}") from None
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
     return 0

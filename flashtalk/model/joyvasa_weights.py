@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import pathlib
 import pickle
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,8 @@ from typing import Any
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.motion_generator import MotionGenerator, MotionGeneratorConfig
+from flashtalk.model.motion_generator import _ARGS_READ, MotionGenerator, MotionGeneratorConfig
+from flashtalk.model.validate import MOTION_RULES, check_fields
 
 AUDIO_PREFIX = "audio_encoder."
 RECOMPUTED_KEYS = ("denoising_net.TE.pe",)  # the official loader drops it and recomputes it
@@ -70,9 +72,24 @@ def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy", base_config: Mo
         raise FlashTalkError(f"{path}: 'model' must be a state dict of tensors")
     audio = {k[len(AUDIO_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIO_PREFIX)}
     motion = {k: v for k, v in state.items() if not k.startswith(AUDIO_PREFIX)}
-    config = MotionGeneratorConfig.from_args(args, base_config, pe_mode=pe_mode)
+    where = f"{path} ['args']"
+    read = {k: args[k] for k in _ARGS_READ if args.get(k) is not None}
+    check_fields(MotionGeneratorConfig, read, MOTION_RULES, where, partial=True)
+    try:
+        config = MotionGeneratorConfig.from_args(args, base_config, pe_mode=pe_mode)
+    except FlashTalkError as exc:
+        raise FlashTalkError(f"{where}: {exc}") from None
     iteration = raw.get("iter")
-    return JoyVASACheckpoint(str(path), args, config, motion, audio, int(iteration) if iteration is not None else None)
+    try:
+        iteration = int(iteration) if iteration is not None else None
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        raise FlashTalkError(f"{path}: 'iter' must be an integer, got {_short(iteration)}") from None
+    return JoyVASACheckpoint(str(path), args, config, motion, audio, iteration)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_motion_state(model: MotionGenerator, state: dict[str, torch.Tensor], *, allow_missing_computed: bool = False,
@@ -118,31 +135,85 @@ _NUMPY_GLOBALS = {
 } | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
+MAX_PICKLE_BYTES = 64 << 20  # a motion template is a few KB
+_SLACK_BYTES = 1 << 20  # an array may exceed the pickle by this much (headers, small arrays of zeros)
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str) -> None:
+    """Admits numpy array reconstruction only, and only arrays no larger than the pickle itself (plus
+    _SLACK_BYTES): a pickle that names a huge shape or dtype is refused before numpy allocates it."""
+
+    def __init__(self, file, source: str, size: int) -> None:
         super().__init__(file)
         self.source = source
+        self.limit = size + _SLACK_BYTES
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _NUMPY_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
-            return super().find_class(module, name)
+            target = super().find_class(module, name)
+            if name in ("_reconstruct", "scalar", "_frombuffer", "dtype"):
+                return self._bounded(target, name)
+            return target
         raise FlashTalkError(f"{self.source}: refused to unpickle global {module}.{name} "
                              "(a motion template may only contain numpy arrays)")
 
+    def _bounded(self, target, name: str):
+        import numpy as np
+
+        def call(*args):
+            if name == "dtype":
+                dt = target(*args)
+                nbytes = dt.itemsize
+            elif name == "_reconstruct":  # (subtype, shape, dtype)
+                if len(args) != 3 or args[0] is not np.ndarray:
+                    raise FlashTalkError(f"{self.source}: refused a non-ndarray reconstruction")
+                nbytes = _nbytes(args[1], args[2])
+            elif name == "_frombuffer":  # (buffer, dtype, shape, order)
+                nbytes = _nbytes(args[2], args[1]) if len(args) >= 3 else 0
+            else:  # scalar(dtype, data)
+                nbytes = np.dtype(args[0]).itemsize if args else 0
+            if nbytes > self.limit:
+                raise FlashTalkError(f"{self.source}: refused: the pickle asks for a {nbytes:,}-byte array, far "
+                                     f"more than its own {self.limit - _SLACK_BYTES:,} bytes")
+            return dt if name == "dtype" else target(*args)
+
+        return call
+
+
+def _nbytes(shape, dtype) -> int:
+    import numpy as np
+
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise FlashTalkError(f"refused an array shape {str(shape)[:60]} (non-negative integers expected)")
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
 
 def load_pickled_arrays(path: str | Path) -> dict[str, Any]:
-    """A pickled dict of numpy arrays (e.g. JoyVASA's motion_template.pkl), refusing any other object."""
+    """A pickled dict of numpy arrays (e.g. JoyVASA's motion_template.pkl), refusing any other object.
+
+    The opcodes are walked first without executing them (`pickletools.genops`), so a pickle whose
+    lengths point past its end is refused before any allocation; arrays may not outgrow the file."""
+    import pickletools
+
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_PICKLE_BYTES:
+            raise FlashTalkError(f"{path}: {size:,} bytes is too large for a motion template "
+                                 f"(at most {MAX_PICKLE_BYTES:,})")
         data = path.read_bytes()
     except OSError as exc:
         raise FlashTalkError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        obj = _NumpyOnlyUnpickler(io.BytesIO(data), str(path)).load()
+        for op, arg, pos in pickletools.genops(data):
+            if op.name == "FRAME" and arg > len(data) - pos:
+                raise FlashTalkError(f"{path}: not a valid pickle (refused: a frame of {arg:,} bytes in a {size:,}-byte file)")
+        obj = _NumpyOnlyUnpickler(io.BytesIO(data), str(path), size).load()
     except FlashTalkError:
         raise
     except Exception as exc:  # truncated or corrupt pickles raise many types
-        raise FlashTalkError(f"{path}: not a valid pickle ({type(exc).__name__}: {exc})") from None
+        raise FlashTalkError(f"{path}: not a valid pickle ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not isinstance(obj, dict):
         raise FlashTalkError(f"{path}: expected a dict of arrays, got {type(obj).__name__}")
     return obj
