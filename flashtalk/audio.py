@@ -261,8 +261,7 @@ def _av_blocks(handle, name: str) -> Iterator[tuple[np.ndarray, int]]:
         if not container.streams.audio:
             raise FlashTalkError(f"{name} contains no audio stream")
         stream = container.streams.audio[0]
-        codec = stream.codec_context
-        rate = int(stream.rate or (codec.sample_rate if codec is not None else 0) or 0)
+        rate = _stream_rate(stream)
         if rate == 0:
             raise FlashTalkError(f"{name}: the audio stream declares no sample rate (corrupt container)")
         _check_rate(rate, name)
@@ -285,6 +284,18 @@ def _av_blocks(handle, name: str) -> Iterator[tuple[np.ndarray, int]]:
             if isinstance(exc, FlashTalkError):
                 raise
             raise FlashTalkError(f"audio file {name} is corrupt or truncated: decoding failed ({exc})") from None
+
+
+def _stream_rate(stream) -> int:
+    """The stream's sample rate, or 0 when a corrupt container gives none (PyAV then lacks the attribute)."""
+    for get in (lambda: stream.rate, lambda: stream.codec_context.sample_rate):
+        try:
+            rate = int(get() or 0)
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            continue
+        if rate:
+            return rate
+    return 0
 
 
 def _decoded_blocks(src: AudioSource, block_frames: int = 1 << 16) -> Iterator[tuple[np.ndarray, int]]:

@@ -172,7 +172,6 @@ def load_folder(folder: str | Path) -> Networks:
         module = getattr(renderer, net)
         module.load_state_dict(check_state_dict(module, read_checkpoint(files[net], net), net, str(files[net])))
     ckpt = load_checkpoint(files[MOTION])
-    check_size(lambda: MotionGenerator(ckpt.config), files[MOTION].stat().st_size, f"{files[MOTION]} ['args']")
     motion = MotionGenerator(ckpt.config).eval()
     load_motion_state(motion, ckpt.motion_state, source=ckpt.path)
     if ckpt.audio_state:

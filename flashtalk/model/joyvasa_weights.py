@@ -23,7 +23,7 @@ import torch
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.model.motion_generator import _ARGS_READ, MotionGenerator, MotionGeneratorConfig
-from flashtalk.model.validate import MOTION_RULES, check_fields
+from flashtalk.model.validate import MOTION_RULES, check_fields, check_finite, check_size
 
 AUDIO_PREFIX = "audio_encoder."
 RECOMPUTED_KEYS = ("denoising_net.TE.pe",)  # the official loader drops it and recomputes it
@@ -79,6 +79,7 @@ def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy", base_config: Mo
         config = MotionGeneratorConfig.from_args(args, base_config, pe_mode=pe_mode)
     except FlashTalkError as exc:
         raise FlashTalkError(f"{where}: {exc}") from None
+    check_size(lambda: MotionGenerator(config), path.stat().st_size, where)
     iteration = raw.get("iter")
     try:
         iteration = int(iteration) if iteration is not None else None
@@ -223,4 +224,6 @@ def load_motion_template(path: str | Path):
     """JoyVASA's motion_template.pkl -> MotionTemplate (only the statistics inference uses)."""
     from flashtalk.model.motion_pipeline import MotionTemplate
 
-    return MotionTemplate.from_dict(load_pickled_arrays(path), source=str(path))
+    template = MotionTemplate.from_dict(load_pickled_arrays(path), source=str(path))
+    check_finite(vars(template), str(path))
+    return template

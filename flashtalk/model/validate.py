@@ -67,7 +67,7 @@ def _check_value(name: str, value: Any, rule: Rule, where: str) -> Any:
         return tuple(_check_value(f"{name}[{i}]", v, ("int", lo, hi), where) for i, v in enumerate(value))
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FlashTalkError(f"{bad} must be a number in [{lo:g}, {hi:g}], not a {type(value).__name__}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise FlashTalkError(f"{bad} must be finite, in [{lo:g}, {hi:g}]")
     if kind == "int" and value != int(value):
         raise FlashTalkError(f"{bad} must be an integer in [{lo:g}, {hi:g}]")
