@@ -11,7 +11,8 @@ Outcomes:
 * clean_error: a `FlashTalkError` with a one-line message (what a user sees: CLI exit 2);
 * crash: any other exception, a multi-line message, a wrong output (`Wrong`), a valid control input
   (`expect_ok` in its argument) refused, or the worker dying;
-* hang: no answer within the case's time bound.
+* hang: no answer within the case's time bound: that many seconds of the worker's CPU time (a busy
+  loop), or WALL_FACTOR times as many of wall time (a deadlock, or a machine too loaded to tell).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 OUTCOMES = ("ok", "clean_error", "crash", "hang")
 MEMORY_LIMIT = 6 << 30  # address space of a worker
 MAX_EXAMPLES = 5
+WALL_FACTOR = 6  # a case may take this many times its CPU bound in wall time (machine load), then it hangs
 LOG_ENV = "FLASHTALK_FUZZ_LOG"  # a path: every case is appended to it as a JSON line
 INTERESTING_INTS = (0, 1, -1, 2, 255, 256, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
                     0xFFFFFFFF, 3999, 4000, 384_001, 1 << 40)
@@ -174,6 +176,16 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     return "crash", f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}{at}"[:300]
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Worker:
     """One fuzz worker process; `run` sends a case and waits at most `timeout` seconds."""
 
@@ -200,17 +212,25 @@ class Worker:
                 raise RuntimeError(f"fuzz worker warm-up {self.warm} failed: {detail}")
 
     def run(self, target: str, arg: Any, timeout: float) -> tuple[str, str]:
+        """The case's outcome. Its bound is `timeout` seconds of the worker's CPU time (a busy loop) or
+        WALL_FACTOR x `timeout` of wall time (a deadlock), so a loaded machine does not fake hangs."""
         if self.proc is None or not self.proc.is_alive():
             self._start()
         self.conn.send((target, arg))
-        if self.conn.poll(timeout):
-            try:
-                return self.conn.recv()
-            except EOFError:
-                pass
-        else:
-            self.kill()
-            return "hang", f"no answer within {timeout:g} s"
+        cpu0, t0 = _cpu_seconds(self.proc.pid), time.monotonic()
+        while True:
+            if self.conn.poll(0.25):
+                try:
+                    return self.conn.recv()
+                except EOFError:
+                    break
+            if not self.proc.is_alive():
+                break
+            wall = time.monotonic() - t0
+            cpu = _cpu_seconds(self.proc.pid) - cpu0 if cpu0 is not None else wall
+            if cpu > timeout or wall > WALL_FACTOR * timeout:
+                self.kill()
+                return "hang", f"no answer after {cpu:.1f} s CPU / {wall:.1f} s wall (bound {timeout:g} s CPU)"
         self.proc.join(5)
         code = self.proc.exitcode
         self.kill()
