@@ -148,7 +148,8 @@ def test_animate_with_huge_samples_exits_2_and_leaves_nothing(tmp_path, capsys):
     assert list(out_dir.iterdir()) == []
 
 
-def test_sigterm_removes_the_partial_output(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_removes_the_partial_output(tmp_path, sig, code):
     wav = tmp_path / "long.wav"
     sf.write(wav, 0.3 * np.sin(np.arange(16000 * 20) * 0.05), 16000)
     out_dir = tmp_path / "out"
@@ -162,13 +163,13 @@ def test_sigterm_removes_the_partial_output(tmp_path):
         while not any(out_dir.iterdir()) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert any(p.name.startswith(".x.mp4.partial") for p in out_dir.iterdir()), "no partial output appeared"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         rc = proc.wait(60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert rc == 143
+    assert rc == code
     assert list(out_dir.iterdir()) == []
     assert "Traceback" not in proc.stderr.read()
 
@@ -376,6 +377,7 @@ def test_convert_never_touches_a_users_partial_and_cleans_up(tmp_path, monkeypat
     monkeypatch.setattr(fb, "load_folder", lambda folder: fb.seeded_networks("tiny"))
     assert main(["convert-weights", str(tmp_path), "-o", str(out)]) == 0
     assert users.read_bytes() == b"the user's own file" and fb.load_bundle(out).preset == "tiny"
+    assert out.stat().st_mode & 0o777 == users.stat().st_mode & 0o777  # the umask's mode, not 0600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors", "out.safetensors.partial"]
 
 

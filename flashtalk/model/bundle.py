@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -303,8 +304,10 @@ def run(args: argparse.Namespace) -> int:
     check_output(out, overwrite=args.overwrite)
     nets = load_folder(args.folder)
     with atomic_output(out, overwrite=args.overwrite) as tmp:  # unique temporary, removed on any failure
+        mode = tmp.stat().st_mode  # the user's umask; safetensors writes through its own 0600 temporary
         try:
             write_bundle(nets, tmp)
+            os.chmod(tmp, mode)
         except (OSError, SafetensorError) as exc:
             raise FlashTalkError(f"writing {out} failed: {getattr(exc, 'strerror', None) or exc}") from None
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
