@@ -3,7 +3,8 @@
 Inputs: JPEG / PNG (RGB, RGBA, palette, grey 8 and 16 bit) / WebP / TIFF (mode I and F) / GIF / BMP
 portraits, with EXIF orientation; byte mutations of them; PNGs with text-chunk decompression bombs and
 huge declared sizes; `--crop` values with NaN, inf, 1e300, boxes far larger than the photo, garbage.
-Target: `load_image` then `face_crop(..., crop)` (never "auto": face detection is not what is fuzzed).
+Target: `load_image`, then the crop box and the 512x512 cut (`crop_box`, `cut`; never "auto" and no
+landmarks: face detection is not what is fuzzed).
 Unmutated grey-gradient images must convert to the gradient's mean (within 2 levels), so a washed-out
 or black conversion counts as a crash ("wrong output").
 """
@@ -37,13 +38,13 @@ def warm(_: Any) -> str:
 
 
 def target(arg: dict) -> str:
-    from flashtalk.facecrop import face_crop
+    from flashtalk.facecrop import crop_box, cut
     from flashtalk.media import load_image
 
     photo = load_image(arg["path"])
-    fc = face_crop(photo, arg["crop"])
-    if fc.image.shape != (512, 512, 3) or fc.image.dtype != np.uint8:
-        raise Wrong(f"crop is {fc.image.dtype} {fc.image.shape}")
+    crop = cut(photo, crop_box(photo, arg["crop"]))
+    if crop.shape != (512, 512, 3) or crop.dtype != np.uint8:
+        raise Wrong(f"crop is {crop.dtype} {crop.shape}")
     if arg.get("mean") is not None:
         got = float(photo.mean())
         if abs(got - arg["mean"]) > 2.0:
