@@ -155,7 +155,7 @@ def load_hf_audio_encoder(
     check_fields(HubertConfig, {k: v for k, v in raw.items() if k in names}, AUDIO_RULES, str(cfg_path), partial=True)
     cfg = build_config(HubertConfig.from_hf_config, str(cfg_path), raw)
     check_size(lambda: AudioEncoder(cfg), sum(f.stat().st_size for f in folder.iterdir() if f.is_file()),
-               str(cfg_path))
+               str(cfg_path), config=cfg, known=[HubertConfig()])
     state = _read_hf_weights(folder)
     base = next((p for p in _BASE_PREFIXES if any(k.startswith(p) for k in state)), None)
     if base is not None:

@@ -243,8 +243,10 @@ def load_bundle(path: str | Path) -> Networks:
     mcfg = build_config(MotionGeneratorConfig, f"{where}.{MOTION}", **mkw)
     acfg = build_config(HubertConfig, f"{where}.{AUDIO}", **akw)
     size = path.stat().st_size
-    check_size(lambda: MotionGenerator(mcfg), size, f"{where}.{MOTION}")
-    check_size(lambda: AudioEncoder(acfg), size, f"{where}.{AUDIO}")
+    check_size(lambda: MotionGenerator(mcfg), size, f"{where}.{MOTION}", config=mcfg,
+               known=[motion_config(p) for p in PRESETS])
+    check_size(lambda: AudioEncoder(acfg), size, f"{where}.{AUDIO}", config=acfg,
+               known=[audio_config(p) for p in PRESETS])
     renderer = Renderer(RendererConfig.from_name(preset))
     for net in NETWORKS:
         module = getattr(renderer, net)

@@ -79,7 +79,9 @@ def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy", base_config: Mo
         config = MotionGeneratorConfig.from_args(args, base_config, pe_mode=pe_mode)
     except FlashTalkError as exc:
         raise FlashTalkError(f"{where}: {exc}") from None
-    check_size(lambda: MotionGenerator(config), path.stat().st_size, where)
+    base = base_config or MotionGeneratorConfig()
+    check_size(lambda: MotionGenerator(config), path.stat().st_size, where, config=replace(config, pe_mode=base.pe_mode),
+               known=[base])
     iteration = raw.get("iter")
     try:
         iteration = int(iteration) if iteration is not None else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -104,10 +104,14 @@ def build_config(factory: Callable[..., Any], where: str, /, *args: Any, **kwarg
         raise FlashTalkError(f"{where}: invalid configuration: {exc}") from None
 
 
-def check_size(build: Callable[[], torch.nn.Module], file_bytes: int, where: str) -> None:
+def check_size(build: Callable[[], torch.nn.Module], file_bytes: int, where: str, *, config: Any = None,
+               known: Iterable[Any] = ()) -> None:
     """Build the module on the meta device (no memory) and refuse it if its float32 state would be far
     larger than what a file of `file_bytes` can fill: 2x the file (bf16 / fp16 weights upcast) plus
-    COMPUTED_BYTES for computed buffers."""
+    COMPUTED_BYTES for computed buffers. A `config` equal to one of the `known` (released, tiny) ones is
+    not built: its size is known, and the meta device's first use costs seconds of imports."""
+    if config is not None and any(config == k for k in known):
+        return
     with torch.device("meta"):
         module = build()
     need = sum(t.numel() * 4 for t in module.state_dict().values())
