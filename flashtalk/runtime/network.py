@@ -405,7 +405,7 @@ def _open_video(path: Path):
     if not path.is_file():
         raise FlashTalkError(f"driving video {path} not found")
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), metadata_errors="replace")  # non-UTF-8 tags do not stop decoding
     except Exception as exc:  # noqa: BLE001 - PyAV raises many error types for unreadable files
         raise FlashTalkError(f"driving video {path}: cannot open it ({exc})") from None
     if not container.streams.video:
