@@ -210,6 +210,32 @@ def test_crop_box_from_the_api_is_checked_too():
     assert parse_crop("10,20,30,40") == (10.0, 20.0, 30.0, 40.0)
 
 
+@pytest.mark.parametrize("case", ["nan crop", "huge crop", "bomb png", "absurd wav rate"])
+def test_the_cli_gives_one_line_and_exit_2(tmp_path, capsys, case):
+    wav = tmp_path / "s.wav"
+    sf.write(wav, 0.3 * np.sin(np.arange(8000) * 0.05), 16000)
+    portrait, crop = PORTRAIT, "center"
+    if case == "nan crop":
+        crop = "nan,0,100,100"
+    elif case == "huge crop":
+        crop = "0,0,1e300,1e300"
+    elif case == "bomb png":
+        buf = io.BytesIO()
+        Image.new("RGB", (96, 96), (90, 60, 30)).save(buf, "PNG")
+        png = buf.getvalue()
+        portrait = tmp_path / "bomb.png"
+        portrait.write_bytes(png[:33] + _png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0"
+                                                   + zlib.compress(b"a" * (48 << 20), 9)) + png[33:])
+    else:
+        wav = _wav_with_rate(tmp_path / "r.wav", 0x7FFFFFFF)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    rc = main(["animate", str(portrait), str(wav), "-o", str(out_dir / "x.mp4"), "--crop", crop, "-q"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("flashtalk animate: error:"), lines
+    assert list(out_dir.iterdir()) == []
+
+
 def _m4a(title: bytes) -> bytes:
     import av
 
