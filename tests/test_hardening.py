@@ -449,3 +449,23 @@ def test_non_finite_weights_are_refused(tiny_bundle, tmp_path):
     path.write_bytes(tiny_bundle[:8 + n] + bytes(body))
     with pytest.raises(FlashTalkError, match=r"\[spade_generator\]: non-finite weights in .*NaN"):
         fb.load_bundle(path)
+
+
+def test_non_finite_weights_in_a_hugging_face_folder_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from flashtalk.model.audio_weights import load_hf_audio_encoder
+
+    audio = fb.seeded_networks("tiny").audio
+    state = {k: v.clone().contiguous() for k, v in audio.state_dict().items()}
+    state["encoder.layers.1.feed_forward.output_dense.weight"][0, 0] = float("inf")
+    save_file(state, str(tmp_path / "model.safetensors"))
+    c = audio.cfg
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "hubert", "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
+        "conv_dim": list(c.conv_dim), "conv_kernel": list(c.conv_kernel), "conv_stride": list(c.conv_stride),
+        "num_conv_pos_embeddings": c.num_conv_pos_embeddings,
+        "num_conv_pos_embedding_groups": c.num_conv_pos_embedding_groups}))
+    with pytest.raises(FlashTalkError, match=r"non-finite weights in encoder\.layers\.1\.feed_forward.*1 inf"):
+        load_hf_audio_encoder(tmp_path)

@@ -26,7 +26,7 @@ import torch
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.model.audio_encoder import AudioEncoder, HubertConfig
-from flashtalk.model.validate import AUDIO_RULES, build_config, check_fields, check_size
+from flashtalk.model.validate import AUDIO_RULES, build_config, check_fields, check_finite, check_size
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ def load_hf_audio_encoder(
     check_size(lambda: AudioEncoder(cfg), sum(f.stat().st_size for f in folder.iterdir() if f.is_file()),
                str(cfg_path), config=cfg, known=[HubertConfig()])
     state = _read_hf_weights(folder)
+    check_finite(state, str(folder))
     base = next((p for p in _BASE_PREFIXES if any(k.startswith(p) for k in state)), None)
     if base is not None:
         dropped = sorted(k for k in state if not k.startswith(base))

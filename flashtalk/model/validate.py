@@ -112,14 +112,28 @@ def check_size(build: Callable[[], torch.nn.Module], file_bytes: int, where: str
     not built: its size is known, and the meta device's first use costs seconds of imports."""
     if config is not None and any(config == k for k in known):
         return
-    with torch.device("meta"):
-        module = build()
-    need = sum(t.numel() * 4 for t in module.state_dict().values())
     allowed = 2 * file_bytes + COMPUTED_BYTES
+    need = 4 * _lower_bound(config)  # a cheap bound first: a crafted config's layers are never built
+    if need <= allowed:
+        with torch.device("meta"):
+            module = build()
+        need = sum(t.numel() * 4 for t in module.state_dict().values())
     if need > allowed:
         raise FlashTalkError(f"{where}: the configuration asks for {need / 2**20:,.0f} MiB of weights and buffers, "
                              f"more than a {file_bytes / 2**20:,.1f} MiB file can hold (limit "
                              f"{allowed / 2**20:,.0f} MiB); the config is corrupt or crafted")
+
+
+def _lower_bound(config: Any) -> int:
+    """At most the parameter count of the transformer layers a config describes (attention projections and
+    feed-forward weights only), from its fields alone; 0 for a config this does not know."""
+    get = lambda *names: [getattr(config, n, None) for n in names]  # noqa: E731
+    layers, width, ffn = get("num_hidden_layers", "hidden_size", "intermediate_size")
+    if not all(isinstance(v, int) for v in (layers, width, ffn)):
+        layers, width, ffn = get("n_layers", "feature_dim", "ffn_dim")
+    if not all(isinstance(v, int) for v in (layers, width, ffn)):
+        return 0
+    return layers * (4 * width * width + 2 * width * ffn)
 
 
 def check_finite(module: torch.nn.Module | Mapping[str, torch.Tensor], where: str) -> None:
