@@ -38,6 +38,7 @@ MIN_RATE = 4000  # below this no speech band is left; also catches rates mistake
 MAX_RATE = 384_000  # highest rate accepted anywhere (hi-res audio tops out at 384 kHz)
 MAX_PHASES = 16384  # largest up / down term of a resampling ratio; larger exact ratios are approximated
 BANK_CACHE_BYTES = 64 << 20  # total size of the cached filter banks
+GATHER_BELOW = 8  # under this many outputs per phase, gather them all at once (a loop over phases is slower)
 SILENCE_LEVEL = 1e-4  # |x| below this everywhere = silent clip
 DEFAULT_MAX_SECONDS = 600.0
 
@@ -165,6 +166,12 @@ class StreamingResampler:
         up, down, K = self.up, self.down, self.K
         out = np.empty(n_end - n0)
         windows = np.lib.stride_tricks.sliding_window_view(self._buf, 2 * K)  # [len - 2K + 1, 2K]
+        if n_end - n0 < GATHER_BELOW * up:  # few outputs per phase: gather each output's window and taps at once
+            for b0 in range(n0, n_end, 16384):
+                n = np.arange(b0, min(b0 + 16384, n_end))
+                s = (n * down) // up - K + 1 - self._buf_start
+                out[b0 - n0 : b0 - n0 + len(n)] = np.einsum("ij,ij->i", windows[s], self.bank[n % up])
+            return self._finish(out, n_end)
         block = up * -(-16384 // up)  # outputs per block: all phases of a block reuse a cache-sized input span
         for b0 in range(n0, n_end, block):
             b1 = min(b0 + block, n_end)
@@ -173,6 +180,10 @@ class StreamingResampler:
                 count = (b1 - n_first + up - 1) // up
                 s = (n_first * down) // up - K + 1 - self._buf_start  # first window start in the buffer
                 out[n_first - n0 : b1 - n0 : up] = windows[s : s + (count - 1) * down + 1 : down] @ self.bank[n_first % up]
+        return self._finish(out, n_end)
+
+    def _finish(self, out: np.ndarray, n_end: int) -> np.ndarray:
+        up, down, K = self.up, self.down, self.K
         self._n_out = n_end
         keep_from = (n_end * down) // up - K + 1  # first input the next output needs
         drop = keep_from - self._buf_start
