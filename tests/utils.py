@@ -17,6 +17,15 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 # plus REBATCH_FLOOR_ULPS ulps of the output's magnitude (for a reference that happens to agree exactly).
 REBATCH_FACTOR, REBATCH_FLOOR_ULPS = 2.0, 4
 
+# Whole-network gates of the low-precision motion path (audio encoder, motion transformer) against the same
+# network in fp32 on golden inputs. Rule: relative Frobenius error <= 8 unit roundoffs of the dtype
+# (bf16 u = 2^-8, fp16 u = 2^-11); norms, softmax statistics and accumulation stay fp32, so the error is a
+# few roundoffs of the stored activations, not a growth with depth.
+NETWORK_REL_TOLERANCES: dict[torch.dtype, float] = {torch.bfloat16: 8 * 2.0**-8, torch.float16: 8 * 2.0**-11}
+# Sampled motion (normalised motion space): RMS(low precision - fp32) from the same x_T must not exceed the
+# sampler's own seed-to-seed spread, RMS(fp32 seed a - fp32 seed b), times this factor.
+MOTION_SEED_SPREAD_FACTOR = 1.0
+
 
 def mismatch_report(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, limit: int = 5) -> str | None:
     """None if every element satisfies |a - e| <= atol + rtol·|e| (NaN/inf must match); else a report

@@ -36,6 +36,7 @@ from torch import nn
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels.attention import attention
+from flashtalk.model.layers import FP32GroupNorm, FP32LayerNorm
 
 _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # "gelu" is the exact erf form, as in Hugging Face
 
@@ -141,9 +142,9 @@ class ConvLayer(nn.Module):
         self.conv = nn.Conv1d(c_in, c_out, cfg.conv_kernel[i], stride=cfg.conv_stride[i], bias=cfg.conv_bias)
         self.norm_kind = norm
         if norm == "group":
-            self.layer_norm = nn.GroupNorm(c_out, c_out, affine=True)  # HF: default eps 1e-5
+            self.layer_norm = FP32GroupNorm(c_out, c_out, affine=True)  # HF: default eps 1e-5
         elif norm == "layer":
-            self.layer_norm = nn.LayerNorm(c_out, elementwise_affine=True)
+            self.layer_norm = FP32LayerNorm(c_out, elementwise_affine=True)
         self.act = _ACTIVATIONS[cfg.feat_extract_activation]
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -179,7 +180,7 @@ class FeatureExtractor(nn.Module):
 class FeatureProjection(nn.Module):
     def __init__(self, cfg: HubertConfig):
         super().__init__()
-        self.layer_norm = nn.LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps) if cfg.feat_proj_layer_norm else None
+        self.layer_norm = FP32LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps) if cfg.feat_proj_layer_norm else None
         self.projection = nn.Linear(cfg.conv_dim[-1], cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,9 +236,9 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.pre_norm = cfg.do_stable_layer_norm
         self.attention = SelfAttention(cfg)
-        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layer_norm = FP32LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.feed_forward = FeedForward(cfg)
-        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.final_layer_norm = FP32LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, h: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         if self.pre_norm:
@@ -252,7 +253,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.pre_norm = cfg.do_stable_layer_norm
         self.pos_conv_embed = PositionalConv(cfg)
-        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layer_norm = FP32LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
 
@@ -342,9 +343,10 @@ class AudioEncoder(nn.Module):
 
     def forward(self, audio: torch.Tensor, lengths=None) -> torch.Tensor:
         """audio [B, N] at 16 kHz (rows zero-padded to N; `lengths` = real samples per row) ->
-        last hidden state [B, T, hidden] at 50 Hz; frames past a row's length are zeros."""
+        last hidden state [B, T, hidden] at 50 Hz in audio's dtype (computed in the weights' dtype: bf16 / fp16
+        after `set_compute_dtype`, norms in fp32); frames past a row's length are zeros."""
         features, valid = self.extract_features(audio, lengths)
-        return self.encode(self.project(features), valid)
+        return self.encode(self.project(features), valid).to(audio.dtype)
 
 
 # --------------------------------------------------------------------------------------------- JoyVASA frontend
@@ -401,7 +403,7 @@ def joyvasa_audio_features(encoder: AudioEncoder, audio: torch.Tensor, n_frames:
     cnn = resample_frames(cnn.transpose(1, 2), 2 * n_frames).transpose(1, 2)
     projected = encoder.project(cnn)
     hidden = encoder.encode(projected)
-    resampled = resample_frames(hidden, n_frames)
+    resampled = resample_frames(hidden, n_frames).to(audio.dtype)  # the weights' dtype inside, audio's out
     if not intermediates:
         return resampled
     return {

@@ -29,7 +29,9 @@ import torch
 from flashtalk.errors import FlashTalkError
 from flashtalk.model.audio_encoder import AudioEncoder, HubertConfig
 from flashtalk.model.audio_weights import load_audio_encoder_state, load_hf_audio_encoder
+from flashtalk.model.fast import precision_dtype
 from flashtalk.model.joyvasa_weights import AUDIO_PREFIX, load_checkpoint, load_motion_state, load_motion_template
+from flashtalk.model.layers import set_compute_dtype
 from flashtalk.model.liveportrait_weights import (BUNDLE_FORMAT, BUNDLE_VERSION, NETWORKS, check_state_dict, read_bundle,
                                                   read_checkpoint)
 from flashtalk.model.motion_generator import MotionGenerator, MotionGeneratorConfig
@@ -82,11 +84,29 @@ class Networks:
     audio: AudioEncoder
     template: MotionTemplate
 
-    def to(self, device: torch.device) -> "Networks":
+    motion_precision: str = "fp32"  # compute precision of the audio encoder + motion transformer (`to`)
+
+    def to(self, device: torch.device, precision: str | None = None) -> "Networks":
+        """Move every network to `device`; `precision` (fp32 | bf16 | fp16; None: bf16 on CUDA, fp32
+        elsewhere) sets the motion path's compute dtype: the audio encoder and the motion transformer
+        (`denoising_net`) store weights and activations in it, with fp32 norm statistics, fp32 softmax
+        statistics and fp32 accumulation in attention; their outputs, the sampler, the schedule and the
+        motion model's input projections stay fp32. The renderer's precision is `FastRenderer`'s."""
+        device = torch.device(device)
+        precision = default_motion_precision(device) if precision is None else precision
+        dtype = precision_dtype(precision)
         self.renderer.to(device)
         self.motion.to(device)
         self.audio.to(device)
+        set_compute_dtype(self.audio, dtype)
+        set_compute_dtype(self.motion.denoising_net, dtype)
+        self.motion_precision = precision
         return self
+
+
+def default_motion_precision(device: torch.device) -> str:
+    """bf16 on CUDA (tensor-core attention and GEMMs), fp32 elsewhere (the CPU has no fast bf16 here)."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
 def _check_preset(preset: str) -> None:

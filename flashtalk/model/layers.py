@@ -5,6 +5,9 @@ them has the checkpoint's state-dict keys. BatchNorm is used in eval mode (runni
 
 `Conv2d` / `Conv3d` are `nn.Conv2d` / `nn.Conv3d` with the same parameters and keys; only their float64
 CPU forward differs (see `conv_by_taps`), which keeps the float64 golden checks within memory and time.
+
+Precision helpers (used by the motion path too): `FP32LayerNorm` / `FP32GroupNorm` keep their statistics in
+fp32 for low-precision inputs, and `set_compute_dtype` casts a network to bf16 / fp16 except its norms.
 """
 
 from __future__ import annotations
@@ -201,3 +204,52 @@ class Hourglass3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+
+# --------------------------------------------------------------------------------------------- precision
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)  # at least fp32 (fp64 stays fp64)
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and keys) whose statistics and affine run in at least fp32 whatever the
+    input dtype; the result comes back in the input dtype. Its parameters stay fp32 under `set_compute_dtype`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = _stat_dtype(x.dtype)
+        w = None if self.weight is None else self.weight.to(c)
+        b = None if self.bias is None else self.bias.to(c)
+        return F.layer_norm(x.to(c), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+class FP32GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm with at-least-fp32 statistics and affine (see FP32LayerNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = _stat_dtype(x.dtype)
+        w = None if self.weight is None else self.weight.to(c)
+        b = None if self.bias is None else self.bias.to(c)
+        return F.group_norm(x.to(c), self.num_groups, w, b, self.eps).to(x.dtype)
+
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+def set_compute_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast the floating parameters and buffers of `module` to `dtype`, except those of its norm layers,
+    which stay fp32 (their forward must then upcast, as FP32LayerNorm / FP32GroupNorm do). In place."""
+    for sub in module.modules():
+        keep = isinstance(sub, _NORMS)
+        if keep and not isinstance(sub, (FP32LayerNorm, FP32GroupNorm)):
+            raise TypeError(f"{type(sub).__name__} would get fp32 parameters but computes in its input dtype; "
+                            "use FP32LayerNorm / FP32GroupNorm")
+        target = torch.promote_types(dtype, torch.float32) if keep else dtype
+        for name, p in sub.named_parameters(recurse=False):
+            if p.is_floating_point():
+                p.data = p.data.to(target)
+        for name, b in sub.named_buffers(recurse=False):
+            if b.is_floating_point():
+                setattr(sub, name, b.to(target))
+    return module

@@ -23,6 +23,7 @@ from torch import nn
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels.attention import attention
+from flashtalk.model.layers import FP32LayerNorm
 from flashtalk.model.samplers import Schedule, cosine_schedule
 
 PE_MODES = ("buggy", "fixed")
@@ -197,9 +198,9 @@ class DecoderLayer(nn.Module):
         self.multihead_attn = MultiheadAttention(d, cfg.n_heads, **kw)
         self.linear1 = nn.Linear(d, cfg.ffn_dim, **kw)
         self.linear2 = nn.Linear(cfg.ffn_dim, d, **kw)
-        self.norm1 = nn.LayerNorm(d, eps=1e-5, **kw)
-        self.norm2 = nn.LayerNorm(d, eps=1e-5, **kw)
-        self.norm3 = nn.LayerNorm(d, eps=1e-5, **kw)
+        self.norm1 = FP32LayerNorm(d, eps=1e-5, **kw)
+        self.norm2 = FP32LayerNorm(d, eps=1e-5, **kw)
+        self.norm3 = FP32LayerNorm(d, eps=1e-5, **kw)
 
     def forward(self, h: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
         """memory_mask None: the diagonal fast path; else a bool [L, L] mask (True = may attend)."""
@@ -260,13 +261,18 @@ class DenoisingNetwork(nn.Module):
 
     def forward(self, motion_feat: torch.Tensor, audio_feat: torch.Tensor, prev_motion_feat: torch.Tensor,
                 prev_audio_feat: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        """motion_feat [N, W, 70], audio_feat [N, W, d], prev_* [N, P, 70 / d], step [N] -> [N, P + W, 70]."""
+        """motion_feat [N, W, 70], audio_feat [N, W, d], prev_* [N, P, 70 / d], step [N] -> [N, P + W, 70].
+        Runs in the dtype of its weights (bf16 / fp16 after `set_compute_dtype`; norms in fp32) and returns
+        motion_feat's dtype, so the sampler around it stays fp32."""
+        dtype, out_dtype = self.feature_proj.weight.dtype, motion_feat.dtype
+        motion_feat, audio_feat, prev_motion_feat, prev_audio_feat = (
+            t.to(dtype) for t in (motion_feat, audio_feat, prev_motion_feat, prev_audio_feat))
         h = self.input_tokens(motion_feat, prev_motion_feat, step)
         memory = torch.cat([prev_audio_feat, audio_feat], dim=1)
         mask = self.memory_mask()
         for layer in self.transformer.layers:
             h = layer(h, memory, mask)
-        return self.motion_dec(h)
+        return self.motion_dec(h).to(out_dtype)
 
 
 class MotionGenerator(nn.Module):

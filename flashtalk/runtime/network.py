@@ -206,9 +206,9 @@ class NetworkBackend:
     def __init__(self, nets: Networks, device: torch.device, *, sampler: str = DEFAULT_SAMPLER,
                  steps: int | None = DEFAULT_STEPS, cfg: float = DEFAULT_CFG, seeded: bool = False,
                  precision: str | None = None) -> None:
-        self.nets = nets.to(device)
-        self.device = device
         self.precision = resolve_precision(precision, device)
+        self.nets = nets.to(device, self.precision)  # the motion path (audio encoder + transformer) too
+        self.device = device
         self.fast = None  # FastRenderer, unless fp32 on the CPU (the reference renderer, bit for bit)
         if self.precision != "fp32" or device.type == "cuda":
             from flashtalk.model.fast import FastRenderer
