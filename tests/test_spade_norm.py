@@ -95,3 +95,32 @@ def test_bad_inputs():
         spade_norm(x[0], x[0], x[0])
     with pytest.raises(FlashTalkError, match="beta must be floating point"):
         spade_norm(x, x, x.to(torch.int32))
+
+
+@pytest.mark.parametrize("B,C,side", [(1, 512, 64), (1, 256, 128), (1, 128, 256), (1, 64, 512), (4, 512, 64), (1, 3, 5)])
+def test_grid_fills_the_gpu_at_every_resolution(B, C, side):
+    """chunk_size: >= PROGRAMS_PER_SM programs per SM of a 132-SM GPU at batch 1 wherever H·W allows it,
+    chunks within [MIN_CHUNK, MAX_CHUNK] and whole tile rows, covering H·W."""
+    from flashtalk.kernels.spade_norm import BP, MAX_CHUNK, MIN_CHUNK, PROGRAMS_PER_SM, chunk_size
+
+    HW = side * side
+    chunk = chunk_size(B, C, HW, sms=132)
+    assert MIN_CHUNK <= chunk <= MAX_CHUNK and chunk % BP == 0
+    programs = B * -(-C // min(16, C)) * -(-HW // chunk)
+    if chunk > MIN_CHUNK:  # not limited by the pixels: the grid reaches its target
+        assert programs >= PROGRAMS_PER_SM * 132
+    assert programs >= (512 if (B, C, side) == (1, 512, 64) else 1)  # the decoder's 64² layers: 32 before
+
+
+def test_default_chunks_merge_exactly():
+    """The default chunking on a shape that it splits (the merge of many chunks) equals one chunk."""
+    x = _make((1, 4, 40, 40), "contiguous", torch.float32, 7)  # 1600 pixels -> 7 chunks of 256
+    gamma, beta = 0.3 * _make((1, 4, 40, 40), "contiguous", torch.float32, 8), _make((1, 4, 40, 40), "contiguous", torch.float32, 9)
+    from flashtalk.kernels.spade_norm import chunk_size
+
+    assert chunk_size(1, 4, 1600) == 256
+    with use_kernels("triton"):
+        split = _launch(x, gamma, beta, 0.2, 1e-5, torch.full_like(x, float("nan")))
+        whole = _launch(x, gamma, beta, 0.2, 1e-5, torch.full_like(x, float("nan")), chunk=4096)
+    assert_close(split, _unfused64(x, gamma, beta, 0.2), *TOLERANCES[torch.float32])
+    assert_close(split, whole, 2e-6, 2e-6)

@@ -9,8 +9,9 @@ x's dtype and memory format. The statistics and the arithmetic are fp32 whatever
 variance of a 512-channel activation overflows or loses all precision in fp16 (the reference
 implementation's black boxes).
 
-Two Triton kernels over a grid of (sample, tile of BC channels, chunk of H·W pixels), so a batch-1 frame
-still fills the GPU: the first writes each chunk's fp32 mean and centred sum of squares (two passes over
+Two Triton kernels over a grid of (sample, tile of BC channels, chunk of H·W pixels), the chunk sized so the
+grid has a few programs per SM (`chunk_size`), so a batch-1 frame fills the GPU at every resolution: the
+first writes each chunk's fp32 mean and centred sum of squares (two passes over
 the chunk, which stays in cache); the second merges the chunks' statistics exactly (Chan's parallel
 formula, no E[x²] − E[x]² cancellation) and writes its chunk normalised, modulated and activated. Every
 tile is a [BP, BC] block, coalesced along whichever of pixels / channels is contiguous. fp64 inputs run
@@ -18,6 +19,8 @@ the reference.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -157,15 +160,40 @@ def _spade_apply_kernel(
         tl.store(p_o + _tile_offsets(o_p, W, s_oh, s_ow), to_element(b_y, out_ptr), mask=m)
 
 
-CHUNK = 4096  # pixels per program: one program per chunk at 64², 4 at 128², 16 at 256²
+BC_MAX, BP, BS = 16, 128, 16  # channels per tile, pixels per tile row block, chunk statistics per merge step
+MAX_CHUNK = 4096  # pixels per program at most
+MIN_CHUNK = 2 * BP  # at least two tile steps per program, so a program does more than its merge
+PROGRAMS_PER_SM = 4  # the grid aims at this many programs per SM (a few waves keep every SM busy)
+DEFAULT_SMS = 132  # H100 SXM / H200; used where no CUDA device answers (CPU, AOT checks)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return DEFAULT_SMS
+
+
+def chunk_size(B: int, C: int, HW: int, sms: int = DEFAULT_SMS) -> int:
+    """Pixels per program: split H·W into enough chunks that the grid (B, C / BC, chunks) has about
+    PROGRAMS_PER_SM · sms programs (at least that many unless chunks would go below MIN_CHUNK), within
+    [MIN_CHUNK, MAX_CHUNK] and a multiple of BP. At batch 1,
+    C = 512, 64²: 16 chunks of 256 pixels, 512 programs (one chunk, 32 programs, before)."""
+    cdiv = lambda a, b: -(-a // b)  # noqa: E731
+    tiles = B * cdiv(C, min(BC_MAX, 1 << (C - 1).bit_length()))
+    chunks = cdiv(PROGRAMS_PER_SM * sms, tiles)
+    chunk = HW // chunks // BP * BP  # rounded down: at least `chunks` chunks
+    return max(MIN_CHUNK, min(MAX_CHUNK, chunk))
 
 
 def _launch(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None, eps: float,
-            out: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
-    """Run the two kernels into `out` (x's shape, any strides); `chunk` pixels per program (tests use
-    small chunks to exercise the merge of many partial statistics)."""
+            out: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Run the two kernels into `out` (x's shape, any strides); `chunk` pixels per program (default
+    `chunk_size` for this device; tests use small chunks to exercise the merge of many partial statistics)."""
     B, C, H, W = x.shape
-    BC, BP, BS = min(16, triton.next_power_of_2(C)), 128, 16
+    BC = min(BC_MAX, triton.next_power_of_2(C))
+    if chunk is None:
+        chunk = chunk_size(B, C, H * W, _sm_count(x.device))
     ns = triton.cdiv(H * W, chunk)
     mean = torch.empty(B, C, ns, dtype=torch.float32, device=x.device)
     m2 = torch.empty_like(mean)
