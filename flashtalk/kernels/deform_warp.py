@@ -7,7 +7,8 @@ warped = grid_sample(feature, Φ) (trilinear, align_corners=False, zeros padding
 
 The Triton kernel does it in one pass per (batch, tile of voxels): an online softmax over the K+1
 logits (each read once) accumulates Φ in registers, then the C channels are gathered at Φ; Φ is written
-only when asked. The feature volume may have its own spatial size. fp64 inputs run the reference.
+only when asked. The feature volume may have its own spatial size. `warped` is written in mask_logits'
+memory format (channels-last-3d in the fast path). fp64 inputs run the reference.
 
 The reference computes softmax, Φ and the sample in fp32 (fp64 for fp64 inputs), like the original under
 autocast; `warped` has feature's dtype and Φ is fp32 (fp64 for fp64 inputs).
@@ -28,6 +29,7 @@ from flashtalk.kernels.dense_motion_input import (
     sparse_motions,
     trilinear_corners,
     trilinear_gather,
+    volume_format,
 )
 from flashtalk.kernels.dispatch import choose
 
@@ -168,7 +170,7 @@ def _output_shapes(mask_logits: torch.Tensor, feature: torch.Tensor, return_defo
 def _deform_warp_op(mask_logits: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor,
                     feature: torch.Tensor, return_deformation: bool) -> tuple[torch.Tensor, torch.Tensor]:
     out_shape, phi_shape = _output_shapes(mask_logits, feature, return_deformation)
-    out = torch.empty(out_shape, dtype=feature.dtype, device=feature.device)
+    out = torch.empty(out_shape, dtype=feature.dtype, device=feature.device, memory_format=volume_format(mask_logits))
     phi = torch.empty(phi_shape, dtype=torch.float32, device=feature.device)
     _launch(mask_logits, kp_source, kp_driving, feature, out, phi if return_deformation else None)
     return out, phi
@@ -177,7 +179,8 @@ def _deform_warp_op(mask_logits: torch.Tensor, kp_source: torch.Tensor, kp_drivi
 @_deform_warp_op.register_fake
 def _(mask_logits, kp_source, kp_driving, feature, return_deformation):
     out_shape, phi_shape = _output_shapes(mask_logits, feature, return_deformation)
-    return feature.new_empty(out_shape), feature.new_empty(phi_shape, dtype=torch.float32)
+    out = torch.empty(out_shape, dtype=feature.dtype, device=feature.device, memory_format=volume_format(mask_logits))
+    return out, feature.new_empty(phi_shape, dtype=torch.float32)
 
 
 def deform_warp(

@@ -210,17 +210,27 @@ def _launch(compressed: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch
     return out
 
 
+def volume_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last_3d if the 5-D `x` is stored so (and not also plain contiguous), else contiguous: the
+    kernels write their outputs in their input's layout, so a channels-last-3d network stays so."""
+    cl = x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    return torch.channels_last_3d if cl else torch.contiguous_format
+
+
+def _output(compressed: torch.Tensor, kp_source: torch.Tensor) -> torch.Tensor:
+    B, C, D, H, W = compressed.shape
+    return torch.empty((B, (kp_source.shape[1] + 1) * (C + 1), D, H, W), dtype=compressed.dtype,
+                       device=compressed.device, memory_format=volume_format(compressed))
+
+
 @torch.library.custom_op("flashtalk::dense_motion_input", mutates_args=())
 def _dense_motion_input_op(compressed: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
-    B, C, D, H, W = compressed.shape
-    out = torch.empty((B, (kp_source.shape[1] + 1) * (C + 1), D, H, W), dtype=compressed.dtype, device=compressed.device)
-    return _launch(compressed, kp_source, kp_driving, out)
+    return _launch(compressed, kp_source, kp_driving, _output(compressed, kp_source))
 
 
 @_dense_motion_input_op.register_fake
 def _(compressed: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
-    B, C, D, H, W = compressed.shape
-    return compressed.new_empty((B, (kp_source.shape[1] + 1) * (C + 1), D, H, W))
+    return _output(compressed, kp_source)
 
 
 def _unsupported(*tensors: torch.Tensor) -> str | None:

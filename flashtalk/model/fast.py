@@ -11,7 +11,8 @@ Rewrites (each exact in real arithmetic; fp32 results equal the reference to rou
   on the 64² map with per-phase 2×2 kernels (spec §7 compute note: 4/9 of the MACs); `mlp_gamma` and
   `mlp_beta` of a layer run as one conv; normalisation + modulation + leaky ReLU is the fused
   `spade_norm` op (fp32 statistics).
-* `channels_last` for the 2-D convs of the decoder and the warping head.
+* `channels_last` for the 2-D convs of the decoder, and channels-last-3d through the whole warping
+  network (`flashtalk.model.fast_warping`); cuDNN benchmark mode on CUDA.
 * Precision: the warping module (fp32 on the CPU, which lacks a bf16 avg_pool3d) and the decoder store weights and activations in bf16 / fp16; keypoints,
   the stitching MLP, softmax / sampling coordinates and norm statistics stay fp32; frames come out fp32.
   The appearance and motion extractors (once per portrait) stay fp32.
@@ -27,6 +28,7 @@ from torch import nn
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels.spade_norm import spade_norm
+from flashtalk.model.fast_warping import FastWarpingNetwork
 from flashtalk.model.renderer import Renderer, SourceState
 from flashtalk.model.spade import LEAKY_SLOPE, SPADEDecoder, SPADEResBlock, SpectralNormConv2d
 
@@ -235,7 +237,10 @@ def optimize_renderer(renderer: Renderer, precision: str = "bf16", channels_last
     fold_spectral_norms(fast.spade_generator)
     if fuse:
         fast.spade_generator = FastSPADEDecoder(fast.spade_generator, channels_last=channels_last)
+    fast.warping_module = FastWarpingNetwork(fast.warping_module, channels_last=channels_last)  # channels-last-3d
     device = next(renderer.parameters()).device
+    if device.type == "cuda":  # fixed bucket shapes: each conv's cuDNN algorithm search runs once, before capture
+        torch.backends.cudnn.benchmark = True
     # PyTorch's CPU avg_pool3d has no bf16/fp16 kernel: on the CPU the warping module stays fp32
     fast.warping_dtype = dtype if device.type != "cpu" else torch.float32
     for name, net_dtype in (("warping_module", fast.warping_dtype), ("spade_generator", dtype)):
