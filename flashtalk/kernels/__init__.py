@@ -29,6 +29,7 @@ OPS: dict[str, str] = {
     "paste_back": "flashtalk.kernels.paste_back",
     "watermark_embed": "flashtalk.kernels.watermark_embed",
     "spade_norm": "flashtalk.kernels.spade_norm",
+    "warp_tail": "flashtalk.kernels.warp_tail",
 }
 
 __all__ = ["OPS", "Choice", "choose", "last_choice", "mode", "use_kernels", *OPS]
