@@ -97,15 +97,36 @@ def test_optimize_renderer_uses_it():
 
 
 @pytest.mark.slow
-def test_full_size_fast_warping_golden_fp32(lp_golden):
-    """Full-size W, folded + channels-last-3d, once, against the golden arrays at the fp32 gates."""
+@pytest.mark.parametrize("fused_tail", [False, True], ids=["cudnn-tail", "fused-tail"])
+def test_full_size_fast_warping_golden_fp32(lp_golden, fused_tail):
+    """Full-size W, folded + channels-last-3d, against the golden arrays at the fp32 gates; with the fused tail
+    wired in (on the CPU its reference runs: the full size under the interpreter would take hours)."""
     ref = np.load(lp_golden / "warping_module.npz")
     net = seeded("warping_module", lp_golden, torch.float32)
     fold_batchnorms(net)
     inputs = [torch.from_numpy(ref[k]).float() for k in ("in_feature_3d", "in_kp_driving", "in_kp_source")]
     with torch.no_grad():
-        out = FastWarpingNetwork(net)(*inputs)
-    for k in ("out", "deformation", "occlusion_map"):
+        out = FastWarpingNetwork(net, fused_tail=fused_tail)(*inputs, return_deformation=not fused_tail)
+    for k in ("out", "occlusion_map") + (() if fused_tail else ("deformation",)):
         atol, rtol = gate(lp_golden, "warping_module.npz", f"out_{k}", "fp32")
         expected = torch.from_numpy(ref[f"out_{k}"]).double()
         assert_close(out[k], expected, atol + rtol * expected.abs().max().item())
+
+
+def test_fused_tail_wiring_tiny_and_off_by_default(monkeypatch):
+    """fused_tail routes the mask conv + deform_warp through `warp_tail` (its reference on the CPU; the
+    kernel itself is tested under the interpreter in test_warp_tail.py); off unless asked."""
+    net, f, kp_d, kp_s = _tiny(5)
+    with torch.no_grad():
+        expected = net(f, kp_d, kp_s)
+        fold_batchnorms(net)
+        fused = FastWarpingNetwork(net, fused_tail=True)
+        ours = fused(f, kp_d, kp_s, return_deformation=False)
+        assert last_choice("warp_tail") is not None and ours["deformation"] is None
+        assert_close(ours["out"], expected["out"], 2e-5, 1e-5)
+        assert fused(f, kp_d, kp_s)["deformation"] is not None  # asked for: the unfused pair
+    assert fused.mask_packed.shape == (343, 96, 32)  # tiny: 22 mask channels padded to 32, Cin to whole BK chunks
+    r = Renderer.seeded("tiny")
+    assert not optimize_renderer(r, "fp32").warping_module.fused_tail
+    monkeypatch.setenv("FLASHTALK_WARP_TAIL", "fused")
+    assert optimize_renderer(r, "fp32").warping_module.fused_tail

@@ -21,6 +21,7 @@ Rewrites (each exact in real arithmetic; fp32 results equal the reference to rou
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 import torch.nn.functional as F
@@ -228,16 +229,19 @@ class FastSPADEDecoder(nn.Module):
 
 
 def optimize_renderer(renderer: Renderer, precision: str = "bf16", channels_last: bool = True,
-                      fuse: bool = True) -> Renderer:
+                      fuse: bool = True, fused_tail: bool | None = None) -> Renderer:
     """A rewritten copy of `renderer` for per-frame rendering (see the module docstring); `renderer` is not
-    modified. The copy's `.precision` names its policy; render with `render_frames` or `FastRenderer`."""
+    modified. The copy's `.precision` names its policy; render with `render_frames` or `FastRenderer`.
+    `fused_tail` (None: `FLASHTALK_WARP_TAIL=fused` turns it on): the warping tail as one kernel (research)."""
     dtype = precision_dtype(precision)
     fast = copy.deepcopy(renderer).eval()
     fold_batchnorms(fast)
     fold_spectral_norms(fast.spade_generator)
     if fuse:
         fast.spade_generator = FastSPADEDecoder(fast.spade_generator, channels_last=channels_last)
-    fast.warping_module = FastWarpingNetwork(fast.warping_module, channels_last=channels_last)  # channels-last-3d
+    if fused_tail is None:
+        fused_tail = os.environ.get("FLASHTALK_WARP_TAIL", "").strip().lower() == "fused"
+    fast.warping_module = FastWarpingNetwork(fast.warping_module, channels_last, fused_tail)  # channels-last-3d
     device = next(renderer.parameters()).device
     if device.type == "cuda":  # fixed bucket shapes: each conv's cuDNN algorithm search runs once, before capture
         torch.backends.cudnn.benchmark = True

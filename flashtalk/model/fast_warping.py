@@ -15,6 +15,11 @@ last one, so cuDNN runs each Conv3d in NDHWC without a layout round trip:
   four and a power-of-two scale), which keeps the layout, where avg_pool3d returns NCDHW on the CPU;
 * one source broadcast over the batch (f_s expanded) is converted once, not per frame.
 
+`fused_tail=True` (off by default; `FLASHTALK_WARP_TAIL=fused` for `optimize_renderer`) replaces the mask
+conv + `deform_warp` by the one `warp_tail` kernel (kernel research, `flashtalk.kernels.warp_tail`): the
+mask logits and the deformation never reach memory. It stays off until a GPU run shows it faster than
+cuDNN's Conv3d + `deform_warp`; a call that asks for the deformation runs the unfused pair.
+
 `torch.backends.cudnn.benchmark` is switched on for CUDA by `optimize_renderer`: the renderer's shapes
 are the fixed batch buckets, so each conv's algorithm search runs once, in the warm-up before capture.
 """
@@ -27,6 +32,7 @@ from torch import nn
 
 from flashtalk.kernels.deform_warp import deform_warp
 from flashtalk.kernels.dense_motion_input import dense_motion_input
+from flashtalk.kernels.warp_tail import pack_mask_weight, warp_tail
 from flashtalk.model.layers import DownBlock3d
 from flashtalk.model.warping import WarpingNetwork
 
@@ -77,7 +83,7 @@ class FastWarpingNetwork(nn.Module):
     """WarpingNetwork's forward (same inputs, same dict) on a folded network, channels-last-3d when
     `channels_last` (see the module docstring); the weights are shared with `net`."""
 
-    def __init__(self, net: WarpingNetwork, channels_last: bool = True) -> None:
+    def __init__(self, net: WarpingNetwork, channels_last: bool = True, fused_tail: bool = False) -> None:
         super().__init__()
         dm = net.dense_motion_network
         if not isinstance(dm.norm, nn.Identity) or not isinstance(net.third.norm, nn.Identity):
@@ -94,6 +100,9 @@ class FastWarpingNetwork(nn.Module):
         self.third_slope = net.third.negative_slope
         self.fourth = net.fourth
         self.memory_format = CL3D if channels_last else torch.contiguous_format
+        self.fused_tail = fused_tail
+        if fused_tail:  # the mask conv's weights packed once for the kernel (cast with the module)
+            self.register_buffer("mask_packed", pack_mask_weight(self.mask.weight.detach()), persistent=False)
         if channels_last:
             for m in self.modules():
                 if isinstance(m, nn.Conv3d):
@@ -108,10 +117,13 @@ class FastWarpingNetwork(nn.Module):
         feature = to_format(feature_3d, self.memory_format)
         compressed = torch.relu(self.compress(feature))  # the BatchNorm is folded into compress
         prediction = self.hourglass(dense_motion_input(compressed, kp_source, kp_driving))
-        mask_logits = self.mask(prediction)
         occlusion = torch.sigmoid(self.occlusion(prediction))[:, :, 0]  # [B, 1, H, W]
-        warped, deformation = deform_warp(mask_logits, kp_source, kp_driving, feature,
-                                          return_deformation=return_deformation)
+        if self.fused_tail and not return_deformation:
+            warped, deformation = warp_tail(prediction, self.mask.weight, self.mask.bias, kp_source, kp_driving,
+                                            feature, packed=self.mask_packed), None
+        else:
+            warped, deformation = deform_warp(self.mask(prediction), kp_source, kp_driving, feature,
+                                              return_deformation=return_deformation)
         h = self.third(warped)[:, :, 0]  # [B, 256, H, W], channels-last 2-D
         h = F.relu(h) if self.third_slope is None else F.leaky_relu(h, self.third_slope)
         out = self.fourth(h)
