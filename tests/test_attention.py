@@ -208,6 +208,24 @@ def test_no_keys_gives_zeros():
 
 def test_variant_choice_by_shape():
     assert [_variant(n) for n in (1, 110, 128, 129, 3000)] == ["short", "short", "short", "tiled", "tiled"]
+    # fp32 heads wider than 32 run tiled: the one-tile kernel would hold all of V in fp32 registers
+    assert [_variant(110, d, torch.float32) for d in (16, 32, 64, 128)] == ["short", "short", "tiled", "tiled"]
+    assert _variant(110, 64, torch.bfloat16) == "short"
+    assert _variant(110, 32, torch.float32, masked=True) == "tiled" and _variant(110, 32, torch.bfloat16, masked=True) == "short"
+
+
+def test_launch_tables_give_wgmma_tile_heights():
+    """fp16 / bf16 tiles are >= 64 rows (sm_90 wgmma works on 64-row warpgroup tiles; the sm_90 compile of
+    each entry is in the README's launch-table check); masked tiled calls get their own (8-warp) table."""
+    from flashtalk.kernels.attention import HEAD_DIMS, launch_config
+
+    for dtype in (torch.float16, torch.bfloat16):
+        for d in HEAD_DIMS:
+            for cfg in (launch_config("short", d, dtype), launch_config("tiled", d, dtype),
+                        launch_config("tiled", d, dtype, masked=True)):
+                assert cfg["BM"] >= 64, (dtype, d, cfg)
+    assert launch_config("tiled", 32, torch.bfloat16, masked=True)["num_warps"] == 8
+    assert launch_config("tiled", 64, torch.float32)["BM"] <= 32  # CUDA-core fp32: small tiles, no spills
 
 
 def test_public_op_dispatch(kernel_device):

@@ -9,8 +9,8 @@ are all masked returns zeros (SDPA would return NaN); the kernels do the same.
 
 Two kernel variants, picked by shape (`_variant`):
 
-* ``short``: Lk <= 128. The whole head's K and V fit one tile; one pass, plain softmax, no rescaling. This is
-  the motion transformer's case (~110 tokens).
+* ``short``: Lk <= 128 (fp32: unmasked and D <= 32). The whole head's K and V fit one tile; one pass, plain softmax,
+  no rescaling. This is the motion transformer's case (~110 tokens).
 * ``tiled``: flash-style loop over K/V tiles with an online softmax (running max and sum in fp32); no
   Lq x Lk matrix is ever stored. Tiles wholly inside the keys and below the causal diagonal run without
   element masks; only the edge tiles pay for them.
@@ -43,31 +43,61 @@ SHORT_MAX_LK = 128  # the short variant holds all of K/V in one tile up to this 
 _LOG2E = 1.4426950408889634
 _MAX_GRID_Y = 65535  # CUDA limit on grid dimension 1, which carries B * H
 
-# Hand-picked tiles per head dim (BM query rows per program, BN keys per step), warps and pipeline stages.
-# Not yet tuned on a GPU; `benchmarks/bench_attention.py --sweep` times the alternatives in _SWEEP.
-_TILED: dict[int, dict[str, int]] = {
+# Launch tables: hand-picked tiles per head dim (BM query rows per program, BN keys per step), warps and
+# pipeline stages. Every entry was compiled ahead of time for sm_90 with the launch's specialisation (unit
+# strides constant, 16-divisible strides hinted): no register spills, and the fp16 / bf16 ones issue wgmma,
+# which needs a tile height of 64 rows per warpgroup (the motion transformer's 110 tokens: two 64-row tiles
+# per head). Not yet timed on a GPU; `benchmarks/bench_attention.py --sweep` times the alternatives in _SWEEP.
+_TILED: dict[int, dict[str, int]] = {  # fp16 / bf16, no attn_mask, not causal (key padding allowed)
     16: dict(BM=128, BN=64, num_warps=4, num_stages=3),
     32: dict(BM=128, BN=64, num_warps=4, num_stages=3),
     64: dict(BM=128, BN=64, num_warps=4, num_stages=3),
     128: dict(BM=128, BN=64, num_warps=8, num_stages=3),
 }
-# fp32 inputs (IEEE dots on CUDA cores, so big tiles buy nothing): small tiles, two stages. The fp16 table's
-# 3-stage fp32 tiles would need ~230 KB of shared memory at D=128 (compiled for sm_90 and measured).
-_TILED_FP32: dict[str, int] = dict(BM=64, BN=32, num_warps=4, num_stages=2)
-_SHORT: dict[int, dict[str, int]] = {
-    16: dict(BM=32, num_warps=4),
-    32: dict(BM=32, num_warps=4),
+# fp16 / bf16 with an attn_mask or causal: the mask / bias tile and the edge-tile copy of the loop spill at
+# 4 warps (216 B - 2 KB of stack per thread at sm_90); 8 warps halve the per-thread share.
+_TILED_MASKED: dict[int, dict[str, int]] = {
+    16: dict(BM=128, BN=64, num_warps=8, num_stages=3),
+    32: dict(BM=128, BN=64, num_warps=8, num_stages=3),
+    64: dict(BM=128, BN=64, num_warps=8, num_stages=3),
+    128: dict(BM=64, BN=64, num_warps=8, num_stages=2),
+}
+# fp32 inputs (IEEE dots on CUDA cores, so big tiles buy nothing): small tiles, two stages; larger ones
+# spilled 6-10 KB per thread at D >= 64 on sm_90.
+_TILED_FP32: dict[int, dict[str, int]] = {
+    16: dict(BM=32, BN=32, num_warps=4, num_stages=2),
+    32: dict(BM=32, BN=32, num_warps=4, num_stages=2),
+    64: dict(BM=32, BN=16, num_warps=4, num_stages=2),
+    128: dict(BM=16, BN=16, num_warps=4, num_stages=2),
+}
+_SHORT: dict[int, dict[str, int]] = {  # fp16 / bf16
+    16: dict(BM=64, num_warps=4),
+    32: dict(BM=64, num_warps=4),
     64: dict(BM=64, num_warps=4),
     128: dict(BM=64, num_warps=8),
 }
-# The pruned list of alternatives `bench_attention.py --sweep` times (tiled variant; for the short one only
-# BM and num_warps apply); the winners go into the tables above.
+_SHORT_FP32: dict[int, dict[str, int]] = {  # unmasked, D <= 32 only by default (64 / 128: when asked for)
+    16: dict(BM=16, num_warps=4), 32: dict(BM=16, num_warps=4), 64: dict(BM=16, num_warps=4), 128: dict(BM=16, num_warps=8),
+}
+SHORT_FP32_MAX_D = 32  # fp32 with a wider head (or a mask) runs tiled: the one-tile kernel would spill
+# The pruned alternatives `bench_attention.py --sweep` times (fp16 / bf16 tiled variant; for the short one
+# only BM and num_warps apply), each checked like the tables; the winners go into the tables above.
 _SWEEP: list[dict[str, int]] = [
     dict(BM=128, BN=64, num_warps=4, num_stages=3),
-    dict(BM=128, BN=128, num_warps=8, num_stages=3),
-    dict(BM=64, BN=64, num_warps=4, num_stages=4),
+    dict(BM=128, BN=64, num_warps=8, num_stages=3),
+    dict(BM=64, BN=64, num_warps=4, num_stages=3),
     dict(BM=128, BN=32, num_warps=4, num_stages=4),
 ]
+
+
+def launch_config(variant: str, D: int, dtype: torch.dtype, masked: bool = False) -> dict[str, int]:
+    """The table entry a call uses: `masked` = an attn_mask or causal (tiled fp16 / bf16 only)."""
+    if variant == "short":
+        return dict((_SHORT_FP32 if dtype == torch.float32 else _SHORT)[D])
+    if dtype == torch.float32:
+        return dict(_TILED_FP32[D])
+    return dict((_TILED_MASKED if masked else _TILED)[D])
+
 
 _NO_MASK, _BOOL_MASK, _ADD_MASK = 0, 1, 2
 
@@ -245,8 +275,12 @@ if triton is not None:
         tl.store(p_o + o_m[:, None] * s_om + o_d[None, :] * s_od, _to_output(b_o, p_o, INTERP_BF16), mask=m_m[:, None])
 
 
-def _variant(Lk: int) -> str:
-    """Which kernel serves a call: `short` when one tile holds all keys, else `tiled`."""
+def _variant(Lk: int, D: int = 0, dtype: torch.dtype = torch.float16, masked: bool = False) -> str:
+    """Which kernel serves a call: `short` when one tile holds all keys (fp32: only unmasked calls with
+    D <= SHORT_FP32_MAX_D; masks spill its registers at sm_90), else `tiled`. `masked`: any of attn_mask,
+    key padding, causal."""
+    if dtype == torch.float32 and (D > SHORT_FP32_MAX_D or masked):
+        return "tiled"
     return "short" if Lk <= SHORT_MAX_LK else "tiled"
 
 
@@ -286,7 +320,7 @@ def _launch(
     (or `config`, as the benchmark's sweep does) into `out` (new if None)."""
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
-    variant = variant or _variant(Lk)
+    variant = variant or _variant(Lk, D, q.dtype, attn_mask is not None or key_padding_mask is not None or bool(causal))
     if out is None:
         out = torch.empty((B, H, Lq, D), dtype=q.dtype, device=q.device)
     if attn_mask is None:
@@ -312,11 +346,11 @@ def _launch(
     if variant == "short":
         if Lk > SHORT_MAX_LK:
             raise AssertionError(f"short variant needs Lk <= {SHORT_MAX_LK}, got {Lk}")
-        cfg = dict(config or _SHORT[D])
+        cfg = dict(config or launch_config("short", D, q.dtype))
         cfg.pop("BN", None)  # one tile holds every key
         kernel, BN = _attn_fwd_short, max(16, triton.next_power_of_2(Lk))
     elif variant == "tiled":
-        cfg = dict(config or (_TILED_FP32 if q.dtype == torch.float32 else _TILED[D]))
+        cfg = dict(config or launch_config("tiled", D, q.dtype, attn_mask is not None or bool(causal)))
         kernel, BN = _attn_fwd_tiled, cfg.pop("BN")
     else:
         raise AssertionError(f"unknown attention variant {variant!r}")
