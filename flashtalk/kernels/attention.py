@@ -81,7 +81,8 @@ _SHORT_FP32: dict[int, dict[str, int]] = {  # unmasked, D <= 32 only by default 
 }
 SHORT_FP32_MAX_D = 32  # fp32 with a wider head (or a mask) runs tiled: the one-tile kernel would spill
 # The pruned alternatives `bench_attention.py --sweep` times (fp16 / bf16 tiled variant; for the short one
-# only BM and num_warps apply), each checked like the tables; the winners go into the tables above.
+# only BM and num_warps apply), each compiled for sm_90 at the production shapes (HuBERT D=64 tiled, motion
+# D=32 one-tile): wgmma, no spills; the winners go into the tables above.
 _SWEEP: list[dict[str, int]] = [
     dict(BM=128, BN=64, num_warps=4, num_stages=3),
     dict(BM=128, BN=64, num_warps=8, num_stages=3),
