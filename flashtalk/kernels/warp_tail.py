@@ -220,3 +220,22 @@ def warp_tail(prediction: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         return _warp_tail_op(prediction, packed.to(prediction.dtype), bias.float(), kp_source, kp_driving, feature,
                              weight.shape[2])
     return warp_tail_ref(prediction, weight, bias, kp_source, kp_driving, feature)
+
+
+def compile_variants():
+    """The launches `flashtalk kernels check` compiles: the fused tail at LivePortrait's size (prediction
+    [B, 142, 16, 64, 64] and f_s [B, 32, 16, 64, 64] channels-last-3d, 21 keypoints, 7×7×7), batch 1 and 32,
+    in the fast path's precisions. Gated like production although the fused tail is off by default."""
+    from flashtalk.kernels.check import Variant, meta
+
+    def cl3d(B: int, C: int, dtype: torch.dtype) -> torch.Tensor:
+        return meta(B, 16, 64, 64, C, dtype=dtype).permute(0, 4, 1, 2, 3)  # channels-last-3d [B, C, 16, 64, 64]
+
+    def call(B: int, dtype: torch.dtype):
+        pred, feature, out = cl3d(B, 142, dtype), cl3d(B, 32, dtype), cl3d(B, 32, dtype)
+        packed = meta(343, -(-142 // BK) * BK, BN, dtype=dtype)
+        kps = meta(B, 21, 3)
+        return lambda: _launch(pred, packed, meta(BN), kps, kps, feature, out, 7)
+
+    return [Variant(f"warping tail (fused, off by default) B{B} 142->22 7x7x7 16x64x64 {name}", call(B, dtype))
+            for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)) for B in (1, 32)]
