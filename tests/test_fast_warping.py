@@ -69,10 +69,11 @@ def test_fast_warping_equals_reference_tiny(channels_last):
     assert ours["out"].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-def test_fast_warping_triton_kernels_stay_channels_last_3d():
+def test_fast_warping_triton_kernels_stay_channels_last_3d(kernel_device):
     """With the kernels (interpreter on CPU) every Conv3d input is channels-last-3d: no layout round trip."""
     net, f, kp_d, kp_s = _tiny(4, batch=2, side=8)  # small: the interpreter runs the kernels (batch 2: the
     # CPU conv3d keeps channels-last-3d only for batch > 1; cuDNN always does)
+    net, f, kp_d, kp_s = net.to(kernel_device), f.to(kernel_device), kp_d.to(kernel_device), kp_s.to(kernel_device)
     with torch.no_grad():
         expected = net(f, kp_d, kp_s, return_deformation=False)
         fold_batchnorms(net)

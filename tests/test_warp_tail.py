@@ -1,5 +1,5 @@
 """Fused warping tail (mask conv + softmax + deformation + trilinear sample): the Triton kernel under the
-interpreter against an fp64 reference of the unfused modules, at small and odd shapes, non-contiguous and
+interpreter (compiled on CUDA: `kernel_device`) against an fp64 reference of the unfused modules, at small and odd shapes, non-contiguous and
 channels-last-3d inputs, samples reaching past the volume's edges; the packing; the dispatch."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice, use_kernels
 from flashtalk.kernels.warp_tail import BN, _launch, pack_mask_weight, warp_tail, warp_tail_ref
 from tests.utils import TOLERANCES, assert_close, max_err
+
+pytestmark = pytest.mark.usefixtures("on_kernel_device")
 
 _CASES = {  # id: B, Cin, K (keypoints), ks, (D, H, W), C, (Df, Hf, Wf), layout
     "B1-Cin5-K3-k3-3x4x5": (1, 5, 3, 3, (3, 4, 5), 3, (2, 3, 4), "contiguous"),
