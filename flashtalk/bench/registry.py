@@ -375,14 +375,10 @@ def _frame_stage(kind: str) -> Callable[[Setup], Built]:
 
 
 def fast_renderer_provider(setup: Setup, renderer, source, sets) -> Provider | str:
-    """Hook for the renderer fast path (flashtalk/model/fast.py + flashtalk/runtime/graphs.py, being written):
-    returns a provider once that module offers `FastRenderer(renderer)` with `.render(source, x_d)`."""
-    if importlib.util.find_spec("flashtalk.model.fast") is None:
-        return "not available: flashtalk.model.fast is not in this checkout yet"
-    fast = importlib.import_module("flashtalk.model.fast")
-    if not hasattr(fast, "FastRenderer"):
-        return "not available: flashtalk.model.fast has no FastRenderer(renderer).render(source, x_d) entry point"
-    fr = fast.FastRenderer(renderer)
+    """The renderer fast path: `flashtalk.runtime.fast_renderer.FastRenderer(renderer).render(source, x_d)`."""
+    from flashtalk.runtime.fast_renderer import FastRenderer
+
+    fr = FastRenderer(renderer)
     return lambda i: fr.render(source, sets[i % len(sets)])
 
 

@@ -13,7 +13,7 @@ of the output then starts at audio time i / 25 s, in sync with the muxed audio.
 `MotionWindows` is the reusable window-by-window generator (offline here, streaming in the session).
 
 Precision (`resolve_precision`): fp32 on the CPU renders with the reference renderer; any other precision,
-or any precision on CUDA, renders through `flashtalk.model.fast.FastRenderer` (folded + fused; CUDA graphs
+or any precision on CUDA, renders through `flashtalk.runtime.fast_renderer.FastRenderer` (folded + fused; CUDA graphs
 with batch buckets on CUDA). On CUDA each motion window's whole sampling loop is one CUDA graph
 (`GraphedSampler`); eager elsewhere.
 """
@@ -211,7 +211,7 @@ class NetworkBackend:
         self.precision = resolve_precision(precision, device)
         self.fast = None  # FastRenderer, unless fp32 on the CPU (the reference renderer, bit for bit)
         if self.precision != "fp32" or device.type == "cuda":
-            from flashtalk.model.fast import FastRenderer
+            from flashtalk.runtime.fast_renderer import FastRenderer
 
             self.fast = FastRenderer(self.nets.renderer, self.precision)
         self._gathered: Any = None  # render_gathered's GraphRunner (CUDA)
