@@ -621,27 +621,3 @@ def load_preset(path: str | Path) -> tuple[str, "torch.Tensor"]:
     if tuple(offset.shape) != (21, 3) or not bool(torch.isfinite(offset).all()):
         raise FlashTalkError(f"preset {path}: 'offset' must be [21, 3] finite numbers, got {tuple(offset.shape)}")
     return name, offset.double()
-
-
-# ------------------------------------------------------------------------------------------------ preview
-
-
-def apply_preview_controls(motion: Any, values: Mapping[str, float]) -> Any:
-    """The weights-free preview's share of the controls, on a PreviewMotion (numpy arrays, in place):
-    pose offsets (degrees), expression_scale (mouth shapes), head_distance (scale), mouth_open (jaw,
-    120 = wide open), blink (−20 = closed)."""
-    import numpy as np
-
-    for key in ("yaw", "pitch", "roll"):
-        if key in values:
-            setattr(motion, key, getattr(motion, key) + np.float32(values[key]))
-    if "expression_scale" in values:
-        s = np.float32(values["expression_scale"])
-        motion.jaw, motion.lip_width, motion.lip_round = motion.jaw * s, motion.lip_width * s, motion.lip_round * s
-    if "head_distance" in values:
-        motion.scale = motion.scale * np.float32(values["head_distance"])
-    if "mouth_open" in values:
-        motion.jaw = np.clip(motion.jaw + np.float32(values["mouth_open"] / 120), 0, 1).astype(np.float32)
-    if "blink" in values:
-        motion.blink = np.clip(motion.blink + np.float32(-values["blink"] / 20), 0, 1).astype(np.float32)
-    return motion

@@ -250,8 +250,9 @@ def optimize_renderer(renderer: Renderer, precision: str = "bf16", channels_last
 
 def render_frames(fast: Renderer, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor,
                   stitching: bool = True) -> torch.Tensor:
-    """The per-frame renderer on an `optimize_renderer` copy: f_s [1, C, D, H, W], x_s [1, K, 3],
-    x_d [N, K, 3] (fp32 keypoints) -> frames [N, 3, 8H, 8W] fp32. Pure tensor code (graph-capturable)."""
+    """The per-frame renderer on an `optimize_renderer` copy: f_s [1 or N, C, D, H, W], x_s [1 or N, K, 3]
+    (one source broadcast, or one per frame), x_d [N, K, 3] (fp32 keypoints) -> frames [N, 3, 8H, 8W] fp32.
+    Pure tensor code (graph-capturable)."""
     n = x_d.shape[0]
     x_s = x_s.expand(n, -1, -1)
     if stitching:

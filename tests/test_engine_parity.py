@@ -1,0 +1,106 @@
+"""One engine: `flashtalk animate --frames-dir` and a `flashtalk serve` session ("video": "raw") make the same
+frames for the same portrait, audio and seed (tiny preset, seeded weights, fp32, CPU; both watermarked with
+the default key). The server is really started (a subprocess on 127.0.0.1, stopped by its PID)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from flashtalk.animate import demo_assets
+from flashtalk.cli import main
+from flashtalk.serving import protocol
+
+websockets_sync = pytest.importorskip("websockets.sync.client", reason="websockets is needed for the serve client")
+httpx = pytest.importorskip("httpx", reason="httpx is needed to poll the server's /health")
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAMES = 13  # 0.52 s of speech: two tiny-preset windows (8 frames each) and a zero-padded third
+MAX_ABS, MAX_MEAN = 2 / 255, 0.05 / 255  # on [0, 1] pixels (issue 16's parity bound)
+
+
+def _speech() -> np.ndarray:
+    """int16 speech-like audio, FRAMES * 640 samples + a partial frame."""
+    t = np.arange(FRAMES * 640 + 200) / 16000
+    rng = np.random.default_rng(4)
+    x = 0.3 * np.sin(2 * np.pi * 170 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.03 * rng.standard_normal(len(t))
+    return (x * 32767).astype(np.int16)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_frames(pcm: np.ndarray, seed: int) -> tuple[list[np.ndarray], dict]:
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "flashtalk", "serve", "--seeded-weights", "--preset", "tiny",
+                             "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.3)
+        frames = []
+        with websockets_sync.connect(f"ws://127.0.0.1:{port}/ws", max_size=None, open_timeout=30) as ws:
+            ws.send(json.dumps({"type": "start", "portrait_id": "demo", "video": "raw", "pace": "fast", "idle": False,
+                                "seed": seed, "sample_rate": 16000, "format": "s16le"}))
+            ready = json.loads(ws.recv(timeout=120))
+            assert ready["type"] == "ready", ready
+            ws.send(pcm.astype("<i2").tobytes())  # one message, then the end at once: no stall flush between
+            ws.send(json.dumps({"type": "end"}))
+            for _ in range(200):  # bounded: FRAMES + 1 frames and one end event
+                msg = ws.recv(timeout=300)
+                if isinstance(msg, bytes):
+                    f = protocol.unpack_frame(msg)
+                    frames.append((f.index, np.frombuffer(f.image, np.uint8).reshape(512, 512, 3)))
+                elif json.loads(msg)["type"] == "end":
+                    break
+        return [f for _, f in sorted(frames, key=lambda x: x[0])], ready
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+
+
+def test_animate_frames_equal_a_serve_session(tmp_path):
+    pcm, seed = _speech(), 3
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, pcm, 16000, subtype="PCM_16")
+    out = tmp_path / "frames"
+    rc = main(["animate", str(demo_assets()[0]), str(wav), "-o", str(out), "--frames-dir", "--seeded-weights",
+               "--preset", "tiny", "--device", "cpu", "--seed", str(seed), "-q"])
+    assert rc == 0
+    offline = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(out.glob("*.png"))]
+    streamed, ready = _serve_frames(pcm, seed)
+    assert ready["backend"].startswith("network")
+    assert len(offline) == len(pcm) // 640 + 1  # offline adds one frame of trailing silence
+    assert len(streamed) == -(-len(pcm) // 640)  # the session pads the partial last frame
+    n = min(len(offline), len(streamed))
+    a = np.stack(offline[:n]).astype(np.float64) / 255
+    b = np.stack(streamed[:n]).astype(np.float64) / 255
+    diff = np.abs(a - b)
+    assert a.std() > 0.02  # real pictures, not a constant
+    assert diff.max() <= MAX_ABS and diff.mean() < MAX_MEAN, (diff.max() * 255, diff.mean() * 255)
