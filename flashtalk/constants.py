@@ -5,4 +5,5 @@ FPS = 25  # content frame rate
 HOP = MODEL_RATE // FPS  # 16-kHz samples per frame
 FRAME_SIZE = 512  # output crop side in pixels
 WATERMARK_KEY = "flashtalk-public"  # the watermark key used unless told otherwise
+LATENCY_MODES = ("low", "exact")  # streaming window schedules (flashtalk.runtime.windows)
 SAMPLERS = ("dpmpp", "ddim", "ddpm")  # motion sampler names on the CLI / API (dpmpp = DPM-Solver++(2M))

@@ -366,3 +366,26 @@ def test_contact_sheet_is_committed_and_small():
     assert sheet.is_file() and sheet.stat().st_size <= 300 * 1024
     with Image.open(sheet) as im:
         assert im.format == "PNG" and im.size[0] >= 4 * 128
+
+
+def test_preview_control_ranges_lie_inside_the_controlset_ranges():
+    from flashtalk.model.controls import NUMERIC
+    from flashtalk.preview.controls import PREVIEW_CONTROLS, PREVIEW_LIMITS, check_preview_controls
+
+    assert set(PREVIEW_LIMITS) == set(PREVIEW_CONTROLS)
+    for name, (lo, hi) in PREVIEW_LIMITS.items():
+        _, c_lo, c_hi = NUMERIC[name]
+        assert c_lo <= lo < hi <= c_hi, name
+    with pytest.raises(FlashTalkError, match=r"control yaw must be in \[-30, 30\]; got 31"):
+        check_preview_controls({"yaw": 31})
+
+
+def test_blink_schedule_is_a_device_table_gather():
+    """The schedule needs no host sync: a table per (seed, device), indexed by frame (repeats after the horizon)."""
+    from flashtalk.model.controls import BLINK_DEPTH, BLINK_HORIZON
+
+    frames = torch.arange(0, 400)
+    b = blink_schedule(frames, seed=3)
+    assert b.min() < 0.9 * BLINK_DEPTH and b.max() == 0 and (b < 0).sum() > 10  # closes, opens again
+    torch.testing.assert_close(blink_schedule(frames + BLINK_HORIZON, seed=3), b, atol=0, rtol=0)
+    assert not torch.equal(blink_schedule(frames, seed=4), b)

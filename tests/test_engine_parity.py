@@ -63,7 +63,7 @@ def _serve_frames(pcm: np.ndarray, seed: int) -> tuple[list[np.ndarray], dict]:
         frames = []
         with websockets_sync.connect(f"ws://127.0.0.1:{port}/ws", max_size=None, open_timeout=30) as ws:
             ws.send(json.dumps({"type": "start", "portrait_id": "demo", "video": "raw", "pace": "fast", "idle": False,
-                                "seed": seed, "sample_rate": 16000, "format": "s16le"}))
+                                "latency": "exact", "seed": seed, "sample_rate": 16000, "format": "s16le"}))
             ready = json.loads(ws.recv(timeout=120))
             assert ready["type"] == "ready", ready
             ws.send(pcm.astype("<i2").tobytes())  # one message, then the end at once: no stall flush between

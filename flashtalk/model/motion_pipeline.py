@@ -18,11 +18,10 @@ from typing import Any, Callable, Mapping, NamedTuple
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.keypoints import Motion, rotation_from_degrees, transform_keypoints
+from flashtalk.model.keypoints import Motion, compose_relative, rotation_from_degrees
 from flashtalk.model.motion_generator import MotionGenerator
 from flashtalk.model.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
 
-LIP_KEYPOINTS = (6, 12, 14, 17, 19, 20)  # take the generated expression absolutely (human mode)
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 LEAD_FRAMES, TRAIL_FRAMES = 2, 1  # silence added before / after the clip (80 ms / 40 ms at 25 fps)
 
@@ -129,19 +128,9 @@ def motion_to_renderer(coef: torch.Tensor, template: MotionTemplate, *, ema_alph
 
 def relative_driving(x_c: torch.Tensor, source: Motion, generated: Motion, reference: Motion,
                      lip_absolute: bool = True) -> torch.Tensor:
-    """Driving keypoints of JoyVASA's human pipeline (spec §3.6) for B generated frames -> [B, 21, 3].
-
-    R = R_d R_ref^T R_s; exp = exp_s + exp_d - exp_ref, except the lip keypoints which take exp_d when
-    `lip_absolute`; scale = s_s s_d / s_ref; t = t_s + t_d - t_ref (z ignored). `source` and `reference`
-    (the first generated frame) have batch 1 or B; x_c is the source's canonical keypoints [1 or B, 21, 3]."""
-    B = generated.R.shape[0]
-    R = generated.R @ reference.R.transpose(1, 2) @ source.R
-    exp = (source.exp + (generated.exp - reference.exp)).expand(B, -1, -1).clone()
-    if lip_absolute:
-        exp[:, list(LIP_KEYPOINTS)] = generated.exp[:, list(LIP_KEYPOINTS)]
-    scale = (source.scale * (generated.scale / reference.scale)).expand(B, -1)
-    t = (source.t + (generated.t - reference.t)).expand(B, -1)
-    return transform_keypoints(x_c.expand(B, -1, -1), R, exp, scale, t)
+    """Driving keypoints of JoyVASA's human pipeline (spec §3.6) for B generated frames -> [B, 21, 3]:
+    `flashtalk.model.keypoints.compose_relative` with the lip keypoints absolute when `lip_absolute`."""
+    return compose_relative(x_c, source, generated, reference, lips_absolute=lip_absolute)
 
 
 @dataclass(frozen=True)

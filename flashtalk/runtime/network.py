@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -145,6 +145,8 @@ class NetworkBackend:
         self.device = torch.device(device)
         self.nets = nets.to(self.device)
         self.cfg = self.nets.motion.cfg
+        t = self.nets.template  # the motion template on the device (no per-window host copy)
+        self.template = type(t)(**{f.name: getattr(t, f.name).to(self.device) for f in fields(t)})
         self.precision = resolve_precision(precision, self.device)
         self.fast = None  # FastRenderer, unless fp32 on the CPU (the reference renderer, bit for bit)
         if self.precision != "fp32" or self.device.type == "cuda":
@@ -235,6 +237,8 @@ class NetworkBackend:
     def _sample(self, states: list[WindowState], windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One window of each stream: audio [B, window_samples] -> (coef [B, W, 70], projected audio [B, W, d])."""
         motion = self.nets.motion
+        if self.device.type == "cuda":  # pinned, asynchronous copy in
+            windows = windows.pin_memory().to(self.device, non_blocking=True)
         feats = joyvasa_audio_features(self.nets.audio, windows.to(self.device, torch.float32), self.cfg.n_motions)
         audio = motion.audio_feature_map(feats.to(states[0].x_T.dtype))
         return self.window_sampler(states, audio), audio
@@ -244,7 +248,7 @@ class NetworkBackend:
         """A sampled window of one stream (lead silent frames, then n new ones committed) -> the motion of
         the n frames; its context, EMA and cursor move on."""
         alpha = 1.0 - stream.controls.pose_smoothing
-        gm = advance_window(stream, coef, audio, lead + n, self.nets.template, None if alpha >= 1.0 else alpha)
+        gm = advance_window(stream, coef, audio, lead + n, self.template, None if alpha >= 1.0 else alpha)
         m = gm.frames()
         if stream.reference is None:
             stream.reference = Motion(R=m.R[:1], exp=m.exp[:1], scale=m.scale[:1], t=m.t[:1])
@@ -274,15 +278,15 @@ class NetworkBackend:
                 sources.append(stream.source)
             kp = self.driving_keypoints(stream, NetworkMotion.concat(chunks))
             x_d.append(kp)
-            rows += [slot[key]] * len(kp)
-        n = len(rows)
+            rows.append((slot[key], len(kp)))
+        n = sum(k for _, k in rows)
         if self.pad_to_bucket and bucket > n:
-            rows += [rows[-1]] * (bucket - n)  # repeat the last frame: real data, sliced off below
+            rows.append((rows[-1][0], bucket - n))  # repeat the last frame: real data, sliced off below
             x_d.append(x_d[-1][-1:].expand(bucket - n, -1, -1))
         if len(sources) == 1:  # one portrait: its features broadcast over the frames (views, no copy)
             f_s, x_s = sources[0].f_s, sources[0].x_s
-        else:
-            index = torch.tensor(rows, device=self.device)
+        else:  # the per-frame source index, made by device fills (no host-to-device copy)
+            index = torch.cat([torch.full((k,), i, dtype=torch.long, device=self.device) for i, k in rows])
             f_s = torch.cat([s.f_s for s in sources]).index_select(0, index)  # [N, C, D, H, W], per frame
             x_s = torch.cat([s.x_s for s in sources]).index_select(0, index)
         return self.render_keypoints(f_s, x_s, torch.cat(x_d))[:n]

@@ -39,8 +39,10 @@ class StreamingBackend(Protocol):
         """Per-portrait state from a [3, 512, 512] float crop in [0, 1] (done once per portrait)."""
         ...
 
-    def open(self, portrait: Any, *, seed: int) -> Any:
-        """Per-stream state (motion history, random state) over an encoded portrait."""
+    def open(self, portrait: Any, *, seed: int, latency: str = "exact", commit_frames: int | None = None,
+             lookahead_frames: int | None = None) -> Any:
+        """Per-stream state (motion history, random state) over an encoded portrait; the latency settings
+        choose the window schedule of a backend with a look-ahead (`flashtalk.runtime.windows`)."""
         ...
 
     def check_controls(self, controls: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
+from flashtalk.constants import LATENCY_MODES
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.backends import PreviewStreamingBackend
 from flashtalk.runtime.protocol import (DEFAULT_WATERMARK_KEY, FPS, FRAME_SIZE, HOP, MODEL_RATE, EncodedPortrait,
@@ -90,6 +91,8 @@ class Session:
             raise FlashTalkError(f"sample_rate must be an integer in [4000, 192000] Hz; got {sample_rate!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise FlashTalkError(f"seed must be a non-negative integer; got {seed!r}")
+        if latency not in LATENCY_MODES:
+            raise FlashTalkError(f"latency must be one of {', '.join(LATENCY_MODES)}; got {latency!r}")
         if not isinstance(portrait, EncodedPortrait):
             portrait = encode_portrait(backend, portrait, crop=crop)
         elif portrait.backend_name != backend.name:

@@ -25,12 +25,12 @@ from typing import Any, Sequence
 
 import torch
 
+from flashtalk.constants import LATENCY_MODES
 from flashtalk.errors import FlashTalkError
 from flashtalk.model.motion_pipeline import LEAD_FRAMES, SamplerConfig, sample_window
 
 log = logging.getLogger(__name__)
 
-LATENCY_MODES = ("low", "exact")
 LOW_COMMIT, LOW_LOOKAHEAD = 4, 1  # low mode defaults: k frames committed per window, r frames of look-ahead
 MAX_LOOKAHEAD_MS = 160.0  # what the low-mode defaults must stay within
 SAMPLER_MAX_STREAMS = 32  # windows per graphed sampler call (larger batches run in chunks)

@@ -36,6 +36,7 @@ class ServeConfig:
     max_portraits: int = 64  # encoded portraits kept (least recently used dropped)
     max_send_queue_bytes: int = 8 << 20  # per session: encoded frames waiting for a slow reader
     device: str | None = None
+    latency: str = "low"  # sessions' default streaming latency mode (low | exact)
     replica: str = "local"  # named in `ready`, /health and /metrics (the Ray replica id under Ray Serve)
 
     @property
