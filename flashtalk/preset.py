@@ -1,9 +1,9 @@
-"""`flashtalk preset save PHOTO -o happy.json`: an expression preset (emotion offset) from a reference photo.
+"""`flashtalk emotion save PHOTO -o happy.json` (formerly `flashtalk preset`, still accepted): an expression preset (emotion offset) from a reference photo.
 
 The photo's expression is read with the renderer's motion extractor (needs --weights, or --seeded-weights
 for tests) and stored relative to a neutral photo (--neutral), or on its own with keypoint 5's x / y
 zeroed. Apply it with `flashtalk animate ... --emotion happy.json --emotion-weight 0.7`.
-`flashtalk preset show happy.json` prints its largest components."""
+`flashtalk emotion show happy.json` prints its largest components."""
 
 from __future__ import annotations
 

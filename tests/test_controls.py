@@ -350,6 +350,7 @@ def test_cli_preset_save_and_animate_flags(tmp_path, capsys):
     name, offset = load_preset(out)
     assert name == "p" and bool(offset.abs().sum() > 0) and offset[5, :2].abs().sum() == 0
     assert main(["preset", "show", str(out)]) == 0
+    assert main(["emotion", "show", str(out)]) == 0  # the command's name; `preset` is its former one
     assert "largest" in capsys.readouterr().out
     assert main(["preset", "save", portrait, "-o", str(out), "--seeded-weights"]) == 2  # exists
     assert main(["preset", "save", portrait, "-o", str(tmp_path / "q.json")]) == 2  # no network

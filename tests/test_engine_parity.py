@@ -1,6 +1,7 @@
 """One engine: `flashtalk animate --frames-dir` and a `flashtalk serve` session ("video": "raw") make the same
 frames for the same portrait, audio and seed (tiny preset, seeded weights, fp32, CPU; both watermarked with
-the default key). The server is really started (a subprocess on 127.0.0.1, stopped by its PID)."""
+the default key). The server is really started (a subprocess on 127.0.0.1, stopped by its PID); it also checks
+the serve default latency (low, <= 160 ms announced) and that bad latency settings close with 1008."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from flashtalk.cli import main
 from flashtalk.serving import protocol
 
 websockets_sync = pytest.importorskip("websockets.sync.client", reason="websockets is needed for the serve client")
+websockets_exceptions = pytest.importorskip("websockets.exceptions", reason="websockets is needed")
 httpx = pytest.importorskip("httpx", reason="httpx is needed to poll the server's /health")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +45,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve_frames(pcm: np.ndarray, seed: int) -> tuple[list[np.ndarray], dict]:
+@pytest.fixture(scope="module")
+def server():
+    """`flashtalk serve --seeded-weights --preset tiny` on a free loopback port; yields the port."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "flashtalk", "serve", "--seeded-weights", "--preset", "tiny",
@@ -60,22 +64,7 @@ def _serve_frames(pcm: np.ndarray, seed: int) -> tuple[list[np.ndarray], dict]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
             time.sleep(0.3)
-        frames = []
-        with websockets_sync.connect(f"ws://127.0.0.1:{port}/ws", max_size=None, open_timeout=30) as ws:
-            ws.send(json.dumps({"type": "start", "portrait_id": "demo", "video": "raw", "pace": "fast", "idle": False,
-                                "latency": "exact", "seed": seed, "sample_rate": 16000, "format": "s16le"}))
-            ready = json.loads(ws.recv(timeout=120))
-            assert ready["type"] == "ready", ready
-            ws.send(pcm.astype("<i2").tobytes())  # one message, then the end at once: no stall flush between
-            ws.send(json.dumps({"type": "end"}))
-            for _ in range(200):  # bounded: FRAMES + 1 frames and one end event
-                msg = ws.recv(timeout=300)
-                if isinstance(msg, bytes):
-                    f = protocol.unpack_frame(msg)
-                    frames.append((f.index, np.frombuffer(f.image, np.uint8).reshape(512, 512, 3)))
-                elif json.loads(msg)["type"] == "end":
-                    break
-        return [f for _, f in sorted(frames, key=lambda x: x[0])], ready
+        yield port
     finally:
         proc.terminate()
         try:
@@ -85,7 +74,31 @@ def _serve_frames(pcm: np.ndarray, seed: int) -> tuple[list[np.ndarray], dict]:
             proc.wait(timeout=20)
 
 
-def test_animate_frames_equal_a_serve_session(tmp_path):
+def _start(port: int, **fields):
+    ws = websockets_sync.connect(f"ws://127.0.0.1:{port}/ws", max_size=None, open_timeout=30)
+    ws.send(json.dumps({"type": "start", "portrait_id": "demo", "video": "raw", "pace": "fast", "idle": False,
+                        "sample_rate": 16000, "format": "s16le", **fields}))
+    return ws, json.loads(ws.recv(timeout=120))
+
+
+def _serve_frames(port: int, pcm: np.ndarray, seed: int) -> tuple[list[np.ndarray], dict]:
+    frames = []
+    ws, ready = _start(port, latency="exact", seed=seed)
+    with ws:
+        assert ready["type"] == "ready", ready
+        ws.send(pcm.astype("<i2").tobytes())  # one message, then the end at once: no stall flush between
+        ws.send(json.dumps({"type": "end"}))
+        for _ in range(200):  # bounded: FRAMES + 1 frames and one end event
+            msg = ws.recv(timeout=300)
+            if isinstance(msg, bytes):
+                f = protocol.unpack_frame(msg)
+                frames.append((f.index, np.frombuffer(f.image, np.uint8).reshape(512, 512, 3)))
+            elif json.loads(msg)["type"] == "end":
+                break
+    return [f for _, f in sorted(frames, key=lambda x: x[0])], ready
+
+
+def test_animate_frames_equal_a_serve_session(server, tmp_path):
     pcm, seed = _speech(), 3
     wav = tmp_path / "speech.wav"
     sf.write(wav, pcm, 16000, subtype="PCM_16")
@@ -94,8 +107,8 @@ def test_animate_frames_equal_a_serve_session(tmp_path):
                "--preset", "tiny", "--device", "cpu", "--seed", str(seed), "-q"])
     assert rc == 0
     offline = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(out.glob("*.png"))]
-    streamed, ready = _serve_frames(pcm, seed)
-    assert ready["backend"].startswith("network")
+    streamed, ready = _serve_frames(server, pcm, seed)
+    assert ready["backend"].startswith("network") and ready["latency"] == "exact"
     assert len(offline) == len(pcm) // 640 + 1  # offline adds one frame of trailing silence
     assert len(streamed) == -(-len(pcm) // 640)  # the session pads the partial last frame
     n = min(len(offline), len(streamed))
@@ -104,3 +117,17 @@ def test_animate_frames_equal_a_serve_session(tmp_path):
     diff = np.abs(a - b)
     assert a.std() > 0.02  # real pictures, not a constant
     assert diff.max() <= MAX_ABS and diff.mean() < MAX_MEAN, (diff.max() * 255, diff.mean() * 255)
+
+
+def test_low_latency_is_the_serve_default_and_bad_settings_close_1008(server):
+    ws, ready = _start(server)
+    with ws:
+        assert ready["latency"] == "low" and 0 < ready["lookahead_ms"] <= 160
+    for fields, what in (({"latency": "fast"}, "latency"), ({"latency": "low", "commit_frames": 99}, r"commit_frames"),
+                         ({"latency": "low", "lookahead_frames": -1}, "lookahead_frames")):
+        ws, reply = _start(server, **fields)
+        with ws:
+            assert reply["type"] == "error" and what in reply["reason"], reply
+            with pytest.raises(websockets_exceptions.ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008
