@@ -6,12 +6,6 @@ the serve default latency (low, <= 160 ms announced) and that bad latency settin
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +15,11 @@ from PIL import Image
 from flashtalk.animate import demo_assets
 from flashtalk.cli import main
 from flashtalk.serving import protocol
+from tests.serve_process import flashtalk_serve
 
 websockets_sync = pytest.importorskip("websockets.sync.client", reason="websockets is needed for the serve client")
 websockets_exceptions = pytest.importorskip("websockets.exceptions", reason="websockets is needed")
-httpx = pytest.importorskip("httpx", reason="httpx is needed to poll the server's /health")
 
-ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 13  # 0.52 s of speech: two tiny-preset windows (8 frames each) and a zero-padded third
 MAX_ABS, MAX_MEAN = 2 / 255, 0.05 / 255  # on [0, 1] pixels (issue 16's parity bound)
 
@@ -39,39 +32,11 @@ def _speech() -> np.ndarray:
     return (x * 32767).astype(np.int16)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
     """`flashtalk serve --seeded-weights --preset tiny` on a free loopback port; yields the port."""
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "flashtalk", "serve", "--seeded-weights", "--preset", "tiny",
-                             "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.3)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+    with flashtalk_serve("--seeded-weights", "--preset", "tiny") as srv:
+        yield int(srv.base.rsplit(":", 1)[1])
 
 
 def _start(port: int, **fields):
@@ -116,6 +81,7 @@ def test_animate_frames_equal_a_serve_session(server, tmp_path):
     b = np.stack(streamed[:n]).astype(np.float64) / 255
     diff = np.abs(a - b)
     assert a.std() > 0.02  # real pictures, not a constant
+    print(f"parity over {n} frames: max {diff.max() * 255:.3f}/255, mean {diff.mean() * 255:.5f}/255")
     assert diff.max() <= MAX_ABS and diff.mean() < MAX_MEAN, (diff.max() * 255, diff.mean() * 255)
 
 
