@@ -40,9 +40,10 @@ def normalised(backend: NetworkBackend, latency: str, audio: np.ndarray) -> torc
     n = len(audio) // HOP
     (m,) = backend.motion([(stream, audio, {}, n)])
     tpl = backend.template
-    exp = (m.motion.exp.flatten(1) - tpl.mean_exp) / tpl.std_exp
-    scale = (m.motion.scale - tpl.min_scale) / (tpl.max_scale - tpl.min_scale)
-    t = (m.motion.t - tpl.min_t) / (tpl.max_t - tpl.min_t)
+    nz = lambda x: torch.where(x.abs() > 1e-12, x, torch.ones_like(x))  # noqa: E731 - degenerate template rows
+    exp = (m.motion.exp.flatten(1) - tpl.mean_exp) / nz(tpl.std_exp)
+    scale = (m.motion.scale - tpl.min_scale) / nz(tpl.max_scale - tpl.min_scale)
+    t = (m.motion.t - tpl.min_t) / nz(tpl.max_t - tpl.min_t)
     return torch.cat([exp, scale, t], dim=1).double()
 
 

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flashtalk.model.controls import load_preset, save_preset
+    from flashtalk.model.emotion import load_preset, save_preset
 
     if args.action == "show":
         name, offset = load_preset(args.path)
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise FlashTalkError(f"{out} already exists (pass --overwrite to replace it)")
     if not (args.weights or args.seeded_weights):
         raise FlashTalkError("reading a photo's expression needs the network: pass --weights (or --seeded-weights)")
-    from flashtalk.model.controls import expression_offset
+    from flashtalk.model.emotion import expression_offset
     from flashtalk.runtime.engine import Engine
 
     backend = Engine.from_weights(args.weights, seeded=args.seeded_weights, preset=args.preset,

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.controls import (LIP_KEYPOINTS, ControlSet, Track, apply_controls, blink_schedule,
-                                      load_preset, load_tracks, save_preset)
+from flashtalk.model.controls import LIP_KEYPOINTS, ControlSet, Track, apply_controls, blink_schedule, load_tracks
+from flashtalk.model.emotion import load_preset, save_preset
 from flashtalk.model.keypoints import Motion, rotation_from_degrees, transform_keypoints
 
 D = torch.float64

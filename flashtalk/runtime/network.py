@@ -332,7 +332,7 @@ class NetworkBackend:
         own (controls.expression_offset) without one: the emotion offset of a reference photo."""
         from flashtalk.facecrop import face_crop
         from flashtalk.media import load_image
-        from flashtalk.model.controls import expression_offset
+        from flashtalk.model.emotion import expression_offset
 
         fc = face_crop(load_image(image, name="emotion image"), "auto", name="emotion image")
         ref = self.encode(torch.from_numpy(fc.image).to(self.device).permute(2, 0, 1).float().div_(255))
