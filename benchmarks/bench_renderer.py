@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flashtalk.kernels import use_kernels  # noqa: E402
-from flashtalk.model.fast import PRECISIONS, FastRenderer, optimize_renderer, render_frames  # noqa: E402
+from flashtalk.model.fast import PRECISIONS, optimize_renderer, render_frames  # noqa: E402
+from flashtalk.runtime.fast_renderer import FastRenderer  # noqa: E402
 from flashtalk.model.renderer import Renderer, SourceState  # noqa: E402
 from flashtalk.profiling import devices  # noqa: E402
 from flashtalk.profiling.timing import measure  # noqa: E402

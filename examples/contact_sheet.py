@@ -2,7 +2,7 @@
 
     .venv/bin/python examples/contact_sheet.py [-o docs/controls_contact_sheet.png]
 
-Each tile is the bundled portrait with one control set through `flashtalk.model.controls.apply_preview_controls`
+Each tile is the bundled portrait with one control set through `flashtalk.preview.controls.apply_preview_controls`
 (the preview's share of the controls: pose offsets, head distance, mouth open, blink). The network path
 applies the full set (gaze, emotion, brows, ...) in keypoint space; its tests live in tests/test_controls.py.
 """
@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from flashtalk.animate import demo_assets
 from flashtalk.facecrop import face_crop
 from flashtalk.media import load_image
-from flashtalk.model.controls import apply_preview_controls
+from flashtalk.preview.controls import apply_preview_controls
 from flashtalk.preview import FaceLayout, PreviewMotion, PreviewRenderer
 
 TILES = [("no controls", {}), ("yaw +20", {"yaw": 20.0}), ("pitch -15", {"pitch": -15.0}),

@@ -8,6 +8,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from flashtalk.constants import SAMPLERS
 from flashtalk.errors import FlashTalkError
 
 DEMO_PORTRAIT = "portrait.jpg"
@@ -46,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drive the portrait with a video's head motion and expressions instead of speech "
                         "(audio from the video; needs the network)")
     net = p.add_argument_group("network options (with --weights / --seeded-weights)")
-    net.add_argument("--sampler", choices=("dpmpp", "ddim", "ddpm"), default="dpmpp",
+    net.add_argument("--sampler", choices=SAMPLERS, default="dpmpp",
                      help="motion sampler (default dpmpp: DPM-Solver++(2M); ddpm: the original 50 steps)")
     net.add_argument("--steps", type=int, default=10, help="sampler steps per motion window (default 10)")
     net.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance on audio (default 2.0)")

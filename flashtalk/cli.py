@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kernels": ("flashtalk.kernels.check", "kernels check: compile every kernel variant ahead of time for a GPU arch (sm_90)"),
     "profile": ("flashtalk.profile", "write a torch-profiler trace of a few rendered frames"),
     "serve": ("flashtalk.serve", "stream talking heads over WebSocket/HTTP, with a web page to try it"),
-    "preset": ("flashtalk.preset", "save a reference photo's expression as an emotion preset (or show one)"),
+    "emotion": ("flashtalk.preset", "save a reference photo's expression as an emotion preset (or show one)"),
+    "preset": ("flashtalk.preset", "the former name of `emotion` (kept so scripts keep working)"),
     "download": ("flashtalk.download", "fetch the published LivePortrait / JoyVASA / HuBERT weights (Hugging Face)"),
 }
 

@@ -8,6 +8,12 @@ import json
 import platform
 
 
+def _buckets() -> tuple[int, ...]:
+    from flashtalk.runtime.graphs import BUCKETS
+
+    return BUCKETS
+
+
 def collect(device: str | None = None) -> dict:
     import torch
 
@@ -26,6 +32,11 @@ def collect(device: str | None = None) -> dict:
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
         "kernel_mode": mode(),
         "triton_interpreter": interpreter_enabled(),
+        "engine": ("one engine (flashtalk/runtime): backends preview | network behind one interface "
+                   "(protocol.py), offline = one-stream driver of the streaming path; layers kernels -> model -> "
+                   "runtime -> serving / cli"),
+        "streaming_latency": "low (<= 160 ms look-ahead, serve default) | exact (JoyVASA windows, offline-identical)",
+        "graph_buckets": list(_buckets()),
         "ops": {},
     }
     if cuda:

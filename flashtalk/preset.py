@@ -1,9 +1,9 @@
-"""`flashtalk preset save PHOTO -o happy.json`: an expression preset (emotion offset) from a reference photo.
+"""`flashtalk emotion save PHOTO -o happy.json` (formerly `flashtalk preset`, still accepted): an expression preset (emotion offset) from a reference photo.
 
 The photo's expression is read with the renderer's motion extractor (needs --weights, or --seeded-weights
 for tests) and stored relative to a neutral photo (--neutral), or on its own with keypoint 5's x / y
 zeroed. Apply it with `flashtalk animate ... --emotion happy.json --emotion-weight 0.7`.
-`flashtalk preset show happy.json` prints its largest components."""
+`flashtalk emotion show happy.json` prints its largest components."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flashtalk.model.controls import load_preset, save_preset
+    from flashtalk.model.emotion import load_preset, save_preset
 
     if args.action == "show":
         name, offset = load_preset(args.path)
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise FlashTalkError(f"{out} already exists (pass --overwrite to replace it)")
     if not (args.weights or args.seeded_weights):
         raise FlashTalkError("reading a photo's expression needs the network: pass --weights (or --seeded-weights)")
-    from flashtalk.model.controls import expression_offset
+    from flashtalk.model.emotion import expression_offset
     from flashtalk.runtime.engine import Engine
 
     backend = Engine.from_weights(args.weights, seeded=args.seeded_weights, preset=args.preset,

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="full network with seeded synthetic weights (not a face: for testing)")
     parser.add_argument("--preset", default="liveportrait", choices=("liveportrait", "tiny"),
                         help="network size with --seeded-weights (default liveportrait)")
+    parser.add_argument("--latency", choices=("low", "exact"), default="low",
+                        help="sessions' default streaming latency (default low: <= 160 ms of audio look-ahead; "
+                             "exact: JoyVASA's whole windows, offline-identical); a start message may choose")
     parser.add_argument("--precision", metavar="fp32|bf16|fp16",
                         help="renderer precision of the network (default bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--ray", action="store_true",
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if args.replicas is not None and not 1 <= args.replicas <= 1024:
         raise FlashTalkError(f"--replicas must be in [1, 1024]; got {args.replicas}")
     config = ServeConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
-                         max_upload_bytes=int(args.max_upload_mb * (1 << 20)), device=args.device)
+                         max_upload_bytes=int(args.max_upload_mb * (1 << 20)), device=args.device,
+                         latency=args.latency)
     check_config(config)  # refuse a public bind without a token before touching the device
     if args.weights is None and not args.seeded_weights:
         if args.precision is not None:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.controls import (LIP_KEYPOINTS, ControlSet, Track, apply_controls, blink_schedule,
-                                      load_preset, load_tracks, save_preset)
+from flashtalk.model.controls import LIP_KEYPOINTS, ControlSet, Track, apply_controls, blink_schedule, load_tracks
+from flashtalk.model.emotion import load_preset, save_preset
 from flashtalk.model.keypoints import Motion, rotation_from_degrees, transform_keypoints
 
 D = torch.float64
@@ -350,6 +350,7 @@ def test_cli_preset_save_and_animate_flags(tmp_path, capsys):
     name, offset = load_preset(out)
     assert name == "p" and bool(offset.abs().sum() > 0) and offset[5, :2].abs().sum() == 0
     assert main(["preset", "show", str(out)]) == 0
+    assert main(["emotion", "show", str(out)]) == 0  # the command's name; `preset` is its former one
     assert "largest" in capsys.readouterr().out
     assert main(["preset", "save", portrait, "-o", str(out), "--seeded-weights"]) == 2  # exists
     assert main(["preset", "save", portrait, "-o", str(tmp_path / "q.json")]) == 2  # no network
@@ -366,3 +367,26 @@ def test_contact_sheet_is_committed_and_small():
     assert sheet.is_file() and sheet.stat().st_size <= 300 * 1024
     with Image.open(sheet) as im:
         assert im.format == "PNG" and im.size[0] >= 4 * 128
+
+
+def test_preview_control_ranges_lie_inside_the_controlset_ranges():
+    from flashtalk.model.controls import NUMERIC
+    from flashtalk.preview.controls import PREVIEW_CONTROLS, PREVIEW_LIMITS, check_preview_controls
+
+    assert set(PREVIEW_LIMITS) == set(PREVIEW_CONTROLS)
+    for name, (lo, hi) in PREVIEW_LIMITS.items():
+        _, c_lo, c_hi = NUMERIC[name]
+        assert c_lo <= lo < hi <= c_hi, name
+    with pytest.raises(FlashTalkError, match=r"control yaw must be in \[-30, 30\]; got 31"):
+        check_preview_controls({"yaw": 31})
+
+
+def test_blink_schedule_is_a_device_table_gather():
+    """The schedule needs no host sync: a table per (seed, device), indexed by frame (repeats after the horizon)."""
+    from flashtalk.model.controls import BLINK_DEPTH, BLINK_HORIZON
+
+    frames = torch.arange(0, 400)
+    b = blink_schedule(frames, seed=3)
+    assert b.min() < 0.9 * BLINK_DEPTH and b.max() == 0 and (b < 0).sum() > 10  # closes, opens again
+    torch.testing.assert_close(blink_schedule(frames + BLINK_HORIZON, seed=3), b, atol=0, rtol=0)
+    assert not torch.equal(blink_schedule(frames, seed=4), b)

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice, use_kernels
-from flashtalk.model.fast import (FastRenderer, FastSPADEDecoder, fold_batchnorms, fold_spectral_norms,
+from flashtalk.model.fast import (FastSPADEDecoder, fold_batchnorms, fold_spectral_norms,
                                   optimize_renderer, phase_weights, render_frames, upsampled_conv3x3)
+from flashtalk.runtime.fast_renderer import FastRenderer
 from flashtalk.model.liveportrait_weights import seeded_state_dict
 from flashtalk.model.renderer import Renderer, SourceState, build_network
 from flashtalk.model.spade import SPADEConfig, SPADEDecoder

@@ -111,7 +111,8 @@ def test_capture_failure_is_actionable():
 def test_fast_renderer_graphs_match_eager_every_bucket(precision, monkeypatch):
     """Captured with the compiled Triton kernels inside (spade_norm, the warping ops), not the references."""
     from flashtalk.kernels import last_choice
-    from flashtalk.model.fast import FastRenderer, render_frames
+    from flashtalk.model.fast import render_frames
+    from flashtalk.runtime.fast_renderer import FastRenderer
     from flashtalk.model.renderer import Renderer
 
     r = Renderer.seeded("tiny").cuda()

@@ -7,6 +7,7 @@ import logging
 import math
 
 import av
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -18,7 +19,9 @@ from flashtalk.errors import FlashTalkError
 from flashtalk.model.bundle import seeded_networks
 from flashtalk.runtime.engine import Engine
 from flashtalk.runtime.graphs import EagerBackend
-from flashtalk.runtime.network import MotionWindows, NetworkBackend, sampler_config
+from flashtalk.model.controls import ControlSet
+from flashtalk.runtime.network import NetworkBackend
+from flashtalk.runtime.protocol import HOP
 from tests.utils import assert_close
 
 BF16_CPU_PSNR_DB = 30.0  # measured ~44 dB on the tiny preset with seeded weights (warping fp32 on the CPU)
@@ -55,7 +58,8 @@ def test_default_on_cpu_is_fp32_on_the_reference_renderer(fp32_engine, driving):
     assert default.precision == explicit.precision == "fp32"
     assert default.fast is None and explicit.fast is None
     source, x_d = driving
-    a, b = default.render(source, x_d[:1]), explicit.render(source, x_d[:1])
+    a = default.render_keypoints(source.f_s, source.x_s, x_d[:1])
+    b = explicit.render_keypoints(source.f_s, source.x_s, x_d[:1])
     assert torch.equal(a, b)
     with torch.no_grad():
         assert torch.equal(a, default.nets.renderer.render(source, x_d[:1]).clamp(0, 1))
@@ -65,12 +69,12 @@ def test_bf16_on_cpu_renders_close_to_fp32(fp32_engine, driving):
     source, x_d = driving
     bf16 = NetworkBackend(seeded_networks("tiny"), torch.device("cpu"), precision="bf16")
     assert bf16.fast is not None and not bf16.fast.graphs  # eager on the CPU
-    ref = fp32_engine.backend.render(source, x_d)
-    out = bf16.render(source, x_d)
+    ref = fp32_engine.backend.render_keypoints(source.f_s, source.x_s, x_d)
+    out = bf16.render_keypoints(source.f_s, source.x_s, x_d)
     assert out.dtype == torch.float32 and not torch.isnan(out).any()
     assert _psnr(out, ref) > BF16_CPU_PSNR_DB
-    # the streaming path: per-frame gathered sources through the same fast renderer
-    gathered = bf16.render_gathered(source.f_s.expand(2, -1, -1, -1, -1), source.x_s.expand(2, -1, -1), x_d)
+    # per-frame gathered sources (several portraits in one call) through the same fast renderer
+    gathered = bf16.render_keypoints(source.f_s.expand(2, -1, -1, -1, -1), source.x_s.expand(2, -1, -1), x_d)
     assert_close(gathered.clamp(0, 1), out, atol=1e-5)
 
 
@@ -112,26 +116,36 @@ def tiny_nets():
     return seeded_networks("tiny")
 
 
-def _windows(nets, n: int = 2) -> list[torch.Tensor]:
+def _audio(nets, frames: int) -> np.ndarray:
     g = torch.Generator().manual_seed(3)
-    return [0.1 * torch.randn(nets.motion.cfg.window_samples, generator=g) for _ in range(n)]
+    return (0.1 * torch.randn(frames * HOP, generator=g)).numpy()
 
 
-def _motions(gen: MotionWindows, windows: list[torch.Tensor]) -> list:
-    return [gen.push(w, nv) for w, nv in zip(windows, (gen.cfg.n_motions, gen.cfg.n_motions - 3))]
+def _motions(backend: NetworkBackend, windows: int = 2) -> list:
+    """Motion of `windows` windows of one stream through the backend's motion call: a whole first window,
+    then a partial one (3 frames short) flushed as due."""
+    W, stream = backend.cfg.n_motions, backend.open(None, seed=5)
+    controls = ControlSet(pose_smoothing=0.9)
+    sizes = [W - stream.lead] + [W - 3] * (windows - 1)
+    audio = _audio(backend.nets, sum(sizes))
+    out, done = [], 0
+    for n in sizes:
+        (m,) = backend.motion([(stream, audio[done * HOP:(done + n) * HOP], controls, n)])
+        out.append(m.motion)
+        done += n
+    return out
 
 
 @pytest.mark.parametrize("sampler,steps", [("dpmpp", 4), ("ddpm", None)])
 def test_graphed_sampler_capture_logic_equals_eager(tiny_nets, sampler, steps):
     """Static buffers, up-front noise from the stream's generator, context / EMA updates: through the eager
-    capture backend the motion is the eager MotionStream's exactly, window after window."""
-    cfg = sampler_config(sampler, steps)
-    windows = _windows(tiny_nets)
-    eager = _motions(MotionWindows(tiny_nets, sampler=cfg, seed=5, pose_smoothing=0.9, graphs=False), windows)
-    graphed_gen = MotionWindows(tiny_nets, sampler=cfg, seed=5, pose_smoothing=0.9, graphs=True,
-                                graph_backend=EagerBackend())
-    graphed = _motions(graphed_gen, windows)
-    assert graphed_gen.sampler.runner is not None and graphed_gen.sampler.failed is None
+    capture backend the motion is the eager sampler's exactly, window after window."""
+    eager = _motions(NetworkBackend(tiny_nets, "cpu", sampler=sampler, steps=steps, graphs=False))
+    graphed_backend = NetworkBackend(tiny_nets, "cpu", sampler=sampler, steps=steps, graphs=True,
+                                     graph_backend=EagerBackend())
+    graphed = _motions(graphed_backend)
+    ws = graphed_backend.window_sampler
+    assert ws.runner is not None and ws.failed is None
     for a, b in zip(graphed, eager):
         for name in ("R", "exp", "scale", "t"):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
@@ -144,28 +158,23 @@ class _FailingBackend:
 
 
 def test_graphed_sampler_falls_back_to_eager_when_capture_fails(tiny_nets, caplog):
-    cfg = sampler_config("dpmpp", 3)
-    windows = _windows(tiny_nets, 1)
-    eager = _motions(MotionWindows(tiny_nets, sampler=cfg, seed=1, pose_smoothing=0.99, graphs=False), windows)
-    gen = MotionWindows(tiny_nets, sampler=cfg, seed=1, pose_smoothing=0.99, graphs=True,
-                        graph_backend=_FailingBackend())
+    eager = _motions(NetworkBackend(tiny_nets, "cpu", steps=3, graphs=False), 1)
+    backend = NetworkBackend(tiny_nets, "cpu", steps=3, graphs=True, graph_backend=_FailingBackend())
     with caplog.at_level(logging.WARNING):
-        got = _motions(gen, windows)
-    assert gen.sampler.runner is None and "not permitted" in gen.sampler.failed
+        got = _motions(backend, 1)
+    assert backend.window_sampler.runner is None and "not permitted" in backend.window_sampler.failed
     assert "sampling eagerly" in caplog.text
     assert torch.equal(got[0].exp, eager[0].exp)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("sampler,steps", [("dpmpp", 10), ("ddim", 10), ("ddpm", None)])
-def test_cuda_graphed_sampler_matches_eager(tiny_nets, sampler, steps):
-    nets = seeded_networks("tiny").to(torch.device("cuda"))
-    cfg = sampler_config(sampler, steps)
-    windows = _windows(nets)
-    eager = _motions(MotionWindows(nets, sampler=cfg, seed=5, pose_smoothing=0.9, graphs=False), windows)
-    gen = MotionWindows(nets, sampler=cfg, seed=5, pose_smoothing=0.9)  # graphs by default on CUDA
-    graphed = _motions(gen, windows)
-    assert gen.sampler.failed is None, gen.sampler.failed
+def test_cuda_graphed_sampler_matches_eager(sampler, steps):
+    nets = seeded_networks("tiny")
+    eager = _motions(NetworkBackend(nets, "cuda", sampler=sampler, steps=steps, graphs=False))
+    backend = NetworkBackend(nets, "cuda", sampler=sampler, steps=steps)  # graphs by default on CUDA
+    graphed = _motions(backend)
+    assert backend.window_sampler.failed is None, backend.window_sampler.failed
     for a, b in zip(graphed, eager):
         assert_close(a.exp, b.exp, atol=1e-4, rtol=1e-4)
         assert_close(a.R, b.R, atol=1e-4, rtol=1e-4)

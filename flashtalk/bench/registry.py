@@ -307,12 +307,14 @@ def _stage(kind: str) -> Callable[[Setup], Built]:
             run, crun = (lambda i: fn(wins[i % R])), (lambda i: cfn(wins[i % R]))
             shape = f"1x{cfg.window_samples} samples -> {cfg.n_motions} frames"
         elif kind == "motion_window":
-            from flashtalk.runtime.network import MotionWindows, sampler_config
+            from flashtalk.model.motion_pipeline import MotionStream
+            from flashtalk.runtime.network import sampler_config
 
             cfg = nets.motion.cfg
             feats = [torch.randn(1, cfg.n_motions, cfg.audio_dim, device=dev, generator=_gen(setup, s)) for s in range(R)]
             steps = min(10, cfg.n_diff_steps)
-            stream = MotionWindows(nets, sampler=sampler_config(steps=steps), seed=0, pose_smoothing=0.99).stream
+            stream = MotionStream(nets.motion, sampler=sampler_config(steps=steps), template=nets.template,
+                                  generator=torch.Generator(device=dev).manual_seed(0))
             cpush = torch.compile(stream.push) if setup.compile else None
             run, crun = (lambda i: stream.push(feats[i % R])), (lambda i: cpush(feats[i % R]))
             shape = f"1 window of {cfg.n_motions} frames, dpmpp {steps} steps, CFG batched"
@@ -375,14 +377,10 @@ def _frame_stage(kind: str) -> Callable[[Setup], Built]:
 
 
 def fast_renderer_provider(setup: Setup, renderer, source, sets) -> Provider | str:
-    """Hook for the renderer fast path (flashtalk/model/fast.py + flashtalk/runtime/graphs.py, being written):
-    returns a provider once that module offers `FastRenderer(renderer)` with `.render(source, x_d)`."""
-    if importlib.util.find_spec("flashtalk.model.fast") is None:
-        return "not available: flashtalk.model.fast is not in this checkout yet"
-    fast = importlib.import_module("flashtalk.model.fast")
-    if not hasattr(fast, "FastRenderer"):
-        return "not available: flashtalk.model.fast has no FastRenderer(renderer).render(source, x_d) entry point"
-    fr = fast.FastRenderer(renderer)
+    """The renderer fast path: `flashtalk.runtime.fast_renderer.FastRenderer(renderer).render(source, x_d)`."""
+    from flashtalk.runtime.fast_renderer import FastRenderer
+
+    fr = FastRenderer(renderer)
     return lambda i: fr.render(source, sets[i % len(sets)])
 
 
@@ -466,10 +464,9 @@ def _stream_backends(setup: Setup) -> dict[str, object]:
     from flashtalk.runtime import session
 
     out: dict[str, object] = {"preview-backend": session.PreviewStreamingBackend(setup.device)}
-    network = getattr(session, "NetworkStreamingBackend", None)
-    out["network-backend"] = (network(networks(setup.preset, setup.device), torch.device(setup.device))
-                              if network is not None else
-                              "not available: flashtalk.runtime.session has no NetworkStreamingBackend yet")
+    from flashtalk.runtime.network import NetworkBackend
+
+    out["network-backend"] = NetworkBackend(networks(setup.preset, setup.device), torch.device(setup.device))
     return out
 
 

@@ -286,7 +286,9 @@ class AudioEncoder(nn.Module):
         if not audio.is_floating_point():
             raise FlashTalkError(f"audio must be floating point, got {audio.dtype}")
         B, N = audio.shape
-        min_len = int(self.frame_lengths(torch.tensor(N)).item())
+        min_len = N
+        for k, s in zip(self.cfg.conv_kernel, self.cfg.conv_stride):  # plain ints: no tensor, no sync
+            min_len = max((min_len - k) // s + 1, 0)
         if min_len < 1:
             raise FlashTalkError(f"audio of {N} samples is too short for the encoder (needs >= {self._min_samples()})")
         if lengths is None:

@@ -37,11 +37,11 @@ from typing import Any, Callable, Mapping
 
 from flashtalk.errors import FlashTalkError
 
-LIP_KEYPOINTS = (6, 12, 14, 17, 19, 20)  # LivePortrait's lip group (driven absolutely by JoyVASA)
-EYE_KEYPOINTS = (11, 13, 15, 16, 18)  # LivePortrait's eye group
+from flashtalk.model.keypoints import EYE_KEYPOINTS, LIP_KEYPOINTS, NUM_KP, keypoint_mask
+
+BLINK_HORIZON = 25 * 60 * 30  # frames of the precomputed blink schedule (30 min at 25 fps), then it repeats
 REGIONS = ("all", "pose", "exp", "lips", "eyes")
 INTERPOLATIONS = ("monotone", "smoothstep", "linear")
-PRESET_FORMAT = "flashtalk-expression-preset"
 X, Y, Z = 0, 1, 2
 
 # (keypoint, axis, coefficient): δ[k, a] += coefficient · value (specs/controls.md table 1.2, LP convention)
@@ -335,6 +335,8 @@ def _emotion(v: Any, expression_of: Callable[[str], Any] | None) -> tuple[float,
     if isinstance(v, (str, Path)):
         path = Path(v)
         if path.suffix.lower() in (".json", ".safetensors"):
+            from flashtalk.model.emotion import load_preset
+
             return tuple(float(x) for x in load_preset(path)[1].reshape(-1).tolist())
         if expression_of is None:
             raise FlashTalkError(f"emotion {path}: an image needs the network to read its expression; "
@@ -392,24 +394,43 @@ def euler_degrees(R: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor", "t
     return tuple(a * (180 / math.pi) for a in (pitch, yaw, roll))
 
 
-def blink_schedule(frames: "torch.Tensor", seed: int = 0) -> "torch.Tensor":
-    """Natural blinks: the blink value (0 open .. BLINK_DEPTH closed) of frames [N] (indices): a smooth
-    BLINK_FRAMES-long closing and opening, with open gaps of BLINK_GAP frames drawn from `seed`."""
+_BLINKS: dict[tuple[int, str], Any] = {}
+
+
+def _blink_table(seed: int, device: Any) -> "torch.Tensor":
+    """The blink values of frames 0 .. BLINK_HORIZON - 1 for `seed`, [BLINK_HORIZON] float64, made once per
+    (seed, device) and kept on the device (the schedule then needs no host sync)."""
     import torch
 
-    n_max = int(frames.max().item()) + 1 if frames.numel() else 0
-    rng = random.Random(seed)
-    starts, at = [], rng.randint(*BLINK_GAP) // 2  # the first blink comes sooner
-    while at < n_max:
-        starts.append(at)
-        at += BLINK_FRAMES + rng.randint(*BLINK_GAP)
-    out = torch.zeros(frames.shape, dtype=torch.float64)
-    f = frames.to("cpu", torch.float64)
-    for s in starts:
-        u = (f - s + 0.5) / BLINK_FRAMES
-        inside = (u > 0) & (u < 1)
-        out = torch.where(inside, BLINK_DEPTH * torch.sin(math.pi * u) ** 2, out)
-    return out.to(frames.device)
+    key = (int(seed), str(device))
+    if key not in _BLINKS:
+        rng = random.Random(seed)
+        starts, at = [], rng.randint(*BLINK_GAP) // 2  # the first blink comes sooner
+        while at < BLINK_HORIZON:
+            starts.append(at)
+            at += BLINK_FRAMES + rng.randint(*BLINK_GAP)
+        f = torch.arange(BLINK_HORIZON, dtype=torch.float64)
+        out = torch.zeros(BLINK_HORIZON, dtype=torch.float64)
+        for s in starts:
+            u = (f - s + 0.5) / BLINK_FRAMES
+            inside = (u > 0) & (u < 1)
+            out = torch.where(inside, BLINK_DEPTH * torch.sin(math.pi * u) ** 2, out)
+        if len(_BLINKS) >= 64:
+            _BLINKS.pop(next(iter(_BLINKS)))
+        _BLINKS[key] = out.to(device)
+    return _BLINKS[key]
+
+
+def blink_schedule(frames: "torch.Tensor", seed: int = 0) -> "torch.Tensor":
+    """Natural blinks: the blink value (0 open .. BLINK_DEPTH closed) of frames [N] (indices): a smooth
+    BLINK_FRAMES-long closing and opening, with open gaps of BLINK_GAP frames drawn from `seed`. A gather
+    from the device-side table (`_blink_table`); it repeats after BLINK_HORIZON frames."""
+    return _blink_table(seed, frames.device)[frames.long() % BLINK_HORIZON]
+
+
+def _index(keys: tuple[int, ...], device: Any) -> "torch.Tensor":
+    """[NUM_KP, 1] device mask of a keypoint group (kept on the device)."""
+    return keypoint_mask(keys, device)
 
 
 def apply_controls(controls: ControlSet, *, x_c: "torch.Tensor", source: Any, generated: Any, reference: Any,
@@ -418,74 +439,110 @@ def apply_controls(controls: ControlSet, *, x_c: "torch.Tensor", source: Any, ge
     """Driving keypoints [N, 21, 3] (before stitching) of N generated frames with the controls.
 
     source: the portrait's state (R, exp, scale, t, pitch, yaw, roll [1, 1], x_s); generated / reference:
-    `Motion`s (R, exp, scale, t) of the N frames and of the reference frame d_0 (joyvasa.md §3.6:
-    R = R_d R_ref^T R_s, δ = exp_s + exp_d − exp_ref with the lips absolute when lip_absolute, scale =
-    s_s s_d / s_ref, t = t_s + t_d − t_ref). frames: output frame indices [N] (for tracks and blinks, at
-    `fps`); retarget: the stitching module (for eye_open / lip_open)."""
+    `Motion`s (R, exp, scale, t) of the N frames and of the reference frame d_0. The relative motion is
+    `flashtalk.model.keypoints.relative_motion` (joyvasa.md §3.6: R = R_d R_ref^T R_s, δ = exp_s + exp_d −
+    exp_ref with the lips absolute when lip_absolute, scale = s_s s_d / s_ref, t = t_s + t_d − t_ref);
+    the controls act on it in three stages: pose (`_pose_stage`), expression (`_expression_stage`), scale
+    and translation (`_scale_stage`). frames: output frame indices [N] (for tracks and blinks, at `fps`);
+    retarget: the stitching module (for eye_open / lip_open)."""
     import torch
 
-    from flashtalk.model.keypoints import rotation_from_degrees, transform_keypoints
+    from flashtalk.model.keypoints import relative_motion
 
     c = controls
-    n = generated.R.shape[0]
     times = None if frames is None else frames.to(torch.float64) / fps
     v = c.values_at(times)
-    region = c.region
-    # ---- pose
-    R_rel = generated.R @ reference.R.transpose(1, 2)
+    rel = relative_motion(source, generated, reference, lips_absolute=lip_absolute)
+    R, angles = _pose_stage(c, v, source, rel.R)
+    exp = _expression_stage(c, v, source, rel.exp, angles, frames, seed)
+    return _scale_stage(c, v, x_c, source, R, exp, rel, retarget)
+
+
+def _pose_stage(c: ControlSet, v: dict, source: Any, R_rel: "torch.Tensor") -> tuple["torch.Tensor", Any]:
+    """The rotation [N, 3, 3]: the driven change R_rel (with the gains) times the source's (with the
+    offsets); the region keeps the source's when the pose is not driven. Also the gained relative angles
+    (pitch, yaw, roll) when look_at_camera needs them, else None."""
+    from flashtalk.model.keypoints import rotation_from_degrees
+
+    n = R_rel.shape[0]
     gained = not all(_is(v[f"{a}_gain"], 1.0) for a in ("pitch", "yaw", "roll"))
-    need_angles = gained or not _is(v["look_at_camera"], 0.0)
-    if need_angles:
+    rel = None
+    if gained or not _is(v["look_at_camera"], 0.0):
         rel = euler_degrees(R_rel)
         rel = tuple(r * _per_frame(v[f"{a}_gain"], r) for r, a in zip(rel, ("pitch", "yaw", "roll")))
         if gained:
             R_rel = rotation_from_degrees(*rel)
-    offset = not all(_is(v[a], 0.0) for a in ("pitch", "yaw", "roll"))
     R_s = source.R
-    if offset:
+    if not all(_is(v[a], 0.0) for a in ("pitch", "yaw", "roll")):
         dp, dy, dr = (_per_frame(v[a], R_rel) for a in ("pitch", "yaw", "roll"))
         R_s = rotation_from_degrees(source.pitch.reshape(-1) + dp, source.yaw.reshape(-1) + dy,
                                     source.roll.reshape(-1) + dr)
-    driven_pose = region in ("all", "pose")
-    R = R_rel @ R_s if driven_pose else R_s.expand(n, -1, -1)
-    # ---- expression
-    exp = (source.exp + (generated.exp - reference.exp)).expand(n, -1, -1).clone()
-    if lip_absolute:
-        exp[:, list(LIP_KEYPOINTS)] = generated.exp[:, list(LIP_KEYPOINTS)]
-    if region != "all":
-        keep = {"pose": (), "exp": tuple(range(exp.shape[1])), "lips": LIP_KEYPOINTS, "eyes": EYE_KEYPOINTS}[region]
-        held = source.exp.expand(n, -1, -1).clone()
-        held[:, list(keep)] = exp[:, list(keep)]
-        exp = held
+    return (R_rel @ R_s if c.region in ("all", "pose") else R_s.expand(n, -1, -1)), rel
+
+
+def _expression_stage(c: ControlSet, v: dict, source: Any, exp: "torch.Tensor", rel: Any,
+                      frames: "torch.Tensor | None", seed: int) -> "torch.Tensor":
+    """The expression [N, 21, 3]: the region, expression_scale, the keypoint sliders, automatic blinks,
+    the gaze compensation of look_at_camera and the emotion offset (group masks on the device)."""
+    import torch
+
+    if c.region != "all":
+        keep = {"pose": (), "exp": tuple(range(NUM_KP)), "lips": LIP_KEYPOINTS, "eyes": EYE_KEYPOINTS}[c.region]
+        exp = torch.where(_index(keep, exp.device), exp, source.exp)
     if not _is(v["expression_scale"], 1.0):
         exp = source.exp + _per_frame(v["expression_scale"], exp)[:, None, None] * (exp - source.exp)
     edits = [name for name in (*KEYPOINT_ROWS, *SIGNED_ROWS) if not _is(v[name], 0.0)]
     blinks = c.auto_blink and frames is not None
-    if edits or blinks or need_angles or c.emotion is not None:
-        delta = torch.zeros_like(exp)
-        for name in edits:
-            if name in SIGNED_ROWS:
-                add_signed_rows(delta, *SIGNED_ROWS[name], v[name])
-            else:
-                add_rows(delta, KEYPOINT_ROWS[name], v[name])
-        if blinks:
-            add_rows(delta, KEYPOINT_ROWS["blink"], blink_schedule(frames, seed))
-        if not _is(v["look_at_camera"], 0.0):
-            w = _per_frame(v["look_at_camera"], exp)
-            head_pitch = rel[0] + _per_frame(v["pitch"], exp)
-            head_yaw = rel[1] + _per_frame(v["yaw"], exp)
-            add_signed_rows(delta, *SIGNED_ROWS["gaze_x"], w * GAZE_COMP_YAW * head_yaw)
-            add_rows(delta, GAZE_COMP_Y_ROWS, w * GAZE_COMP_PITCH * head_pitch)
-        if c.emotion is not None:
-            e = torch.tensor(c.emotion, dtype=exp.dtype, device=exp.device).view(1, -1, 3).clone()
-            if not c.emotion_lips:
-                e[:, list(LIP_KEYPOINTS)] = 0
-            delta = delta + _per_frame(v["emotion_weight"], exp)[:, None, None] * e
-        exp = exp + delta
-    # ---- scale, translation
-    if driven_pose:
-        scale = (source.scale * (generated.scale / reference.scale)).expand(n, -1)
-        t = (source.t + (generated.t - reference.t)).expand(n, -1)
+    if not (edits or blinks or rel is not None or c.emotion is not None):
+        return exp
+    delta = torch.zeros_like(exp)
+    for name in edits:
+        if name in SIGNED_ROWS:
+            add_signed_rows(delta, *SIGNED_ROWS[name], v[name])
+        else:
+            add_rows(delta, KEYPOINT_ROWS[name], v[name])
+    if blinks:
+        add_rows(delta, KEYPOINT_ROWS["blink"], blink_schedule(frames, seed))
+    if not _is(v["look_at_camera"], 0.0):
+        w = _per_frame(v["look_at_camera"], exp)
+        head_pitch = rel[0] + _per_frame(v["pitch"], exp)
+        head_yaw = rel[1] + _per_frame(v["yaw"], exp)
+        add_signed_rows(delta, *SIGNED_ROWS["gaze_x"], w * GAZE_COMP_YAW * head_yaw)
+        add_rows(delta, GAZE_COMP_Y_ROWS, w * GAZE_COMP_PITCH * head_pitch)
+    if c.emotion is not None:
+        e = _emotion_tensor(c.emotion, exp)
+        if not c.emotion_lips:
+            e = torch.where(_index(LIP_KEYPOINTS, exp.device), torch.zeros_like(e), e)
+        delta = delta + _per_frame(v["emotion_weight"], exp)[:, None, None] * e
+    return exp + delta
+
+
+_EMOTIONS: dict[tuple, Any] = {}
+
+
+def _emotion_tensor(values: tuple[float, ...], like: "torch.Tensor") -> "torch.Tensor":
+    """The emotion offset [1, 21, 3] on like's device, made once per (values, device, dtype)."""
+    import torch
+
+    key = (values, str(like.device), like.dtype)
+    if key not in _EMOTIONS:
+        if len(_EMOTIONS) >= 64:
+            _EMOTIONS.pop(next(iter(_EMOTIONS)))
+        _EMOTIONS[key] = torch.tensor(values, dtype=like.dtype).view(1, -1, 3).to(like.device)
+    return _EMOTIONS[key]
+
+
+def _scale_stage(c: ControlSet, v: dict, x_c: "torch.Tensor", source: Any, R: "torch.Tensor", exp: "torch.Tensor",
+                 rel: Any, retarget: Any) -> "torch.Tensor":
+    """Scale and translation (driven, or the source's when the pose is not), then head_distance (guarded),
+    intensity and the eye / lip retargeting: x_d [N, 21, 3]."""
+    import torch
+
+    from flashtalk.model.keypoints import transform_keypoints
+
+    n = R.shape[0]
+    if c.region in ("all", "pose"):
+        scale, t = rel.scale, rel.t
     else:
         scale, t = source.scale.expand(n, -1), source.t.expand(n, -1)
     distance = not _is(v["head_distance"], 1.0)
@@ -548,100 +605,3 @@ def _targets(value: Any, driving: tuple[float, ...] | None, n: int, like: "torch
     if len(driving) != n:
         raise FlashTalkError(f"{name}=driving: {len(driving)} driving ratios for {n} frames")
     return like.new_tensor(driving)
-
-
-# ------------------------------------------------------------------------------------------------ presets
-
-
-def expression_offset(exp_ref: "torch.Tensor", exp_neutral: "torch.Tensor | None" = None) -> "torch.Tensor":
-    """A reference photo's expression [21, 3] relative to a neutral one; without a neutral photo, the
-    reference's own expression with keypoint 5's x and y zeroed (that keypoint acts as a global offset)."""
-    exp_ref = exp_ref.reshape(21, 3).double()
-    if exp_neutral is not None:
-        return exp_ref - exp_neutral.reshape(21, 3).double()
-    out = exp_ref.clone()
-    out[5, :2] = 0
-    return out
-
-
-def save_preset(path: str | Path, offset: "torch.Tensor", name: str, note: str = "") -> Path:
-    """Write an expression preset: JSON ({"format", "name", "note", "offset": 21 × [x, y, z]}) or
-    safetensors (tensor "offset" [21, 3] float32, name / note in the metadata), by the file's suffix."""
-    path = Path(path)
-    offset = offset.detach().reshape(21, 3).to("cpu")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import save_file
-
-        import torch
-
-        save_file({"offset": offset.to(torch.float32).contiguous()}, str(path),
-                  metadata={"format": PRESET_FORMAT, "name": name, "note": note})
-    elif path.suffix.lower() == ".json":
-        path.write_text(json.dumps({"format": PRESET_FORMAT, "name": name, "note": note,
-                                    "offset": [[float(x) for x in row] for row in offset.tolist()]}, indent=1))
-    else:
-        raise FlashTalkError(f"preset {path}: use a .json or .safetensors file name")
-    return path
-
-
-def load_preset(path: str | Path) -> tuple[str, "torch.Tensor"]:
-    """(name, offset [21, 3] float64) from a preset file written by `save_preset`."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FlashTalkError(f"preset {path} not found")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                if "offset" not in f.keys():
-                    raise FlashTalkError(f"preset {path}: no 'offset' tensor (has {sorted(f.keys())})")
-                offset, name = f.get_tensor("offset"), meta.get("name", path.stem)
-        except FlashTalkError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several error types for bad files
-            raise FlashTalkError(f"preset {path}: not a readable safetensors file ({exc})") from None
-    elif path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise FlashTalkError(f"preset {path}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != PRESET_FORMAT or "offset" not in data:
-            raise FlashTalkError(f"preset {path}: not a {PRESET_FORMAT} file (needs 'format' and 'offset')")
-        try:
-            offset = torch.tensor(data["offset"], dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
-            raise FlashTalkError(f"preset {path}: 'offset' must be 21 rows of 3 numbers") from None
-        name = str(data.get("name", path.stem))
-    else:
-        raise FlashTalkError(f"preset {path}: use a .json or .safetensors file")
-    if tuple(offset.shape) != (21, 3) or not bool(torch.isfinite(offset).all()):
-        raise FlashTalkError(f"preset {path}: 'offset' must be [21, 3] finite numbers, got {tuple(offset.shape)}")
-    return name, offset.double()
-
-
-# ------------------------------------------------------------------------------------------------ preview
-
-
-def apply_preview_controls(motion: Any, values: Mapping[str, float]) -> Any:
-    """The weights-free preview's share of the controls, on a PreviewMotion (numpy arrays, in place):
-    pose offsets (degrees), expression_scale (mouth shapes), head_distance (scale), mouth_open (jaw,
-    120 = wide open), blink (−20 = closed)."""
-    import numpy as np
-
-    for key in ("yaw", "pitch", "roll"):
-        if key in values:
-            setattr(motion, key, getattr(motion, key) + np.float32(values[key]))
-    if "expression_scale" in values:
-        s = np.float32(values["expression_scale"])
-        motion.jaw, motion.lip_width, motion.lip_round = motion.jaw * s, motion.lip_width * s, motion.lip_round * s
-    if "head_distance" in values:
-        motion.scale = motion.scale * np.float32(values["head_distance"])
-    if "mouth_open" in values:
-        motion.jaw = np.clip(motion.jaw + np.float32(values["mouth_open"] / 120), 0, 1).astype(np.float32)
-    if "blink" in values:
-        motion.blink = np.clip(motion.blink + np.float32(-values["blink"] / 20), 0, 1).astype(np.float32)
-    return motion

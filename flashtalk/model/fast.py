@@ -1,7 +1,8 @@
-"""Renderer fast path: load-time rewrites, a precision policy, and `FastRenderer` (CUDA graphs on CUDA).
+"""Renderer fast path: load-time rewrites, a precision policy and `render_frames` (the runtime's
+`flashtalk.runtime.fast_renderer.FastRenderer` runs it, through CUDA graphs on CUDA).
 
     fast = optimize_renderer(renderer, "bf16")      # a rewritten copy; `renderer` is left untouched
-    frames = FastRenderer(renderer).render(source, x_d)
+    frames = render_frames(fast, f_s, x_s, x_d)
 
 Rewrites (each exact in real arithmetic; fp32 results equal the reference to rounding):
 * BatchNorm (eval) after a conv is folded into the conv: W' = W·g/√(v+ε), b' = (b − μ)·g/√(v+ε) + β.
@@ -30,11 +31,10 @@ from torch import nn
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels.spade_norm import spade_norm
 from flashtalk.model.fast_warping import FastWarpingNetwork
-from flashtalk.model.renderer import Renderer, SourceState
+from flashtalk.model.renderer import Renderer
 from flashtalk.model.spade import LEAKY_SLOPE, SPADEDecoder, SPADEResBlock, SpectralNormConv2d
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 UPSAMPLED = (("up_0", 2), ("up_1", 4))  # decoder blocks on φ upsampled ×2 / ×4
 
 
@@ -231,7 +231,7 @@ class FastSPADEDecoder(nn.Module):
 def optimize_renderer(renderer: Renderer, precision: str = "bf16", channels_last: bool = True,
                       fuse: bool = True, fused_tail: bool | None = None) -> Renderer:
     """A rewritten copy of `renderer` for per-frame rendering (see the module docstring); `renderer` is not
-    modified. The copy's `.precision` names its policy; render with `render_frames` or `FastRenderer`.
+    modified. The copy's `.precision` names its policy; render with `render_frames` (or the runtime's `FastRenderer`).
     `fused_tail` (None: `FLASHTALK_WARP_TAIL=fused` turns it on): the warping tail as one kernel (research)."""
     dtype = precision_dtype(precision)
     fast = copy.deepcopy(renderer).eval()
@@ -259,8 +259,9 @@ def optimize_renderer(renderer: Renderer, precision: str = "bf16", channels_last
 
 def render_frames(fast: Renderer, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor,
                   stitching: bool = True) -> torch.Tensor:
-    """The per-frame renderer on an `optimize_renderer` copy: f_s [1, C, D, H, W], x_s [1, K, 3],
-    x_d [N, K, 3] (fp32 keypoints) -> frames [N, 3, 8H, 8W] fp32. Pure tensor code (graph-capturable)."""
+    """The per-frame renderer on an `optimize_renderer` copy: f_s [1 or N, C, D, H, W], x_s [1 or N, K, 3]
+    (one source broadcast, or one per frame), x_d [N, K, 3] (fp32 keypoints) -> frames [N, 3, 8H, 8W] fp32.
+    Pure tensor code (graph-capturable)."""
     n = x_d.shape[0]
     x_s = x_s.expand(n, -1, -1)
     if stitching:
@@ -269,45 +270,3 @@ def render_frames(fast: Renderer, f_s: torch.Tensor, x_s: torch.Tensor, x_d: tor
     feature = fast.warping_module(f_s.to(fast.warping_dtype).expand(n, -1, -1, -1, -1), kp_driving=x_d, kp_source=x_s,
                                   return_deformation=False)["out"]
     return fast.spade_generator(feature.to(dtype)).float()
-
-
-class FastRenderer:
-    """`Renderer.render` on the fast path: an `optimize_renderer` copy, run through a CUDA-graph runner with
-    batch buckets on CUDA (stitching included in the graph), eagerly elsewhere. Frames are fp32."""
-
-    def __init__(self, renderer: Renderer, precision: str = "bf16", buckets: tuple[int, ...] = DEFAULT_BUCKETS,
-                 graphs: bool | None = None, channels_last: bool = True):
-        self.renderer = renderer
-        self.model = optimize_renderer(renderer, precision, channels_last=channels_last)
-        self.device = next(renderer.parameters()).device
-        self.graphs = self.device.type == "cuda" if graphs is None else graphs
-        self.buckets = buckets
-        self._runner = None
-
-    def _make_runner(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor):
-        from flashtalk.runtime.graphs import GraphRunner, InputSpec
-
-        specs = [InputSpec(tuple(f_s.shape), f_s.dtype, batched=False), InputSpec(tuple(x_s.shape), x_s.dtype, batched=False),
-                 InputSpec(tuple(x_d.shape[1:]), x_d.dtype)]
-        runner = GraphRunner(lambda f, s, d: render_frames(self.model, f, s, d), specs, self.buckets, self.device)
-        with torch.no_grad():
-            runner.capture(f_s, x_s, x_d)
-        return runner
-
-    @torch.no_grad()
-    def render(self, source: SourceState, x_d: torch.Tensor, stitching: bool = True) -> torch.Tensor:
-        """Same contract as Renderer.render: x_d [N, K, 3] -> RGB [N, 3, 8h, 8w] in [0, 1] (fp32)."""
-        k = self.renderer.num_kp
-        if not torch.is_tensor(x_d) or x_d.ndim != 3 or tuple(x_d.shape[1:]) != (k, 3) or x_d.shape[0] == 0:
-            shape = tuple(x_d.shape) if torch.is_tensor(x_d) else type(x_d).__name__
-            raise FlashTalkError(f"render: x_d must be driving keypoints [N, {k}, 3], got {shape}")
-        if source.f_s.shape[0] != 1:
-            raise FlashTalkError(f"render: expected one source (batch 1), got a batch of {source.f_s.shape[0]}")
-        x_d = x_d.to(self.device, torch.float32)
-        x_s = source.x_s.to(self.device, torch.float32)
-        f_s = source.f_s.to(self.device)
-        if not (self.graphs and stitching):
-            return render_frames(self.model, f_s, x_s, x_d, stitching)
-        if self._runner is None or self._runner.specs[0].shape != tuple(f_s.shape):
-            self._runner = self._make_runner(f_s, x_s, x_d)
-        return self._runner(f_s, x_s, x_d)

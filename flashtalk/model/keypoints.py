@@ -14,6 +14,9 @@ import torch
 from flashtalk.errors import FlashTalkError
 
 NUM_BINS = 66
+NUM_KP = 21
+LIP_KEYPOINTS = (6, 12, 14, 17, 19, 20)  # LivePortrait's lip group (driven absolutely by JoyVASA)
+EYE_KEYPOINTS = (11, 13, 15, 16, 18)  # LivePortrait's eye group
 BIN_DEGREES = 3.0
 BIN_OFFSET = 97.5  # bin centres run from -97.5 to +97.5 degrees
 
@@ -72,18 +75,40 @@ class Motion:
     t: torch.Tensor
 
 
-def compose_relative(x_c: torch.Tensor, source: Motion, driving: Motion, reference: Motion) -> torch.Tensor:
-    """Relative motion (spec §10.4): the source's motion plus the driving frames' change from the
-    reference frame d0. x_c [1 or N, K, 3]; source and reference broadcast over the N driving frames.
+_MASKS: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
 
-    R = R_di·R_d0ᵀ·R_s, exp = exp_s + exp_di − exp_d0, s = s_s·s_di/s_d0, t = t_s + t_di − t_d0 (t_z = 0).
-    """
-    R = driving.R @ reference.R.transpose(1, 2) @ source.R
-    exp = source.exp + (driving.exp - reference.exp)
-    scale = source.scale * (driving.scale / reference.scale)
-    t = source.t + (driving.t - reference.t)
-    n = R.shape[0]
-    return transform_keypoints(x_c.expand(n, -1, -1), R, exp, scale.expand(n, -1), t)
+
+def keypoint_mask(keys: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    """[NUM_KP, 1] bool, True at `keys`: made once per device and kept there (no per-call host copy)."""
+    k = (tuple(keys), str(device))
+    if k not in _MASKS:
+        mask = torch.zeros(NUM_KP, 1, dtype=torch.bool)
+        mask[list(keys)] = True
+        _MASKS[k] = mask.to(device)
+    return _MASKS[k]
+
+
+def relative_motion(source: Motion, driving: Motion, reference: Motion, *, lips_absolute: bool = False) -> Motion:
+    """THE relative motion (liveportrait.md §10.4, joyvasa.md §3.6): the source's motion plus the driving
+    frames' change from the reference frame d0, broadcast over the N driving frames. The returned R is the
+    rotation change R_di·R_d0ᵀ (compose with the source's: `R @ source.R`); exp = exp_s + exp_di − exp_d0
+    (the lip keypoints exp_di when `lips_absolute`), s = s_s·s_di/s_d0, t = t_s + t_di − t_d0."""
+    n = driving.R.shape[0]
+    R = driving.R @ reference.R.transpose(1, 2)
+    exp = (source.exp + (driving.exp - reference.exp)).expand(n, -1, -1)
+    if lips_absolute:
+        exp = torch.where(keypoint_mask(LIP_KEYPOINTS, exp.device), driving.exp, exp)
+    scale = (source.scale * (driving.scale / reference.scale)).expand(n, -1)
+    t = (source.t + (driving.t - reference.t)).expand(n, -1)
+    return Motion(R=R, exp=exp, scale=scale, t=t)
+
+
+def compose_relative(x_c: torch.Tensor, source: Motion, driving: Motion, reference: Motion,
+                     lips_absolute: bool = False) -> torch.Tensor:
+    """Driving keypoints [N, K, 3] of the relative motion (`relative_motion`); x_c [1 or N, K, 3]."""
+    m = relative_motion(source, driving, reference, lips_absolute=lips_absolute)
+    n = m.R.shape[0]
+    return transform_keypoints(x_c.expand(n, -1, -1), m.R @ source.R, m.exp, m.scale, m.t)
 
 
 def convex_hull_volume(points: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:

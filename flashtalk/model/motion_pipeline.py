@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.keypoints import Motion, rotation_from_degrees, transform_keypoints
+from flashtalk.model.keypoints import Motion, compose_relative, rotation_from_degrees
 from flashtalk.model.motion_generator import MotionGenerator
 from flashtalk.model.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
 
-LIP_KEYPOINTS = (6, 12, 14, 17, 19, 20)  # take the generated expression absolutely (human mode)
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 LEAD_FRAMES, TRAIL_FRAMES = 2, 1  # silence added before / after the clip (80 ms / 40 ms at 25 fps)
 
@@ -129,19 +128,9 @@ def motion_to_renderer(coef: torch.Tensor, template: MotionTemplate, *, ema_alph
 
 def relative_driving(x_c: torch.Tensor, source: Motion, generated: Motion, reference: Motion,
                      lip_absolute: bool = True) -> torch.Tensor:
-    """Driving keypoints of JoyVASA's human pipeline (spec §3.6) for B generated frames -> [B, 21, 3].
-
-    R = R_d R_ref^T R_s; exp = exp_s + exp_d - exp_ref, except the lip keypoints which take exp_d when
-    `lip_absolute`; scale = s_s s_d / s_ref; t = t_s + t_d - t_ref (z ignored). `source` and `reference`
-    (the first generated frame) have batch 1 or B; x_c is the source's canonical keypoints [1 or B, 21, 3]."""
-    B = generated.R.shape[0]
-    R = generated.R @ reference.R.transpose(1, 2) @ source.R
-    exp = (source.exp + (generated.exp - reference.exp)).expand(B, -1, -1).clone()
-    if lip_absolute:
-        exp[:, list(LIP_KEYPOINTS)] = generated.exp[:, list(LIP_KEYPOINTS)]
-    scale = (source.scale * (generated.scale / reference.scale)).expand(B, -1)
-    t = (source.t + (generated.t - reference.t)).expand(B, -1)
-    return transform_keypoints(x_c.expand(B, -1, -1), R, exp, scale, t)
+    """Driving keypoints of JoyVASA's human pipeline (spec §3.6) for B generated frames -> [B, 21, 3]:
+    `flashtalk.model.keypoints.compose_relative` with the lip keypoints absolute when `lip_absolute`."""
+    return compose_relative(x_c, source, generated, reference, lips_absolute=lip_absolute)
 
 
 @dataclass(frozen=True)
@@ -167,6 +156,45 @@ class SamplerConfig:
         if self.name == "ddim" and self.eta:
             return (self.steps or n_train_steps) - 1
         return 0
+
+
+def sample_window(model: MotionGenerator, sampler: SamplerConfig, audio: torch.Tensor, prev_motion: torch.Tensor,
+                  prev_audio: torch.Tensor, x_T: torch.Tensor, *, noise: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """THE sampler dispatch: one window's whole sampling loop for a batch of streams. Projected audio
+    [B, W, d], context (prev_motion [B, P, 70], prev_audio [B, P, d]), x_T [B, W, 70]; per-step noise
+    ([draws, B, W, 70], else drawn from `generator`) -> normalised motion coef [B, W, 70]. Guidance is
+    batched inside the model call. Pure tensor code when `noise` is given (graph-capturable)."""
+    x0_fn = model.guided_x0_fn(audio, prev_motion, prev_audio, sampler.cfg_scale)
+    sched, steps = model.schedule(), sampler.steps or model.cfg.n_diff_steps
+    if sampler.name == "ddpm":
+        return ddpm_sample(x0_fn, x_T, sched, noise=noise, generator=generator)
+    if sampler.name == "ddim":
+        return ddim_sample(x0_fn, x_T, sched, steps, eta=sampler.eta, noise=noise, generator=generator)
+    return dpmpp_2m_sample(x0_fn, x_T, sched, steps)
+
+
+def next_context(prev_motion: torch.Tensor, prev_audio: torch.Tensor, coef: torch.Tensor, audio: torch.Tensor,
+                 made: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context after a window of which the first `made` frames are kept: the last P frames of
+    (context, kept frames). For a whole window (made = W >= P) that is the window's own last P frames."""
+    P = prev_motion.shape[1]
+    return (torch.cat([prev_motion, coef[:, :made]], dim=1)[:, -P:],
+            torch.cat([prev_audio, audio[:, :made]], dim=1)[:, -P:])
+
+
+def advance_window(state: Any, coef: torch.Tensor, audio: torch.Tensor, made: int, template: MotionTemplate,
+                   ema_alpha: float | None, n_valid: int | None = None) -> GeneratedMotion:
+    """THE window-state advance: after a sampled window (coef [B, W, 70], projected audio [B, W, d]) keep
+    its first `made` frames as the next context, smooth the pose of its first `n_valid` (default `made`)
+    frames on from the last one emitted, and return their renderer motion. `state` has `prev_motion`,
+    `prev_audio` and `ema_last` ([B, 7] or None), updated in place."""
+    n = made if n_valid is None else n_valid
+    state.prev_motion, state.prev_audio = next_context(state.prev_motion, state.prev_audio, coef, audio, made)
+    motion = motion_to_renderer(coef[:, :n], template, ema_alpha=ema_alpha, ema_previous=state.ema_last)
+    state.ema_last = torch.cat([motion.scale, motion.t, motion.pitch[..., None], motion.yaw[..., None],
+                                motion.roll[..., None]], dim=-1)[:, -1]
+    return motion
 
 
 class WindowOutput(NamedTuple):
@@ -209,25 +237,15 @@ class MotionStream:
         if tuple(features.shape) != want:
             raise FlashTalkError(f"audio features of one window must be shaped {list(want)}, got {list(features.shape)}")
         audio = model.audio_feature_map(features.to(self.x_T.dtype))
-        x0_fn = model.guided_x0_fn(audio, self.prev_motion, self.prev_audio, s.cfg_scale)
-        sched = model.schedule()
-        if s.name == "ddpm":
-            coef = ddpm_sample(x0_fn, self.x_T, sched, noise=noise, generator=self.generator)
-        elif s.name == "ddim":
-            coef = ddim_sample(x0_fn, self.x_T, sched, s.steps or cfg.n_diff_steps, eta=s.eta, noise=noise,
-                               generator=self.generator)
-        else:
-            coef = dpmpp_2m_sample(x0_fn, self.x_T, sched, s.steps or cfg.n_diff_steps)
-        self.prev_motion = coef[:, -cfg.n_prev_motions:]
-        self.prev_audio = audio[:, -cfg.n_prev_motions:]
+        coef = sample_window(model, s, audio, self.prev_motion, self.prev_audio, self.x_T, noise=noise,
+                             generator=self.generator)
         self.windows += 1
         motion = None
         if self.template is not None:
-            motion = motion_to_renderer(coef[:, :n_valid], self.template, ema_alpha=self.ema_alpha,
-                                        ema_previous=self.ema_last)
-            pose = torch.cat([motion.scale, motion.t, motion.pitch[..., None], motion.yaw[..., None],
-                              motion.roll[..., None]], dim=-1)
-            self.ema_last = pose[:, -1]
+            motion = advance_window(self, coef, audio, cfg.n_motions, self.template, self.ema_alpha, n_valid)
+        else:
+            self.prev_motion, self.prev_audio = next_context(self.prev_motion, self.prev_audio, coef, audio,
+                                                             cfg.n_motions)
         return WindowOutput(coef, motion)
 
 

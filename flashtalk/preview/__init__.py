@@ -17,12 +17,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from flashtalk.constants import FPS
 from flashtalk.errors import FlashTalkError
 from flashtalk.preview.motion import (MOTION_FIELDS, SAMPLE_RATE, PreviewMotion, PreviewMotionConfig,
                                       PreviewMotionStream, preview_motion)
 from flashtalk.preview.renderer import CROP_SIZE, FaceLayout, PreviewRenderer
 
-FPS = 25
 NOTICE = ("no model weights given: running the weights-free preview "
           "(procedural audio-driven motion + geometric warp of the photo; not the neural renderer)")
 

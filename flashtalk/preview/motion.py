@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flashtalk.constants import MODEL_RATE as SAMPLE_RATE
 from flashtalk.errors import FlashTalkError
-
-SAMPLE_RATE = 16000
 
 MOTION_FIELDS = ("jaw", "lip_width", "lip_round", "yaw", "pitch", "roll", "tx", "ty", "scale", "blink")
 

@@ -45,13 +45,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from flashtalk.constants import WATERMARK_KEY as DEFAULT_KEY  # the key the engine uses unless told otherwise
 from flashtalk.errors import FlashTalkError
 
 if TYPE_CHECKING:
     import torch
 
 SCHEME = "flashtalk-watermark-v1"
-DEFAULT_KEY = "flashtalk-public"  # the key the engine uses unless told otherwise
 CELL = 4  # pixels per cell side
 CELLS = 32  # cells per tile side
 TILE = CELL * CELLS  # pattern period in pixels

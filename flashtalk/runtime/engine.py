@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol
 import numpy as np
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.runtime.protocol import DEFAULT_WATERMARK_KEY, MODEL_RATE
 
 if TYPE_CHECKING:
     import torch
@@ -35,9 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_RATE = 16000
 WATERMARK_MODULE = "flashtalk.provenance.watermark"
-DEFAULT_WATERMARK_KEY = "flashtalk-public"
 PASTE_PIXELS_PER_CALL = 1 << 24  # paste-back sub-batches hold at most this many output pixels
 WEIGHTS_HELP = ("for the full network pass --weights DIR_OR_BUNDLE (LivePortrait + JoyVASA checkpoints or a "
                 "FlashTalk safetensors bundle)")
@@ -303,7 +302,7 @@ class Engine:
             raise FlashTalkError(f"a driving video needs the network backend, not {self.backend.name}; "
                                  + WEIGHTS_HELP)
         if driving is not None and audio is None:
-            from flashtalk.runtime.network import driving_audio
+            from flashtalk.runtime.driving import driving_audio
 
             clip = driving_audio(driving, MODEL_RATE)
         else:

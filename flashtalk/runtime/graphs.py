@@ -7,7 +7,8 @@
 
 Static input buffers are allocated once at the largest bucket; bucket b runs `fn` on the first b rows of
 the batched buffers (shared, unbatched inputs are passed whole). Buckets are sorted and captured largest
-first into one memory pool (smaller graphs reuse the largest one's memory). Padding rows repeat the last
+first into the device's one memory pool, shared by every runner (smaller graphs reuse the largest one's
+memory). `BUCKETS` is the one bucket list; `capture_sizes` picks the ones up to a batch limit. Padding rows repeat the last
 real row, so padded work sees valid inputs (no NaN from degenerate keypoints); the output is sliced to N
 rows and cloned before the next replay can overwrite it.
 
@@ -27,6 +28,29 @@ import torch
 from flashtalk.errors import FlashTalkError
 
 log = logging.getLogger(__name__)
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # THE batch buckets: graph capture sizes of every runner, render batches
+
+
+def capture_sizes(max_batch: int | None = None) -> tuple[int, ...]:
+    """The batch sizes to capture: `BUCKETS` up to the first one that holds `max_batch` (all by default)."""
+    if max_batch is None:
+        return BUCKETS
+    if max_batch < 1:
+        raise FlashTalkError(f"max_batch must be >= 1, got {max_batch}")
+    out = tuple(b for b in BUCKETS if b < max_batch)
+    return out + (next((b for b in BUCKETS if b >= max_batch), max_batch),)
+
+
+_POOLS: dict = {}
+
+
+def graph_pool(device: torch.device):
+    """One CUDA-graph memory pool per device, shared by every runner on it (as sglang / vLLM do)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _POOLS:
+        _POOLS[index] = torch.cuda.graph_pool_handle()
+    return _POOLS[index]
 
 
 @dataclass(frozen=True)
@@ -58,7 +82,7 @@ class EagerBackend:
 
 class CudaGraphBackend:
     """torch.cuda.CUDAGraph capture: warm-up runs on a side stream (Triton compiles, cuDNN picks algorithms,
-    allocator caches fill), then capture into one memory pool shared by every graph of this backend."""
+    allocator caches fill), then capture into the device's one memory pool (`graph_pool`)."""
 
     def __init__(self, warmup: int = 2):
         self.warmup = warmup
@@ -66,7 +90,7 @@ class CudaGraphBackend:
 
     def capture(self, fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
         if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
+            self.pool = graph_pool(torch.device("cuda", torch.cuda.current_device()))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -10,8 +10,10 @@ A tick (`step`): every live session applies its queued commands; all sessions wi
 audio (or idle silence) go to `backend.motion` together; then up to `buckets[-1]` pending frames are
 taken round-robin, one frame per session per round, sessions whose oldest pending audio arrived first
 going first (so a session with a long backlog cannot starve the others), and rendered by one
-`backend.render` call at the smallest bucket that holds them. Frames are then handed back to their
-sessions (uint8, watermark) in order.
+`backend.render` call at the smallest bucket that holds them. Then one batched finish for all frames of
+the tick (`finish_frames`: one uint8 conversion, one watermark call per watermark key, one pinned
+asynchronous device-to-host copy on CUDA) and the frames are handed back to their sessions in order.
+The scheduler talks to sessions through their public worker methods only.
 """
 
 from __future__ import annotations
@@ -21,14 +23,52 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.runtime.session import FPS, Session, StreamingBackend
+from flashtalk.runtime.graphs import capture_sizes
+from flashtalk.runtime.protocol import FPS, StreamingBackend
+from flashtalk.runtime.session import Session
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
+DEFAULT_BUCKETS = capture_sizes(32)  # render batches of a tick: the one bucket list, up to 32 frames
+
+
+def finish_frames(images: "torch.Tensor", groups: Sequence[tuple[int, int, Any]]) -> np.ndarray:
+    """The frames of a whole tick: images [N, 3, 512, 512] float in [0, 1] -> uint8 [N, 512, 512, 3] on
+    the host. `groups`: (first row, rows, session) in order; the sessions' watermarks are embedded with
+    one call per distinct (embed, key, payload) (one call when they agree, the usual case). On CUDA the
+    copy out goes through pinned memory, asynchronously, and is waited for once (the tick's one sync)."""
+    import torch
+
+    out = images.clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    marks: dict[tuple, list[tuple[int, int]]] = {}
+    for start, n, s in groups:
+        if s.embed is not None:
+            marks.setdefault((s.embed, s.watermark_key, s.watermark_payload), []).append((start, n))
+    for (embed, key, payload), spans in marks.items():
+        runs = [list(spans[0])]
+        for lo, n in spans[1:]:  # adjacent sessions with the same mark: one call
+            if lo == runs[-1][0] + runs[-1][1]:
+                runs[-1][1] += n
+            else:
+                runs.append([lo, n])
+        for lo, n in runs:
+            out[lo:lo + n] = embed(out[lo:lo + n], key=key, payload=payload)
+    if out.device.type != "cuda":
+        return out.numpy()
+    host = torch.empty(out.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(out, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    done.synchronize()
+    return host.numpy()
 
 
 class AdmissionError(FlashTalkError):
@@ -113,28 +153,31 @@ class Scheduler:
         now = self.clock()
         tick = TickStats(sessions=len(live))
         for s in live:
-            s._apply(now)
+            s.apply_commands(now)
 
-        requests = [(s, r) for s in live if (r := s._motion_request()) is not None]
+        requests = [(s, r) for s in live if (r := s.motion_request()) is not None]
         if requests:
             motions = self.backend.motion([r for _, r in requests])
             for (s, _), m in zip(requests, motions):
-                s._accept_motion(m)
+                s.accept_motion(m)
             tick.motion_sessions = len(requests)
             self.stats.motion_calls += 1
 
-        takes = self._plan([s for s in live if s._pending_frames()])
+        takes = self._plan([s for s in live if s.pending_frames()])
         if takes:
             count = sum(b - a for _, parts in takes for _, a, b in parts)
             bucket = self.buckets[min(bisect.bisect_left(self.buckets, count), len(self.buckets) - 1)]
-            items = [(s._stream, [p.motion.slice(a, b) for p, a, b in parts]) for s, parts in takes]
+            items = [(s.stream, [p.motion.slice(a, b) for p, a, b in parts]) for s, parts in takes]
             images = self.backend.render(items, bucket)
-            done = self.clock()
-            row = 0
+            groups, row = [], 0
             for s, parts in takes:
                 n = sum(b - a for _, a, b in parts)
-                s._finish(parts, images[row:row + n], done)
+                groups.append((row, n, s))
                 row += n
+            pixels = finish_frames(images, groups)
+            done = self.clock()
+            for (start, n, s), (_, parts) in zip(groups, takes):
+                s.finish(parts, pixels[start:start + n], done)
             tick.render_frames, tick.render_sessions, tick.bucket = count, len(takes), bucket
             st = self.stats
             st.render_calls += 1
@@ -149,18 +192,18 @@ class Scheduler:
         """Round-robin over sessions (oldest pending audio first) until the largest bucket is full."""
         if not ready:
             return []
-        order = sorted(range(len(ready)), key=lambda i: (ready[i]._oldest_pending(), (i - self._rr) % len(ready)))
+        order = sorted(range(len(ready)), key=lambda i: (ready[i].oldest_pending(), (i - self._rr) % len(ready)))
         self._rr += 1
         share = {i: 0 for i in order}
         budget = self.buckets[-1]
-        left = {i: ready[i]._pending_frames() for i in order}
+        left = {i: ready[i].pending_frames() for i in order}
         while budget > 0 and any(left.values()):
             for i in order:
                 if budget and left[i]:
                     share[i] += 1
                     left[i] -= 1
                     budget -= 1
-        return [(ready[i], ready[i]._take(share[i])) for i in order if share[i]]
+        return [(ready[i], ready[i].take(share[i])) for i in order if share[i]]
 
     # ---- worker thread -------------------------------------------------------------------------
     def start(self) -> None:
@@ -193,4 +236,4 @@ class Scheduler:
                 self._wake.set()  # more may be pending: go again without waiting
 
 
-__all__ = ["AdmissionError", "DEFAULT_BUCKETS", "Scheduler", "SchedulerStats", "TickStats"]
+__all__ = ["AdmissionError", "DEFAULT_BUCKETS", "Scheduler", "SchedulerStats", "TickStats", "finish_frames"]

@@ -3,7 +3,9 @@
 Client -> server
   text  {"type": "start", "portrait": "<base64 JPEG/PNG/WebP>" | "portrait_id": "<id from POST /portraits>",
          "sample_rate": 16000, "format": "s16le" | "f32le", "video": "jpeg" | "raw",
-         "pace": "realtime" | "fast", "seed": 0, "controls": {...}, "idle": true, "quality": 80}
+         "pace": "realtime" | "fast", "seed": 0, "controls": {...}, "idle": true, "quality": 80,
+         "latency": "low" | "exact" (default: the server's, `serve --latency`), "commit_frames": k,
+         "lookahead_frames": r (low latency: frames committed per motion window / of audio look-ahead)}
         (first message; everything but the portrait is optional, defaults shown)
   binary  PCM: mono samples in the start message's format and rate, any chunk size up to MAX_CHUNK_BYTES
   text  {"type": "end"}                  end of speech: flush the last partial frame, then an "end" event
@@ -42,6 +44,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from flashtalk.constants import LATENCY_MODES
 from flashtalk.errors import FlashTalkError
 
 FRAME_MAGIC = b"FTF1"
@@ -54,7 +57,7 @@ LATE_S = 0.25  # realtime pacing: how far behind its clock a frame may be before
 VIDEO_FORMATS = ("jpeg", "raw")
 PACES = ("realtime", "fast")
 START_KEYS = {"type", "portrait", "portrait_id", "sample_rate", "format", "video", "pace", "seed", "controls",
-              "idle", "quality"}
+              "idle", "quality", "latency", "commit_frames", "lookahead_frames"}
 
 
 class ProtocolError(FlashTalkError):
@@ -73,6 +76,9 @@ class Start:
     controls: dict[str, Any] = field(default_factory=dict)
     idle: bool = True
     quality: int = 80
+    latency: str | None = None  # None: the server's default
+    commit_frames: int | None = None  # range checked by the session (it depends on the model)
+    lookahead_frames: int | None = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,17 @@ def parse_start(text: str, max_portrait_bytes: int) -> Start:
         controls=_controls(msg.get("controls", {}), "start"),
         idle=idle,
         quality=_int(msg, "quality", 80, 10, 95),
+        latency=None if msg.get("latency") is None else _choice(msg, "latency", "low", LATENCY_MODES),
+        commit_frames=_optional_int(msg, "commit_frames"),
+        lookahead_frames=_optional_int(msg, "lookahead_frames"),
     )
+
+
+def _optional_int(msg: dict, key: str) -> int | None:
+    value = msg.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ProtocolError(f"start: '{key}' must be an integer; got {_short(value)}")
+    return value
 
 
 def parse_command(text: str) -> Command:

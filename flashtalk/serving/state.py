@@ -36,6 +36,7 @@ class ServeConfig:
     max_portraits: int = 64  # encoded portraits kept (least recently used dropped)
     max_send_queue_bytes: int = 8 << 20  # per session: encoded frames waiting for a slow reader
     device: str | None = None
+    latency: str = "low"  # sessions' default streaming latency mode (low | exact)
     replica: str = "local"  # named in `ready`, /health and /metrics (the Ray replica id under Ray Serve)
 
     @property
@@ -116,7 +117,7 @@ class BackendSpec:
 
 
 def build_backend(spec: BackendSpec, device: str) -> StreamingBackend:
-    from flashtalk.runtime.session import NetworkStreamingBackend, PreviewStreamingBackend
+    from flashtalk.runtime.session import PreviewStreamingBackend
 
     if spec.kind == "preview":
         return PreviewStreamingBackend(device)
@@ -125,9 +126,10 @@ def build_backend(spec: BackendSpec, device: str) -> StreamingBackend:
     if spec.weights is None and not spec.seeded:
         raise FlashTalkError("the network backend needs weights (a folder or a .safetensors bundle) or seeded=True")
     from flashtalk.model.bundle import load_networks, seeded_networks
+    from flashtalk.runtime.network import NetworkBackend
 
     nets = seeded_networks(spec.preset) if spec.seeded else load_networks(spec.weights)
-    return NetworkStreamingBackend(nets, device, seeded=spec.seeded, precision=spec.precision)
+    return NetworkBackend(nets, device, seeded=spec.seeded, precision=spec.precision)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

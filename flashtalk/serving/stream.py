@@ -303,7 +303,9 @@ async def _open_session(st: ServerState, start: protocol.Start, loop, wake: asyn
     def build() -> Session:  # the resampler's filter bank is built here, off the event loop
         return Session(st.backend, portrait, seed=start.seed, sample_rate=start.sample_rate,
                        sample_format=start.format, controls=start.controls, idle=start.idle,
-                       on_output=lambda: loop.call_soon_threadsafe(wake.set))
+                       on_output=lambda: loop.call_soon_threadsafe(wake.set),
+                       latency=start.latency or st.config.latency, commit_frames=start.commit_frames,
+                       lookahead_frames=start.lookahead_frames)
 
     return await loop.run_in_executor(audio_pool or st.setup, build)
 
@@ -341,7 +343,8 @@ async def websocket_session(ws: WebSocket, st: ServerState) -> None:
         await ws.send_text(json.dumps({
             "type": "ready", "session": sid, "fps": FPS, "width": FRAME_SIZE, "height": FRAME_SIZE,
             "backend": st.backend.name, "replica": st.config.replica,
-            "lookahead_ms": round(session.lookahead_s * 1000, 3), "watermark": session.watermarked,
+            "lookahead_ms": round(session.lookahead_s * 1000, 3), "latency": session.latency,
+            "watermark": session.watermarked,
             "controls": list(st.backend.controls), "video": start.video, "pace": start.pace}))
         stream = Stream(ws, st, session, start, sid, wake, audio_pool)
         await stream.run()
