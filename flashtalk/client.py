@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.serving.protocol import MAX_CHUNK_BYTES, unpack_frame
+from flashtalk.serving.protocol import MAX_CHUNK_BYTES, is_loopback, unpack_frame
 
 CLOSE_BAD_MESSAGE, CLOSE_TOO_BIG, CLOSE_FULL = 1008, 1009, 1013
 FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
@@ -130,16 +130,6 @@ def _ws_url(url: str) -> str:
     path = parts.path if parts.path not in ("", "/") else "/ws"
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _portrait_field(portrait: str | Path | bytes | None, portrait_id: str | None) -> dict[str, str]:
@@ -309,7 +299,7 @@ async def _open(url: str, token: str | None, start: dict[str, Any], open_timeout
     websockets, ws_connect = _websockets()
     url = _ws_url(url)
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    local = _is_loopback(urlsplit(url).hostname or "")
+    local = is_loopback(urlsplit(url).hostname or "")
     try:
         ws = await ws_connect(url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES, open_timeout=open_timeout,
                               **({"proxy": None} if local else {}))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import math
 import struct
@@ -219,6 +220,16 @@ def unpack_frame(data: bytes) -> FrameMessage:
     start = FRAME_HEADER.size
     return FrameMessage(index, pts, data[start:start + n_audio], data[start + n_audio:], bool(flags & FLAG_IDLE))
 
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine's loopback: `localhost`, 127.0.0.0/8 or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 __all__ = ["CLOSE_BAD_MESSAGE", "CLOSE_FULL", "CLOSE_INTERNAL", "CLOSE_TOO_BIG", "Command", "FRAME_HEADER",
            "FrameMessage", "LATE_S", "MAX_CHUNK_BYTES", "MAX_COMMAND_BYTES", "ProtocolError", "Start", "pack_frame",

@@ -8,7 +8,6 @@ import collections
 import concurrent.futures
 import contextlib
 import io
-import ipaddress
 import itertools
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.serving.protocol import is_loopback
 from flashtalk.runtime.scheduler import Scheduler
 from flashtalk.runtime.session import EncodedPortrait, StreamingBackend, encode_portrait
 
@@ -43,15 +43,6 @@ class ServeConfig:
     def max_message_bytes(self) -> int:
         """The largest WebSocket message read: a start message with an inline base64 portrait."""
         return self.max_upload_bytes * 4 // 3 + 4096
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_config(config: ServeConfig) -> None:
