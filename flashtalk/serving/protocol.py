@@ -221,7 +221,6 @@ def unpack_frame(data: bytes) -> FrameMessage:
     return FrameMessage(index, pts, data[start:start + n_audio], data[start + n_audio:], bool(flags & FLAG_IDLE))
 
 
-
 def is_loopback(host: str) -> bool:
     """Whether `host` (a name or an address) is this machine's loopback: `localhost`, 127.0.0.0/8 or ::1."""
     if host == "localhost":
@@ -231,6 +230,7 @@ def is_loopback(host: str) -> bool:
     except ValueError:
         return False
 
+
 __all__ = ["CLOSE_BAD_MESSAGE", "CLOSE_FULL", "CLOSE_INTERNAL", "CLOSE_TOO_BIG", "Command", "FRAME_HEADER",
            "FrameMessage", "LATE_S", "MAX_CHUNK_BYTES", "MAX_COMMAND_BYTES", "ProtocolError", "Start", "pack_frame",
-           "parse_command", "parse_start", "unpack_frame"]
+           "is_loopback", "parse_command", "parse_start", "unpack_frame"]
