@@ -15,13 +15,10 @@ from flashtalk.kernels.check import SMEM_LIMIT, kernel_files
 
 pytest.importorskip("triton")
 
-# Production launches that spill today, found by this check (sm_90, triton 3.9, CI's version): one SPADE
-# apply specialisation at batch 32 (the fp32 attention tiles were retuned and the batch-1 SPADE launch is
-# now split into 256-pixel chunks; neither spills). The test fails when this set changes either way: a new
-# spill, or a fixed one still listed. (ptxas's register allocation differs between triton versions: triton
-# 3.6 spills other SPADE variants.)
+# No production launch may spill (sm_90, triton 3.9, CI's version). The last one, a SPADE apply specialisation at
+# batch 32, went away with 8 warps for the apply kernel (64 registers). ptxas's register allocation differs between
+# triton versions, so on another version the check reports spills instead of failing on them.
 SPILLS_MEASURED_WITH = "3.9"
-KNOWN_SPILLS = {("spade_norm", "SPADE norm B32 C512 64² plain bf16")}
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
@@ -56,10 +53,9 @@ def test_production_variants_fit_sm90_without_spills(report):
     if not data["triton"].startswith(SPILLS_MEASURED_WITH + "."):
         pytest.skip(f"the known-spill list is for triton {SPILLS_MEASURED_WITH} (CI); this is {data['triton']}: "
                     f"{len(spills)} production launches spill, see `flashtalk kernels check`")
-    assert spills == KNOWN_SPILLS
-    # the command's exit status says the same: 1 while any production variant has a problem
-    assert rc == (1 if spills else 0)
-    assert all(r["problems"] for r in prod if r["spill_bytes"])
+    assert spills == set()
+    # the command's exit status says the same: 0 when no production variant has a problem
+    assert rc == 0
 
 
 def test_low_precision_attention_uses_tensor_cores(report):

@@ -202,7 +202,7 @@ def _launch(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_s
     _spade_apply_kernel[grid](
         x, gamma, beta, out, mean, m2, C, H * W, W, chunk, ns, eps, 0.0 if negative_slope is None else negative_slope,
         *x.stride(), *gamma.stride(), *beta.stride(), *out.stride(),
-        ACT=negative_slope is not None, BP=BP, BC=BC, BS=BS, num_warps=4,
+        ACT=negative_slope is not None, BP=BP, BC=BC, BS=BS, num_warps=8,
     )
     return out
 
