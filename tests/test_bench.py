@@ -49,6 +49,7 @@ def test_quick_run_writes_a_valid_report(quick_run):
         assert {(case, "flashtalk"), (case, "eager")} <= ok
     assert ("pipeline/offline_fps", "flashtalk") in ok
     assert ("stream/first_frame_latency", "preview-backend") in ok
+    assert ("stream/first_frame_latency", "network-backend low") in ok  # a quick run: serve's default mode only
     # figures next to their references: the flashtalk rows carry the speed-up against eager
     ratios = [r["speedup_vs_eager"] for r in records if r["provider"] == "flashtalk" and r["status"] == "ok"
               and r["group"] in ("kernel", "stage", "renderer")]
