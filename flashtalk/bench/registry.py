@@ -225,6 +225,7 @@ def kernel_cases() -> list[BenchCase]:
     cases += [BenchCase("attention/cpu-B2-H2-L37-D16-keypad", "kernel",
                         _attention(bench_attention.Case("cpu", 2, 2, 37, 16, padded=True)))]
     cases += [BenchCase(f"{c.op}/B{c.B}", "kernel", _warp(c), quick=c.B == 8) for c in bench_warp.CASES]
+    cases += [BenchCase(f"warp_tail/B{b}", "kernel", bench_warp.warp_tail_case(b)) for b in (1, 8)]
     cases += [BenchCase("paste_back/B16", "kernel", _paste_back(16)), BenchCase("watermark_embed/B16", "kernel", _watermark(16))]
     return cases
 

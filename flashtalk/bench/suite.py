@@ -57,6 +57,7 @@ STEPS = (
     Step("streaming sessions", ("stream/aggregate_fps", "stream/first_frame_latency"),
          ("stream/aggregate_fps", "stream/first_frame_latency")),
     Step("attention vs SDPA", ATTENTION_GPU, ("attention/cpu-B2-H2-L37-D16-keypad",)),
+    Step("fused warping tail vs cuDNN Conv3d + deform_warp", ("warp_tail/B1", "warp_tail/B8"), ("warp_tail/B1",)),
 )
 
 
