@@ -130,7 +130,7 @@ def test_measured_ratios_feed_eye_and_lip_retargeting():
 
     from flashtalk.facecrop import FaceRatios, Landmarks
     from flashtalk.model.controls import SOURCE_EYE_RATIO, SOURCE_LIP_RATIO, ControlSet, _retarget_deltas
-    from flashtalk.runtime.network import with_source_ratios
+    from flashtalk.runtime.driving import with_source_ratios
 
     class Recorder:
         def __init__(self):
