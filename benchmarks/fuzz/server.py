@@ -3,7 +3,7 @@ beside one healthy real-time session.
 
     campaign(seed, n, budget_s) -> {"family": "server", "cases", "ok", "clean_error", "crash", "hang",
         "examples", "healthy_fps", "healthy_latency_p50_ms", "healthy_latency_p99_ms",
-        "rss_baseline_mb", "rss_after_mb", ...}
+        "rss_baseline_mb", "rss_warm_mb", "rss_after_mb", "cases_after_warm", ...}
 
 The server runs as a subprocess (stopped by its PID). The healthy client speaks in utterances (0.6 s of
 16-kHz speech sent at real time, `end`, a short pause), paced "realtime", and measures each frame's
@@ -485,13 +485,21 @@ async def _campaign(seed: int, n: int, budget_s: float) -> dict:
                 if outcome in ("crash", "hang") and len(result["examples"]) < MAX_EXAMPLES:
                     result["examples"].append(f"{kind}: {what}: {detail}"[:200])
 
-        await asyncio.gather(*(one(i) for i in range(n)))
+        # one case of each kind first: the code paths they wake (decoders, codecs, error paths) take memory
+        # once; what grows after that, over the remaining cases, is what a leak would look like
+        warm = min(n, len(KINDS))
+        await asyncio.gather(*(one(i) for i in range(warm)))
+        await asyncio.sleep(2.0)  # let freed memory settle (the server trims its heap after sessions end)
+        result["rss_warm_mb"] = round(server.rss_mb(), 1)
+        result["cases_after_warm"] = -result["cases"]
+        await asyncio.gather(*(one(i) for i in range(warm, n)))
+        result["cases_after_warm"] += result["cases"]
+        await asyncio.sleep(2.0)
+        result["rss_after_mb"] = round(server.rss_mb(), 1)  # the healthy session still live, as at rss_warm_mb
         live = await loop.run_in_executor(None, client.finish)
         fps, p50, p99 = _summary(live)
         result.update(healthy_fps=fps, healthy_latency_p50_ms=p50, healthy_latency_p99_ms=p99,
                       healthy_dropped=live.get("dropped", 0))
-        await asyncio.sleep(2.0)  # let freed memory settle
-        result["rss_after_mb"] = round(server.rss_mb(), 1)
         log = server.log_text()
         if "Traceback" in log:
             result["crash"] += 1

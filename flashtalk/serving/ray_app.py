@@ -98,7 +98,7 @@ class FlashTalkReplica:
 
         from flashtalk.runtime.engine import _default_device
         from flashtalk.serving.server import create_app
-        from flashtalk.serving.state import ServerState, decode_image
+        from flashtalk.serving.state import ServerState, decode_image, freeze_startup
 
         ctx = serve.get_replica_context()
         replica = getattr(ctx.replica_id, "unique_id", None) or str(ctx.replica_id)
@@ -111,6 +111,7 @@ class FlashTalkReplica:
         self.state.portrait_loader = self.portrait
         self.state.portrait_sink = self.keep_upload
         self.asgi = create_app(self.config, state=self.state)
+        freeze_startup()  # this process is the replica's own: its start-up objects are never garbage
 
     def __serve_build_asgi_app__(self):
         return self.asgi

@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.session import PreviewStreamingBackend, StreamingBackend
 from flashtalk.serving.state import (ASSETS_DIR, DEMO_PORTRAIT_ID, DROP_REASONS, ServeConfig, ServerState, check_config, decode_image,
-                                     is_loopback)
+                                     freeze_startup, is_loopback)
 from flashtalk.serving.protocol import CLOSE_FULL
 from flashtalk.serving.stream import close_with_error, websocket_session
 
@@ -137,6 +137,7 @@ async def _upload(request: Request) -> Response:
             image = await loop.run_in_executor(st.setup, decode_image, data, st.config.max_image_side)
             portrait = await loop.run_in_executor(st.setup, st.encode, image)
     except FlashTalkError as exc:
+        st.release_memory()  # the refused body (up to max_upload_bytes) and its decode
         return JSONResponse({"error": str(exc)}, status_code=400)
     pid = secrets.token_hex(8)
     if st.portrait_sink is not None:
@@ -243,6 +244,7 @@ def serve(config: ServeConfig, backend: StreamingBackend | None = None) -> None:
     import uvicorn
 
     app = create_app(config, backend)
+    freeze_startup()  # the process is the server's own: its start-up objects are never garbage
     name = app.state.flashtalk.backend.name
     print(f"flashtalk serve: http://{config.host}:{config.port}/  (backend {name}, max {config.max_sessions} "
           f"sessions{', token required' if config.token else ''})", flush=True)

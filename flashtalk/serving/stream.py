@@ -363,8 +363,7 @@ async def websocket_session(ws: WebSocket, st: ServerState) -> None:
         st.sockets.pop(sid, None)
         if audio_pool is not None:
             audio_pool.shutdown(wait=False, cancel_futures=True)
-        if session is not None:
-            st.release_memory()
+        st.release_memory()
         if ws.application_state == WebSocketState.CONNECTED and ws.client_state == WebSocketState.CONNECTED:
             try:
                 await asyncio.wait_for(ws.close(), CLOSE_TIMEOUT_S)
