@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from flashtalk.animate import demo_assets
-from flashtalk.facecrop import face_crop
-from flashtalk.media import load_image
+from flashtalk.cli.animate import demo_assets
+from flashtalk.io.facecrop import face_crop
+from flashtalk.io.media import load_image
 from flashtalk.preview.controls import apply_preview_controls
 from flashtalk.preview import FaceLayout, PreviewMotion, PreviewRenderer
 

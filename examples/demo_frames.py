@@ -8,7 +8,7 @@ import argparse
 import numpy as np
 from PIL import Image, ImageDraw
 
-from flashtalk.animate import demo_assets
+from flashtalk.cli.animate import demo_assets
 from flashtalk.runtime.engine import Engine
 
 

@@ -55,7 +55,7 @@ class TalkingHeadProcessor:
 
 
 async def _demo(args) -> None:
-    from flashtalk.audio import load_audio
+    from flashtalk.io.audio import load_audio
 
     assets = Path(__file__).resolve().parents[1] / "flashtalk" / "assets"
     clip = load_audio(assets / "speech.ogg", target_rate=24000)

@@ -67,7 +67,7 @@ class Counter(FrameProcessor):
 
 
 async def main(args) -> None:
-    from flashtalk.audio import load_audio
+    from flashtalk.io.audio import load_audio
 
     if args.url:
         avatar = FlashTalkVideoService.remote(args.url, token=args.token, portrait=ASSETS / "portrait.jpg")

@@ -15,8 +15,8 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from flashtalk.animate import demo_assets
-from flashtalk.audio import load_audio
+from flashtalk.cli.animate import demo_assets
+from flashtalk.io.audio import load_audio
 from flashtalk.cli import main
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.engine import Engine, output_frames, retime, watermark_available
@@ -68,8 +68,8 @@ def test_cli_two_second_clip(clips, tmp_path, capsys):
     assert meta["flashtalk_watermark"] == ("on" if watermark_available() else "off")
     # it moves, and it is the portrait (colours and orientation kept): frame 0 is near the face crop
     assert np.abs(frames[1:].astype(int) - frames[:1]).mean(axis=(1, 2, 3)).max() > 0.5
-    from flashtalk.facecrop import face_crop
-    from flashtalk.media import load_image
+    from flashtalk.io.facecrop import face_crop
+    from flashtalk.io.media import load_image
 
     crop = face_crop(load_image(PORTRAIT)).image
     assert np.abs(frames[0].astype(int) - crop).mean() < 12
@@ -243,7 +243,7 @@ def test_a_crash_mid_clip_leaves_no_partial_output(clips, tmp_path, frames_dir):
 
 
 def test_a_writer_failure_reaches_the_caller(clips, tmp_path, monkeypatch):
-    from flashtalk.media import VideoWriter
+    from flashtalk.io.media import VideoWriter
 
     def broken(self, frames):
         raise OSError("disk full")

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from flashtalk.audio import StreamingResampler, iter_audio_chunks, load_audio, resample
+from flashtalk.io.audio import StreamingResampler, iter_audio_chunks, load_audio, resample
 from flashtalk.errors import FlashTalkError
 
 

@@ -306,7 +306,7 @@ def test_bad_presets(tmp_path):
 
 
 def test_controls_changed_mid_stream_take_effect_on_the_next_frame():
-    from flashtalk.animate import demo_assets
+    from flashtalk.cli.animate import demo_assets
     from flashtalk.runtime.scheduler import Scheduler
     from flashtalk.runtime.session import HOP, PreviewStreamingBackend, Session, encode_portrait
 
@@ -340,7 +340,7 @@ def test_merged_is_the_live_update():
 
 
 def test_cli_preset_save_and_animate_flags(tmp_path, capsys):
-    from flashtalk.animate import demo_assets
+    from flashtalk.cli.animate import demo_assets
     from flashtalk.cli import main
 
     portrait = str(demo_assets()[0])

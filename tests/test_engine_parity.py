@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from flashtalk.animate import demo_assets
+from flashtalk.cli.animate import demo_assets
 from flashtalk.cli import main
 from flashtalk.serving import protocol
 from tests.serve_process import flashtalk_serve

@@ -16,7 +16,7 @@ from tests.faces_onnx import EYE_RATIO, LIP_RATIO, face_image, l106_model, l203_
 
 from flashtalk.errors import FlashTalkError  # noqa: E402
 from flashtalk.faces import onnx_models  # noqa: E402
-from flashtalk.facecrop import face_crop  # noqa: E402
+from flashtalk.io.facecrop import face_crop  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_signature_check_rejects_wrong_output_widths():
 def test_measured_ratios_feed_eye_and_lip_retargeting():
     import torch
 
-    from flashtalk.facecrop import FaceRatios, Landmarks
+    from flashtalk.io.facecrop import FaceRatios, Landmarks
     from flashtalk.model.controls import SOURCE_EYE_RATIO, SOURCE_LIP_RATIO, ControlSet, _retarget_deltas
     from flashtalk.runtime.driving import with_source_ratios
 
@@ -168,7 +168,7 @@ def test_the_engine_crops_with_its_face_models(models):
     engine = Engine.preview("cpu")
     engine.faces = models
     audio = np.zeros(16000, np.float32)
-    from flashtalk.audio import AudioClip
+    from flashtalk.io.audio import AudioClip
 
     clip = engine.prepare(face_image(), AudioClip(audio, 16000, 1.0, "silence"), watermark=False)
     assert clip.crop.method == "liveportrait" and clip.crop.ratios is not None

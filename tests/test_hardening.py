@@ -24,12 +24,12 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from flashtalk import audio as fa
-from flashtalk.animate import demo_assets
+from flashtalk.io import audio as fa
+from flashtalk.cli.animate import demo_assets
 from flashtalk.cli import main
 from flashtalk.errors import FlashTalkError
-from flashtalk.facecrop import crop_box, parse_crop
-from flashtalk.media import VideoWriter, load_image
+from flashtalk.io.facecrop import crop_box, parse_crop
+from flashtalk.io.media import VideoWriter, load_image
 from flashtalk.model import bundle as fb
 from flashtalk.model.joyvasa_weights import load_checkpoint, load_pickled_arrays
 from flashtalk.runtime.offline import _Writer

@@ -1,6 +1,6 @@
 """The layers point one way: `kernels -> model -> runtime -> serving / cli` (`profiling` beside kernels, the
-file I/O modules and the preview beside model). Every import in every module of the package, at module level
-or inside a function, is read with `ast` (nothing is imported)."""
+file I/O in `flashtalk/io` and the preview beside model, the commands in `flashtalk/cli`). Every import in
+every module of the package, at module level or inside a function, is read with `ast` (nothing is imported)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ PACKAGE = Path(flashtalk.__file__).resolve().parent
 # rank of each part of the package; a module may import only parts of its own rank or below
 RANKS = {
     "kernels": 0, "profiling": 0,
-    "model": 1, "preview": 1, "provenance": 1, "audio": 1, "media": 1, "facecrop": 1, "faces": 1, "hub": 1, "io": 1,
+    "model": 1, "preview": 1, "provenance": 1, "faces": 1, "hub": 1, "io": 1,
     "runtime": 2,
-    "serving": 3, "cli": 3, "golden": 3, "bench": 3, "animate": 3, "serve": 3, "info": 3, "preset": 3,
-    "detect": 3, "profile": 3, "download": 3, "client": 3, "integrations": 3, "__main__": 3,
+    "serving": 3, "cli": 3, "golden": 3, "bench": 3, "client": 3, "integrations": 3, "__main__": 3,
 }
 SHARED = {"errors", "constants", "__init__"}  # importable from anywhere
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from flashtalk.animate import demo_assets
+from flashtalk.cli.animate import demo_assets
 from flashtalk.errors import FlashTalkError
-from flashtalk.facecrop import Box, crop_affine, crop_box, cut, face_crop, invert_affine, parse_crop
-from flashtalk.media import PngWriter, VideoWriter, atomic_output, load_image
+from flashtalk.io.facecrop import Box, crop_affine, crop_box, cut, face_crop, invert_affine, parse_crop
+from flashtalk.io.media import PngWriter, VideoWriter, atomic_output, load_image
 
 
 def _pattern(h: int, w: int, seed: int = 1) -> np.ndarray:

@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from flashtalk.animate import demo_assets
-from flashtalk.audio import load_audio
+from flashtalk.cli.animate import demo_assets
+from flashtalk.io.audio import load_audio
 from flashtalk.cli import main
 from flashtalk.errors import FlashTalkError
 from flashtalk.model.bundle import seeded_networks

@@ -26,14 +26,14 @@ ODD_RATES = (0, 1, 3999, 4000, 384000, 384001, 1 << 31, -16000, 16000.5, float("
 
 
 def warm(_: Any) -> str:
-    import flashtalk.audio  # noqa: F401
-    import flashtalk.media  # noqa: F401
+    import flashtalk.io.audio  # noqa: F401
+    import flashtalk.io.media  # noqa: F401
 
     return "warm"
 
 
 def load(arg: dict) -> str:
-    from flashtalk.audio import load_audio
+    from flashtalk.io.audio import load_audio
 
     clip = load_audio(arg["path"], max_seconds=30.0)
     x = clip.samples
@@ -47,9 +47,9 @@ def load(arg: dict) -> str:
 def write(arg: dict) -> str:
     """Decode, then write a 4-frame MP4 with the audio through the atomic writer: a clean error must
     leave the folder empty."""
-    from flashtalk.audio import load_audio
+    from flashtalk.io.audio import load_audio
     from flashtalk.errors import FlashTalkError
-    from flashtalk.media import VideoWriter, atomic_output
+    from flashtalk.io.media import VideoWriter, atomic_output
 
     out = Path(arg["out"])
     clip = load_audio(arg["path"], max_seconds=30.0)
@@ -72,7 +72,7 @@ def write(arg: dict) -> str:
 
 
 def stream(arg: dict) -> str:
-    from flashtalk.audio import StreamingResampler
+    from flashtalk.io.audio import StreamingResampler
 
     r = StreamingResampler(arg["src"], 16000)
     rng = np.random.default_rng(arg["seed"])

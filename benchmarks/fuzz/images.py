@@ -31,15 +31,15 @@ GOOD_CROPS = ("center", "0,0,64,64", "10.5,20.25,50,70", "-30,-30,200,200", "90,
 
 
 def warm(_: Any) -> str:
-    import flashtalk.facecrop  # noqa: F401
-    import flashtalk.media  # noqa: F401
+    import flashtalk.io.facecrop  # noqa: F401
+    import flashtalk.io.media  # noqa: F401
 
     return "warm"
 
 
 def target(arg: dict) -> str:
-    from flashtalk.facecrop import crop_box, cut
-    from flashtalk.media import load_image
+    from flashtalk.io.facecrop import crop_box, cut
+    from flashtalk.io.media import load_image
 
     photo = load_image(arg["path"])
     crop = cut(photo, crop_box(photo, arg["crop"]))

@@ -362,7 +362,7 @@ def _frame_stage(kind: str) -> Callable[[Setup], Built]:
             return Built({"flashtalk": _kernel_mode("auto", run), "eager": _kernel_mode("reference", run),
                           "compile": "torch.compile of the embed is measured in the kernel case watermark_embed"},
                          f"1x{side}x{side}x3", "uint8", bytes=2 * tensor_bytes(frames[0]), frames=1)
-        from flashtalk.media import VideoWriter
+        from flashtalk.io.media import VideoWriter
 
         host = [f.cpu().numpy() for f in frames]
         tmp = tempfile.TemporaryDirectory(prefix="flashtalk-bench-")
@@ -421,7 +421,7 @@ def _offline(setup: Setup) -> Built:
     """End to end, one stream: audio decode + encode, motion, render, paste-back off, watermark, H.264 mux."""
     import numpy as np
 
-    from flashtalk.audio import AudioClip, load_audio
+    from flashtalk.io.audio import AudioClip, load_audio
     from flashtalk.runtime.engine import Engine
     from flashtalk.runtime.network import NetworkBackend
     from flashtalk.runtime.offline import render
@@ -496,7 +496,7 @@ def _first_frame(setup: Setup) -> Built:
     look-ahead is the audio that had to arrive first; it rides along in the samples' notes."""
     import numpy as np
 
-    from flashtalk.audio import load_audio
+    from flashtalk.io.audio import load_audio
     from flashtalk.runtime.scheduler import Scheduler
     from flashtalk.runtime.session import HOP, Frame, Session
 
@@ -536,7 +536,7 @@ def _aggregate(setup: Setup) -> Built:
     """N sessions each push the same amount of speech at once; aggregate FPS and per-frame latency."""
     import numpy as np
 
-    from flashtalk.audio import load_audio
+    from flashtalk.io.audio import load_audio
     from flashtalk.runtime.scheduler import Scheduler
     from flashtalk.runtime.session import FPS, HOP, Frame, Session
 

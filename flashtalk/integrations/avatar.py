@@ -68,7 +68,7 @@ class SegmentEnd:
 
 
 def _resampler(src: int, dst: int):
-    from flashtalk.audio import StreamingResampler
+    from flashtalk.io.audio import StreamingResampler
 
     return StreamingResampler(src, dst) if src != dst else None
 

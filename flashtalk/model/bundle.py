@@ -316,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
 
     from safetensors import SafetensorError
 
-    from flashtalk.media import atomic_output, check_output
+    from flashtalk.io.media import atomic_output, check_output
 
     out = Path(args.output)
     if out.suffix != ".safetensors":

@@ -1,11 +1,10 @@
 """Driving-video mode (LivePortrait's own use): the motion extractor on each frame of a video drives the
-portrait; rendered through the network backend's one render path (`NetworkBackend.render_keypoints`)."""
+portrait; rendered through the network backend's one render path (`NetworkBackend.render_keypoints`).
+The video's decode (frames, times, audio) is `flashtalk.io.driving`."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,53 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.io.driving import decoded_frames, video_frame_times
 from flashtalk.model.controls import ControlSet as Controls
 from flashtalk.model.keypoints import Motion, bins_to_degrees, rotation_from_degrees
 from flashtalk.model.renderer import SourceState
-
-log = logging.getLogger(__name__)
-
-
-
-def _open_video(path: Path):
-    import av
-
-    if not path.is_file():
-        raise FlashTalkError(f"driving video {path} not found")
-    try:
-        container = av.open(str(path), metadata_errors="replace")  # non-UTF-8 tags do not stop decoding
-    except Exception as exc:  # noqa: BLE001 - PyAV raises many error types for unreadable files
-        raise FlashTalkError(f"driving video {path}: cannot open it ({exc})") from None
-    if not container.streams.video:
-        container.close()
-        raise FlashTalkError(f"driving video {path} has no video stream")
-    return container
-
-
-def _decoded(path: Path) -> Iterator[tuple[float, Any]]:
-    """(time in seconds, av.VideoFrame) of every frame of the driving video."""
-    container = _open_video(path)
-    try:
-        stream = container.streams.video[0]
-        tb = stream.time_base or Fraction(1, 25)
-        for i, frame in enumerate(container.decode(stream)):
-            pts = frame.pts if frame.pts is not None else i
-            yield float(pts * tb) if frame.pts is not None else i / 25, frame
-    except FlashTalkError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise FlashTalkError(f"driving video {path}: decoding failed ({exc})") from None
-    finally:
-        container.close()
-
-
-def video_frame_times(path: Path) -> list[float]:
-    """Presentation times (s) of the video's frames, increasing; end time appended as the last entry."""
-    times = [t for t, _ in _decoded(path)]
-    if not times:
-        raise FlashTalkError(f"driving video {path} has no frames")
-    step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 1 / 25
-    return times + [times[-1] + step]
 
 
 def with_source_ratios(c: Controls, landmarks: Any) -> Controls:
@@ -69,22 +25,6 @@ def with_source_ratios(c: Controls, landmarks: Any) -> Controls:
     if ratios is None:
         return c
     return dataclasses.replace(c, source_eye=tuple(ratios.eye), source_lip=float(ratios.lip))
-
-
-def driving_audio(path: str | Path, rate: int = 16000):
-    """The driving video's audio at 16 kHz, or silence of the video's length when it has no audio stream."""
-    from flashtalk.audio import AudioClip, load_audio
-
-    path = Path(path)
-    container = _open_video(path)
-    has_audio = bool(container.streams.audio)
-    container.close()
-    if has_audio:
-        return load_audio(path, target_rate=rate)
-    times = video_frame_times(path)
-    duration = times[-1] - times[0]
-    log.info("driving video %s has no audio stream; the output gets %.2f s of silence", path, duration)
-    return AudioClip(np.zeros(int(round(duration * rate)), np.float32), rate, duration, f"{path} (silence)")
 
 
 class DrivingAnimation:
@@ -98,7 +38,7 @@ class DrivingAnimation:
         if faces is not None:
             from flashtalk.faces.pipeline import plan_driving
 
-            self.plan = plan_driving((f.to_ndarray(format="rgb24") for _, f in _decoded(video)), faces,
+            self.plan = plan_driving((f.to_ndarray(format="rgb24") for _, f in decoded_frames(video)), faces,
                                      name=f"driving video {video}")
         elif "driving" in (controls.eye_open, controls.lip_open):
             raise FlashTalkError("eye_open / lip_open = driving need LivePortrait's face models beside the weights "
@@ -116,7 +56,7 @@ class DrivingAnimation:
         size = self.backend.nets.renderer.cfg.motion.image_size
         j, last = 0, None
         self._shown = []
-        for k, (t, frame) in enumerate(_decoded(self.video)):
+        for k, (t, frame) in enumerate(decoded_frames(self.video)):
             while last is not None and j < self._frames and self.start + j / self.backend.fps < t - 1e-6:
                 self._shown.append(k - 1)
                 yield last  # output frame j shows the latest driving frame at or before its time

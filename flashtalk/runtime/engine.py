@@ -31,8 +31,8 @@ from flashtalk.runtime.protocol import DEFAULT_WATERMARK_KEY, MODEL_RATE
 if TYPE_CHECKING:
     import torch
 
-    from flashtalk.audio import AudioClip
-    from flashtalk.facecrop import FaceCrop, Landmarks
+    from flashtalk.io.audio import AudioClip
+    from flashtalk.io.facecrop import FaceCrop, Landmarks
 
 log = logging.getLogger(__name__)
 
@@ -286,14 +286,14 @@ class Engine:
         """Load and check the inputs, crop the face and prepare the backend; nothing is rendered yet.
 
         image: path, PIL image or RGB uint8 array. audio: path / bytes / file object (anything
-        `flashtalk.audio.load_audio` reads) or an `AudioClip`. crop: "auto", "center" or (x, y, w, h).
+        `flashtalk.io.audio.load_audio` reads) or an `AudioClip`. crop: "auto", "center" or (x, y, w, h).
         driving: a video whose head motion and expressions drive the portrait (network backend only);
         audio may then be None: the video's own audio (or silence) is used.
         """
         import torch
 
-        from flashtalk.facecrop import face_crop
-        from flashtalk.media import load_image
+        from flashtalk.io.facecrop import face_crop
+        from flashtalk.io.media import load_image
 
         if fps <= 0 or fps > 240:
             raise FlashTalkError(f"fps must be in (0, 240], got {fps}")
@@ -302,7 +302,7 @@ class Engine:
             raise FlashTalkError(f"a driving video needs the network backend, not {self.backend.name}; "
                                  + WEIGHTS_HELP)
         if driving is not None and audio is None:
-            from flashtalk.runtime.driving import driving_audio
+            from flashtalk.io.driving import driving_audio
 
             clip = driving_audio(driving, MODEL_RATE)
         else:
@@ -348,12 +348,12 @@ def _face_models(path: Path, device: "torch.device") -> Any:
 
 
 def _load_audio(audio: Any) -> "AudioClip":
-    from flashtalk.audio import AudioClip, load_audio
+    from flashtalk.io.audio import AudioClip, load_audio
 
     if isinstance(audio, AudioClip):
         clip = audio
         if clip.rate != MODEL_RATE:
-            from flashtalk.audio import resample
+            from flashtalk.io.audio import resample
 
             clip = AudioClip(resample(clip.samples, clip.rate, MODEL_RATE), MODEL_RATE, clip.duration, clip.source)
     else:

@@ -330,8 +330,8 @@ class NetworkBackend:
     def expression_offset(self, image: str | Path, neutral: SourceState | None = None) -> torch.Tensor:
         """A photo's expression [21, 3] relative to `neutral`'s (the portrait being animated), or on its
         own (controls.expression_offset) without one: the emotion offset of a reference photo."""
-        from flashtalk.facecrop import face_crop
-        from flashtalk.media import load_image
+        from flashtalk.io.facecrop import face_crop
+        from flashtalk.io.media import load_image
         from flashtalk.model.emotion import expression_offset
 
         fc = face_crop(load_image(image, name="emotion image"), "auto", name="emotion image")

@@ -2,7 +2,7 @@
 
 The main thread renders batches; a writer thread encodes them, fed through a bounded queue, so at most
 `queue_batches` rendered batches wait in memory whatever the clip's length. The output appears at its
-final path only when complete (`flashtalk.media.atomic_output`).
+final path only when complete (`flashtalk.io.media.atomic_output`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.media import PngWriter, VideoWriter, atomic_output
+from flashtalk.io.media import PngWriter, VideoWriter, atomic_output
 from flashtalk.runtime.engine import Clip
 
 log = logging.getLogger(__name__)

@@ -79,8 +79,8 @@ def encode_portrait(backend: StreamingBackend, image: Any, *, crop: Any = "auto"
     """Load `image` (path, PIL image or RGB uint8 array), crop the face and encode it with `backend`."""
     import torch
 
-    from flashtalk.facecrop import face_crop
-    from flashtalk.media import load_image
+    from flashtalk.io.facecrop import face_crop
+    from flashtalk.io.media import load_image
 
     photo = load_image(image)
     fc = face_crop(photo, crop)

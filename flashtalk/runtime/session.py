@@ -82,7 +82,7 @@ class Session:
                  watermark_key: str | None = None, clock: Callable[[], float] = time.monotonic,
                  on_output: Callable[[], None] | None = None, crop: Any = "auto", latency: str = "exact",
                  commit_frames: int | None = None, lookahead_frames: int | None = None) -> None:
-        from flashtalk.audio import StreamingResampler
+        from flashtalk.io.audio import StreamingResampler
         from flashtalk.runtime.engine import _load_watermark, _version
 
         if sample_format not in SAMPLE_FORMATS:

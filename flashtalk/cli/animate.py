@@ -108,7 +108,7 @@ def _extra_controls(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flashtalk.media import check_output
+    from flashtalk.io.media import check_output
     from flashtalk.runtime.engine import Engine
     from flashtalk.runtime.offline import render
 

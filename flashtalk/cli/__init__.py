@@ -1,6 +1,8 @@
 """The `flashtalk` command line.
 
-Each subcommand lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`.
+Each subcommand lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`:
+the commands in this package (`animate`, `serve`, `info`, `emotion`, `detect`, `profile`, `download`), and
+the few that live beside the code they drive (`bench`, `verify-golden`, `kernels check`, `convert-weights`).
 A module is imported only when its subcommand runs, so `flashtalk --help` stays fast.
 """
 
@@ -15,18 +17,18 @@ from flashtalk.errors import FlashTalkError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("flashtalk.info", "print the environment and which kernel backend each op uses, and why"),
+    "info": ("flashtalk.cli.info", "print the environment and which kernel backend each op uses, and why"),
     "verify-golden": ("flashtalk.golden.verify", "check our networks against a folder of golden tensors"),
-    "animate": ("flashtalk.animate", "turn a portrait photo and a speech file into a talking-head video"),
-    "detect": ("flashtalk.detect", "look for FlashTalk's invisible watermark in a video or an image"),
+    "animate": ("flashtalk.cli.animate", "turn a portrait photo and a speech file into a talking-head video"),
+    "detect": ("flashtalk.cli.detect", "look for FlashTalk's invisible watermark in a video or an image"),
     "convert-weights": ("flashtalk.model.bundle", "convert a LivePortrait + JoyVASA weights folder into one bundle"),
     "bench": ("flashtalk.bench", "measure kernels, stages, renderer, pipeline and streaming against eager / compile"),
     "kernels": ("flashtalk.kernels.check", "kernels check: compile every kernel variant ahead of time for a GPU arch (sm_90)"),
-    "profile": ("flashtalk.profile", "write a torch-profiler trace of a few rendered frames"),
-    "serve": ("flashtalk.serve", "stream talking heads over WebSocket/HTTP, with a web page to try it"),
-    "emotion": ("flashtalk.preset", "save a reference photo's expression as an emotion preset (or show one)"),
-    "preset": ("flashtalk.preset", "the former name of `emotion` (kept so scripts keep working)"),
-    "download": ("flashtalk.download", "fetch the published LivePortrait / JoyVASA / HuBERT weights (Hugging Face)"),
+    "profile": ("flashtalk.cli.profile", "write a torch-profiler trace of a few rendered frames"),
+    "serve": ("flashtalk.cli.serve", "stream talking heads over WebSocket/HTTP, with a web page to try it"),
+    "emotion": ("flashtalk.cli.emotion", "save a reference photo's expression as an emotion preset (or show one)"),
+    "preset": ("flashtalk.cli.emotion", "the former name of `emotion` (kept so scripts keep working)"),
+    "download": ("flashtalk.cli.download", "fetch the published LivePortrait / JoyVASA / HuBERT weights (Hugging Face)"),
 }
 
 

@@ -34,7 +34,7 @@ def collect(device: str | None = None) -> dict:
         "triton_interpreter": interpreter_enabled(),
         "engine": ("one engine (flashtalk/runtime): backends preview | network behind one interface "
                    "(protocol.py), offline = one-stream driver of the streaming path; layers kernels -> model -> "
-                   "runtime -> serving / cli"),
+                   "runtime -> serving / cli (flashtalk/cli), file I/O in flashtalk/io beside model"),
         "streaming_latency": "low (<= 160 ms look-ahead, serve default) | exact (JoyVASA windows, offline-identical)",
         "graph_buckets": list(_buckets()),
         "ops": {},

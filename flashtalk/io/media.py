@@ -31,7 +31,7 @@ FRAME_PATTERN = "frame_{:06d}.png"
 
 
 class Audio(Protocol):
-    """What the writers need from `flashtalk.audio.AudioClip`: mono float32 samples and their rate."""
+    """What the writers need from `flashtalk.io.audio.AudioClip`: mono float32 samples and their rate."""
 
     samples: np.ndarray
     rate: int

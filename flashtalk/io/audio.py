@@ -363,7 +363,7 @@ def load_audio(
         if total > max_seconds * rate:
             raise FlashTalkError(
                 f"{name} is longer than max_seconds={max_seconds:g} s; raise max_seconds or stream it "
-                "in chunks (flashtalk.audio.iter_audio_chunks / the streaming session)"
+                "in chunks (flashtalk.io.audio.iter_audio_chunks / the streaming session)"
             )
     if total == 0:
         raise FlashTalkError(f"{name} contains no audio samples (zero-length audio)")

@@ -16,8 +16,6 @@ from pathlib import Path
 
 from flashtalk.errors import FlashTalkError
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="flashtalk-trace.json", help="Chrome trace file to write")
@@ -35,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from flashtalk.cli.animate import demo_assets
     from flashtalk.kernels import use_kernels
     from flashtalk.runtime.engine import Engine
 
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise FlashTalkError(f"--out {out}: folder {out.parent} does not exist")
     engine = Engine.from_weights(None, seeded=True, preset=preset, device=device)
-    clip = engine.prepare(ASSETS / "portrait.jpg", ASSETS / "speech.ogg", crop="center")
+    clip = engine.prepare(*demo_assets(), crop="center")
     if clip.num_frames < args.warmup + args.frames:
         raise FlashTalkError(f"the bundled clip has {clip.num_frames} frames; --warmup + --frames must not exceed it")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
