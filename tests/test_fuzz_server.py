@@ -25,4 +25,9 @@ def test_server_survives_hostile_clients_beside_a_healthy_session():
     # renderer time the hostile sessions take on a CPU (measured here: 0.2-0.45x of the baseline)
     assert r["healthy_latency_p50_ms"] <= r["baseline_latency_p50_ms"] + 1000, r
     assert r["healthy_fps"] >= 0.15 * r["baseline_fps"], r
-    assert r["rss_after_mb"] - r["rss_baseline_mb"] < 200, r
+    # no leak: after two cases of each kind (code paths woken once, the 2-portrait cache full) the C heap in
+    # use grows by what the first-time paths of the later cases still add (measured on a 2-core CPU: 45-57 MB
+    # over 92 cases, plateaus per kind); the bound is 2x that. A leak of the 20-MB messages alone would be
+    # over 500 MB. The resident size also keeps the allocator's freed pages: bounded loosely, for blow-ups.
+    assert r["cases_after_warm"] >= 80 and r["heap_after_mb"] - r["heap_warm_mb"] < 115, r
+    assert r["rss_after_mb"] - r["rss_baseline_mb"] < 400, r

@@ -3,7 +3,7 @@ beside one healthy real-time session.
 
     campaign(seed, n, budget_s) -> {"family": "server", "cases", "ok", "clean_error", "crash", "hang",
         "examples", "healthy_fps", "healthy_latency_p50_ms", "healthy_latency_p99_ms",
-        "rss_baseline_mb", "rss_warm_mb", "rss_after_mb", "cases_after_warm", ...}
+        "rss_baseline_mb", "rss_warm_mb", "rss_after_mb", "heap_warm_mb", "heap_after_mb", "cases_after_warm", ...}
 
 The server runs as a subprocess (stopped by its PID). The healthy client speaks in utterances (0.6 s of
 16-kHz speech sent at real time, `end`, a short pause), paced "realtime", and measures each frame's
@@ -75,7 +75,8 @@ class Server:
             p for p in (str(Path(flashtalk.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flashtalk", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--max-sessions", str(max_sessions), "--device", "cpu"],
+             "--max-sessions", str(max_sessions), "--device", "cpu",
+             "--max-portraits", "2"],  # the demo and one upload: the bounded cache is full after the warm-up
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     async def wait_ready(self, timeout: float = 120.0) -> None:
@@ -91,6 +92,15 @@ class Server:
                         return
                 await asyncio.sleep(0.2)
         raise RuntimeError("flashtalk serve did not answer /health in time")
+
+    def heap_mb(self) -> float:
+        """The server's C heap in use (its /metrics `flashtalk_heap_in_use_bytes`)."""
+        import httpx
+
+        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith("flashtalk_heap_in_use_bytes "):
+                return float(line.split()[1]) / 2**20
+        raise RuntimeError("the server's /metrics has no flashtalk_heap_in_use_bytes (not glibc?)")
 
     def rss_mb(self) -> float:
         import psutil
@@ -485,17 +495,19 @@ async def _campaign(seed: int, n: int, budget_s: float) -> dict:
                 if outcome in ("crash", "hang") and len(result["examples"]) < MAX_EXAMPLES:
                     result["examples"].append(f"{kind}: {what}: {detail}"[:200])
 
-        # one case of each kind first: the code paths they wake (decoders, codecs, error paths) take memory
+        # two cases of each kind first: the code paths they wake (decoders, codecs, error paths) take memory
         # once; what grows after that, over the remaining cases, is what a leak would look like
-        warm = min(n, len(KINDS))
+        warm = min(n, 2 * len(KINDS))
         await asyncio.gather(*(one(i) for i in range(warm)))
         await asyncio.sleep(2.0)  # let freed memory settle (the server trims its heap after sessions end)
         result["rss_warm_mb"] = round(server.rss_mb(), 1)
+        result["heap_warm_mb"] = round(await loop.run_in_executor(None, server.heap_mb), 1)
         result["cases_after_warm"] = -result["cases"]
         await asyncio.gather(*(one(i) for i in range(warm, n)))
         result["cases_after_warm"] += result["cases"]
         await asyncio.sleep(2.0)
         result["rss_after_mb"] = round(server.rss_mb(), 1)  # the healthy session still live, as at rss_warm_mb
+        result["heap_after_mb"] = round(await loop.run_in_executor(None, server.heap_mb), 1)
         live = await loop.run_in_executor(None, client.finish)
         fps, p50, p99 = _summary(live)
         result.update(healthy_fps=fps, healthy_latency_p50_ms=p50, healthy_latency_p99_ms=p99,

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bearer token clients must send (default: $FLASHTALK_TOKEN)")
     parser.add_argument("--max-sessions", type=int, default=16,
                         help="live sessions admitted at once (default 16; per replica with --ray)")
+    parser.add_argument("--max-portraits", type=int, default=64,
+                        help="encoded portraits kept in memory, least recently used dropped (default 64)")
     parser.add_argument("--max-upload-mb", type=float, default=8.0, help="largest portrait upload in MB (default 8)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     weights = parser.add_mutually_exclusive_group()
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.replicas is not None and not 1 <= args.replicas <= 1024:
         raise FlashTalkError(f"--replicas must be in [1, 1024]; got {args.replicas}")
     config = ServeConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
-                         max_upload_bytes=int(args.max_upload_mb * (1 << 20)), device=args.device,
+                         max_portraits=args.max_portraits, max_upload_bytes=int(args.max_upload_mb * (1 << 20)), device=args.device,
                          latency=args.latency)
     check_config(config)  # refuse a public bind without a token before touching the device
     if args.weights is None and not args.seeded_weights:

@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.session import PreviewStreamingBackend, StreamingBackend
 from flashtalk.serving.state import (ASSETS_DIR, DEMO_PORTRAIT_ID, DROP_REASONS, ServeConfig, ServerState, check_config, decode_image,
-                                     freeze_startup, is_loopback)
+                                     freeze_startup, heap_in_use_bytes, is_loopback)
 from flashtalk.serving.protocol import CLOSE_FULL
 from flashtalk.serving.stream import close_with_error, websocket_session
 
@@ -89,6 +89,10 @@ async def _metrics(request: Request) -> Response:
     lines += [f'flashtalk_render_bucket_total{{bucket="{b}"}} {n}' for b, n in sorted(sched.bucket_counts.items())]
     lines += ["# HELP flashtalk_frame_latency_seconds audio chunk complete -> its frame ready (compute + queueing)"]
     lines += [ln.replace("{,", "{").replace("{}", "") for ln in st.latency.lines("flashtalk_frame_latency_seconds", "")]
+    heap = heap_in_use_bytes()
+    if heap is not None:
+        lines += ["# HELP flashtalk_heap_in_use_bytes C heap handed out and not freed (glibc mallinfo2)",
+                  "# TYPE flashtalk_heap_in_use_bytes gauge", f"flashtalk_heap_in_use_bytes {heap}"]
     lines += _gpu_lines(st)
     return PlainTextResponse("\n".join(lines) + "\n", headers={"X-Content-Type-Options": "nosniff"})
 

@@ -57,6 +57,8 @@ def check_config(config: ServeConfig) -> None:
         raise FlashTalkError(f"--port must be in [0, 65535]; got {config.port}")
     if config.max_sessions < 1:
         raise FlashTalkError(f"--max-sessions must be at least 1; got {config.max_sessions}")
+    if not 1 <= config.max_portraits <= 100_000:
+        raise FlashTalkError(f"--max-portraits must be in [1, 100000]; got {config.max_portraits}")
     if config.max_send_queue_bytes < 1 << 16:
         raise FlashTalkError(f"max_send_queue_bytes must be at least 65536; got {config.max_send_queue_bytes}")
 
@@ -134,6 +136,35 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _MALLOC_TRIM = _malloc_trim()
+
+
+def _mallinfo2() -> Callable[[], Any] | None:
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL("libc.so.6").mallinfo2  # glibc >= 2.33
+    except (OSError, AttributeError):
+        return None
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    fn.restype = MallInfo2
+    return fn
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def heap_in_use_bytes() -> int | None:
+    """Bytes the C heap has handed out and not had back (every arena, mmapped blocks included): what a
+    leak grows, unlike the resident size, which also holds freed pages the allocator keeps. None where
+    glibc's mallinfo2 is missing."""
+    if _MALLINFO2 is None:
+        return None
+    info = _MALLINFO2()
+    return int(info.uordblks + info.hblkhd)
 
 
 def _collect_and_trim() -> None:
