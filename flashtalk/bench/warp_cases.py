@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-from flashtalk.bench.cases import Built, Setup, dtype_name, kernel_mode, kernel_providers, rotating, seeded, tensor_bytes
+from flashtalk.bench.cases import (Built, Setup, dtype_name, kernel_mode, kernel_providers, rotating, seeded,
+                                   tensor_bytes)
 
 
 K, C_FEAT, C_COMP, SIZE = 21, 32, 4, (16, 64, 64)
