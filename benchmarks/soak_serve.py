@@ -26,16 +26,18 @@ import json
 import math
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 
-from flashtalk import client
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.*` when run as a script
+
+from benchmarks.processes import free_port, stop_process  # noqa: E402
+from flashtalk import client  # noqa: E402
 
 CHUNK_S = 0.04
 HOP = 640  # 16-kHz samples per 40-ms frame
@@ -115,9 +117,7 @@ async def _session(args, url: str, seconds: float, seed: int, out: dict) -> None
 @contextlib.contextmanager
 def _local_server(args):
     """`flashtalk serve` on a free loopback port (the preview backend), stopped by its PID at the end."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "flashtalk", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--max-sessions", str(args.sessions)] + (["--device", args.device] if args.device else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -134,13 +134,7 @@ def _local_server(args):
             raise SystemExit("soak_serve: the server did not answer /health within a minute")
         yield f"ws://127.0.0.1:{port}/ws"
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_process(proc)
 
 
 async def _soak(args, url: str) -> dict:

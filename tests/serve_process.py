@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchmarks.processes import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "flashtalk" / "assets"  # the bundled portrait and speech
@@ -42,20 +43,12 @@ class Server:
             time.sleep(0.05)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        stop_process(self.proc, first=signal.SIGKILL)
 
 
 @contextlib.contextmanager
 def flashtalk_serve(*args: str):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("FLASHTALK_TOKEN", None)
     proc = subprocess.Popen([sys.executable, "-m", "flashtalk", "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -77,11 +70,5 @@ def flashtalk_serve(*args: str):
                 time.sleep(0.2)
         yield server
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_process(proc)
         proc.stderr.close()

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.controls import LIP_KEYPOINTS, ControlSet, Track, apply_controls, blink_schedule, load_tracks
+from flashtalk.model.controls import ControlSet, Track, load_tracks
+from flashtalk.model.controls_apply import apply_controls, blink_schedule
 from flashtalk.model.emotion import load_preset, save_preset
-from flashtalk.model.keypoints import Motion, rotation_from_degrees, transform_keypoints
+from flashtalk.model.keypoints import LIP_KEYPOINTS, Motion, rotation_from_degrees, transform_keypoints
 
 D = torch.float64
 
@@ -383,7 +384,7 @@ def test_preview_control_ranges_lie_inside_the_controlset_ranges():
 
 def test_blink_schedule_is_a_device_table_gather():
     """The schedule needs no host sync: a table per (seed, device), indexed by frame (repeats after the horizon)."""
-    from flashtalk.model.controls import BLINK_DEPTH, BLINK_HORIZON
+    from flashtalk.model.controls_apply import BLINK_DEPTH, BLINK_HORIZON
 
     frames = torch.arange(0, 400)
     b = blink_schedule(frames, seed=3)

@@ -129,7 +129,8 @@ def test_measured_ratios_feed_eye_and_lip_retargeting():
     import torch
 
     from flashtalk.io.facecrop import FaceRatios, Landmarks
-    from flashtalk.model.controls import SOURCE_EYE_RATIO, SOURCE_LIP_RATIO, ControlSet, _retarget_deltas
+    from flashtalk.model.controls import SOURCE_EYE_RATIO, SOURCE_LIP_RATIO, ControlSet
+    from flashtalk.model.controls_apply import retarget_deltas
     from flashtalk.runtime.driving import with_source_ratios
 
     class Recorder:
@@ -150,12 +151,12 @@ def test_measured_ratios_feed_eye_and_lip_retargeting():
     lm = Landmarks((0.4, 0.5), (0.6, 0.5), (0.5, 0.7), ratios=FaceRatios((0.21, 0.27), 0.13))
     c = with_source_ratios(ControlSet.from_mapping({"eye_open": 0.5, "lip_open": 0.3}), lm)
     rec = Recorder()
-    _retarget_deltas(c, torch.zeros(2, 21, 3), Source(), rec)
+    retarget_deltas(c, torch.zeros(2, 21, 3), Source(), rec)
     assert rec.eye.shape == (2, 3) and rec.eye[0].tolist() == pytest.approx([0.21, 0.27, 0.5])
     assert rec.lip[0].tolist() == pytest.approx([0.13, 0.3])
     rec = Recorder()  # the Haar path has no ratios: the assumed ones
-    _retarget_deltas(with_source_ratios(ControlSet.from_mapping({"eye_open": 0.5, "lip_open": 0.3}), None),
-                     torch.zeros(1, 21, 3), Source(), rec)
+    retarget_deltas(with_source_ratios(ControlSet.from_mapping({"eye_open": 0.5, "lip_open": 0.3}), None),
+                    torch.zeros(1, 21, 3), Source(), rec)
     assert rec.eye[0].tolist() == pytest.approx([SOURCE_EYE_RATIO, SOURCE_EYE_RATIO, 0.5])
     assert rec.lip[0].tolist() == pytest.approx([SOURCE_LIP_RATIO, 0.3])
     with pytest.raises(FlashTalkError, match="unknown controls"):

@@ -26,6 +26,7 @@ httpx = pytest.importorskip("httpx", reason="the test talks HTTP with httpx")
 pytest.importorskip("websockets", reason="the test talks to Chromium's DevTools over websockets")
 from websockets.asyncio.client import connect  # noqa: E402
 
+from benchmarks.processes import stop_process  # noqa: E402
 from flashtalk.serving.server import ServeConfig, serving  # noqa: E402
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "web_page.png"
@@ -78,12 +79,7 @@ async def chromium(profile: Path):
         async with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
             yield DevTools(ws)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace_s=10)
 
 
 async def _open(page, url: str) -> None:

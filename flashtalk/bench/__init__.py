@@ -1,6 +1,7 @@
-"""`flashtalk bench`: the benchmark harness (`harness`), its one case registry (`registry`, with the attention
-and warp shapes in `attention_cases` / `warp_cases`) and the one-call GPU suite (`suite`). Inside the package,
-so `flashtalk bench` works from a wheel; `benchmarks/` keeps thin scripts over the same cases."""
+"""`flashtalk bench`: the benchmark harness (`harness`), its one case registry (`registry`, with the attention,
+warp and streaming cases in `attention_cases` / `warp_cases` / `streaming_cases`, and what a case is made of in
+`cases`) and the one-call GPU suite (`suite`). Inside the package, so `flashtalk bench` works from a wheel;
+`benchmarks/` keeps thin scripts over the same cases."""
 
 from __future__ import annotations
 

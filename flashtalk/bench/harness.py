@@ -22,7 +22,6 @@ import json
 import logging
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -312,7 +311,8 @@ def _speedups(records: list[dict]) -> None:
 # ------------------------------------------------------------------------------------------------ output
 
 
-def _fmt(v: float | None, digits: int = 3) -> str:
+def fmt(v: float | None, digits: int = 3) -> str:
+    """A table figure: "-" for none, thousands separated from 1000 on, else `digits` significant digits."""
     if v is None:
         return "-"
     if abs(v) >= 1000:
@@ -329,14 +329,14 @@ def rows(records: list[dict]) -> list[list[str]]:
         if r["status"] != "ok":
             out.append([r["case"], r["provider"], "-", r["unit"], "", "", "", "", f"{r['status']}: {r.get('reason', '')}"])
             continue
-        spread = (f"{_fmt(r['p20'])}-{_fmt(r['p80'])}" if "p20" in r and r["metric"] != "first_frame_latency"
-                  else f"{_fmt(r.get('p50'))}-{_fmt(r.get('p99'))} ms" if "p99" in r else "")
+        spread = (f"{fmt(r['p20'])}-{fmt(r['p80'])}" if "p20" in r and r["metric"] != "first_frame_latency"
+                  else f"{fmt(r.get('p50'))}-{fmt(r.get('p99'))} ms" if "p99" in r else "")
         pct = r.get("pct_peak_flops") if r.get("pct_peak_flops") is not None else r.get("pct_peak_bw")
         notes = []
         if r.get("tflops") is not None:
-            notes.append(f"{_fmt(r['tflops'])} TFLOP/s")
+            notes.append(f"{fmt(r['tflops'])} TFLOP/s")
         if r.get("gbps") is not None:
-            notes.append(f"{_fmt(r['gbps'])} GB/s")
+            notes.append(f"{fmt(r['gbps'])} GB/s")
         if r.get("backend"):
             notes.append(f"kernels: {r['backend']}")
         if r.get("warmup_s", 0) > 1:
@@ -348,9 +348,9 @@ def rows(records: list[dict]) -> list[list[str]]:
         thr = r.get("telemetry", {}).get("throttle_reasons")
         if thr:
             notes.append("throttled: " + ",".join(thr))
-        out.append([r["case"], r["provider"], _fmt(r["value"], 4), r["unit"], spread,
-                    _fmt(r.get("speedup_vs_eager")) + ("x" if r.get("speedup_vs_eager") else ""),
-                    _fmt(r.get("speedup_vs_compile")) + ("x" if r.get("speedup_vs_compile") else ""),
+        out.append([r["case"], r["provider"], fmt(r["value"], 4), r["unit"], spread,
+                    fmt(r.get("speedup_vs_eager")) + ("x" if r.get("speedup_vs_eager") else ""),
+                    fmt(r.get("speedup_vs_compile")) + ("x" if r.get("speedup_vs_compile") else ""),
                     f"{pct:.1f}%" if pct is not None else "", "; ".join(notes)])
     return out
 
@@ -456,7 +456,7 @@ def compare(records: list[dict], old: dict) -> list[str]:
             continue
         ratio = r["value"] / o["value"]
         better = ratio < 1 if r["unit"] in LOWER_IS_BETTER else ratio > 1
-        lines.append(f"{r['case']:<40} {r['provider']:<18} {_fmt(o['value'], 4):>10} -> {_fmt(r['value'], 4):>10} "
+        lines.append(f"{r['case']:<40} {r['provider']:<18} {fmt(o['value'], 4):>10} -> {fmt(r['value'], 4):>10} "
                      f"{r['unit']:<9} x{ratio:.3f} {'better' if better else 'worse' if ratio != 1 else 'same'}")
     return lines
 
@@ -490,7 +490,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "in a checkout; a wheel install needs it to run the gpu tests)")
 
 
-def _argv(args: argparse.Namespace) -> list[str]:
+def command_argv(args: argparse.Namespace) -> list[str]:
     """The options this run was given, as a command line (for the report's `command`)."""
     out: list[str] = []
     for key, value in vars(args).items():
@@ -535,7 +535,7 @@ def run(args: argparse.Namespace) -> int:
     cuda = setup.cuda
     iters = args.iters or ((5 if args.quick else 20) if cuda else (2 if args.quick else 3))
     warmup = 3 if cuda else 1
-    env = environment(device, _argv(args))
+    env = environment(device, command_argv(args))
     for line in header_lines(env):
         print(line)
     cases = registry.select(setup, args.only, args.case)

@@ -1,27 +1,21 @@
 """The one registry of benchmark cases, shared by `flashtalk bench` and the pytest-benchmark suites.
 
-A `BenchCase` builds, for a `Setup` (device, dtype, preset, quick), a `Built`: providers (name -> a callable
-`fn(i)` that runs iteration i on inputs[i % rotation], or a string saying why that provider cannot run),
-the shape it runs at, and the work it does (FLOPs, bytes, frames) for throughput figures.
-
+What a case is (`Setup`, `Built`, `BenchCase`) and the helpers every case uses live in `cases.py`.
 Provider names are the same everywhere: "flashtalk" (our code, kernels in `auto` mode: Triton on CUDA, the
 reference on CPU), "eager" (the same model / op on the pure-PyTorch references), "compile" (torch.compile of
 the eager reference), plus per-case extras (SDPA backends, xformers, the fast renderer when it exists).
 
-The attention and warp kernel cases are the ones listed in attention_cases.py / warp_cases.py (imported, not
-re-listed); on the CPU the kernels run at small shapes of the same ops, and the networks use the tiny preset
-(with a smaller feature volume for the warping / decoder stages): CPU figures are not GPU figures.
+The attention, warp and streaming cases are the ones listed in attention_cases.py / warp_cases.py /
+streaming_cases.py (imported, not re-listed); on the CPU the kernels run at small shapes of the same ops, and
+the networks use the tiny preset (with a smaller feature volume for the warping / decoder stages): CPU
+figures are not GPU figures.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
-import importlib.util
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,102 +23,9 @@ import torch
 
 from flashtalk.bench import attention_cases as bench_attention
 from flashtalk.bench import warp_cases as bench_warp
-
-Provider = Callable[[int], object]
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-GROUPS = ("kernel", "stage", "renderer", "pipeline", "stream")
-
-
-@dataclass(frozen=True)
-class Setup:
-    device: str = "cpu"
-    preset: str = "tiny"  # renderer / motion / audio preset of the model cases
-    quick: bool = True
-    compile: bool = True  # build torch.compile providers (else they are reported as skipped)
-    rotation: int = 3  # input sets each case cycles through
-    sessions: int = 2  # concurrent sessions of the aggregate streaming case
-    dtype: torch.dtype | None = None  # kernel dtype override (attention / warp ops)
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.startswith("cuda")
-
-    @classmethod
-    def for_device(cls, device: str, *, quick: bool, compile: bool | None = None, sessions: int | None = None,
-                   dtype: torch.dtype | None = None) -> "Setup":
-        cuda = device.startswith("cuda")
-        if compile is None:  # inductor takes minutes (on two shared CPU cores, or compiling every GPU case): not in --quick
-            compile = not quick
-        return cls(device, "liveportrait" if cuda else "tiny", quick, compile, 4 if cuda else 3,
-                   sessions or (8 if cuda else 2), dtype)
-
-
-@dataclass
-class Built:
-    providers: dict[str, Provider | str]
-    shape: str
-    dtype: str
-    flops: float | None = None  # per call
-    bytes: float | None = None  # unavoidable memory traffic per call
-    frames: int | None = None  # frames produced per call (FPS figures)
-    note: str = ""
-    samples_key: str | None = None  # streaming cases: the provider returns latency samples (ms) itself
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BenchCase:
-    name: str
-    group: str  # one of GROUPS
-    build: Callable[[Setup], Built]
-    quick: bool = True  # part of --quick
-    gpu_only: bool = False
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "uint8"}.get(
-        dtype, str(dtype).removeprefix("torch."))
-
-
-def _kernel_mode(mode: str, fn: Callable) -> Callable:
-    from flashtalk.kernels import use_kernels
-
-    def run(*args, **kwargs):
-        with use_kernels(mode):
-            return fn(*args, **kwargs)
-
-    return run
-
-
-NO_COMPILE = "torch.compile is off (--quick, or over the suite's budget: inductor takes minutes; --compile forces it)"
-
-
-def _compiled(setup: Setup, fn: Callable) -> Callable | str:
-    """torch.compile of a reference function, run with the kernels in reference mode; or why not."""
-    return _kernel_mode("reference", torch.compile(fn)) if setup.compile else NO_COMPILE
-
-
-def _rotating(inputs: list[tuple], fn: Callable) -> Provider:
-    return lambda i: fn(*inputs[i % len(inputs)])
-
-
-def _gen(setup: Setup, seed: int) -> torch.Generator:
-    return torch.Generator(device=setup.device).manual_seed(seed)
-
-
-def tensor_bytes(*tensors: torch.Tensor) -> float:
-    return float(sum(t.numel() * t.element_size() for t in tensors))
-
-
-def kernel_providers(setup: Setup, op: Callable, ref: Callable, inputs: list[tuple]) -> dict[str, Provider | str]:
-    """flashtalk / eager / compile of one op over rotating inputs."""
-    comp = _compiled(setup, ref)
-    return {
-        "flashtalk": _rotating(inputs, _kernel_mode("auto", op)),
-        "eager": _rotating(inputs, _kernel_mode("reference", ref)),
-        "compile": comp if isinstance(comp, str) else _rotating(inputs, comp),
-    }
-
+from flashtalk.bench.cases import (ASSETS, NO_COMPILE, BenchCase, Built, Provider, Setup, compiled, dtype_name,
+                                   kernel_mode, kernel_providers, networks, seeded, tensor_bytes)
+from flashtalk.bench.streaming_cases import stream_cases
 
 # ------------------------------------------------------------------------------------------------ kernels
 
@@ -148,37 +49,10 @@ def _attention(case: bench_attention.Case) -> Callable[[Setup], Built]:
                     providers[name] = fn if isinstance(fn, str) else (lambda i, n=name: per_set[i % len(per_set)][n]())
         q, k, v, _ = sets[0]
         return Built(providers, f"B{case.B} H{case.H} L{case.L} D{case.D}" + (" causal" if case.causal else "")
-                     + (" key-padding" if case.padded else ""), _dtype_name(dtype), flops=case.flops(),
+                     + (" key-padding" if case.padded else ""), dtype_name(dtype), flops=case.flops(),
                      bytes=tensor_bytes(q, k, v, q))
     return build
 
-
-
-def warp_inputs(op: str, B: int, size: tuple[int, int, int], dtype: torch.dtype, setup: Setup, seed: int) -> tuple:
-    """Inputs of the fused warping ops at feature volume `size` (bench_warp's layout, any device / size)."""
-    g = _gen(setup, seed)
-    dev, K = setup.device, bench_warp.K
-    xs = (torch.rand(B, K, 3, device=dev, generator=g) * 2 - 1) * 0.8
-    xd = xs + (torch.rand(B, K, 3, device=dev, generator=g) * 2 - 1) * 0.15
-    if op == "dense_motion_input":
-        return (torch.randn(B, bench_warp.C_COMP, *size, device=dev, generator=g).to(dtype), xs, xd)
-    logits = torch.randn(B, K + 1, *size, device=dev, generator=g).to(dtype)
-    return (logits, xs, xd, torch.randn(B, bench_warp.C_FEAT, *size, device=dev, generator=g).to(dtype))
-
-
-def _warp(case: bench_warp.Case) -> Callable[[Setup], Built]:
-    def build(setup: Setup) -> Built:
-        mod = importlib.import_module(f"flashtalk.kernels.{case.op}")
-        op, ref = getattr(mod, case.op), getattr(mod, f"{case.op}_ref")
-        size = bench_warp.SIZE if setup.cuda else (4, 16, 16)
-        B = case.B if setup.cuda else min(case.B, 2)
-        dtype = setup.dtype or torch.float32
-        sets = [warp_inputs(case.op, B, size, dtype, setup, s) for s in range(setup.rotation)]
-        out = ref(*sets[0])
-        out = out if torch.is_tensor(out) else out[0]
-        return Built(kernel_providers(setup, op, ref, sets), f"B{B} K{bench_warp.K} volume {'x'.join(map(str, size))}",
-                     _dtype_name(dtype), bytes=tensor_bytes(*sets[0], out))
-    return build
 
 
 def _paste_back(B_gpu: int) -> Callable[[Setup], Built]:
@@ -192,7 +66,7 @@ def _paste_back(B_gpu: int) -> Callable[[Setup], Built]:
         affine = torch.tensor([[[s, 0.0, crop / 2 - s * W / 2], [0.0, s, crop / 2 - s * H / 2]]], device=setup.device)
         sets = []
         for seed in range(setup.rotation):
-            g = _gen(setup, seed)
+            g = seeded(setup, seed)
             sets.append((torch.rand(B, 3, crop, crop, device=setup.device, generator=g),
                          torch.randint(0, 256, (1, H, W, 3), device=setup.device, generator=g, dtype=torch.uint8),
                          affine, mask))
@@ -209,7 +83,7 @@ def _watermark(B_gpu: int) -> Callable[[Setup], Built]:
         side, B = (512, B_gpu) if setup.cuda else (128, 2)
         table = torch.from_numpy(wm.cell_table(wm.DEFAULT_KEY, 1234)).to(setup.device)
         kw = dict(cell=wm.CELL, base=wm.BASE, gain=wm.GAIN, act_ref=wm.ACT_REF)
-        sets = [(torch.randint(0, 256, (B, side, side, 3), device=setup.device, generator=_gen(setup, s),
+        sets = [(torch.randint(0, 256, (B, side, side, 3), device=setup.device, generator=seeded(setup, s),
                                dtype=torch.uint8),) for s in range(setup.rotation)]
         provs = kernel_providers(setup, functools.partial(watermark_embed, table=table, **kw),
                                  functools.partial(watermark_embed_ref, table=table, **kw), sets)
@@ -224,7 +98,7 @@ def kernel_cases() -> list[BenchCase]:
     # the CPU runs one small attention shape of each kind instead of the GPU grid
     cases += [BenchCase("attention/cpu-B2-H2-L37-D16-keypad", "kernel",
                         _attention(bench_attention.Case("cpu", 2, 2, 37, 16, padded=True)))]
-    cases += [BenchCase(f"{c.op}/B{c.B}", "kernel", _warp(c), quick=c.B == 8) for c in bench_warp.CASES]
+    cases += [BenchCase(f"{c.op}/B{c.B}", "kernel", bench_warp.warp_case(c), quick=c.B == 8) for c in bench_warp.CASES]
     cases += [BenchCase(f"warp_tail/B{b}", "kernel", bench_warp.warp_tail_case(b)) for b in (1, 8)]
     cases += [BenchCase("paste_back/B16", "kernel", _paste_back(16)), BenchCase("watermark_embed/B16", "kernel", _watermark(16))]
     return cases
@@ -232,13 +106,6 @@ def kernel_cases() -> list[BenchCase]:
 
 # ------------------------------------------------------------------------------------------------ models
 
-
-@functools.lru_cache(maxsize=2)
-def networks(preset: str, device: str):
-    """Seeded networks of a preset (golden weight rule: not a face, same cost), on `device`, eval mode."""
-    from flashtalk.model.bundle import seeded_networks
-
-    return seeded_networks(preset).to(torch.device(device))
 
 
 @contextlib.contextmanager
@@ -272,7 +139,7 @@ def count_flops(fn: Callable[[], object]) -> float | None:
 
 
 def _model_providers(run: Callable[[int], object], compiled_run: Callable[[int], object] | str):
-    return {"flashtalk": _kernel_mode("auto", run), "eager": _kernel_mode("reference", run), "compile": compiled_run}
+    return {"flashtalk": kernel_mode("auto", run), "eager": kernel_mode("reference", run), "compile": compiled_run}
 
 
 def _volume(setup: Setup, nets):
@@ -280,7 +147,7 @@ def _volume(setup: Setup, nets):
     on the CPU (the networks are fully convolutional; the output is then 128²)."""
     r = nets.renderer
     size = r.cfg.motion.image_size
-    img = torch.rand(1, 3, size, size, device=setup.device, generator=_gen(setup, 7))
+    img = torch.rand(1, 3, size, size, device=setup.device, generator=seeded(setup, 7))
     src = r.encode_source(img)
     f_s = src.f_s if setup.cuda else torch.nn.functional.interpolate(src.f_s, size=(src.f_s.shape[2], 16, 16),
                                                                       mode="trilinear")
@@ -294,7 +161,7 @@ def _stage(kind: str) -> Callable[[Setup], Built]:
         cm = _compiled_module
         if kind == "source_encode":
             size = r.cfg.motion.image_size
-            imgs = [torch.rand(1, 3, size, size, device=dev, generator=_gen(setup, s)) for s in range(R)]
+            imgs = [torch.rand(1, 3, size, size, device=dev, generator=seeded(setup, s)) for s in range(R)]
             run = lambda i, m=r.motion_extractor, f=r.appearance_feature_extractor: (m(imgs[i % R]), f(imgs[i % R]))  # noqa: E731
             crun = lambda i: run(i, cm(r.motion_extractor), cm(r.appearance_feature_extractor))  # noqa: E731
             shape = f"1x3x{size}x{size}"
@@ -302,7 +169,7 @@ def _stage(kind: str) -> Callable[[Setup], Built]:
             from flashtalk.model.audio_encoder import joyvasa_audio_features
 
             cfg = nets.motion.cfg
-            wins = [torch.randn(1, cfg.window_samples, device=dev, generator=_gen(setup, s)) * 0.1 for s in range(R)]
+            wins = [torch.randn(1, cfg.window_samples, device=dev, generator=seeded(setup, s)) * 0.1 for s in range(R)]
             fn = lambda w: joyvasa_audio_features(nets.audio, w, cfg.n_motions)  # noqa: E731
             cfn = torch.compile(fn) if setup.compile else None
             run, crun = (lambda i: fn(wins[i % R])), (lambda i: cfn(wins[i % R]))
@@ -312,7 +179,7 @@ def _stage(kind: str) -> Callable[[Setup], Built]:
             from flashtalk.runtime.network import sampler_config
 
             cfg = nets.motion.cfg
-            feats = [torch.randn(1, cfg.n_motions, cfg.audio_dim, device=dev, generator=_gen(setup, s)) for s in range(R)]
+            feats = [torch.randn(1, cfg.n_motions, cfg.audio_dim, device=dev, generator=seeded(setup, s)) for s in range(R)]
             steps = min(10, cfg.n_diff_steps)
             stream = MotionStream(nets.motion, sampler=sampler_config(steps=steps), template=nets.template,
                                   generator=torch.Generator(device=dev).manual_seed(0))
@@ -321,7 +188,7 @@ def _stage(kind: str) -> Callable[[Setup], Built]:
             shape = f"1 window of {cfg.n_motions} frames, dpmpp {steps} steps, CFG batched"
         elif kind in ("warping", "decoder"):
             src, f_s = _volume(setup, nets)
-            sets = [(f_s, src.x_s + 0.03 * torch.randn(1, r.num_kp, 3, device=dev, generator=_gen(setup, s)), src.x_s)
+            sets = [(f_s, src.x_s + 0.03 * torch.randn(1, r.num_kp, 3, device=dev, generator=seeded(setup, s)), src.x_s)
                     for s in range(R)]
 
             def warp(i: int, m=r.warping_module):
@@ -340,9 +207,9 @@ def _stage(kind: str) -> Callable[[Setup], Built]:
             raise ValueError(f"unknown stage {kind!r}")
         note = "" if setup.cuda else "tiny preset" + (", 16x16 volume" if kind in ("warping", "decoder") else "")
         flops = count_flops(lambda: run(0))
-        c = _kernel_mode("reference", torch.no_grad()(crun)) if setup.compile else NO_COMPILE
-        provs = {"flashtalk": _kernel_mode("auto", torch.no_grad()(run)),
-                 "eager": _kernel_mode("reference", torch.no_grad()(run)), "compile": c}
+        c = kernel_mode("reference", torch.no_grad()(crun)) if setup.compile else NO_COMPILE
+        provs = {"flashtalk": kernel_mode("auto", torch.no_grad()(run)),
+                 "eager": kernel_mode("reference", torch.no_grad()(run)), "compile": c}
         return Built(provs, shape, "fp32", flops=flops, frames=1, note=note)
     return build
 
@@ -352,14 +219,14 @@ def _frame_stage(kind: str) -> Callable[[Setup], Built]:
     def build(setup: Setup) -> Built:
         side = 512
         frames = [torch.randint(0, 256, (1, side, side, 3), dtype=torch.uint8, device=setup.device,
-                                generator=_gen(setup, s)) for s in range(setup.rotation)]
+                                generator=seeded(setup, s)) for s in range(setup.rotation)]
         if kind == "paste_back":
             return _paste_back(1)(setup)
         if kind == "watermark":
             from flashtalk.provenance.watermark import embed
 
             run = lambda i: embed(frames[i % len(frames)], payload="FlashTalk bench")  # noqa: E731
-            return Built({"flashtalk": _kernel_mode("auto", run), "eager": _kernel_mode("reference", run),
+            return Built({"flashtalk": kernel_mode("auto", run), "eager": kernel_mode("reference", run),
                           "compile": "torch.compile of the embed is measured in the kernel case watermark_embed"},
                          f"1x{side}x{side}x3", "uint8", bytes=2 * tensor_bytes(frames[0]), frames=1)
         from flashtalk.io.media import VideoWriter
@@ -393,7 +260,7 @@ def _renderer(batch: int) -> Callable[[Setup], Built]:
         if not setup.cuda:
             src = type(src)(**{**src.__dict__, "f_s": f_s})
         sets = [src.x_s.expand(batch, -1, -1) + 0.03 * torch.randn(batch, r.num_kp, 3, device=setup.device,
-                                                                     generator=_gen(setup, s))
+                                                                     generator=seeded(setup, s))
                 for s in range(setup.rotation)]
         run = lambda i: r.render(src, sets[i % len(sets)])  # noqa: E731
         if setup.compile:
@@ -402,9 +269,9 @@ def _renderer(batch: int) -> Callable[[Setup], Built]:
             def comp(i: int):
                 with swapped(r, warping_module=cw, spade_generator=cg):
                     return r.render(src, sets[i % len(sets)])
-            c: Provider | str = _kernel_mode("reference", comp)
+            c: Provider | str = kernel_mode("reference", comp)
         else:
-            c = _compiled(setup, run)
+            c = compiled(setup, run)
         provs = _model_providers(run, c)
         provs["flashtalk-fast"] = fast_renderer_provider(setup, r, src, sets)
         out_side = 8 * f_s.shape[-1]
@@ -439,9 +306,9 @@ def _offline(setup: Setup) -> Built:
         stats = render(clip, Path(tmp.name) / f"out{i}.mp4", overwrite=True, batch_size=batch, progress=False)
         return stats.frames
 
-    provs: dict[str, Provider | str] = {"flashtalk": _kernel_mode("auto", run)}
+    provs: dict[str, Provider | str] = {"flashtalk": kernel_mode("auto", run)}
     if setup.cuda or not setup.quick:
-        provs["eager"] = _kernel_mode("reference", run)
+        provs["eager"] = kernel_mode("reference", run)
     else:
         provs["eager"] = "not in --quick on CPU: the same code path as flashtalk (kernels run the reference here)"
     if setup.compile:
@@ -451,126 +318,13 @@ def _offline(setup: Setup) -> Built:
         def comp(i: int):
             with swapped(r, warping_module=cw, spade_generator=cg):
                 return run(i)
-        provs["compile"] = _kernel_mode("reference", comp)
+        provs["compile"] = kernel_mode("reference", comp)
     else:
-        provs["compile"] = _compiled(setup, run)
+        provs["compile"] = compiled(setup, run)
     return Built(provs, f"{clip.num_frames} frames ({clip.audio.duration:.2f} s speech), batch {batch}, "
                  f"{clip.size[0]}x{clip.size[1]} H.264 + AAC", "fp32", frames=clip.num_frames,
                  note="includes audio encode, motion, render, watermark, H.264 encode and mux (seeded weights)",
                  extra={"cleanup": tmp.cleanup})
-
-
-def _stream_backends(setup: Setup) -> dict[str, object]:
-    """Streaming backends in this checkout: the preview always; the network one when it exists (hook)."""
-    from flashtalk.runtime import session
-
-    out: dict[str, object] = {"preview-backend": session.PreviewStreamingBackend(setup.device)}
-    from flashtalk.runtime.network import NetworkBackend
-
-    out["network-backend"] = NetworkBackend(networks(setup.preset, setup.device), torch.device(setup.device))
-    return out
-
-
-def _stream_providers(setup: Setup, make_run) -> dict[str, "Provider | str"]:
-    """One provider per streaming backend and latency mode: `make_run(backend, portrait, latency)` with the
-    bundled portrait encoded once. The preview has no look-ahead, so it runs once ("exact"); a quick run
-    measures the network in serve's default mode ("low") only. An unavailable backend stays its reason."""
-    from flashtalk.runtime.session import encode_portrait
-
-    provs: dict[str, Provider | str] = {}
-    for name, backend in _stream_backends(setup).items():
-        if isinstance(backend, str):
-            provs[name] = backend
-            continue
-        portrait = encode_portrait(backend, ASSETS / "portrait.jpg", crop="center")
-        modes = ("exact",) if name == "preview-backend" else ("low",) if setup.quick else ("low", "exact")
-        for latency in modes:
-            label = name if name == "preview-backend" else f"{name} {latency}"
-            provs[label] = make_run(backend, portrait, latency)
-    return provs
-
-
-def _first_frame(setup: Setup) -> Built:
-    """Push speech 40 ms at a time into a fresh session, one scheduler tick after each chunk; time from the
-    chunk that completed the first frame's look-ahead to that frame (compute only). The session's announced
-    look-ahead is the audio that had to arrive first; it rides along in the samples' notes."""
-    import numpy as np
-
-    from flashtalk.io.audio import load_audio
-    from flashtalk.runtime.scheduler import Scheduler
-    from flashtalk.runtime.session import HOP, Frame, Session
-
-    speech = load_audio(ASSETS / "speech.ogg", target_rate=16000).samples
-    max_chunks = (len(speech) - HOP) // HOP
-
-    def make_run(backend, portrait, latency: str) -> Provider:
-        def run(i: int) -> float:
-            sched = Scheduler(backend, max_sessions=1)
-            s = Session(backend, portrait, seed=i, sample_rate=16000, sample_format="f32le", idle=False,
-                        latency=latency)
-            sched.admit(s)
-            try:
-                for k in range(max_chunks):  # bounded: the whole clip at most, then its end flushes
-                    t0 = time.perf_counter()
-                    s.push_audio(np.ascontiguousarray(speech[k * HOP:(k + 1) * HOP], dtype=np.float32))
-                    if k == max_chunks - 1:
-                        s.end_speech()
-                    sched.step()
-                    if any(isinstance(item, Frame) for item in s.poll()):
-                        if setup.cuda:
-                            torch.cuda.synchronize()
-                        return (time.perf_counter() - t0) * 1e3
-                raise RuntimeError(f"no frame after {max_chunks} chunks of speech ({latency} latency)")
-            finally:
-                sched.release(s)
-
-        return run
-
-    return Built(_stream_providers(setup, make_run), "40-ms chunks of 16-kHz speech -> first 512² frame (watermarked)",
-                 "fp32", samples_key="latency",
-                 note="compute only: from the chunk that completed the first frame's look-ahead to the frame; "
-                      "scheduler stepped inline, no network; look-ahead: low <= 160 ms, exact = the model window")
-
-
-def _aggregate(setup: Setup) -> Built:
-    """N sessions each push the same amount of speech at once; aggregate FPS and per-frame latency."""
-    import numpy as np
-
-    from flashtalk.io.audio import load_audio
-    from flashtalk.runtime.scheduler import Scheduler
-    from flashtalk.runtime.session import FPS, HOP, Frame, Session
-
-    seconds = 2.0 if setup.cuda else 0.2
-    speech = load_audio(ASSETS / "speech.ogg", target_rate=16000).samples
-    n = setup.sessions
-
-    def make_run(backend, portrait, latency: str) -> Provider:
-        def run(i: int) -> dict:
-            sched = Scheduler(backend, max_sessions=n)
-            sessions = [Session(backend, portrait, seed=k, sample_rate=16000, sample_format="f32le", idle=False,
-                                latency=latency) for k in range(n)]
-            want = int(seconds * FPS)
-            for k, s in enumerate(sessions):
-                sched.admit(s)
-                start = ((i * n + k) * HOP * 7) % (len(speech) - want * HOP)
-                s.push_audio(np.ascontiguousarray(speech[start:start + want * HOP], dtype=np.float32))
-                s.end_speech()  # the speech is all there: the last window flushes in either latency mode
-            got, t0 = 0, time.perf_counter()
-            for _ in range(100 * want):  # bounded; every tick renders at least one frame once motion is in
-                if got >= n * want:
-                    break
-                sched.step()
-                got += sum(sum(isinstance(x, Frame) for x in s.poll()) for s in sessions)
-            wall = time.perf_counter() - t0
-            lat = [1e3 * v for s in sessions for v in s.stats.latencies]
-            for s in sessions:
-                sched.release(s)
-            return {"frames": got, "seconds": wall, "latency_ms": lat}
-
-        return run
-
-    return Built(_stream_providers(setup, make_run), f"{n} sessions x {seconds:g} s of speech, pushed at once", "fp32", samples_key="aggregate",
-                 frames=None, note="one batched motion + one batched render call per scheduler tick")
 
 
 def model_cases() -> list[BenchCase]:
@@ -578,9 +332,7 @@ def model_cases() -> list[BenchCase]:
     cases = [BenchCase(f"stage/{k}", "stage", _stage(k)) for k in stages]
     cases += [BenchCase(f"stage/{k}", "stage", _frame_stage(k)) for k in ("paste_back", "watermark", "video_encode")]
     cases += [BenchCase(f"renderer/B{b}", "renderer", _renderer(b), quick=b in (1, 8)) for b in (1, 2, 8, 16, 32)]
-    cases += [BenchCase("pipeline/offline_fps", "pipeline", _offline),
-              BenchCase("stream/first_frame_latency", "stream", _first_frame),
-              BenchCase("stream/aggregate_fps", "stream", _aggregate)]
+    cases += [BenchCase("pipeline/offline_fps", "pipeline", _offline)] + stream_cases()
     return cases
 
 

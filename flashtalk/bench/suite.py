@@ -211,7 +211,7 @@ def run_suite(args: argparse.Namespace) -> int:
     budget = args.budget_s or (120.0 if smoke else DEFAULT_BUDGET_S)
     start = time.perf_counter()
     end = start + budget - RESERVE_S
-    env = harness.environment(device, harness._argv(args))
+    env = harness.environment(device, harness.command_argv(args))
     env["suite"] = "gpu-smoke" if smoke else "gpu"
     for line in harness.header_lines(env):
         print(line)
@@ -320,8 +320,8 @@ def short_table(steps: list[dict], records: list[dict]) -> str:
     lines = [f"{s['step']:<32} {s['status']:<8} {s.get('reason', '')}" for s in steps]
     headline = [r for r in records if r["status"] == "ok"]
     if headline:
-        rows = [[r["case"], r["provider"], harness._fmt(r["value"], 4), r["unit"],
-                 (harness._fmt(r.get("speedup_vs_eager")) + "x") if r.get("speedup_vs_eager") else ""] for r in headline]
+        rows = [[r["case"], r["provider"], harness.fmt(r["value"], 4), r["unit"],
+                 (harness.fmt(r.get("speedup_vs_eager")) + "x") if r.get("speedup_vs_eager") else ""] for r in headline]
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines += [""] + ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     return "\n".join(lines)

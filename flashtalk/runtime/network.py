@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from flashtalk.errors import FlashTalkError
 from flashtalk.model.audio_encoder import joyvasa_audio_features
 from flashtalk.model.bundle import Networks
-from flashtalk.model.controls import ControlSet, apply_controls
+from flashtalk.model.controls import ControlSet
+from flashtalk.model.controls_apply import apply_controls
 from flashtalk.model.keypoints import Motion
 from flashtalk.model.motion_pipeline import LEAD_FRAMES, TRAIL_FRAMES, SamplerConfig, advance_window
 from flashtalk.model.renderer import SourceState
