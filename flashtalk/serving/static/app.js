@@ -135,7 +135,7 @@ async function connect(sampleRate) {
         status("streaming (" + msg.backend + ")"); resolve();
       } else if (msg.type === "end" || msg.type === "interrupted") {
         st.dropped = msg.dropped || 0; stat("frames", st.frames + " / " + st.dropped);
-        if (msg.type === "end") { st.ended = true; st.endFrames = msg.frames; status("speech done: " + msg.frames + " frames"); }
+        if (msg.type === "end") { st.ended = true; st.endFrames = msg.frames; st.framesAtEnd = st.frames; status("speech done: " + msg.frames + " frames"); }
       } else if (msg.type === "error") { st.lastError = msg.reason; status("error: " + msg.reason); }
     };
     sock.onerror = () => reject(new Error("WebSocket error"));
