@@ -32,6 +32,7 @@ from flashtalk.io.facecrop import crop_box, parse_crop
 from flashtalk.io.media import VideoWriter, load_image
 from flashtalk.model import bundle as fb
 from flashtalk.model.joyvasa_weights import load_checkpoint, load_pickled_arrays
+from flashtalk.model.presets import Preset
 from flashtalk.runtime.offline import _Writer
 
 PORTRAIT, _ = demo_assets()
@@ -330,7 +331,7 @@ def test_the_unmutated_tiny_bundle_loads(tiny_bundle, tmp_path):
 
 
 def test_joyvasa_args_are_checked(tmp_path):
-    base = fb.motion_config("tiny")
+    base = Preset.from_name("tiny").motion
     for value, match in ((float("inf"), "'n_motions' = inf must be finite"), (0, "'n_motions' = 0 is out of range"),
                          ("many", "'n_motions' = 'many' must be a number"), (10**40, "out of range")):
         path = tmp_path / "ckpt.pt"
