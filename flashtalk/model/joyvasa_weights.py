@@ -45,9 +45,9 @@ class JoyVASACheckpoint:
     iteration: int | None = None
 
 
-def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy", base_config: MotionGeneratorConfig | None = None,
-                    map_location: str | torch.device = "cpu") -> JoyVASACheckpoint:
-    """Read a JoyVASA checkpoint with `weights_only=True`; split HuBERT from the motion generator. The
+def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy",
+                    base_config: MotionGeneratorConfig | None = None) -> JoyVASACheckpoint:
+    """Read a JoyVASA checkpoint (`checkpoint.safe_load`, on the CPU); split HuBERT from the motion generator. The
     config is `base_config` (the released architecture by default) with the fields the args set."""
     path = Path(path)
     raw = safe_load(path, what="JoyVASA motion generator checkpoint", allow=_CHECKPOINT_GLOBALS)
