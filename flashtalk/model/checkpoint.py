@@ -7,9 +7,7 @@ Every failure is a FlashTalkError naming the file (or key) and what it should ha
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Collection, Mapping
@@ -106,30 +104,24 @@ def check_keys(expected: Mapping[str, torch.Size | torch.Tensor], got: Mapping[s
 
 def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, *, metadata: Mapping[str, str],
                       overwrite: bool = False) -> Path:
-    """Write `tensors` (contiguous CPU copies) and `metadata` to `path` through a temporary file in the same
-    folder, renamed into place once complete; an existing `path` is replaced only with `overwrite`."""
+    """Write `tensors` (contiguous CPU copies) and `metadata` to `path` through the one atomic writer
+    (`flashtalk.io.media.atomic_output`: a temporary beside it, renamed once complete, removed on any error,
+    Ctrl-C or SIGTERM); an existing `path` is replaced only with `overwrite`."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
+
+    from flashtalk.io.media import atomic_output
 
     path = Path(path)
     if path.is_dir():
         raise FlashTalkError(f"output {path} is a folder; give a file name ending in .safetensors")
-    if path.exists() and not overwrite:
-        raise FlashTalkError(f"output {path} already exists (pass --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
-    tmp = path.parent / f".{path.name}.partial-{secrets.token_hex(4)}"
     try:
-        tmp.open("xb").close()  # created with the user's umask
-        mode = tmp.stat().st_mode
-        save_file(flat, str(tmp), metadata=dict(metadata))
-        os.chmod(tmp, mode)  # safetensors may write through its own 0600 temporary
-        if path.exists() and not overwrite:
-            raise FlashTalkError(f"output {path} appeared while writing; not replacing it (pass --overwrite)")
-        os.replace(tmp, path)
+        with atomic_output(path, overwrite=overwrite) as tmp:
+            mode = tmp.stat().st_mode  # created with the user's umask
+            save_file(flat, str(tmp), metadata=dict(metadata))
+            os.chmod(tmp, mode)  # safetensors may write through its own 0600 temporary
     except (OSError, SafetensorError) as exc:
         raise FlashTalkError(f"writing {path} failed: {getattr(exc, 'strerror', None) or exc}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     return path
