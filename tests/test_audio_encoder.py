@@ -229,11 +229,12 @@ def test_hf_folder_errors(tmp_path):
     with pytest.raises(FlashTalkError) as e:
         load_hf_audio_encoder(tmp_path)
     msg = str(e.value)
-    assert "missing 1: encoder.layers.1.attention.k_proj.bias" in msg
-    assert "unexpected 1: encoder.extra_thing" in msg
-    assert "mis-shaped 1: encoder.layers.0.feed_forward.output_dense.weight (32, 65) (expected (32, 64))" in msg
+    assert f"{tmp_path} does not fit the audio encoder" in msg
+    assert "missing keys (1): encoder.layers.1.attention.k_proj.bias" in msg
+    assert "unexpected keys (1): encoder.extra_thing" in msg
+    assert "mis-shaped keys (1): encoder.layers.0.feed_forward.output_dense.weight: file (32, 65) vs expected (32, 64)" in msg
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json")
-    with pytest.raises(FlashTalkError, match="could not read weights file"):
+    with pytest.raises(FlashTalkError, match=r"model.safetensors: cannot read the safetensors file \(truncated or corrupt"):
         load_hf_audio_encoder(tmp_path)
 
 

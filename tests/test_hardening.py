@@ -32,6 +32,7 @@ from flashtalk.io.facecrop import crop_box, parse_crop
 from flashtalk.io.media import VideoWriter, load_image
 from flashtalk.model import bundle as fb
 from flashtalk.model.joyvasa_weights import load_checkpoint, load_pickled_arrays
+from flashtalk.model.presets import Preset
 from flashtalk.runtime.offline import _Writer
 
 PORTRAIT, _ = demo_assets()
@@ -330,7 +331,7 @@ def test_the_unmutated_tiny_bundle_loads(tiny_bundle, tmp_path):
 
 
 def test_joyvasa_args_are_checked(tmp_path):
-    base = fb.motion_config("tiny")
+    base = Preset.from_name("tiny").motion
     for value, match in ((float("inf"), "'n_motions' = inf must be finite"), (0, "'n_motions' = 0 is out of range"),
                          ("many", "'n_motions' = 'many' must be a number"), (10**40, "out of range")):
         path = tmp_path / "ckpt.pt"
@@ -393,11 +394,13 @@ def test_convert_never_touches_a_users_partial_and_cleans_up(tmp_path, monkeypat
     users.write_bytes(b"the user's own file")
     monkeypatch.setattr(fb, "load_folder", lambda folder: fb.seeded_networks("tiny"))
 
-    def failing(nets, path):
+    import safetensors.torch
+
+    def failing(tensors, path, metadata=None):  # the toolkit's writer fails halfway through its temporary
         Path(path).write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fb, "write_bundle", failing)
+    monkeypatch.setattr(safetensors.torch, "save_file", failing)
     rc = main(["convert-weights", str(tmp_path), "-o", str(out)])
     assert rc == 2 and "No space left" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors.partial"]

@@ -69,9 +69,10 @@ def test_checkpoint_config_mismatch_lists_keys(tmp_path):
     with pytest.raises(FlashTalkError) as exc:
         load_motion_generator(load_checkpoint(tmp_path / "bad.pt", base_config=cfg))
     msg = str(exc.value)
-    assert "missing: denoising_net.motion_dec.2.bias" in msg
-    assert "unexpected: denoising_net.extra.weight" in msg
-    assert "mis-shaped: denoising_net.feature_proj.weight" in msg and "bad.pt" in msg
+    assert "missing keys (1): denoising_net.motion_dec.2.bias" in msg
+    assert "unexpected keys (1): denoising_net.extra.weight" in msg
+    assert "mis-shaped keys (1): denoising_net.feature_proj.weight: file (32, 11) vs expected (32, 10)" in msg
+    assert "bad.pt does not fit the motion generator" in msg
 
 
 def test_checkpoint_bad_files(tmp_path):
@@ -93,7 +94,7 @@ class _Evil:
 def test_checkpoint_refuses_arbitrary_objects(tmp_path):
     cfg = MotionGeneratorConfig.tiny()
     _write_checkpoint(tmp_path / "evil.pt", cfg, hook=_Evil())
-    with pytest.raises(FlashTalkError, match=r"refused to load.*(posix|os|nt)\.system"):
+    with pytest.raises(FlashTalkError, match=r"evil.pt: refused to unpickle a non-tensor object.*argparse.Namespace.*(posix|os|nt)\.system"):
         load_checkpoint(tmp_path / "evil.pt")
 
 

@@ -148,7 +148,7 @@ def test_truncated_file(weights_dir, tmp_path):
         lpw.read_checkpoint(path, "stitching_retargeting_module")
     bundle = lpw.write_bundle({"motion_extractor": {"w": torch.ones(1000)}}, tmp_path / "b.safetensors")
     bundle.write_bytes(bundle.read_bytes()[:200])
-    with pytest.raises(FlashTalkError, match="cannot read the safetensors bundle"):
+    with pytest.raises(FlashTalkError, match=r"b.safetensors: cannot read the safetensors file \(truncated or corrupt\? expected a FlashTalk weights bundle"):
         lpw.read_bundle(bundle)
 
 

@@ -35,12 +35,12 @@ def warm(_: Any) -> str:
     import torch
 
     from flashtalk.model.audio_encoder import AudioEncoder
-    from flashtalk.model.bundle import audio_config, motion_config
     from flashtalk.model.motion_generator import MotionGenerator
+    from flashtalk.model.presets import Preset
 
     with torch.device("meta"):
-        MotionGenerator(motion_config("tiny"))
-        AudioEncoder(audio_config("tiny"))
+        MotionGenerator(Preset.from_name("tiny").motion)
+        AudioEncoder(Preset.from_name("tiny").audio)
     buf = io.BytesIO()
     torch.save({"args": argparse.Namespace(a=1), "model": {"w": torch.ones(2)}}, buf)
     buf.seek(0)
@@ -68,11 +68,11 @@ def bundle(arg: dict) -> str:
 
 
 def joyvasa(arg: dict) -> str:
-    from flashtalk.model.bundle import motion_config
     from flashtalk.model.joyvasa_weights import load_checkpoint, load_motion_state
     from flashtalk.model.motion_generator import MotionGenerator
+    from flashtalk.model.presets import Preset
 
-    ckpt = load_checkpoint(arg["path"], base_config=motion_config("tiny"))
+    ckpt = load_checkpoint(arg["path"], base_config=Preset.from_name("tiny").motion)
     motion = MotionGenerator(ckpt.config).eval()
     load_motion_state(motion, ckpt.motion_state, source=ckpt.path)
     return "loaded"

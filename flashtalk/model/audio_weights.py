@@ -10,8 +10,8 @@ Two sources:
 
 Key names: ours are the current Hugging Face names. Old-style weight-norm names
 (`encoder.pos_conv_embed.conv.weight_g` / `weight_v`) are renamed to `...parametrizations.weight.original0` /
-`original1`; `masked_spec_embed` (SpecAugment, training only) is ignored. Every other mismatch is an error
-listing the missing, unexpected and mis-shaped keys.
+`original1`; `masked_spec_embed` (SpecAugment, training only) is ignored. Every other mismatch is the
+checkpoint toolkit's one report of missing, unexpected and mis-shaped keys.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Mapping
 import torch
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.model.checkpoint import check_keys, safe_load, tensor_dict
 from flashtalk.model.audio_encoder import AudioEncoder, HubertConfig
 from flashtalk.model.validate import AUDIO_RULES, build_config, check_fields, check_finite, check_size
 
@@ -38,33 +39,14 @@ _IGNORED = ("masked_spec_embed",)  # SpecAugment embedding: used only in trainin
 _BASE_PREFIXES = ("hubert.", "wav2vec2.")  # base model inside *ForCTC / *ForPreTraining / ... checkpoints
 
 
-def _listing(keys: list[str], limit: int = 8) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def load_audio_encoder_state(model: AudioEncoder, state: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
     """Copy `state` (our / current HF key names, or old weight_g/_v names) into `model`, casting to the
-    model's dtype. Raises FlashTalkError naming missing, unexpected and mis-shaped keys."""
-    renamed = {_RENAMES.get(k, k): v for k, v in state.items() if k not in _IGNORED}
+    model's dtype. Raises the toolkit's mismatch report (`check_keys`) or names a non-float weight."""
+    renamed = {_RENAMES.get(k, k): v for k, v in state.items()}
     own = model.state_dict()
-    missing = sorted(set(own) - set(renamed))
-    unexpected = sorted(set(renamed) - set(own))
-    misshaped = sorted(
-        f"{k} {tuple(renamed[k].shape)} (expected {tuple(own[k].shape)})"
-        for k in set(own) & set(renamed)
-        if tuple(renamed[k].shape) != tuple(own[k].shape)
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {_listing(unexpected)}")
-    if misshaped:
-        problems.append(f"mis-shaped {len(misshaped)}: {_listing(misshaped)}")
-    if problems:
-        raise FlashTalkError(f"audio encoder weights from {source} do not fit the model ({model.cfg.model_type}, "
-                             f"{model.cfg.num_hidden_layers} layers, width {model.cfg.hidden_size}): " + "; ".join(problems))
+    cfg = model.cfg
+    renamed = check_keys(own, renamed, where=source, ignore=_IGNORED,
+                         fits=f"audio encoder ({cfg.model_type}, {cfg.num_hidden_layers} layers, width {cfg.hidden_size})")
     for k, v in renamed.items():
         if not v.is_floating_point():
             raise FlashTalkError(f"audio encoder weight {k} from {source} has non-float dtype {v.dtype}")
@@ -83,7 +65,7 @@ def load_joyvasa_audio_encoder(
     model's) are skipped; the config defaults to HuBERT-base (TencentGameMate/chinese-hubert-base)."""
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not sub:
-        raise FlashTalkError(f"no '{prefix}*' keys in the checkpoint state dict (has e.g. {_listing(sorted(state), 4)})")
+        raise FlashTalkError(f"no '{prefix}*' keys in the checkpoint state dict (has e.g. {', '.join(sorted(state)[:4])})")
     model = AudioEncoder(cfg or HubertConfig()).to(dtype=dtype)
     load_audio_encoder_state(model, sub, source=f"the '{prefix}*' checkpoint entries")
     return model.to(device).eval()
@@ -112,24 +94,12 @@ def _index_files(index: Path) -> list[Path]:
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     st, index, pt = folder / "model.safetensors", folder / "model.safetensors.index.json", folder / "pytorch_model.bin"
     if st.is_file() or index.is_file():
-        from safetensors.torch import load_file
-
-        files = [st] if st.is_file() else _index_files(index)
         state: dict[str, torch.Tensor] = {}
-        for f in files:
-            try:
-                state.update(load_file(str(f)))
-            except Exception as exc:  # safetensors raises its own error types for corrupt headers
-                raise FlashTalkError(f"could not read weights file {f}: {exc}") from None
+        for f in [st] if st.is_file() else _index_files(index):
+            state.update(safe_load(f, what="Hugging Face HuBERT / wav2vec2 weights file"))
         return state
     if pt.is_file():
-        try:
-            state = torch.load(pt, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling refused or corrupt archive
-            raise FlashTalkError(f"could not read {pt} as a plain tensor state dict (weights_only=True): {exc}") from None
-        if not isinstance(state, dict):
-            raise FlashTalkError(f"{pt} holds a {type(state).__name__}, not a state dict")
-        return state
+        return tensor_dict(safe_load(pt, what="Hugging Face HuBERT / wav2vec2 state dict"), where=str(pt))
     raise FlashTalkError(
         f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
     )
@@ -162,7 +132,7 @@ def load_hf_audio_encoder(
     if base is not None:
         dropped = sorted(k for k in state if not k.startswith(base))
         if dropped:
-            log.info("%s: ignoring %d head weights outside '%s': %s", folder, len(dropped), base, _listing(dropped))
+            log.info("%s: ignoring %d head weights outside '%s': %s", folder, len(dropped), base, ", ".join(dropped[:8]))
         state = {k[len(base):]: v for k, v in state.items() if k.startswith(base)}
     model = AudioEncoder(cfg).to(dtype=dtype)
     load_audio_encoder_state(model, state, source=str(folder))

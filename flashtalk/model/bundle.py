@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -32,37 +31,19 @@ from flashtalk.model.audio_weights import load_audio_encoder_state, load_hf_audi
 from flashtalk.model.fast import precision_dtype
 from flashtalk.model.joyvasa_weights import AUDIO_PREFIX, load_checkpoint, load_motion_state, load_motion_template
 from flashtalk.model.layers import set_compute_dtype
-from flashtalk.model.liveportrait_weights import (BUNDLE_FORMAT, BUNDLE_VERSION, NETWORKS, check_state_dict, read_bundle,
-                                                  read_checkpoint)
+from flashtalk.model.liveportrait_weights import NETWORKS, check_state_dict, read_bundle_with_metadata, read_checkpoint
+from flashtalk.model.liveportrait_weights import write_bundle as write_renderer_bundle
 from flashtalk.model.motion_generator import MotionGenerator, MotionGeneratorConfig
 from flashtalk.model.motion_pipeline import MotionTemplate
-from flashtalk.model.renderer import Renderer, RendererConfig
+from flashtalk.model.presets import PRESETS, Preset
+from flashtalk.model.renderer import Renderer
 from flashtalk.model.seeded import joyvasa_category, joyvasa_weights
 from flashtalk.model.validate import AUDIO_RULES, MOTION_RULES, build_config, check_fields, check_finite, check_size
 
 log = logging.getLogger(__name__)
 
-PRESETS = ("liveportrait", "tiny")
 CONFIG_KEY = "flashtalk_configs"
 MOTION, AUDIO, TEMPLATE = "motion_generator", "audio_encoder", "motion_template"
-
-
-def motion_config(preset: str) -> MotionGeneratorConfig:
-    """JoyVASA's released configuration, or a tiny one (70-d motion, 8-frame windows) for tests."""
-    if preset == "liveportrait":
-        return MotionGeneratorConfig()
-    _check_preset(preset)
-    return MotionGeneratorConfig.tiny(motion_feat_dim=70, audio_dim=32)
-
-
-def audio_config(preset: str) -> HubertConfig:
-    """chinese-hubert-base, or a tiny HuBERT with the same 320 samples per 50-Hz frame."""
-    if preset == "liveportrait":
-        return HubertConfig()
-    _check_preset(preset)
-    return HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                        conv_dim=(16, 16, 16, 16), conv_kernel=(10, 3, 3, 2), conv_stride=(5, 4, 4, 4),
-                        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
 
 
 def seeded_template() -> MotionTemplate:
@@ -109,11 +90,6 @@ def default_motion_precision(device: torch.device) -> str:
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
-def _check_preset(preset: str) -> None:
-    if preset not in PRESETS:
-        raise FlashTalkError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-
-
 def _seeded_joyvasa(module: torch.nn.Module, base_seed: int, prefix: str = "") -> dict[str, torch.Tensor]:
     entries = [(prefix + k, tuple(v.shape), joyvasa_category(prefix + k, tuple(v.shape)))
                for k, v in module.state_dict().items()]
@@ -122,12 +98,12 @@ def _seeded_joyvasa(module: torch.nn.Module, base_seed: int, prefix: str = "") -
 
 def seeded_networks(preset: str = "liveportrait", base_seed: int = 0) -> Networks:
     """All networks with the golden seeded rules (LivePortrait §12.1, JoyVASA README): not a face."""
-    _check_preset(preset)
-    motion = MotionGenerator(motion_config(preset)).eval()
+    configs = Preset.from_name(preset)
+    motion = MotionGenerator(configs.motion).eval()
     load_motion_state(motion, _seeded_joyvasa(motion, base_seed), allow_missing_computed=True, source="seeded weights")
-    audio = AudioEncoder(audio_config(preset)).eval()
+    audio = AudioEncoder(configs.audio).eval()
     load_audio_encoder_state(audio, _seeded_joyvasa(audio, base_seed, AUDIO_PREFIX), source="seeded weights")
-    return Networks(preset, Renderer.seeded(preset, base_seed), motion, audio, seeded_template())
+    return Networks(preset, Renderer.seeded(configs.renderer, base_seed), motion, audio, seeded_template())
 
 
 # --------------------------------------------------------------------------------------------- folder
@@ -188,7 +164,7 @@ def discover(folder: str | Path) -> dict[str, Path]:
 def load_folder(folder: str | Path) -> Networks:
     """The published checkpoints (official shapes) -> Networks; loads with weights_only / numpy-only pickles."""
     files = discover(folder)
-    renderer = Renderer(RendererConfig.from_name("liveportrait"))
+    renderer = Renderer(Preset.from_name("liveportrait").renderer)
     for net in NETWORKS:
         module = getattr(renderer, net)
         module.load_state_dict(check_state_dict(module, read_checkpoint(files[net], net), net, str(files[net])))
@@ -214,34 +190,24 @@ def load_folder(folder: str | Path) -> Networks:
 # --------------------------------------------------------------------------------------------- bundle
 
 
-def write_bundle(nets: Networks, path: str | Path) -> Path:
-    """Save all networks, the motion template and the configurations as one safetensors file."""
-    from safetensors.torch import save_file
-
+def write_bundle(nets: Networks, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Save all networks (float32), the motion template and the configurations as one safetensors file,
+    atomically; an existing file is replaced only with `overwrite`."""
     states = {net: getattr(nets.renderer, net).state_dict() for net in NETWORKS}
     states[MOTION] = nets.motion.state_dict()
     states[AUDIO] = nets.audio.state_dict()
     states[TEMPLATE] = {f.name: getattr(nets.template, f.name) for f in fields(MotionTemplate)}
-    flat = {f"{net}.{key}": t.detach().float().cpu().contiguous().clone()
-            for net, sd in states.items() for key, t in sd.items()}
+    states = {net: {k: t.float() for k, t in sd.items()} for net, sd in states.items()}
     audio_cfg = {k: v for k, v in asdict(nets.audio.cfg).items() if k != "extra"}
     configs = {"renderer_preset": nets.preset, MOTION: asdict(nets.motion.cfg), AUDIO: audio_cfg}
-    meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "networks": json.dumps(sorted(states)),
-            CONFIG_KEY: json.dumps(configs)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(flat, str(path), metadata=meta)
-    return path
+    return write_renderer_bundle(states, path, metadata={CONFIG_KEY: json.dumps(configs)}, overwrite=overwrite)
 
 
 def load_bundle(path: str | Path) -> Networks:
     """A bundle written by `write_bundle` -> Networks (safetensors only: nothing is unpickled)."""
-    from safetensors import safe_open
-
     path = Path(path)
-    states = read_bundle(path)
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        raw = (f.metadata() or {}).get(CONFIG_KEY)
+    states, meta = read_bundle_with_metadata(path)
+    raw = meta.get(CONFIG_KEY)
     absent = [n for n in (*NETWORKS, MOTION, AUDIO, TEMPLATE) if n not in states]
     if raw is None or absent:
         what = f"networks {', '.join(absent)}" if absent else f"the {CONFIG_KEY!r} metadata"
@@ -257,17 +223,17 @@ def load_bundle(path: str | Path) -> Networks:
     preset = configs["renderer_preset"]
     if not isinstance(preset, str):
         raise FlashTalkError(f"{where}: field 'renderer_preset' must be a preset name, got {type(preset).__name__}")
-    _check_preset(preset)
+    configs_of = Preset.from_name(preset)
     mkw = check_fields(MotionGeneratorConfig, configs[MOTION], MOTION_RULES, f"{where}.{MOTION}")
     akw = check_fields(HubertConfig, configs[AUDIO], AUDIO_RULES, f"{where}.{AUDIO}")
     mcfg = build_config(MotionGeneratorConfig, f"{where}.{MOTION}", **mkw)
     acfg = build_config(HubertConfig, f"{where}.{AUDIO}", **akw)
     size = path.stat().st_size
     check_size(lambda: MotionGenerator(mcfg), size, f"{where}.{MOTION}", config=mcfg,
-               known=[motion_config(p) for p in PRESETS])
+               known=[Preset.from_name(p).motion for p in PRESETS])
     check_size(lambda: AudioEncoder(acfg), size, f"{where}.{AUDIO}", config=acfg,
-               known=[audio_config(p) for p in PRESETS])
-    renderer = Renderer(RendererConfig.from_name(preset))
+               known=[Preset.from_name(p).audio for p in PRESETS])
+    renderer = Renderer(configs_of.renderer)
     for net in NETWORKS:
         module = getattr(renderer, net)
         module.load_state_dict(check_state_dict(module, states[net], net, f"{path} [{net}]"))
@@ -314,23 +280,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from safetensors import SafetensorError
-
-    from flashtalk.io.media import atomic_output, check_output
-
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise FlashTalkError(f"output {out} must end in .safetensors")
     if out.is_dir():  # checked before the slow load, --overwrite or not: a folder is never replaced
         raise FlashTalkError(f"output {out} is a folder; give a file name ending in .safetensors")
-    check_output(out, overwrite=args.overwrite)
-    nets = load_folder(args.folder)
-    with atomic_output(out, overwrite=args.overwrite) as tmp:  # unique temporary, removed on any failure
-        mode = tmp.stat().st_mode  # the user's umask; safetensors writes through its own 0600 temporary
-        try:
-            write_bundle(nets, tmp)
-            os.chmod(tmp, mode)
-        except (OSError, SafetensorError) as exc:
-            raise FlashTalkError(f"writing {out} failed: {getattr(exc, 'strerror', None) or exc}") from None
+    if not out.parent.is_dir():
+        raise FlashTalkError(f"output folder {out.parent} does not exist")
+    if out.exists() and not args.overwrite:
+        raise FlashTalkError(f"output {out} already exists (pass --overwrite to replace it)")
+    write_bundle(load_folder(args.folder), out, overwrite=args.overwrite)  # a temporary beside it, renamed
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
     return 0

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.motion_generator import _ARGS_READ, MotionGenerator, MotionGeneratorConfig
+from flashtalk.model.checkpoint import check_keys, safe_load, tensor_dict
+from flashtalk.model.motion_generator import ARGS_READ, MotionGenerator, MotionGeneratorConfig
 from flashtalk.model.validate import MOTION_RULES, check_fields, check_finite, check_size
 
 AUDIO_PREFIX = "audio_encoder."
@@ -44,22 +45,12 @@ class JoyVASACheckpoint:
     iteration: int | None = None
 
 
-def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy", base_config: MotionGeneratorConfig | None = None,
-                    map_location: str | torch.device = "cpu") -> JoyVASACheckpoint:
-    """Read a JoyVASA checkpoint with `weights_only=True`; split HuBERT from the motion generator. The
+def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy",
+                    base_config: MotionGeneratorConfig | None = None) -> JoyVASACheckpoint:
+    """Read a JoyVASA checkpoint (`checkpoint.safe_load`, on the CPU); split HuBERT from the motion generator. The
     config is `base_config` (the released architecture by default) with the fields the args set."""
     path = Path(path)
-    if not path.is_file():
-        raise FlashTalkError(f"JoyVASA checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
-            raw = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "global" in ln.lower()), lines[-1] if lines else type(exc).__name__)
-        raise FlashTalkError(f"{path}: refused to load (only tensors, argparse.Namespace and paths are allowed): {why}") from None
-    except Exception as exc:  # a truncated or foreign file raises many types (struct.error, RuntimeError, ...)
-        raise FlashTalkError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    raw = safe_load(path, what="JoyVASA motion generator checkpoint", allow=_CHECKPOINT_GLOBALS)
     if not isinstance(raw, dict) or "model" not in raw or "args" not in raw:
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise FlashTalkError(f"{path}: expected a dict with 'args', 'model' (and 'iter'); got {got}")
@@ -67,13 +58,11 @@ def load_checkpoint(path: str | Path, *, pe_mode: str = "buggy", base_config: Mo
     args = dict(args) if isinstance(args, dict) else vars(args) if isinstance(args, argparse.Namespace) else None
     if args is None:
         raise FlashTalkError(f"{path}: 'args' must be an argparse.Namespace or dict, got {type(raw['args']).__name__}")
-    state = raw["model"]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise FlashTalkError(f"{path}: 'model' must be a state dict of tensors")
+    state = tensor_dict(raw["model"], where=f"{path} ['model']")
     audio = {k[len(AUDIO_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIO_PREFIX)}
     motion = {k: v for k, v in state.items() if not k.startswith(AUDIO_PREFIX)}
     where = f"{path} ['args']"
-    read = {k: args[k] for k in _ARGS_READ if args.get(k) is not None}
+    read = {k: args[k] for k in ARGS_READ if args.get(k) is not None}
     check_fields(MotionGeneratorConfig, read, MOTION_RULES, where, partial=True)
     try:
         config = MotionGeneratorConfig.from_args(args, base_config, pe_mode=pe_mode)
@@ -97,24 +86,16 @@ def _short(value: Any) -> str:
 
 def load_motion_state(model: MotionGenerator, state: dict[str, torch.Tensor], *, allow_missing_computed: bool = False,
                       source: str = "state dict") -> None:
-    """Copy `state` into `model` (casting to the model's dtypes). Raises FlashTalkError listing every
-    missing, unexpected and mis-shaped key. `denoising_net.TE.pe` is ignored (recomputed, as the official
+    """Copy `state` into `model` (casting to the model's dtypes). Raises the toolkit's mismatch report
+    (`check_keys`: missing, unexpected and mis-shaped keys). `denoising_net.TE.pe` is ignored (recomputed, as the official
     loader does); with `allow_missing_computed`, absent computed buffers (alignment mask, PE table,
     schedule) keep the values the model computed."""
     own = model.state_dict()
-    state = {k: v for k, v in state.items() if k not in RECOMPUTED_KEYS}
-    missing = [k for k in own if k not in state and not (allow_missing_computed and k.startswith(COMPUTED_PREFIXES))]
-    unexpected = [k for k in state if k not in own]
-    misshaped = [f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}"
-                 for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or misshaped:
-        parts = []
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if keys:
-                shown = ", ".join(keys[:12]) + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else "")
-                parts.append(f"{len(keys)} {name}: {shown}")
-        raise FlashTalkError(f"{source} does not fit the motion generator ({model.cfg.n_prev_motions} context + "
-                             f"{model.cfg.n_motions} frames, width {model.cfg.feature_dim}): " + "; ".join(parts))
+    cfg = model.cfg
+    state = check_keys(own, state, where=source, ignore=RECOMPUTED_KEYS,
+                       optional=[p + "*" for p in COMPUTED_PREFIXES] if allow_missing_computed else (),
+                       fits=f"motion generator ({cfg.n_prev_motions} context + {cfg.n_motions} frames, "
+                            f"width {cfg.feature_dim})")
     with torch.no_grad():
         for k, v in state.items():
             own[k].copy_(v.to(own[k].dtype))

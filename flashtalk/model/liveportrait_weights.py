@@ -9,7 +9,7 @@ Published layout under a weights folder (spec §11):
 The four base files are plain state dicts; the stitching file is a dict of three state dicts
 (`retarget_shoulder`, `retarget_mouth`, `retarget_eye`) whose keys carry a DDP `module.` prefix. We flatten
 it to `retarget_shoulder.mlp.0.weight`, … (the keys of `StitchingRetargeting`). `.pth` files are read with
-`torch.load(weights_only=True)` only, so no arbitrary object is ever unpickled.
+`checkpoint.safe_load` (torch.load(weights_only=True)) only, so no arbitrary object is ever unpickled.
 
 Bundle: one safetensors file of `{network}.{key}` tensors, metadata {"format": "flashtalk-weights",
 "version": "1", "networks": JSON list}. Other networks (JoyVASA, HuBERT) go into the same format under
@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.model.checkpoint import check_keys, read_safetensors, safe_load, tensor_dict, write_safetensors
 from flashtalk.model.seeded import liveportrait_weights
 
 # network name -> (published path relative to the weights folder, what it is)
@@ -41,7 +42,7 @@ STITCHING_PARTS = ("retarget_shoulder", "retarget_mouth", "retarget_eye")
 WEIGHT_GAIN = {"warping_module": math.sqrt(6)}  # golden rule: √6 for W, 1 for every other network
 BUNDLE_FORMAT = "flashtalk-weights"
 BUNDLE_VERSION = "1"
-_OPTIONAL_LEAVES = ("num_batches_tracked",)
+_OPTIONAL_LEAVES = ("*.num_batches_tracked", "num_batches_tracked")
 
 
 def weight_gain(network: str) -> float:
@@ -79,38 +80,15 @@ def guess_network(keys) -> str | None:
     return best if scores[best] else None
 
 
-def _torch_load(path: Path):
-    if not path.is_file():
-        raise FlashTalkError(f"checkpoint {path} not found")
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - every failure mode of a bad file becomes one clear message
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "Unsupported operand" in str(exc):
-            raise FlashTalkError(f"{path}: refused to unpickle a non-tensor object (only tensors are allowed "
-                                 f"in a checkpoint): {text}") from None
-        raise FlashTalkError(f"{path}: cannot read the checkpoint (truncated or corrupt file?): {text}") from None
-
-
-def _tensor_dict(obj, path: Path, where: str = "") -> dict[str, torch.Tensor]:
-    if not isinstance(obj, dict):
-        raise FlashTalkError(f"{path}{where}: expected a state dict (a dict of tensors), got {type(obj).__name__}")
-    bad = [f"{k} ({type(v).__name__})" for k, v in obj.items() if not (isinstance(k, str) and torch.is_tensor(v))]
-    if bad:
-        raise FlashTalkError(f"{path}{where}: holds non-tensor entries: {', '.join(bad[:5])}"
-                             + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
-    return dict(obj)
-
-
 def read_checkpoint(path: str | Path, network: str) -> dict[str, torch.Tensor]:
     """Read one published `.pth` file as our module's keys (the stitching file flattened and de-prefixed)."""
     path = Path(path)
-    obj = _torch_load(path)
+    obj = safe_load(path, what=f"LivePortrait {NETWORKS[network][1]} checkpoint")
     if network != "stitching_retargeting_module":
         if isinstance(obj, dict) and set(obj) & set(STITCHING_PARTS):
             raise FlashTalkError(f"{path}: this looks like a stitching/retargeting checkpoint, not a "
                                  f"{NETWORKS[network][1]} one")
-        return _tensor_dict(obj, path)
+        return tensor_dict(obj, where=str(path))
     if not isinstance(obj, dict) or not set(STITCHING_PARTS) <= set(obj):
         found = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
         guess = guess_network(obj) if isinstance(obj, dict) and all(isinstance(k, str) for k in obj) else None
@@ -119,36 +97,21 @@ def read_checkpoint(path: str | Path, network: str) -> dict[str, torch.Tensor]:
                              f"found {found}{hint}")
     state: dict[str, torch.Tensor] = {}
     for part in STITCHING_PARTS:
-        for key, value in _tensor_dict(obj[part], path, f"[{part!r}]").items():
+        for key, value in tensor_dict(obj[part], where=f"{path}[{part!r}]").items():
             state[f"{part}.{key.replace('module.', '')}"] = value
     return state
 
 
 def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], network: str,
                      source: str) -> dict[str, torch.Tensor]:
-    """Return `state` ready for `module.load_state_dict(strict=True)`, or raise a FlashTalkError listing
-    missing, unexpected and mis-shaped keys. A missing `num_batches_tracked` is filled from the module."""
+    """Return `state` ready for `module.load_state_dict(strict=True)`, or raise the toolkit's mismatch
+    report (`check_keys`). A missing `num_batches_tracked` is filled from the module."""
     expected = module.state_dict()
-    state = dict(state)
-    for key, value in expected.items():
-        if key not in state and key.rsplit(".", 1)[-1] in _OPTIONAL_LEAVES:
-            state[key] = value.clone()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [f"{k}: file {tuple(state[k].shape)} vs expected {tuple(v.shape)}"
-                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if not (missing or unexpected or misshaped):
-        return state
-    what = NETWORKS.get(network, (None, network))[1]
-    parts = [f"{source} does not fit the {what}"]
     guess = guess_network(state)
-    if guess and guess != network:
-        parts.append(f"(this looks like a {NETWORKS[guess][1]} checkpoint)")
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)):
-        if items:
-            more = f" … and {len(items) - 5} more" if len(items) > 5 else ""
-            parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{more}")
-    raise FlashTalkError("; ".join(parts))
+    hint = f"this looks like a {NETWORKS[guess][1]} checkpoint" if guess and guess != network else None
+    state = check_keys(expected, state, where=source, fits=NETWORKS.get(network, (None, network))[1],
+                       optional=_OPTIONAL_LEAVES, hint=hint)
+    return {**{k: v.clone() for k, v in expected.items() if k not in state}, **state}
 
 
 def read_folder(folder: str | Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -162,16 +125,14 @@ def read_folder(folder: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     return {net: read_checkpoint(folder / rel, net) for net, (rel, _) in NETWORKS.items()}
 
 
-def write_bundle(states: dict[str, dict[str, torch.Tensor]], path: str | Path) -> Path:
-    """Save {network: state dict} as one safetensors file of `{network}.{key}` tensors plus metadata."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    flat = {f"{net}.{key}": t.detach().contiguous().clone() for net, sd in states.items() for key, t in sd.items()}
-    meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "networks": json.dumps(sorted(states))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(flat, str(path), metadata=meta)
-    return path
+def write_bundle(states: dict[str, dict[str, torch.Tensor]], path: str | Path, *,
+                 metadata: dict[str, str] | None = None, overwrite: bool = False) -> Path:
+    """Save {network: state dict} as one safetensors file of `{network}.{key}` tensors plus the bundle
+    metadata (and `metadata`), atomically; an existing file is replaced only with `overwrite`."""
+    flat = {f"{net}.{key}": t for net, sd in states.items() for key, t in sd.items()}
+    meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "networks": json.dumps(sorted(states)),
+            **(metadata or {})}
+    return write_safetensors(flat, path, metadata=meta, overwrite=overwrite)
 
 
 def convert_folder(folder: str | Path, path: str | Path) -> Path:
@@ -179,34 +140,34 @@ def convert_folder(folder: str | Path, path: str | Path) -> Path:
     return write_bundle(read_folder(folder), path)
 
 
+def read_bundle_with_metadata(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """A safetensors bundle -> ({network: state dict}, metadata); no pickle involved."""
+    path = Path(path)
+    tensors, meta = read_safetensors(path, what="FlashTalk weights bundle")
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise FlashTalkError(f"{path}: not a FlashTalk weights bundle (metadata format "
+                             f"{meta.get('format')!r}, expected {BUNDLE_FORMAT!r})")
+    if meta.get("version") != BUNDLE_VERSION:
+        raise FlashTalkError(f"{path}: bundle version {meta.get('version')!r} is not supported "
+                             f"(expected {BUNDLE_VERSION})")
+    try:
+        networks = json.loads(meta.get("networks", "[]"))
+    except (ValueError, RecursionError) as exc:
+        raise FlashTalkError(f"{path}: metadata 'networks' is not valid JSON: {str(exc)[:80]}") from None
+    if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
+        raise FlashTalkError(f"{path}: metadata 'networks' must be a JSON list of network names")
+    states: dict[str, dict[str, torch.Tensor]] = {net: {} for net in networks}
+    for name, tensor in tensors.items():
+        net, _, key = name.partition(".")
+        if net not in states:
+            raise FlashTalkError(f"{path}: tensor {name!r} belongs to no listed network ({', '.join(networks)})")
+        states[net][key] = tensor
+    return states, meta
+
+
 def read_bundle(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     """A safetensors bundle -> {network: state dict}; no pickle involved."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FlashTalkError(f"weights bundle {path} not found")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != BUNDLE_FORMAT:
-                raise FlashTalkError(f"{path}: not a FlashTalk weights bundle (metadata format "
-                                     f"{meta.get('format')!r}, expected {BUNDLE_FORMAT!r})")
-            if meta.get("version") != BUNDLE_VERSION:
-                raise FlashTalkError(f"{path}: bundle version {meta.get('version')!r} is not supported "
-                                     f"(expected {BUNDLE_VERSION})")
-            networks = json.loads(meta.get("networks", "[]"))
-            states: dict[str, dict[str, torch.Tensor]] = {net: {} for net in networks}
-            for name in f.keys():
-                net, _, key = name.partition(".")
-                if net not in states:
-                    raise FlashTalkError(f"{path}: tensor {name!r} belongs to no listed network ({', '.join(networks)})")
-                states[net][key] = f.get_tensor(name)
-    except FlashTalkError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise FlashTalkError(f"{path}: cannot read the safetensors bundle (truncated or corrupt?): {exc}") from None
-    return states
+    return read_bundle_with_metadata(path)[0]
 
 
 def read_weights(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:

@@ -30,7 +30,7 @@ PE_MODES = ("buggy", "fixed")
 CROSS_ATTENTION_MODES = ("diagonal", "masked")
 
 # Checkpoint args the official constructor reads; everything else in the config is hard-coded there (spec §4.1).
-_ARGS_READ = ("motion_feat_dim", "n_motions", "n_prev_motions", "feature_dim", "n_diff_steps", "fps", "pad_mode")
+ARGS_READ = ("motion_feat_dim", "n_motions", "n_prev_motions", "feature_dim", "n_diff_steps", "fps", "pad_mode")
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class MotionGeneratorConfig:
         base = base or cls()
         known = {f.name for f in fields(cls)}
         picked: dict[str, Any] = {}
-        for name in _ARGS_READ:
+        for name in ARGS_READ:
             if name in values and values[name] is not None:
                 default = getattr(base, name)
                 try:

@@ -254,7 +254,7 @@ class Engine:
         with `seeded` the golden seeded weights of `preset` ("liveportrait" default, or "tiny"): not a face.
         sampler ddim | dpmpp | ddpm with `steps` model calls per window and guidance scale `cfg`.
         precision: the renderer's fp32 | bf16 | fp16 (default bf16 on CUDA, fp32 on the CPU)."""
-        from flashtalk.model.bundle import PRESETS, load_networks, seeded_networks
+        from flashtalk.model.bundle import load_networks, seeded_networks
         from flashtalk.runtime.network import NetworkBackend, resolve_precision
 
         dev = _default_device(device)
@@ -262,10 +262,7 @@ class Engine:
         if seeded:
             if path is not None:
                 raise FlashTalkError("give either a weights path or seeded weights, not both")
-            preset = preset or "liveportrait"
-            if preset not in PRESETS:
-                raise FlashTalkError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-            nets = seeded_networks(preset)
+            nets = seeded_networks(preset or "liveportrait")  # Preset.from_name names the known presets
         else:
             if path is None:
                 raise FlashTalkError("no weights given: pass a weights folder or bundle, or seeded=True")
