@@ -190,3 +190,21 @@ def test_the_106_model_normalisation_follows_insightfaces_rule(models, tmp_path)
     aimg = np.full((192, 192, 3), (0, 128, 255), np.uint8)  # BGR
     assert to_blob(aimg)[0, :, 0, 0].tolist() == [255.0, 128.0, 0.0]
     assert to_blob(aimg, 127.5, 128.0)[0, :, 0, 0].tolist() == pytest.approx([127.5 / 128, 0.5 / 128, -127.5 / 128])
+
+
+def test_serve_crops_with_the_face_models_beside_its_weights(models_dir):
+    """`flashtalk serve --weights DIR` finds the face models in DIR (as `animate` does) and its portraits get
+    LivePortrait's crop, not the Haar one."""
+    from flashtalk.runtime.session import PreviewStreamingBackend
+    from flashtalk.serving.state import BackendSpec, ServeConfig, ServerState, build_faces
+
+    assert build_faces(BackendSpec(), "cpu") is None  # the preview has no weights folder
+    faces = build_faces(BackendSpec("network", weights=str(models_dir)), "cpu")
+    assert faces is not None
+    state = ServerState(ServeConfig(), PreviewStreamingBackend("cpu"), faces)
+    try:
+        got = state.encode(face_image()).crop
+    finally:
+        state.close()
+    assert np.array_equal(got, face_crop(face_image(), "auto", faces=faces).image)
+    assert not np.array_equal(got, face_crop(face_image(), "center").image)
