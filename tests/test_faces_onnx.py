@@ -149,7 +149,7 @@ def test_measured_ratios_feed_eye_and_lip_retargeting():
         x_s = torch.zeros(1, 21, 3)
 
     lm = Landmarks((0.4, 0.5), (0.6, 0.5), (0.5, 0.7), ratios=FaceRatios((0.21, 0.27), 0.13))
-    c = with_source_ratios(ControlSet.from_mapping({"eye_open": 0.5, "lip_open": 0.3}), lm)
+    c = with_source_ratios(ControlSet.from_mapping({"eye_open": 0.5, "lip_open": 0.3}), lm.ratios)
     rec = Recorder()
     retarget_deltas(c, torch.zeros(2, 21, 3), Source(), rec)
     assert rec.eye.shape == (2, 3) and rec.eye[0].tolist() == pytest.approx([0.21, 0.27, 0.5])
@@ -190,3 +190,45 @@ def test_the_106_model_normalisation_follows_insightfaces_rule(models, tmp_path)
     aimg = np.full((192, 192, 3), (0, 128, 255), np.uint8)  # BGR
     assert to_blob(aimg)[0, :, 0, 0].tolist() == [255.0, 128.0, 0.0]
     assert to_blob(aimg, 127.5, 128.0)[0, :, 0, 0].tolist() == pytest.approx([127.5 / 128, 0.5 / 128, -127.5 / 128])
+
+
+def test_serve_crops_with_the_face_models_beside_its_weights(models_dir):
+    """`flashtalk serve --weights DIR` finds the face models in DIR (as `animate` does) and its portraits get
+    LivePortrait's crop, not the Haar one."""
+    from flashtalk.runtime.session import PreviewStreamingBackend
+    from flashtalk.serving.state import BackendSpec, ServeConfig, ServerState, build_faces
+
+    assert build_faces(BackendSpec(), "cpu") is None  # the preview has no weights folder
+    faces = build_faces(BackendSpec("network", weights=str(models_dir)), "cpu")
+    assert faces is not None
+    state = ServerState(ServeConfig(), PreviewStreamingBackend("cpu"), faces)
+    try:
+        got = state.encode(face_image()).crop
+    finally:
+        state.close()
+    assert np.array_equal(got, face_crop(face_image(), "auto", faces=faces).image)
+    assert not np.array_equal(got, face_crop(face_image(), "center").image)
+
+
+def test_a_live_stream_uses_the_portraits_measured_ratios():
+    """The ratios measured at the crop travel with the encoded portrait, so a live session's eye_open /
+    lip_open retarget from them (as `animate` does), not from the assumed ones."""
+    import torch
+
+    from flashtalk.io.facecrop import FaceRatios, Landmarks
+    from flashtalk.model.bundle import seeded_networks
+    from flashtalk.runtime.network import NetworkBackend
+    from flashtalk.runtime.protocol import HOP
+
+    backend = NetworkBackend(seeded_networks("tiny"), "cpu", seeded=True)
+    crop = torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(3))
+    lm = Landmarks((0.4, 0.5), (0.6, 0.5), (0.5, 0.7), ratios=FaceRatios((0.21, 0.27), 0.13))
+    for landmarks, eye, lip in ((lm, (0.21, 0.27), 0.13), (None, None, None)):
+        stream = backend.open(backend.encode(crop, landmarks), seed=0)
+        audio = np.sin(np.arange(8 * HOP, dtype=np.float32) / 9)
+        backend.motion([(stream, audio, {"eye_open": 0.5, "lip_open": 0.3}, 0)])
+        got = stream.controls
+        if eye is None:  # not measured (the Haar crop): the retargeting's assumed ratios
+            assert got.source_eye is None and got.source_lip is None
+        else:
+            assert tuple(got.source_eye) == pytest.approx(eye) and got.source_lip == pytest.approx(lip)

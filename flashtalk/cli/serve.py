@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         from flashtalk.serving.server import serve
-        from flashtalk.serving.state import BackendSpec, ServeConfig, build_backend, check_config
+        from flashtalk.serving.state import BackendSpec, ServeConfig, build_backend, build_faces, check_config
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("starlette", "uvicorn"):
             raise FlashTalkError("flashtalk serve needs starlette and uvicorn: pip install 'flashtalk[serve]'") from None
@@ -79,5 +79,5 @@ def run(args: argparse.Namespace) -> int:
         from flashtalk.runtime.network import resolve_precision
 
         resolve_precision(args.precision, torch.device(device))  # a bad value fails before the weights load
-    serve(ServeConfig(**{**config.__dict__, "device": device}), build_backend(spec, device))
+    serve(ServeConfig(**{**config.__dict__, "device": device}), build_backend(spec, device), build_faces(spec, device))
     return 0

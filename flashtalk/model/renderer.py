@@ -78,6 +78,7 @@ class SourceState:
     scale: torch.Tensor  # [B, 1]
     t: torch.Tensor  # [B, 3]
     x_s: torch.Tensor  # source keypoints s·(x_c @ R + exp) + t [B, 21, 3]
+    ratios: Any = None  # the face's measured eye / lip ratios (LivePortrait landmarks), None when not measured
 
 
 class Renderer(nn.Module):

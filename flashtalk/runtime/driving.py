@@ -19,9 +19,9 @@ from flashtalk.model.keypoints import Motion, bins_to_degrees, rotation_from_deg
 from flashtalk.model.renderer import SourceState
 
 
-def with_source_ratios(c: Controls, landmarks: Any) -> Controls:
-    """The portrait's measured eye / lip ratios (LivePortrait landmarks) for eye_open / lip_open."""
-    ratios = getattr(landmarks, "ratios", None)
+def with_source_ratios(c: Controls, ratios: Any) -> Controls:
+    """The portrait's measured eye / lip ratios (LivePortrait landmarks' `ratios`) for eye_open / lip_open;
+    `c` as it is when they were not measured (None)."""
     if ratios is None:
         return c
     return dataclasses.replace(c, source_eye=tuple(ratios.eye), source_lip=float(ratios.lip))

@@ -268,12 +268,9 @@ class Engine:
                 raise FlashTalkError("no weights given: pass a weights folder or bundle, or seeded=True")
             if preset is not None:
                 raise FlashTalkError("preset applies to seeded weights only (a weights file fixes its own shapes)")
-            if str(path) == "hf" and not Path(path).exists():  # what `flashtalk download` put in the HF cache
-                from flashtalk.hub import resolve_cache
-
-                path = resolve_cache()
+            path = resolve_weights(path)
             nets = load_networks(path)
-        faces = None if seeded else _face_models(Path(path), dev)
+        faces = None if seeded else face_models(Path(path), dev)
         return cls(NetworkBackend(nets, dev, sampler=sampler, steps=steps, cfg=cfg, seeded=seeded,
                                   precision=precision), faces)
 
@@ -332,7 +329,17 @@ class Engine:
         return (frame for batch in clip.batches(batch_size) for frame in batch)
 
 
-def _face_models(path: Path, device: "torch.device") -> Any:
+def resolve_weights(path: "str | os.PathLike") -> "str | os.PathLike":
+    """A weights path as given, or for "hf" (when no such file exists) what `flashtalk download` put in the
+    Hugging Face cache."""
+    if str(path) == "hf" and not Path(path).exists():
+        from flashtalk.hub import resolve_cache
+
+        return resolve_cache()
+    return path
+
+
+def face_models(path: Path, device: "torch.device") -> Any:
     """LivePortrait's face models beside the weights (a folder, or a bundle's folder), or None."""
     from flashtalk.faces.onnx_models import find_files, load_if_present
 

@@ -48,6 +48,7 @@ from flashtalk.model.controls_apply import apply_controls
 from flashtalk.model.keypoints import Motion
 from flashtalk.model.motion_pipeline import LEAD_FRAMES, TRAIL_FRAMES, SamplerConfig, advance_window
 from flashtalk.model.renderer import SourceState
+from flashtalk.runtime.driving import with_source_ratios
 from flashtalk.runtime.protocol import FPS, FRAME_SIZE, HOP
 from flashtalk.runtime.windows import Latency, WindowSampler, WindowState, plan_windows
 
@@ -172,10 +173,13 @@ class NetworkBackend:
     # ---- per portrait / per stream
     @torch.no_grad()
     def encode(self, crop: torch.Tensor, landmarks: Any = None) -> SourceState:
-        """crop [3, 512, 512] in [0, 1] -> the renderer's source state (input area-resized, once per portrait)."""
+        """crop [3, 512, 512] in [0, 1] -> the renderer's source state (input area-resized, once per portrait),
+        with the eye / lip ratios LivePortrait's landmarks measured on it (their `ratios`; None without)."""
         size = self.nets.renderer.cfg.motion.image_size
         image = F.interpolate(crop[None].float(), size=(size, size), mode="area").clamp_(0, 1)
-        return self.nets.renderer.encode_source(image)
+        source = self.nets.renderer.encode_source(image)
+        source.ratios = getattr(landmarks, "ratios", None)
+        return source
 
     def open(self, portrait: SourceState, *, seed: int, latency: str = "exact", commit_frames: int | None = None,
              lookahead_frames: int | None = None) -> WindowState:
@@ -212,7 +216,8 @@ class NetworkBackend:
         if isinstance(values, ControlSet):  # offline: a full ControlSet (tracks, emotion from a file)
             stream.controls = values
         elif stream.controls is None or values != stream.controls_from:
-            stream.controls = ControlSet(**{k: v for k, v in values.items() if v is not None})
+            stream.controls = with_source_ratios(ControlSet(**{k: v for k, v in values.items() if v is not None}),
+                                                 stream.source.ratios)
             stream.controls_from = dict(values)
 
     def motion(self, items: Sequence[tuple[WindowState, np.ndarray, Any, int]]) -> list[NetworkMotion]:
@@ -321,11 +326,9 @@ class NetworkBackend:
     # ---- offline
     def prepare(self, crop: torch.Tensor, audio16k: np.ndarray, *, seed: int, controls: Mapping[str, Any],
                 landmarks: Any = None) -> "SpeechAnimation":
-        from flashtalk.runtime.driving import with_source_ratios
-
-        source = self.encode(crop)
+        source = self.encode(crop, landmarks)
         c = with_source_ratios(Controls.from_mapping(controls, expression_of=lambda path: self.expression_offset(path, source)),
-                               landmarks)
+                               source.ratios)
         return SpeechAnimation(self, source, np.asarray(audio16k, dtype=np.float32), seed, c)
 
     def expression_offset(self, image: str | Path, neutral: SourceState | None = None) -> torch.Tensor:
@@ -343,12 +346,12 @@ class NetworkBackend:
                         landmarks: Any = None, faces: Any = None):
         """Video-driven mode (`flashtalk.runtime.driving.DrivingAnimation`): the motion of each driving frame,
         relative to the first."""
-        from flashtalk.runtime.driving import DrivingAnimation, with_source_ratios
+        from flashtalk.runtime.driving import DrivingAnimation
 
-        source = self.encode(crop)
+        source = self.encode(crop, landmarks)
         c = with_source_ratios(Controls.from_mapping(controls, driving=True,
                                                      expression_of=lambda path: self.expression_offset(path, source)),
-                               landmarks)
+                               source.ratios)
         if c.pose_smoothing != DEFAULT_POSE_SMOOTHING:
             raise FlashTalkError("pose_smoothing applies to audio-driven motion, not to a driving video")
         return DrivingAnimation(self, source, Path(video), c, faces)

@@ -75,15 +75,16 @@ class EncodedPortrait:
     crop: np.ndarray  # [512, 512, 3] uint8, the face crop
 
 
-def encode_portrait(backend: StreamingBackend, image: Any, *, crop: Any = "auto") -> EncodedPortrait:
-    """Load `image` (path, PIL image or RGB uint8 array), crop the face and encode it with `backend`."""
+def encode_portrait(backend: StreamingBackend, image: Any, *, crop: Any = "auto", faces: Any = None) -> EncodedPortrait:
+    """Load `image` (path, PIL image or RGB uint8 array), crop the face and encode it with `backend`.
+    `faces`: LivePortrait's face models (flashtalk.faces); with them `auto` is LivePortrait's crop."""
     import torch
 
     from flashtalk.io.facecrop import face_crop
     from flashtalk.io.media import load_image
 
     photo = load_image(image)
-    fc = face_crop(photo, crop)
+    fc = face_crop(photo, crop, faces=faces)
     tensor = torch.from_numpy(fc.image).to(backend.device).permute(2, 0, 1).float().div_(255)
     return EncodedPortrait(backend.name, backend.encode(tensor, fc.landmarks), fc.image)
 

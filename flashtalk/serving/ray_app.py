@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.serving.state import BackendSpec, ServeConfig, build_backend
+from flashtalk.serving.state import BackendSpec, ServeConfig, build_backend, build_faces
 
 HINT = "pip install 'flashtalk[ray]'"
 APP_NAME = "flashtalk"
@@ -104,7 +104,8 @@ class FlashTalkReplica:
         replica = getattr(ctx.replica_id, "unique_id", None) or str(ctx.replica_id)
         device = str(_default_device(config.get("device")))
         self.config = ServeConfig(**{**config, "replica": replica, "device": device})
-        self.state = ServerState(self.config, build_backend(BackendSpec(**backend), device))
+        spec = BackendSpec(**backend)
+        self.state = ServerState(self.config, build_backend(spec, device), build_faces(spec, device))
         self.store = _store(self.config.max_portraits)
         self.fresh: dict[str, Any] = {}  # portraits this replica just encoded from an upload
         self._decode = decode_image

@@ -198,12 +198,13 @@ class _TokenGuard:
         return hmac.compare_digest(given.encode(), self.token.encode())
 
 
-def create_app(config: ServeConfig, backend: StreamingBackend | None = None, state: ServerState | None = None):
+def create_app(config: ServeConfig, backend: StreamingBackend | None = None, state: ServerState | None = None,
+               faces: Any = None):
     """The ASGI application (Starlette); the scheduler thread starts and stops with its lifespan.
     `app.state.flashtalk` is the ServerState (tests and the Ray deployment reach it there)."""
     check_config(config)
     if state is None:
-        state = ServerState(config, backend if backend is not None else PreviewStreamingBackend(config.device))
+        state = ServerState(config, backend if backend is not None else PreviewStreamingBackend(config.device), faces)
 
     @contextlib.asynccontextmanager
     async def lifespan(app) -> AsyncIterator[None]:
@@ -243,11 +244,11 @@ def uvicorn_config(app: Any, config: ServeConfig, **kw: Any):
                           ws_max_queue=8, log_level="warning", access_log=False, timeout_graceful_shutdown=10, **kw)
 
 
-def serve(config: ServeConfig, backend: StreamingBackend | None = None) -> None:
-    """Run until interrupted (the CLI's `flashtalk serve`)."""
+def serve(config: ServeConfig, backend: StreamingBackend | None = None, faces: Any = None) -> None:
+    """Run until interrupted (the CLI's `flashtalk serve`). faces: LivePortrait's face models (build_faces)."""
     import uvicorn
 
-    app = create_app(config, backend)
+    app = create_app(config, backend, faces=faces)
     freeze_startup()  # the process is the server's own: its start-up objects are never garbage
     name = app.state.flashtalk.backend.name
     print(f"flashtalk serve: http://{config.host}:{config.port}/  (backend {name}, max {config.max_sessions} "

@@ -122,8 +122,22 @@ def build_backend(spec: BackendSpec, device: str) -> StreamingBackend:
     from flashtalk.model.bundle import load_networks, seeded_networks
     from flashtalk.runtime.network import NetworkBackend
 
-    nets = seeded_networks(spec.preset) if spec.seeded else load_networks(spec.weights)
+    from flashtalk.runtime.engine import resolve_weights
+
+    nets = seeded_networks(spec.preset) if spec.seeded else load_networks(resolve_weights(spec.weights))
     return NetworkBackend(nets, device, seeded=spec.seeded, precision=spec.precision)
+
+
+def build_faces(spec: BackendSpec, device: str) -> Any:
+    """LivePortrait's face models beside the spec's weights (its portraits then get LivePortrait's crop and
+    measured eye / lip ratios, as `animate` does), or None: the Haar crop."""
+    if spec.kind != "network" or spec.weights is None:
+        return None
+    import torch
+
+    from flashtalk.runtime.engine import face_models, resolve_weights
+
+    return face_models(Path(resolve_weights(spec.weights)), torch.device(device))
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -190,9 +204,10 @@ class ServerState:
     construction with its resampler) is separate from `frames` (JPEG encode of live frames), so slow
     or hostile session starts never hold up the frames of running sessions."""
 
-    def __init__(self, config: ServeConfig, backend: StreamingBackend) -> None:
+    def __init__(self, config: ServeConfig, backend: StreamingBackend, faces: Any = None) -> None:
         self.config = config
         self.backend = backend
+        self.faces = faces  # LivePortrait's face models (build_faces), or None: the Haar crop
         self.scheduler = Scheduler(backend, max_sessions=config.max_sessions)
         self.portraits: collections.OrderedDict[str, EncodedPortrait] = collections.OrderedDict()
         self.portrait_loader: PortraitLoader | None = None  # replaces the local lookup (Ray: shared store)
@@ -222,7 +237,7 @@ class ServerState:
         return sum(self.dropped.values())
 
     def encode(self, image: Any) -> EncodedPortrait:
-        portrait = encode_portrait(self.backend, image)
+        portrait = encode_portrait(self.backend, image, faces=self.faces)
         self.portraits_encoded += 1
         return portrait
 
@@ -284,5 +299,5 @@ class ServerState:
         self.frames.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["ASSETS_DIR", "BackendSpec", "DEMO_PORTRAIT_ID", "ServeConfig", "ServerState", "build_backend", "check_config",
+__all__ = ["ASSETS_DIR", "BackendSpec", "DEMO_PORTRAIT_ID", "ServeConfig", "ServerState", "build_backend", "build_faces", "check_config",
            "decode_image", "is_loopback"]
