@@ -11,7 +11,8 @@ import torch
 from flashtalk.errors import FlashTalkError
 from flashtalk.model import liveportrait_weights as lpw
 from flashtalk.model.checkpoint import check_keys, read_safetensors, safe_load, tensor_dict, write_safetensors
-from flashtalk.model.presets import PRESETS, Preset
+from flashtalk.constants import PRESETS
+from flashtalk.model.presets import Preset
 from flashtalk.model.renderer import build_network
 
 STITCHING = "liveportrait/retargeting_models/stitching_retargeting_module.pth"

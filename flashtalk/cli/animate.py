@@ -8,7 +8,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from flashtalk.constants import SAMPLERS
+from flashtalk.constants import PRESETS, SAMPLERS
 from flashtalk.errors import FlashTalkError
 
 DEMO_PORTRAIT = "portrait.jpg"
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "put in the Hugging Face cache); default: weights-free preview")
     p.add_argument("--seeded-weights", action="store_true",
                    help="the network with deterministic seeded weights (for tests; the picture is noise)")
-    p.add_argument("--preset", choices=("liveportrait", "tiny"),
+    p.add_argument("--preset", choices=PRESETS,
                    help="network size with --seeded-weights (default liveportrait; tiny is fast on CPU)")
     p.add_argument("--driving", metavar="VIDEO",
                    help="drive the portrait with a video's head motion and expressions instead of speech "

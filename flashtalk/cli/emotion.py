@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flashtalk.constants import PRESETS
 from flashtalk.errors import FlashTalkError
 
 
@@ -21,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="preset name (default: the output file's stem)")
     p.add_argument("--weights", metavar="DIR_OR_BUNDLE", help="network weights (for the motion extractor)")
     p.add_argument("--seeded-weights", action="store_true", help="deterministic seeded weights (tests only)")
-    p.add_argument("--preset", choices=("liveportrait", "tiny"), help="network size with --seeded-weights")
+    p.add_argument("--preset", choices=PRESETS, help="network size with --seeded-weights")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 

@@ -14,6 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
+from flashtalk.constants import PRESETS
 from flashtalk.errors import FlashTalkError
 
 
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="flashtalk-trace.json", help="Chrome trace file to write")
     parser.add_argument("--frames", type=int, default=8, help="frames inside the trace (default 8)")
     parser.add_argument("--warmup", type=int, default=2, help="frames rendered before the trace starts")
-    parser.add_argument("--preset", choices=["liveportrait", "tiny"], help="network preset (default: liveportrait "
+    parser.add_argument("--preset", choices=PRESETS, help="network preset (default: liveportrait "
                         "on CUDA, tiny on the CPU)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--batch", type=int, default=8, help="frames per renderer call")

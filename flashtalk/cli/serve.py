@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from flashtalk.constants import PRESETS
 from flashtalk.errors import FlashTalkError
 
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     weights.add_argument("--weights", help="full network: a published weights folder or a .safetensors bundle")
     weights.add_argument("--seeded-weights", action="store_true",
                          help="full network with seeded synthetic weights (not a face: for testing)")
-    parser.add_argument("--preset", default="liveportrait", choices=("liveportrait", "tiny"),
+    parser.add_argument("--preset", default="liveportrait", choices=PRESETS,
                         help="network size with --seeded-weights (default liveportrait)")
     parser.add_argument("--latency", choices=("low", "exact"), default="low",
                         help="sessions' default streaming latency (default low: <= 160 ms of audio look-ahead; "

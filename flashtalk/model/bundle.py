@@ -35,7 +35,8 @@ from flashtalk.model.liveportrait_weights import NETWORKS, check_state_dict, rea
 from flashtalk.model.liveportrait_weights import write_bundle as write_renderer_bundle
 from flashtalk.model.motion_generator import MotionGenerator, MotionGeneratorConfig
 from flashtalk.model.motion_pipeline import MotionTemplate
-from flashtalk.model.presets import PRESETS, Preset
+from flashtalk.constants import PRESETS
+from flashtalk.model.presets import Preset
 from flashtalk.model.renderer import Renderer
 from flashtalk.model.seeded import joyvasa_category, joyvasa_weights
 from flashtalk.model.validate import AUDIO_RULES, MOTION_RULES, build_config, check_fields, check_finite, check_size

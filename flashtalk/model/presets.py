@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flashtalk.constants import PRESETS
 from flashtalk.errors import FlashTalkError
 from flashtalk.model.audio_encoder import HubertConfig
 from flashtalk.model.motion_generator import MotionGeneratorConfig
 from flashtalk.model.renderer import RendererConfig
-
-PRESETS = ("liveportrait", "tiny")
-
 
 @dataclass(frozen=True)
 class Preset:
