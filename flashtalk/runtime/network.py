@@ -217,7 +217,7 @@ class NetworkBackend:
             stream.controls = values
         elif stream.controls is None or values != stream.controls_from:
             stream.controls = with_source_ratios(ControlSet(**{k: v for k, v in values.items() if v is not None}),
-                                                 stream.source.ratios)
+                                                 getattr(stream.source, "ratios", None))
             stream.controls_from = dict(values)
 
     def motion(self, items: Sequence[tuple[WindowState, np.ndarray, Any, int]]) -> list[NetworkMotion]:
