@@ -1,5 +1,6 @@
 """`flashtalk verify-golden` on the LivePortrait golden folder, end to end through the CLI: every gated
-array of every file passes in fp32 and fp64, and a corrupted reference makes it fail."""
+array of every file passes in fp32, and in fp64 all but the warping module (checked in fp64 by its own model
+test), and a corrupted reference makes it fail."""
 
 from __future__ import annotations
 
@@ -13,16 +14,26 @@ import pytest
 from flashtalk.cli import main
 
 
+# fp64 leaves out warping_module.npz: test_model_appearance_warping.py::test_warping_golden[fp64] checks its
+# three outputs at the same gates (and its channel means), and the CI time is better spent elsewhere
+FP64_FILES = ("appearance_feature_extractor", "grid_sample_5d", "keypoint_transform", "motion_compose",
+              "motion_extractor", "spade_generator", "stitching_retargeting")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp64"])
 def test_verify_golden_liveportrait(lp_golden, precision, capsys):
-    rc = main(["verify-golden", str(lp_golden), "--precision", precision, "--device", "cpu"])
+    only = ["--only", *FP64_FILES] if precision == "fp64" else []
+    rc = main(["verify-golden", str(lp_golden), "--precision", precision, "--device", "cpu", *only])
     out = capsys.readouterr().out
-    gates = json.loads((lp_golden / "tolerances.json").read_text())["gates"]
+    gates = [g for g in json.loads((lp_golden / "tolerances.json").read_text())["gates"]
+             if precision == "fp32" or g["file"].removesuffix(".npz") in FP64_FILES]
     assert rc == 0, out
     assert re.search(rf"^{len(gates)} passed, 0 failed \({precision}, kernels=reference, device=cpu", out, re.M), out
-    for name in ("warping_module.npz:out_out", "spade_generator.npz:out_image", "motion_compose.npz:out_x_d_expr_stitched"):
+    names = ("spade_generator.npz:out_image", "motion_compose.npz:out_x_d_expr_stitched")
+    for name in names + (("warping_module.npz:out_out",) if precision == "fp32" else ()):
         assert re.search(rf"^{re.escape(name)}\s.*\sok$", out, re.M), name
+    assert precision == "fp32" or "warping_module" not in out
 
 
 def test_verify_golden_detects_corrupted_reference(lp_golden, tmp_path, capsys):
