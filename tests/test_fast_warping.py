@@ -98,17 +98,16 @@ def test_optimize_renderer_uses_it():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fused_tail", [False, True], ids=["cudnn-tail", "fused-tail"])
-def test_full_size_fast_warping_golden_fp32(lp_golden, fused_tail):
-    """Full-size W, folded + channels-last-3d, against the golden arrays at the fp32 gates; with the fused tail
-    wired in (on the CPU its reference runs: the full size under the interpreter would take hours)."""
+def test_full_size_fast_warping_golden_fp32(lp_golden):
+    """Full-size W, folded + channels-last-3d, against the golden arrays at the fp32 gates (with the fused tail:
+    `verify-golden`'s `@fast+fused-tail` rows, test_verify_golden.py and test_golden_triton.py)."""
     ref = np.load(lp_golden / "warping_module.npz")
     net = seeded("warping_module", lp_golden, torch.float32)
     fold_batchnorms(net)
     inputs = [torch.from_numpy(ref[k]).float() for k in ("in_feature_3d", "in_kp_driving", "in_kp_source")]
     with torch.no_grad():
-        out = FastWarpingNetwork(net, fused_tail=fused_tail)(*inputs, return_deformation=not fused_tail)
-    for k in ("out", "occlusion_map") + (() if fused_tail else ("deformation",)):
+        out = FastWarpingNetwork(net)(*inputs)
+    for k in ("out", "occlusion_map", "deformation"):
         atol, rtol = gate(lp_golden, "warping_module.npz", f"out_{k}", "fp32")
         expected = torch.from_numpy(ref[f"out_{k}"]).double()
         assert_close(out[k], expected, atol + rtol * expected.abs().max().item())

@@ -158,9 +158,11 @@ def test_a_signal_removes_the_partial_output(tmp_path, sig, code):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # SIGINT as a terminal delivers it, also when this runs as a background job (which inherits SIGINT ignored)
     proc = subprocess.Popen([sys.executable, "-m", "flashtalk", "animate", str(PORTRAIT), str(wav), "-o",
                              str(out_dir / "x.mp4"), "--crop", "center", "-q", "--no-watermark"],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not any(out_dir.iterdir()) and time.monotonic() < deadline and proc.poll() is None:

@@ -273,12 +273,13 @@ def test_verify_golden_cli(jv_golden, precision, capsys):
     """Every gated array of every JoyVASA golden file (audio encoder, denoiser, T=50 and T=5 samplers with
     chained windows, offline pipeline with de-normalisation and EMA), both PE modes, through the CLI. fp64
     leaves out the T=50 sampler (37 s of fp64 matmuls on a CPU): the T=5 one runs the same sampler code at the
-    1e-9 gates, and T=50 runs in fp32."""
+    1e-9 gates, and T=50 runs in fp32; and the audio encoder, which test_audio_encoder.py checks in fp64 at the
+    same gates."""
     from flashtalk.cli import main
 
-    only = ["--only", "audio_encoder", "denoiser_forward", "sampler_T5.npz", "pipeline"] if precision == "fp64" else []
+    only = ["--only", "denoiser_forward", "sampler_T5.npz", "pipeline"] if precision == "fp64" else []
     rc = main(["verify-golden", str(jv_golden), "--precision", precision, "--device", "cpu", *only])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert ("58 passed, 0 failed" if precision == "fp32" else "46 passed, 0 failed") in out, out
+    assert ("58 passed, 0 failed" if precision == "fp32" else "40 passed, 0 failed") in out, out
     assert (precision == "fp32") == ("sampler_T50.npz" in out)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice, use_kernels
-from flashtalk.kernels.warp_tail import BN, _launch, pack_mask_weight, warp_tail, warp_tail_ref
+from flashtalk.kernels.warp_tail import BM, BN, _launch, pack_mask_weight, tile_m, warp_tail, warp_tail_ref
 from tests.utils import TOLERANCES, assert_close, max_err
 
 pytestmark = pytest.mark.usefixtures("on_kernel_device")
@@ -66,6 +66,26 @@ def test_kernel_matches_fp64_reference(B, cin, K, ks, size, C, fsize, layout, dt
         ref = warp_tail_ref(pred, weight, bias, kp_s, kp_d, feature)
         assert max_err(out, expected) <= 2 * max_err(ref, expected) + atol
     assert expected.abs().max() > 0.1 and (expected == 0).any()  # real values, and samples past the edges
+
+
+@pytest.mark.parametrize("bm", [64, None], ids=["tile64", "tile-default"])
+def test_tile_size_only_tiles(bm):
+    """210 voxels: the compiled tile of 64 (four programs, the last one partial) and the launch's default
+    (under the interpreter one program of 256, `tile_m`) both match the fp64 reference."""
+    pred, weight, bias, kp_s, kp_d, feature = _inputs(2, 7, 4, 3, (5, 6, 7), 5, (4, 6, 5), "contiguous", torch.float32, 2)
+    expected = _ref64(pred, weight, bias, kp_s, kp_d, feature)
+    out = torch.full(expected.shape, float("nan"))
+    with use_kernels("triton"):
+        _launch(pred, pack_mask_weight(weight), bias, kp_s, kp_d, feature, out, 3, bm=bm)
+    assert_close(out, expected, *TOLERANCES[torch.float32])
+    assert expected.abs().max() > 0.1 and (expected == 0).any()
+
+
+def test_interpreter_tile_sizes(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert (tile_m(10, 32), tile_m(210, 32), tile_m(16 * 64 * 64, 32), tile_m(16 * 64 * 64, 64)) == (64, 256, 32768, 16384)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert tile_m(16 * 64 * 64, 32) == BM == 64  # compiled: the tile `kernels check` gates
 
 
 def test_public_op_dispatch_layout_and_fallback():

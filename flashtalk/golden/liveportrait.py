@@ -2,7 +2,8 @@
 
 Weights come from the folder's `manifest.json` seed keys through the golden rule (spec §12.1) at the
 folder's base_seed: gain √6 for the warping module, 1 elsewhere. Networks run in `dtype` (float32 with
-TF32 off, or float64), with the weights generated in float64 and cast once.
+TF32 off, or float64), with the weights generated in float64 and cast once. The warping module runs twice:
+as published, and on the renderer's fast path with the fused warping tail (arrays `out_*@fast+fused-tail`).
 """
 
 from __future__ import annotations
@@ -75,9 +76,22 @@ def _motion_extractor(d: Arrays, build) -> Arrays:
     return {**{f"out_{k}": v for k, v in out.items()}, **{f"post_{k}": v for k, v in post.items()}}
 
 
+FAST = "@fast+fused-tail"  # the warping module on the renderer's fast path, with the fused tail
+
+
 def _warping(d: Arrays, build) -> Arrays:
-    out = build("warping_module")(d["in_feature_3d"], kp_driving=d["in_kp_driving"], kp_source=d["in_kp_source"])
-    return {"out_out": out["out"], "out_deformation": out["deformation"], "out_occlusion_map": out["occlusion_map"]}
+    """The network as published, and the renderer's fast path (BatchNorm folded, channels-last-3d) with the
+    fused tail on (`warp_tail`: its kernel under --kernels triton, its reference otherwise), gated alike."""
+    from flashtalk.model.fast import fold_batchnorms
+    from flashtalk.model.fast_warping import FastWarpingNetwork
+
+    inputs = (d["in_feature_3d"], d["in_kp_driving"], d["in_kp_source"])
+    net = build("warping_module")
+    out = net(*inputs)
+    fold_batchnorms(net)  # in place: the published network has run
+    fast = FastWarpingNetwork(net, fused_tail=True)(*inputs, return_deformation=False)
+    return {"out_out": out["out"], "out_deformation": out["deformation"], "out_occlusion_map": out["occlusion_map"],
+            f"out_out{FAST}": fast["out"], f"out_occlusion_map{FAST}": fast["occlusion_map"]}
 
 
 def _spade(d: Arrays, build) -> Arrays:

@@ -7,6 +7,7 @@ max|ours - ref| <= atol + rtol * max|ref| at the precision run.
 
 Family modules provide `compute(folder, dtype, device, base_seed, files) -> Iterator[(file, {array: ours})]`,
 where `files` is the set of .npz names to run (the folder's gated files, possibly filtered by --only).
+An array `name@variant` (the same output by another path, e.g. the renderer's fast path) is gated as `name`.
 """
 
 from __future__ import annotations
@@ -97,24 +98,29 @@ def verify(
 
     results = []
     refs = {f: np.load(folder / f) for f in files}
+    variants = sorted(key for key in ours if "@" in key[1])
     for gate in gates:
         file, name, tol = gate["file"], gate["array"], gate[precision]
         ref = np.asarray(refs[file][name], dtype=np.float64)
         peak = float(np.abs(ref).max()) if ref.size else 0.0
         limit = tol["atol"] + tol["rtol"] * peak
-        got = ours.get((file, name))
-        if got is None:
-            results.append(Result(file, name, math.inf, math.inf, limit, False, "not computed"))
-            continue
-        if got.shape != ref.shape:
-            results.append(Result(file, name, math.inf, math.inf, limit, False, f"shape {got.shape} != {ref.shape}"))
-            continue
-        err = np.abs(got - ref)
-        finite = bool(np.isfinite(got).all())
-        max_abs = float(err.max()) if err.size else 0.0
-        note = "" if finite else f"{int((~np.isfinite(got)).sum())} non-finite values"
-        results.append(Result(file, name, max_abs, max_abs / peak if peak else max_abs, limit, finite and max_abs <= limit, note))
+        for array in [name] + [v for f, v in variants if f == file and v.split("@")[0] == name]:
+            results.append(_gate(file, array, ours.get((file, array)), ref, peak, limit))
     return results
+
+
+def _gate(file: str, name: str, got, ref, peak: float, limit: float) -> Result:
+    import numpy as np
+
+    if got is None:
+        return Result(file, name, math.inf, math.inf, limit, False, "not computed")
+    if got.shape != ref.shape:
+        return Result(file, name, math.inf, math.inf, limit, False, f"shape {got.shape} != {ref.shape}")
+    err = np.abs(got - ref)
+    finite = bool(np.isfinite(got).all())
+    max_abs = float(err.max()) if err.size else 0.0
+    note = "" if finite else f"{int((~np.isfinite(got)).sum())} non-finite values"
+    return Result(file, name, max_abs, max_abs / peak if peak else max_abs, limit, finite and max_abs <= limit, note)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

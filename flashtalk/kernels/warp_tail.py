@@ -16,7 +16,9 @@ softmax over the valid columns (fp32), Φ = G + Σ_k M_k (x_s[k] - x_d[k]) (equa
 Reference: `warp_tail_ref` = the current modules (conv3d, then `deform_warp_ref`). fp64 inputs run it.
 Off by default (`FastWarpingNetwork(fused_tail=True)` turns it on) until a GPU run shows it faster than
 cuDNN's Conv3d + `deform_warp`. Under the Triton interpreter bf16 dots are wrong, so there the operands
-are upcast to fp32 (constexpr DOT_FP32).
+are upcast to fp32 (constexpr DOT_FP32), and one program takes up to 32768 voxels (`tile_m`): the
+interpreter's cost is per op, so the compiled tile of 64 would take over two hours on LivePortrait's 65536 voxels
+where this takes under three minutes; the code is the same, BM is only its tile constexpr (the tests run both).
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ BN = 32  # output-channel tile: K+1 <= 32 (22 for LivePortrait), padded in the p
 BK = 32  # input channels per GEMM step (142 -> 5 steps, 160 with padding)
 BM = 64  # output voxels per program: one wgmma M tile per warpgroup of 4 warps
 NUM_WARPS, NUM_STAGES = 4, 3
+INTERPRETER_NUMEL = 1 << 20  # the interpreter's largest block (triton's TRITON_MAX_TENSOR_NUMEL)
+
+
+def tile_m(voxels: int, channels: int) -> int:
+    """Output voxels per program: BM compiled; under the interpreter the whole volume (a power of two, at
+    least BM) in as few programs as its block limit allows for a [tile, `channels`] block."""
+    if not interpreter_enabled():
+        return BM
+    return max(BM, min(triton.next_power_of_2(voxels), INTERPRETER_NUMEL // channels))
 
 
 def pack_mask_weight(weight: torch.Tensor, bk: int = BK) -> torch.Tensor:
@@ -170,15 +181,19 @@ def _warp_tail_kernel(
 
 
 def _launch(prediction: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, kp_source: torch.Tensor,
-            kp_driving: torch.Tensor, feature: torch.Tensor, out: torch.Tensor, ks: int) -> torch.Tensor:
+            kp_driving: torch.Tensor, feature: torch.Tensor, out: torch.Tensor, ks: int,
+            bm: int | None = None) -> torch.Tensor:
+    """One launch; `bm`: output voxels per program (default `tile_m`)."""
     B, cin, D, H, W = prediction.shape
     C, Df, Hf, Wf = feature.shape[1:]
-    grid = (triton.cdiv(D * H * W, BM), B)
+    bc = max(16, triton.next_power_of_2(C))
+    bm = bm or tile_m(D * H * W, max(BN, BK, bc))
+    grid = (triton.cdiv(D * H * W, bm), B)
     _warp_tail_kernel[grid](
         prediction, packed, bias, kp_source, kp_driving, feature, out,
         kp_source.shape[1], cin, C, D, H, W, Df, Hf, Wf,
         *prediction.stride(), *kp_source.stride(), *kp_driving.stride(), *feature.stride(), *out.stride(),
-        KS=ks, CIN_PAD=packed.shape[1], BM=BM, BK=BK, BN=BN, BC=max(16, triton.next_power_of_2(C)),
+        KS=ks, CIN_PAD=packed.shape[1], BM=bm, BK=BK, BN=BN, BC=bc,
         DOT_FP32=prediction.dtype == torch.bfloat16 and interpreter_enabled(),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )

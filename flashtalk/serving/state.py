@@ -140,35 +140,25 @@ def build_faces(spec: BackendSpec, device: str) -> Any:
     return face_models(Path(resolve_weights(spec.weights)), torch.device(device))
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _glibc() -> tuple[Callable[[int], int] | None, Callable[[], Any] | None]:
+    """glibc's malloc_trim and mallinfo2 (>= 2.33), each None where missing (another libc)."""
     try:
         import ctypes
 
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None, None
+    trim, info = getattr(libc, "malloc_trim", None), getattr(libc, "mallinfo2", None)
+    if info is not None:
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                              "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+        info.restype = MallInfo2
+    return trim, info
 
 
-_MALLOC_TRIM = _malloc_trim()
-
-
-def _mallinfo2() -> Callable[[], Any] | None:
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL("libc.so.6").mallinfo2  # glibc >= 2.33
-    except (OSError, AttributeError):
-        return None
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-    fn.restype = MallInfo2
-    return fn
-
-
-_MALLINFO2 = _mallinfo2()
+_MALLOC_TRIM, _MALLINFO2 = _glibc()
 
 
 def heap_in_use_bytes() -> int | None:
