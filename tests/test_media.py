@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +16,7 @@ from PIL import Image
 from flashtalk.cli.animate import demo_assets
 from flashtalk.errors import FlashTalkError
 from flashtalk.io.facecrop import Box, crop_affine, crop_box, cut, face_crop, invert_affine, parse_crop
-from flashtalk.io.media import PngWriter, VideoWriter, atomic_output, load_image
+from flashtalk.io.media import PngWriter, Terminated, VideoWriter, atomic_output, load_image, raise_if_signalled
 
 
 def _pattern(h: int, w: int, seed: int = 1) -> np.ndarray:
@@ -100,6 +102,49 @@ def test_atomic_output_leaves_nothing_on_error(tmp_path):
             assert tmp.parent == tmp_path and tmp != target
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+class _SignalInFinalizer:
+    """Sends `sig` to this process from a finalizer: the handler runs there, and Python prints its exception
+    ("Exception ignored in ...") and goes on, as it does for a signal landing in any finalizer or C callback."""
+
+    def __init__(self, sig: int) -> None:
+        self.sig = sig
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), self.sig)
+
+
+@pytest.fixture
+def default_signals():
+    """Python's own SIGINT / SIGTERM dispositions (a background job starts with SIGINT ignored)."""
+    saved = {sig: signal.signal(sig, default) for sig, default in
+             ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost exception, printed
+@pytest.mark.parametrize("sig, exc", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
+def test_a_signal_whose_exception_was_swallowed_still_stops_the_write(tmp_path, sig, exc, default_signals):
+    target = tmp_path / "out.mp4"
+    with pytest.raises(exc):
+        with atomic_output(target, overwrite=False) as tmp:
+            tmp.write_bytes(b"a whole video")
+            _SignalInFinalizer(sig)  # collected at once: the signal's own exception is lost
+            raise_if_signalled()  # what render's batch loop calls: the stop comes here
+            pytest.fail("raise_if_signalled did not raise")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(exc):  # and without the loop's check, before the commit
+        with atomic_output(target, overwrite=False) as tmp:
+            tmp.write_bytes(b"a whole video")
+            _SignalInFinalizer(sig)
+    assert list(tmp_path.iterdir()) == []  # never committed
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with atomic_output(target, overwrite=False) as tmp:  # the next write starts clean
+        tmp.write_bytes(b"ok")
+    assert target.read_bytes() == b"ok"
 
 
 def test_atomic_output_refuses_existing_and_replaces_with_overwrite(tmp_path):

@@ -117,3 +117,48 @@ def test_bad_inputs_name_the_problem():
         warp_tail(pred, weight, bias, kp_s[:, :3], kp_d[:, :3], feature)
     with pytest.raises(FlashTalkError, match="at most 32 mask channels, got 40"):
         pack_mask_weight(torch.zeros(40, 6, 3, 3, 3))
+
+
+@pytest.mark.slow
+def test_golden_size_and_weights_at_one_depth(lp_golden, kernel_device):
+    """LivePortrait's size with the golden W's weights and inputs: the prediction volume [1, 142, 16, 64, 64]
+    (the fast path's, captured where the mask conv reads it), the 7×7×7 142 -> 22 conv, 21 keypoints, 32 feature
+    channels. The kernel writes depth 8 only (`voxels`; the whole volume is `verify-golden --kernels triton`'s
+    job, minutes under the interpreter), against the golden warped feature at depth 8 within 2x our unfused
+    modules' own fp32 error (the rule of test_kernels_warp.py; fp64 at this size is 25 GB of conv3d unfold)."""
+    import numpy as np
+
+    from flashtalk.model.fast import fold_batchnorms
+    from flashtalk.model.fast_warping import FastWarpingNetwork
+    from tests.test_kernels_warp import check_rule
+    from tests.test_model_appearance_warping import seeded
+
+    z = np.load(lp_golden / "warping_module.npz")
+    f_s, xd, xs = (torch.from_numpy(z[k]).to(kernel_device) for k in ("in_feature_3d", "in_kp_driving", "in_kp_source"))
+    net = seeded("warping_module", lp_golden, torch.float32).to(kernel_device)
+    fold_batchnorms(net)
+    fast = FastWarpingNetwork(net)
+    seen = []
+    fast.occlusion.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad(), use_kernels("reference"):
+        fast(f_s, xd, xs, return_deformation=False)
+    pred, feature = seen[0], f_s.contiguous(memory_format=torch.channels_last_3d)
+    weight, bias = fast.mask.weight.detach(), fast.mask.bias.detach()
+    assert pred.shape == (1, 142, 16, 64, 64) and weight.shape == (22, 142, 7, 7, 7)
+
+    out = torch.full((1, 32, 16, 64, 64), float("nan"), device=kernel_device)
+    with use_kernels("triton"):
+        _launch(pred, pack_mask_weight(weight), bias, xs, xd, feature, out, 7, voxels=(8 * 4096, 9 * 4096))
+    assert torch.isnan(out[:, :, :8]).all() and torch.isnan(out[:, :, 9:]).all()  # only the range is written
+    with torch.no_grad():
+        ref32 = warp_tail_ref(pred, weight, bias, xs, xd, feature)[:, :, 8]
+    golden = torch.from_numpy(z["dbg_warped_feature_z8"]).double().to(kernel_device)
+    check_rule(out[:, :, 8], ref32, golden, "warp_tail at depth 8 vs the golden warped feature")
+    assert golden.abs().max() > 0.1
+
+
+def test_voxel_range_is_checked():
+    pred, weight, bias, kp_s, kp_d, feature = _inputs(1, 6, 4, 3, (2, 3, 4), 5, (2, 3, 4), "contiguous", torch.float32)
+    out = torch.empty(1, 5, 2, 3, 4)
+    with pytest.raises(FlashTalkError, match=r"voxels \[20, 30\) is not a range inside 0..24"):
+        _launch(pred, pack_mask_weight(weight), bias, kp_s, kp_d, feature, out, 3, voxels=(20, 30))

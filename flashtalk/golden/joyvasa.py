@@ -152,7 +152,9 @@ def _pipeline(folder: Path, model: MotionGenerator, g, dtype, device, base_seed:
     return out
 
 
-def compute(folder, dtype: torch.dtype, device, base_seed: int, files: set[str]) -> Iterator[tuple[str, dict]]:
+def compute(folder, dtype: torch.dtype, device, base_seed: int, files: set[str],
+            published_only: bool = False) -> Iterator[tuple[str, dict]]:
+    """Our outputs per gated file (one path each: `published_only` changes nothing here)."""
     folder = Path(folder)
     model = seeded_motion_generator(folder, dtype, device, base_seed)
     cases = {

@@ -2,8 +2,9 @@
 
 Weights come from the folder's `manifest.json` seed keys through the golden rule (spec §12.1) at the
 folder's base_seed: gain √6 for the warping module, 1 elsewhere. Networks run in `dtype` (float32 with
-TF32 off, or float64), with the weights generated in float64 and cast once. The warping module runs twice:
-as published, and on the renderer's fast path with the fused warping tail (arrays `out_*@fast+fused-tail`).
+TF32 off, or float64), with the weights generated in float64 and cast once. The warping module runs twice
+(unless `published_only`): as published, and on the renderer's fast path with the fused warping tail (arrays
+`out_*@fast+fused-tail`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ Arrays = dict[str, torch.Tensor]
 
 
 def compute(folder: Path, dtype: torch.dtype, device: torch.device, base_seed: int,
-            files: set[str]) -> Iterator[tuple[str, Arrays]]:
+            files: set[str], published_only: bool = False) -> Iterator[tuple[str, Arrays]]:
     folder = Path(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     cases: dict[str, Callable[[dict, Callable], Arrays]] = {
         "appearance_feature_extractor.npz": _appearance,
         "motion_extractor.npz": _motion_extractor,
-        "warping_module.npz": _warping,
+        "warping_module.npz": lambda d, build: _warping(d, build, fast_path=not published_only),
         "spade_generator.npz": _spade,
         "stitching_retargeting.npz": _stitching,
         "keypoint_transform.npz": _keypoint_transform,
@@ -79,19 +80,22 @@ def _motion_extractor(d: Arrays, build) -> Arrays:
 FAST = "@fast+fused-tail"  # the warping module on the renderer's fast path, with the fused tail
 
 
-def _warping(d: Arrays, build) -> Arrays:
-    """The network as published, and the renderer's fast path (BatchNorm folded, channels-last-3d) with the
-    fused tail on (`warp_tail`: its kernel under --kernels triton, its reference otherwise), gated alike."""
+def _warping(d: Arrays, build, fast_path: bool) -> Arrays:
+    """The network as published, and with `fast_path` the renderer's fast path (BatchNorm folded,
+    channels-last-3d) with the fused tail on (`warp_tail`: its kernel under --kernels triton, its reference
+    otherwise), gated alike."""
     from flashtalk.model.fast import fold_batchnorms
     from flashtalk.model.fast_warping import FastWarpingNetwork
 
     inputs = (d["in_feature_3d"], d["in_kp_driving"], d["in_kp_source"])
     net = build("warping_module")
     out = net(*inputs)
-    fold_batchnorms(net)  # in place: the published network has run
-    fast = FastWarpingNetwork(net, fused_tail=True)(*inputs, return_deformation=False)
-    return {"out_out": out["out"], "out_deformation": out["deformation"], "out_occlusion_map": out["occlusion_map"],
-            f"out_out{FAST}": fast["out"], f"out_occlusion_map{FAST}": fast["occlusion_map"]}
+    arrays = {"out_out": out["out"], "out_deformation": out["deformation"], "out_occlusion_map": out["occlusion_map"]}
+    if fast_path:
+        fold_batchnorms(net)  # in place: the published network has run
+        fast = FastWarpingNetwork(net, fused_tail=True)(*inputs, return_deformation=False)
+        arrays.update({f"out_out{FAST}": fast["out"], f"out_occlusion_map{FAST}": fast["occlusion_map"]})
+    return arrays
 
 
 def _spade(d: Arrays, build) -> Arrays:

@@ -5,9 +5,10 @@ and rtol for fp32 and fp64) and `.npz` files of inputs and reference outputs. A 
 (`FAMILIES`) computes our outputs for each file; an array passes when
 max|ours - ref| <= atol + rtol * max|ref| at the precision run.
 
-Family modules provide `compute(folder, dtype, device, base_seed, files) -> Iterator[(file, {array: ours})]`,
-where `files` is the set of .npz names to run (the folder's gated files, possibly filtered by --only).
-An array `name@variant` (the same output by another path, e.g. the renderer's fast path) is gated as `name`.
+Family modules provide `compute(folder, dtype, device, base_seed, files, published_only) -> Iterator[(file,
+{array: ours})]`, where `files` is the set of .npz names to run (the folder's gated files, possibly filtered by
+--only). An array `name@variant` (the same output by another path, e.g. the renderer's fast path) is gated as
+`name`; `published_only` (--published-only) leaves those other paths out.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def verify(
     kernels: str = "reference",
     device: str = "cpu",
     only: list[str] | None = None,
+    published_only: bool = False,
 ) -> list[Result]:
     """Run the golden folder's cases and return one Result per gated array."""
     import numpy as np
@@ -90,7 +92,8 @@ def verify(
     try:
         module = importlib.import_module(FAMILIES[family])
         with use_kernels(kernels), torch.no_grad():
-            for file, arrays in module.compute(folder, dtype, torch.device(device), int(meta.get("base_seed", 0)), set(files)):
+            base_seed = int(meta.get("base_seed", 0))
+            for file, arrays in module.compute(folder, dtype, torch.device(device), base_seed, set(files), published_only):
                 for name, value in arrays.items():
                     ours[(file, name)] = np.asarray(value.detach().cpu().double() if torch.is_tensor(value) else value, dtype=np.float64)
     finally:
@@ -130,6 +133,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="triton: our Triton kernels (on CPU this sets TRITON_INTERPRET=1, slow)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--only", nargs="+", metavar="FILE", help="run only the .npz files whose names contain these")
+    p.add_argument("--published-only", action="store_true",
+                   help="check the networks as published only, not also the renderer's fast path (its fused warping "
+                        "tail under the interpreter takes minutes)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
 
@@ -143,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
-    results = verify(args.folder, args.precision, args.kernels, device, args.only)
+    results = verify(args.folder, args.precision, args.kernels, device, args.only, args.published_only)
     width = max(len(f"{r.file}:{r.array}") for r in results)
     print(f"{'array':<{width}}  {'max abs err':>11}  {'rel err':>9}  {'limit':>9}  result")
     for r in results:

@@ -139,23 +139,51 @@ class Terminated(SystemExit):
     """Raised in the main thread by SIGTERM while an output is being written (exit status 143)."""
 
 
+_received: list[int] = []  # the signals our handlers took while an output was being written
+
+
 def _raise_terminated(signum, frame) -> None:
+    _received.append(signum)
     raise Terminated(128 + signum)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+def raise_if_signalled() -> None:
+    """Raise again for a signal taken while writing. Its own exception can be lost: a handler runs at any
+    bytecode, also inside a finalizer or a C extension's callback, where Python prints the exception and
+    goes on - and the output would be committed as if nothing had happened."""
+    if _received:
+        if _received[-1] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(128 + _received[-1])
 
 
 @contextlib.contextmanager
 def _terminate_raises() -> Iterator[None]:
     """While inside: SIGTERM raises `Terminated` in the main thread (so cleanup runs) instead of killing the
-    process outright. Left alone off the main thread, or when the application set its own handler."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    process outright, and both it and SIGINT are recorded for `raise_if_signalled`. Left alone off the main
+    thread, and a signal the application handles itself (or ignores) is left to it."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    ours = {signal.SIGTERM: (signal.SIG_DFL, _raise_terminated),
+            signal.SIGINT: (signal.default_int_handler, _raise_interrupt)}  # signal: (Python's default, ours)
+    installed = [sig for sig, (default, _) in ours.items() if signal.getsignal(sig) is default]
+    if not installed:  # nested, or the application's own handlers
+        yield
+        return
+    _received.clear()
+    for sig in installed:
+        signal.signal(sig, ours[sig][1])
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in installed:
+            signal.signal(sig, ours[sig][0])
 
 
 @contextlib.contextmanager
@@ -179,6 +207,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool, folder: bool = Fa
             else:
                 tmp.open("xb").close()  # created with the user's umask, unlike mkstemp's 0600
             yield tmp
+            raise_if_signalled()  # never commit an output a signal asked to stop
             if final.exists() and not overwrite:  # created while we worked
                 raise FlashTalkError(f"output {final} appeared while rendering; not replacing it (pass --overwrite)")
             if folder and final.exists():

@@ -126,7 +126,7 @@ def _mask_logits_tile(
 @_jit
 def _warp_tail_kernel(
     x_ptr, w_ptr, bias_ptr, ks_ptr, kd_ptr, f_ptr, out_ptr,
-    K, CIN, C, D, H, W, Df, Hf, Wf,
+    K, CIN, C, D, H, W, Df, Hf, Wf, V0, V1,
     s_xb, s_xc, s_xd, s_xh, s_xw,
     s_ksb, s_ksk, s_ksx,
     s_kdb, s_kdk, s_kdx,
@@ -139,8 +139,8 @@ def _warp_tail_kernel(
     tl.static_assert(CIN_PAD % BK == 0, "the packed weights are padded to whole BK chunks")
     i_v = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
-    o_v = i_v * BM + tl.arange(0, BM)  # [BM] flat output voxel index over D·H·W
-    m_v = o_v < D * H * W
+    o_v = V0 + i_v * BM + tl.arange(0, BM)  # [BM] flat output voxel index over D·H·W, from V0
+    m_v = o_v < V1
     i_w = o_v % W
     i_h = (o_v // W) % H
     i_d = o_v // (W * H)
@@ -182,16 +182,20 @@ def _warp_tail_kernel(
 
 def _launch(prediction: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, kp_source: torch.Tensor,
             kp_driving: torch.Tensor, feature: torch.Tensor, out: torch.Tensor, ks: int,
-            bm: int | None = None) -> torch.Tensor:
-    """One launch; `bm`: output voxels per program (default `tile_m`)."""
+            bm: int | None = None, voxels: tuple[int, int] | None = None) -> torch.Tensor:
+    """One launch; `bm`: output voxels per program (default `tile_m`); `voxels`: only the flat output voxels
+    [first, end) of D·H·W are written (default all)."""
     B, cin, D, H, W = prediction.shape
     C, Df, Hf, Wf = feature.shape[1:]
+    v0, v1 = voxels or (0, D * H * W)
+    if not 0 <= v0 < v1 <= D * H * W:
+        raise FlashTalkError(f"warp_tail: voxels [{v0}, {v1}) is not a range inside 0..{D * H * W}")
     bc = max(16, triton.next_power_of_2(C))
-    bm = bm or tile_m(D * H * W, max(BN, BK, bc))
-    grid = (triton.cdiv(D * H * W, bm), B)
+    bm = bm or tile_m(v1 - v0, max(BN, BK, bc))
+    grid = (triton.cdiv(v1 - v0, bm), B)
     _warp_tail_kernel[grid](
         prediction, packed, bias, kp_source, kp_driving, feature, out,
-        kp_source.shape[1], cin, C, D, H, W, Df, Hf, Wf,
+        kp_source.shape[1], cin, C, D, H, W, Df, Hf, Wf, v0, v1,
         *prediction.stride(), *kp_source.stride(), *kp_driving.stride(), *feature.stride(), *out.stride(),
         KS=ks, CIN_PAD=packed.shape[1], BM=bm, BK=BK, BN=BN, BC=bc,
         DOT_FP32=prediction.dtype == torch.bfloat16 and interpreter_enabled(),

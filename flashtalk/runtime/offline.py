@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.io.media import PngWriter, VideoWriter, atomic_output
+from flashtalk.io.media import PngWriter, VideoWriter, atomic_output, raise_if_signalled
 from flashtalk.runtime.engine import Clip
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ def render(clip: Clip, output: str | os.PathLike, *, frames_dir: bool = False, o
         bar = Progress(clip.num_frames, enabled=progress)
         try:
             for batch in clip.batches(batch_size):
+                raise_if_signalled()  # stop at once for a signal whose exception a finalizer swallowed
                 writer.put(batch)
                 bar.update(len(batch))
             writer.finish()
