@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -142,8 +143,13 @@ def test_a_signal_whose_exception_was_swallowed_still_stops_the_write(tmp_path, 
             _SignalInFinalizer(sig)
     assert list(tmp_path.iterdir()) == []  # never committed
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with atomic_output(target, overwrite=False) as tmp:  # the next write starts clean
-        tmp.write_bytes(b"ok")
+
+    def write_ok() -> None:
+        with atomic_output(target, overwrite=False) as tmp:
+            tmp.write_bytes(b"ok")
+
+    with ThreadPoolExecutor(1) as pool:  # the next write starts clean, also off the main thread (no handlers there)
+        pool.submit(write_ok).result()
     assert target.read_bytes() == b"ok"
 
 

@@ -139,7 +139,7 @@ class Terminated(SystemExit):
     """Raised in the main thread by SIGTERM while an output is being written (exit status 143)."""
 
 
-_received: list[int] = []  # the signals our handlers took while an output was being written
+_received: list[int] = []  # the signals our handlers took during the write now in progress (emptied after it)
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -176,7 +176,6 @@ def _terminate_raises() -> Iterator[None]:
     if not installed:  # nested, or the application's own handlers
         yield
         return
-    _received.clear()
     for sig in installed:
         signal.signal(sig, ours[sig][1])
     try:
@@ -184,6 +183,7 @@ def _terminate_raises() -> Iterator[None]:
     finally:
         for sig in installed:
             signal.signal(sig, ours[sig][0])
+        _received.clear()  # handled: a later write (in any thread) starts clean
 
 
 @contextlib.contextmanager
