@@ -20,7 +20,7 @@ import math
 import platform
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -70,12 +70,20 @@ def bench_case(case: Case, dtype: torch.dtype, wanted: set[str] | None, peak_tfl
             try:
                 err = (fn().float() - ref.float()).nan_to_num(0.0).abs().max().item()
                 median, p20, p80 = time_ms(fn)
-            except Exception as e:  # a provider that fails on this case (out of memory, unsupported) is a row, not a crash
+            except (
+                Exception
+            ) as e:  # a provider that fails on this case (out of memory, unsupported) is a row, not a crash
                 row["skipped"] = f"failed: {str(e).splitlines()[0][:100]}"
             else:
                 tflops = case.flops() / (median * 1e-3) / 1e12
-                row.update(median_ms=median, p20_ms=p20, p80_ms=p80, tflops=tflops, max_err=err,
-                           pct_peak=100 * tflops / peak_tflops if peak_tflops else None)
+                row.update(
+                    median_ms=median,
+                    p20_ms=p20,
+                    p80_ms=p80,
+                    tflops=tflops,
+                    max_err=err,
+                    pct_peak=100 * tflops / peak_tflops if peak_tflops else None,
+                )
                 if name == "flashtalk":
                     row["variant"] = _variant(case.L)
         rows.append(row)
@@ -99,9 +107,18 @@ def sweep_case(case: Case, dtype: torch.dtype, peak_tflops: float | None) -> lis
         fn = lambda: _launch(q, k, v, None, kpm, case.causal, 1 / math.sqrt(case.D), config=cfg)  # noqa: E731
         median, p20, p80 = time_ms(fn)
         tflops = case.flops() / (median * 1e-3) / 1e12
-        rows.append({"case": case.name, "provider": f"flashtalk-{_variant(case.L)}", "config": cfg,
-                     "median_ms": median, "p20_ms": p20, "p80_ms": p80, "tflops": tflops,
-                     "pct_peak": 100 * tflops / peak_tflops if peak_tflops else None})
+        rows.append(
+            {
+                "case": case.name,
+                "provider": f"flashtalk-{_variant(case.L)}",
+                "config": cfg,
+                "median_ms": median,
+                "p20_ms": p20,
+                "p80_ms": p80,
+                "tflops": tflops,
+                "pct_peak": 100 * tflops / peak_tflops if peak_tflops else None,
+            }
+        )
     return rows
 
 
@@ -111,22 +128,27 @@ def fmt(row: dict) -> str:
         return f"{head} -- {row['skipped']}"
     pct = f"{row['pct_peak']:5.1f}%" if row.get("pct_peak") is not None else "  n/a "
     err = f" err {row['max_err']:.1e}" if "max_err" in row else ""
-    return (f"{head} {row['median_ms']:9.4f} ms (p20 {row['p20_ms']:.4f}, p80 {row['p80_ms']:.4f}) "
-            f"{row['tflops']:7.1f} TFLOP/s {pct}{err}")
+    return (
+        f"{head} {row['median_ms']:9.4f} ms (p20 {row['p20_ms']:.4f}, p80 {row['p80_ms']:.4f}) "
+        f"{row['tflops']:7.1f} TFLOP/s {pct}{err}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--group", choices=sorted({c.group for c in CASES}), action="append",
-                        help="case group(s) to run (default: all)")
+    parser.add_argument(
+        "--group", choices=sorted({c.group for c in CASES}), action="append", help="case group(s) to run (default: all)"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     parser.add_argument("--providers", help="comma-separated subset, e.g. flashtalk,sdpa-flash")
     parser.add_argument("--sweep", action="store_true", help="time the kernel's tile alternatives instead")
     parser.add_argument("--out", help="write the rows and the environment as JSON here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench_attention: needs a CUDA GPU; none is visible, so nothing was measured "
-              "(CPU figures are not GPU figures).")
+        print(
+            "bench_attention: needs a CUDA GPU; none is visible, so nothing was measured "
+            "(CPU figures are not GPU figures)."
+        )
         return 0
 
     from flashtalk.kernels import use_kernels
@@ -136,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     peak = current()
     peak_tflops = peak.tflops("bf16") if peak else None
     print(" | ".join(f"{k}={v}" for k, v in env.items()))
-    print(f"peak: {peak.name + f' {peak_tflops:.0f} TFLOP/s dense fp16/bf16' if peak else 'unknown device, no % of peak'}")
+    print(
+        f"peak: {peak.name + f' {peak_tflops:.0f} TFLOP/s dense fp16/bf16' if peak else 'unknown device, no % of peak'}"
+    )
     dtype = DTYPES[args.dtype]
     wanted = set(args.providers.split(",")) if args.providers else None
     rows = []
@@ -144,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         for case in CASES:
             if args.group and case.group not in args.group:
                 continue
-            case_rows = sweep_case(case, dtype, peak_tflops) if args.sweep else bench_case(case, dtype, wanted, peak_tflops)
+            case_rows = (
+                sweep_case(case, dtype, peak_tflops) if args.sweep else bench_case(case, dtype, wanted, peak_tflops)
+            )
             for row in case_rows:
                 print(fmt(row), flush=True)
             rows += case_rows

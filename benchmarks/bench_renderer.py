@@ -34,16 +34,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flashtalk.kernels import use_kernels  # noqa: E402
-from flashtalk.model.fast import PRECISIONS, optimize_renderer, render_frames  # noqa: E402
-from flashtalk.runtime.fast_renderer import FastRenderer  # noqa: E402
-from flashtalk.model.renderer import Renderer, SourceState  # noqa: E402
+from flashtalk.models.liveportrait.optimized import PRECISIONS, optimize_renderer, render_frames  # noqa: E402
+from flashtalk.models.liveportrait.renderer import Renderer, SourceState  # noqa: E402
 from flashtalk.profiling import devices  # noqa: E402
 from flashtalk.profiling.timing import measure  # noqa: E402
+from flashtalk.runtime.graphed_renderer import FastRenderer  # noqa: E402
+from flashtalk.weights.liveportrait import seeded_renderer  # noqa: E402
 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         return "unknown"
 
@@ -66,12 +69,12 @@ def count_flops(fn) -> float | None:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             fn()
         return float(counter.get_total_flops())
-    except Exception:  # noqa: BLE001 - a missing count only drops the TFLOP/s column
+    except Exception:
         return None
 
 
 def setup(preset: str, device: str, small_volume: bool) -> tuple[Renderer, SourceState]:
-    r = Renderer.seeded(preset).to(device)
+    r = seeded_renderer(preset).to(device)
     image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)).to(device)
     src = r.encode_source(image)
     if small_volume:
@@ -105,8 +108,10 @@ def bench(args) -> list[dict]:
     rows = []
     for batch in args.batches:
         g = torch.Generator(device=device).manual_seed(batch)
-        sets = [src.x_s.expand(batch, -1, -1) + 0.03 * torch.randn(batch, r.num_kp, 3, device=device, generator=g)
-                for _ in range(3)]
+        sets = [
+            src.x_s.expand(batch, -1, -1) + 0.03 * torch.randn(batch, r.num_kp, 3, device=device, generator=g)
+            for _ in range(3)
+        ]
         fp32 = plain_cast(r, torch.float32)
         flops = count_flops(lambda: render_frames(fp32, src.f_s, src.x_s, sets[0]))
         for name, fn in providers(r, src, batch, args.compile and cuda).items():
@@ -115,20 +120,33 @@ def bench(args) -> list[dict]:
                 t = measure(lambda i: fn(sets[i % len(sets)]), warmup=args.warmup, iters=args.iters, device=device)
             fps = batch / (t.median_ms / 1e3)
             tflops = flops / (t.median_ms / 1e3) / 1e12 if flops else None
-            rows.append({
-                "provider": name, "batch": batch, "median_ms": t.median_ms, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms,
-                "ms_per_frame": t.median_ms / batch, "fps": fps, "tflops": tflops,
-                "pct_peak_bf16": 100 * tflops / peak.bf16_tflops if (tflops and peak) else None,
-                "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
-                "preset": preset, "torch": torch.__version__, "commit": _commit(),
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv),
-            })
+            rows.append(
+                {
+                    "provider": name,
+                    "batch": batch,
+                    "median_ms": t.median_ms,
+                    "p20_ms": t.p20_ms,
+                    "p80_ms": t.p80_ms,
+                    "ms_per_frame": t.median_ms / batch,
+                    "fps": fps,
+                    "tflops": tflops,
+                    "pct_peak_bf16": 100 * tflops / peak.bf16_tflops if (tflops and peak) else None,
+                    "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+                    "preset": preset,
+                    "torch": torch.__version__,
+                    "commit": _commit(),
+                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "command": " ".join(sys.argv),
+                }
+            )
             row = rows[-1]
             pct = f"{row['pct_peak_bf16']:.1f}%" if row["pct_peak_bf16"] is not None else "-"
-            print(f"{name:24s} B={batch:3d}  {t.median_ms:9.2f} ms [{t.p20_ms:.2f}, {t.p80_ms:.2f}]  "
-                  f"{row['ms_per_frame']:8.2f} ms/frame  {fps:8.1f} FPS  "
-                  f"{(tflops or float('nan')):7.2f} TFLOP/s  {pct} of bf16 peak", flush=True)
+            print(
+                f"{name:24s} B={batch:3d}  {t.median_ms:9.2f} ms [{t.p20_ms:.2f}, {t.p80_ms:.2f}]  "
+                f"{row['ms_per_frame']:8.2f} ms/frame  {fps:8.1f} FPS  "
+                f"{(tflops or float('nan')):7.2f} TFLOP/s  {pct} of bf16 peak",
+                flush=True,
+            )
     return rows
 
 
@@ -136,12 +154,16 @@ def bench(args) -> list[dict]:
 
 
 def frame_stats(frames: torch.Tensor, ref: torch.Tensor) -> dict:
-    d = (frames.double() - ref.double())
+    d = frames.double() - ref.double()
     mse = d.pow(2).mean().item()
     blocks = torch.nn.functional.avg_pool2d(frames.float().nan_to_num(0.0), 8)
-    return {"psnr_db": math.inf if mse == 0 else 10 * math.log10(1.0 / mse), "max_abs": d.abs().max().item(),
-            "nan": int(torch.isnan(frames).sum()), "black_blocks": int((blocks < 0.01).sum()),
-            "saturated_blocks": int((blocks > 0.99).sum())}
+    return {
+        "psnr_db": math.inf if mse == 0 else 10 * math.log10(1.0 / mse),
+        "max_abs": d.abs().max().item(),
+        "nan": int(torch.isnan(frames).sum()),
+        "black_blocks": int((blocks < 0.01).sum()),
+        "saturated_blocks": int((blocks > 0.99).sum()),
+    }
 
 
 @torch.no_grad()
@@ -149,7 +171,7 @@ def fidelity(args) -> str:
     import numpy as np
 
     golden = Path(args.golden) if args.golden else None
-    r = Renderer.seeded("liveportrait")
+    r = seeded_renderer("liveportrait")
     results: list[tuple[str, str, dict]] = []
     precisions = [p for p in ("bf16", "fp16") if p in args.precisions]
     fast = {p: optimize_renderer(r, p) for p in precisions}
@@ -171,8 +193,9 @@ def fidelity(args) -> str:
 
     image = Image.open(ROOT / "flashtalk" / "assets" / "portrait.jpg").convert("RGB")
     side = min(image.size)
-    image = image.crop(((image.width - side) // 2, (image.height - side) // 2, (image.width + side) // 2,
-                        (image.height + side) // 2)).resize((256, 256))
+    image = image.crop(
+        ((image.width - side) // 2, (image.height - side) // 2, (image.width + side) // 2, (image.height + side) // 2)
+    ).resize((256, 256))
     t = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255
     src = r.encode_source(t)
     x_d = src.x_s + 0.02 * torch.randn(1, r.num_kp, 3, generator=torch.Generator().manual_seed(5))
@@ -181,11 +204,15 @@ def fidelity(args) -> str:
         out = render_frames(fast[p], src.f_s, src.x_s, x_d)
         results.append(("portrait.jpg -> F, M -> stitch -> W -> G", p, frame_stats(out, ref)))
         print(results[-1], flush=True)
-    lines = ["| input | precision | PSNR vs fp32 (dB) | max abs err | NaN | black 8x8 blocks | saturated 8x8 blocks |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| input | precision | PSNR vs fp32 (dB) | max abs err | NaN | black 8x8 blocks | saturated 8x8 blocks |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for case, p, s in results:
-        lines.append(f"| {case} | {p} | {s['psnr_db']:.2f} | {s['max_abs']:.2e} | {s['nan']} | {s['black_blocks']} | "
-                     f"{s['saturated_blocks']} |")
+        lines.append(
+            f"| {case} | {p} | {s['psnr_db']:.2f} | {s['max_abs']:.2e} | {s['nan']} | {s['black_blocks']} | "
+            f"{s['saturated_blocks']} |"
+        )
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from flashtalk.bench.warp_cases import C_COMP, C_FEAT, CASES, DTYPES, K, SIZE, Case
+from flashtalk.bench.warp_cases import C_COMP, C_FEAT, CASES, DTYPES, SIZE, Case, K
 
 
 def make_inputs(case: Case, dtype: torch.dtype) -> tuple:
@@ -39,7 +39,11 @@ def providers(case: Case) -> dict:
     from flashtalk.kernels.deform_warp import deform_warp, deform_warp_ref
     from flashtalk.kernels.dense_motion_input import dense_motion_input, dense_motion_input_ref
 
-    op, ref = (dense_motion_input, dense_motion_input_ref) if case.op == "dense_motion_input" else (deform_warp, deform_warp_ref)
+    op, ref = (
+        (dense_motion_input, dense_motion_input_ref)
+        if case.op == "dense_motion_input"
+        else (deform_warp, deform_warp_ref)
+    )
 
     def fused(*args):
         with use_kernels("triton"):
@@ -64,9 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     dtype = DTYPES[args.dtype]
     peak = current()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "commit": commit, "date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-            "host": platform.node(), "dtype": args.dtype}
+    meta = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "commit": commit,
+        "date": datetime.date.today().isoformat(),
+        "command": " ".join(sys.argv),
+        "host": platform.node(),
+        "dtype": args.dtype,
+    }
     print(json.dumps(meta))
     print(f"{'case':28s} {'provider':12s} {'median ms':>10s} {'p20':>8s} {'p80':>8s} {'GB/s':>8s} {'% HBM':>6s}")
     rows = []
@@ -74,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = make_inputs(case, dtype)
         for name, fn in providers(case).items():
             try:
-                med, p20, p80 = do_bench(lambda: fn(*inputs), quantiles=[0.5, 0.2, 0.8])
+                med, p20, p80 = do_bench(lambda fn=fn, inputs=inputs: fn(*inputs), quantiles=[0.5, 0.2, 0.8])
             except torch.cuda.OutOfMemoryError:
                 print(f"{case.name:28s} {name:12s} out of memory")
                 torch.cuda.empty_cache()
@@ -82,8 +93,17 @@ def main(argv: list[str] | None = None) -> int:
             gbps = case.bytes(torch.tensor([], dtype=dtype).element_size()) / med / 1e6
             pct = 100 * gbps / peak.mem_gbps if peak else float("nan")
             print(f"{case.name:28s} {name:12s} {med:10.3f} {p20:8.3f} {p80:8.3f} {gbps:8.0f} {pct:6.1f}")
-            rows.append({"case": case.name, "provider": name, "median_ms": med, "p20_ms": p20, "p80_ms": p80,
-                         "gbps": gbps, "pct_hbm": pct})
+            rows.append(
+                {
+                    "case": case.name,
+                    "provider": name,
+                    "median_ms": med,
+                    "p20_ms": p20,
+                    "p80_ms": p80,
+                    "gbps": gbps,
+                    "pct_hbm": pct,
+                }
+            )
         del inputs
         torch.cuda.empty_cache()
     if args.out:

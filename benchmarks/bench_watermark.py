@@ -40,10 +40,10 @@ def smooth_field(rng: np.random.Generator, h: int, w: int, scale: float, octaves
     out = np.zeros((h, w), np.float32)
     amp = 1.0
     for o in range(octaves):
-        s = max(2, int(scale / 2 ** o))
+        s = max(2, int(scale / 2**o))
         g = torch.from_numpy(rng.standard_normal((1, 1, h // s + 3, w // s + 3)).astype(np.float32))
         up = F.interpolate(g, size=(h + 3 * s, w + 3 * s), mode="bicubic", align_corners=False)
-        out += amp * up[0, 0, s:s + h, s:s + w].numpy()
+        out += amp * up[0, 0, s : s + h, s : s + w].numpy()
         amp *= 0.5
     return out
 
@@ -70,8 +70,9 @@ def _portrait(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Fabric / foliage / wall-like fractal texture of moderate contrast."""
-    return rng.uniform(70, 180, 3) + rng.uniform(6, 14) * smooth_field(rng, h, w, rng.uniform(8, 32), 5)[..., None] \
-        * rng.uniform(0.6, 1.4, 3)
+    return rng.uniform(70, 180, 3) + rng.uniform(6, 14) * smooth_field(rng, h, w, rng.uniform(8, 32), 5)[
+        ..., None
+    ] * rng.uniform(0.6, 1.4, 3)
 
 
 def _gradient(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -107,7 +108,7 @@ def make_clip(kind: str, seed: int, frames: int = 50, h: int = 512, w: int = 512
     out = np.empty((frames, h, w, 3), np.uint8)
     for i in range(frames):
         dx, dy = round(8 + 4 * math.sin(i / 7)), round(8 + 4 * math.cos(i / 9))
-        out[i] = np.clip(base[dy:dy + h, dx:dx + w] + rng.normal(0, 1.0, (h, w, 3)), 0, 255).round()
+        out[i] = np.clip(base[dy : dy + h, dx : dx + w] + rng.normal(0, 1.0, (h, w, 3)), 0, 255).round()
     return out
 
 
@@ -147,8 +148,13 @@ def rescale_xy(frames: np.ndarray, fx: float, fy: float) -> np.ndarray:
     import torch.nn.functional as F
 
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    y = F.interpolate(x, size=(round(frames.shape[1] * fy), round(frames.shape[2] * fx)), mode="bilinear",
-                      align_corners=False, antialias=True)
+    y = F.interpolate(
+        x,
+        size=(round(frames.shape[1] * fy), round(frames.shape[2] * fx)),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
     return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
@@ -156,7 +162,7 @@ def crop(frames: np.ndarray, fraction: float) -> np.ndarray:
     """Cut `fraction` of the width and of the height, unevenly (2/3 from the left/top, 1/3 from the right/bottom)."""
     h, w = frames.shape[1:3]
     ch, cw = round(h * fraction), round(w * fraction)
-    return frames[:, 2 * ch // 3:h - ch // 3, 2 * cw // 3:w - cw // 3]
+    return frames[:, 2 * ch // 3 : h - ch // 3, 2 * cw // 3 : w - cw // 3]
 
 
 def tone(frames: np.ndarray, gain: float, offset: float) -> np.ndarray:
@@ -202,7 +208,7 @@ def robustness(clips: int, frames: int, out: str | None) -> None:
             raw = make_clip(kind, 100 + c, frames)
             m = embed(torch.from_numpy(raw), key=key, payload=payload).numpy()
             mse = ((m.astype(np.float64) - raw) ** 2).mean()
-            psnrs.append(10 * math.log10(255 ** 2 / mse))
+            psnrs.append(10 * math.log10(255**2 / mse))
             marked.append((kind, raw, m))
     rows = []
     for name, attack in ATTACKS.items():
@@ -210,9 +216,9 @@ def robustness(clips: int, frames: int, out: str | None) -> None:
         false = 0
         t0 = time.perf_counter()
         for kind, raw, m in marked:
-            d = detect_frames(attack(m)[::max(1, frames // 16)], key=key)
+            d = detect_frames(attack(m)[:: max(1, frames // 16)], key=key)
             found[kind] += d.found and d.payload == want
-            false += detect_frames(attack(raw)[::max(1, frames // 16)], key=key).found
+            false += detect_frames(attack(raw)[:: max(1, frames // 16)], key=key).found
         rows.append((name, found, false, time.perf_counter() - t0))
         print(name, found, false, flush=True)
     n = clips * len(KINDS)
@@ -225,15 +231,19 @@ def robustness(clips: int, frames: int, out: str | None) -> None:
         f"min {min(psnrs):.2f} dB, mean {np.mean(psnrs):.2f} dB. Each attack is followed by an H.264 encode "
         "(libx264 preset medium, yuv420p) as a distributed video would be.",
         "",
-        "| attack | " + " | ".join(f"{k} (of {clips})" for k in KINDS)
+        "| attack | "
+        + " | ".join(f"{k} (of {clips})" for k in KINDS)
         + f" | detected (of {n}) | false positives on unmarked (of {n}) |",
         "| --- | " + " | ".join("---" for _ in KINDS) + " | --- | --- |",
     ]
     for name, found, false, _ in rows:
         cells = " | ".join(str(found[k]) for k in KINDS)
         lines.append(f"| {name} | {cells} | {sum(found.values())} | {false} |")
-    lines += ["", f"Command: `python benchmarks/bench_watermark.py --robustness --clips {clips} --frames {frames}`; "
-              f"{_provenance()}."]
+    lines += [
+        "",
+        f"Command: `python benchmarks/bench_watermark.py --robustness --clips {clips} --frames {frames}`; "
+        f"{_provenance()}.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if out:
@@ -248,8 +258,10 @@ def _provenance() -> str:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = "?"
-    return (f"torch {torch.__version__}, {platform.processor() or platform.machine()}, commit {commit}, "
-            f"{datetime.date.today().isoformat()}")
+    return (
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, commit {commit}, "
+        f"{datetime.date.today().isoformat()}"
+    )
 
 
 # ------------------------------------------------------------------------------------------- timing
@@ -259,8 +271,9 @@ def timing(batches: list[int]) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        print("bench_watermark: timing needs a CUDA GPU (none found); nothing measured. "
-              "`--robustness` runs on the CPU.")
+        print(
+            "bench_watermark: timing needs a CUDA GPU (none found); nothing measured. `--robustness` runs on the CPU."
+        )
         return
     import triton
     from triton.testing import do_bench

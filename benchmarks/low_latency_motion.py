@@ -22,17 +22,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flashtalk.model.bundle import load_networks, seeded_networks  # noqa: E402
-from flashtalk.runtime.network import NetworkBackend  # noqa: E402
-from flashtalk.runtime.protocol import HOP  # noqa: E402
-from flashtalk.runtime.windows import LOW_COMMIT, LOW_LOOKAHEAD  # noqa: E402
+from flashtalk.constants import HOP
+from flashtalk.runtime.backends.network import NetworkBackend
+from flashtalk.runtime.windows import LOW_COMMIT, LOW_LOOKAHEAD
+from flashtalk.weights.bundle import load_networks, seeded_networks
 
 
 def speech(frames: int) -> np.ndarray:
     rng = np.random.default_rng(9)
     t = np.arange(frames * HOP) / 16000
-    return (0.3 * np.sin(2 * np.pi * 180 * t) * np.sin(2 * np.pi * 3 * t) + 0.05 * rng.standard_normal(t.shape)
-            ).astype(np.float32)
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * np.sin(2 * np.pi * 3 * t) + 0.05 * rng.standard_normal(t.shape)).astype(
+        np.float32
+    )
 
 
 def normalised(backend: NetworkBackend, latency: str, audio: np.ndarray) -> torch.Tensor:
@@ -65,9 +66,11 @@ def main() -> None:
     rms = (low - exact).pow(2).mean().sqrt().item()
     scale = exact.pow(2).mean().sqrt().item()
     what = args.weights or f"seeded {args.preset}"
-    print(f"{what}, {args.frames} frames, low k={k} r={LOW_LOOKAHEAD}: boundary / inside frame-to-frame change "
-          f"= {ratio:.3f} (bound 1.5); RMS(low - exact) = {rms:.4f} in normalised motion space "
-          f"(RMS of exact itself {scale:.4f})")
+    print(
+        f"{what}, {args.frames} frames, low k={k} r={LOW_LOOKAHEAD}: boundary / inside frame-to-frame change "
+        f"= {ratio:.3f} (bound 1.5); RMS(low - exact) = {rms:.4f} in normalised motion space "
+        f"(RMS of exact itself {scale:.4f})"
+    )
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flashtalk.model.audio_encoder import joyvasa_audio_features  # noqa: E402
-from flashtalk.model.bundle import seeded_networks  # noqa: E402
-from flashtalk.model.motion_pipeline import sample_window  # noqa: E402
-from flashtalk.runtime.network import sampler_config  # noqa: E402
-from flashtalk.runtime.windows import LOW_COMMIT, LOW_LOOKAHEAD  # noqa: E402
+from flashtalk.models.hubert import joyvasa_audio_features
+from flashtalk.models.joyvasa.pipeline import sample_window
+from flashtalk.runtime.backends.network import sampler_config
+from flashtalk.runtime.windows import LOW_COMMIT, LOW_LOOKAHEAD
+from flashtalk.weights.bundle import seeded_networks
 
 RENDERER_TFLOP = 1.23  # per 512² frame, DESIGN.md (warping ≈ 342 GFLOP + SPADE decoder ≈ 892 GFLOP)
 
@@ -46,12 +46,16 @@ def main() -> None:
     with FlopCounterMode(display=False) as smp:
         sample_window(model, sampler_config("dpmpp", args.steps), audio, prev_motion, prev_audio, x_T)
     e, s = enc.get_total_flops() / 1e9, smp.get_total_flops() / 1e9
-    print(f"preset {args.preset}: one window ({cfg.n_motions} frames) = audio encoder {e:.2f} GFLOP + "
-          f"sampler ({args.steps} steps, CFG batched) {s:.2f} GFLOP = {e + s:.2f} GFLOP")
+    print(
+        f"preset {args.preset}: one window ({cfg.n_motions} frames) = audio encoder {e:.2f} GFLOP + "
+        f"sampler ({args.steps} steps, CFG batched) {s:.2f} GFLOP = {e + s:.2f} GFLOP"
+    )
     for mode, k in (("exact", cfg.n_motions), (f"low (k={LOW_COMMIT}, r={LOW_LOOKAHEAD})", LOW_COMMIT)):
         per = (e + s) / k
-        print(f"  {mode}: {per:.3f} GFLOP per committed frame = {100 * per / (RENDERER_TFLOP * 1e3):.2f}% of the "
-              f"renderer's {RENDERER_TFLOP} TFLOP")
+        print(
+            f"  {mode}: {per:.3f} GFLOP per committed frame = {100 * per / (RENDERER_TFLOP * 1e3):.2f}% of the "
+            f"renderer's {RENDERER_TFLOP} TFLOP"
+        )
 
 
 if __name__ == "__main__":

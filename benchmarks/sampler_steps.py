@@ -25,10 +25,16 @@ import numpy as np
 import torch
 
 from flashtalk.golden.joyvasa import seeded_motion_generator
-from flashtalk.model.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
+from flashtalk.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
 
-COMPONENTS = {"exp": slice(0, 63), "scale": slice(63, 64), "t": slice(64, 67), "pitch": slice(67, 68),
-              "yaw": slice(68, 69), "roll": slice(69, 70)}
+COMPONENTS = {
+    "exp": slice(0, 63),
+    "scale": slice(63, 64),
+    "t": slice(64, 67),
+    "pitch": slice(67, 68),
+    "yaw": slice(68, 69),
+    "roll": slice(69, 70),
+}
 STEPS = (4, 6, 8, 10)
 
 
@@ -38,7 +44,9 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -75,12 +83,18 @@ def main() -> None:
         t0 = time.perf_counter()
         with torch.no_grad():
             out = fn()
-        rows.append({"sampler": name, "steps": steps, "model_calls": calls[0], "wall_s": time.perf_counter() - t0, "out": out})
+        rows.append(
+            {"sampler": name, "steps": steps, "model_calls": calls[0], "wall_s": time.perf_counter() - t0, "out": out}
+        )
         return out
 
     ref = run("ddpm", 50, lambda: ddpm_sample(x0_fn, x_T, sched, noise=t("z_w0")))
     ode = run("ddim eta=0", 50, lambda: ddim_sample(x0_fn, x_T, sched, 50))
-    run("ddpm (other noise)", 50, lambda: ddpm_sample(x0_fn, x_T, sched, generator=torch.Generator(device).manual_seed(1)))
+    run(
+        "ddpm (other noise)",
+        50,
+        lambda: ddpm_sample(x0_fn, x_T, sched, generator=torch.Generator(device).manual_seed(1)),
+    )
     for steps in STEPS:
         run("ddim eta=0", steps, lambda: ddim_sample(x0_fn, x_T, sched, steps))
         run("dpm-solver++(2m)", steps, lambda: dpmpp_2m_sample(x0_fn, x_T, sched, steps))
@@ -92,11 +106,15 @@ def main() -> None:
         r["out_std"] = float(out.std())
     meta = {
         "device": "CPU" if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "commit": _commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": f".venv/bin/python benchmarks/sampler_steps.py --pe-mode {args.pe_mode} --device {args.device}",
         "inputs": "golden joyvasa sampler_T50.npz window 0 (batch 2, CFG 2.0), golden weight rule (synthetic), fp32",
-        "pe_mode": args.pe_mode, "reference_std": float(ref.std()),
+        "pe_mode": args.pe_mode,
+        "reference_std": float(ref.std()),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"sampler_steps_{device.type}"
@@ -104,9 +122,13 @@ def main() -> None:
 
     names = list(COMPONENTS)
     lines = [
-        "# Few-step samplers vs the 50-step DDPM (JoyVASA motion generator)", "",
+        "# Few-step samplers vs the 50-step DDPM (JoyVASA motion generator)",
+        "",
         f"device={meta['device']} ({meta['cpu']}, {meta['threads']} threads), torch {meta['torch']}, commit {meta['commit']}, "
-        f"{meta['date']}", f"command: `{meta['command']}`", f"inputs: {meta['inputs']}; PE mode {args.pe_mode}", "",
+        f"{meta['date']}",
+        f"command: `{meta['command']}`",
+        f"inputs: {meta['inputs']}; PE mode {args.pe_mode}",
+        "",
         "RMS distance in the normalised motion space (output std of the reference: "
         f"{meta['reference_std']:.3f}). Wall time is one 4-s window (batch 2, CFG batched) on a shared CPU: "
         "indicative only.",
@@ -114,18 +136,30 @@ def main() -> None:
         "uniform down to 0 (last call at t = 50/S) measured 0.042 (4 steps) and 0.027 (10 steps) overall RMS to "
         "DDPM-50 for both solvers on these inputs, so the last call at t = 1 matters more than the solver order.",
         "Caveat: synthetic weights make the x0 prediction nearly independent of x_t; real weights will "
-        "separate the solvers more. Re-run with the released checkpoint before choosing a step count.", "",
-        "## Distance to DDPM-50 (golden noise)", "",
+        "separate the solvers more. Re-run with the released checkpoint before choosing a step count.",
+        "",
+        "## Distance to DDPM-50 (golden noise)",
+        "",
         "| sampler | steps | calls | " + " | ".join(names) + " | wall s |",
         "|---|---|---|" + "---|" * len(names) + "---|",
     ]
     for r in rows:
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['model_calls']} | "
-                     + " | ".join(f"{r['vs_ddpm50'][n]:.4f}" for n in names) + f" | {r['wall_s']:.2f} |")
-    lines += ["", "## Distance to DDIM-50 (eta 0, deterministic)", "",
-              "| sampler | steps | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        lines.append(
+            f"| {r['sampler']} | {r['steps']} | {r['model_calls']} | "
+            + " | ".join(f"{r['vs_ddpm50'][n]:.4f}" for n in names)
+            + f" | {r['wall_s']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Distance to DDIM-50 (eta 0, deterministic)",
+        "",
+        "| sampler | steps | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
     for r in rows:
-        lines.append(f"| {r['sampler']} | {r['steps']} | " + " | ".join(f"{r['vs_ddim50'][n]:.4f}" for n in names) + " |")
+        lines.append(
+            f"| {r['sampler']} | {r['steps']} | " + " | ".join(f"{r['vs_ddim50'][n]:.4f}" for n in names) + " |"
+        )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

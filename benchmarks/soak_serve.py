@@ -36,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.*` when run as a script
 
-from benchmarks.processes import free_port, stop_process  # noqa: E402
-from flashtalk import client  # noqa: E402
+from benchmarks.processes import free_port, stop_process
+from flashtalk import client
 
 CHUNK_S = 0.04
 HOP = 640  # 16-kHz samples per 40-ms frame
@@ -53,8 +53,10 @@ def _speech(seconds: float, seed: int) -> bytes:
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
     a = np.array(values) * 1000
-    return {"p50": round(float(np.percentile(a, 50)), 1) if a.size else None,
-            "p99": round(float(np.percentile(a, 99)), 1) if a.size else None}
+    return {
+        "p50": round(float(np.percentile(a, 50)), 1) if a.size else None,
+        "p99": round(float(np.percentile(a, 99)), 1) if a.size else None,
+    }
 
 
 async def _session(args, url: str, seconds: float, seed: int, out: dict) -> None:
@@ -63,8 +65,16 @@ async def _session(args, url: str, seconds: float, seed: int, out: dict) -> None
     chunks = -(-len(pcm) // step)
     portrait = {"portrait": args.portrait} if args.portrait else {"portrait_id": "demo"}
     try:
-        stream = await client.connect(url, token=args.token, pace="fast", idle=False, seed=seed,
-                                      latency=args.latency, ready_timeout=120, **portrait)
+        stream = await client.connect(
+            url,
+            token=args.token,
+            pace="fast",
+            idle=False,
+            seed=seed,
+            latency=args.latency,
+            ready_timeout=120,
+            **portrait,
+        )
     except client.Refused:
         out["refused"] += 1
         return
@@ -83,7 +93,7 @@ async def _session(args, url: str, seconds: float, seed: int, out: dict) -> None
         for k in range(chunks):
             await asyncio.sleep(max(0.0, t0 + k * CHUNK_S - time.monotonic()))
             sent_at.append(time.monotonic())
-            await stream.send_audio(pcm[k * step:(k + 1) * step])
+            await stream.send_audio(pcm[k * step : (k + 1) * step])
         await stream.end()
 
     sender = asyncio.create_task(send())
@@ -118,8 +128,18 @@ async def _session(args, url: str, seconds: float, seed: int, out: dict) -> None
 def _local_server(args):
     """`flashtalk serve` on a free loopback port (the preview backend), stopped by its PID at the end."""
     port = free_port()
-    cmd = [sys.executable, "-m", "flashtalk", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--max-sessions", str(args.sessions)] + (["--device", args.device] if args.device else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "flashtalk",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-sessions",
+        str(args.sessions),
+    ] + (["--device", args.device] if args.device else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):  # up to a minute for the server to come up
@@ -138,8 +158,18 @@ def _local_server(args):
 
 
 async def _soak(args, url: str) -> dict:
-    out = {"held": 0, "peak": 0, "refused": 0, "frames": 0, "dropped": 0, "server_dropped": 0, "first": [],
-           "latency": [], "errors": [], "lookahead_ms": set()}
+    out = {
+        "held": 0,
+        "peak": 0,
+        "refused": 0,
+        "frames": 0,
+        "dropped": 0,
+        "server_dropped": 0,
+        "first": [],
+        "latency": [],
+        "errors": [],
+        "lookahead_ms": set(),
+    }
     deadline = time.monotonic() + args.seconds
     requests = 0
 
@@ -154,13 +184,20 @@ async def _soak(args, url: str) -> dict:
     await asyncio.gather(*(worker() for _ in range(args.sessions)))
     wall = time.monotonic() - t0
     return {
-        "sessions_requested": args.sessions, "sessions_held_peak": out["peak"], "requests": requests,
-        "refused": out["refused"], "frames": out["frames"], "dropped_frames": out["dropped"],
+        "sessions_requested": args.sessions,
+        "sessions_held_peak": out["peak"],
+        "requests": requests,
+        "refused": out["refused"],
+        "frames": out["frames"],
+        "dropped_frames": out["dropped"],
         "server_dropped_frames": out["server_dropped"],
-        "aggregate_fps": round(out["frames"] / wall, 1), "latency_mode": args.latency or "server default",
+        "aggregate_fps": round(out["frames"] / wall, 1),
+        "latency_mode": args.latency or "server default",
         "lookahead_ms": sorted(out["lookahead_ms"]),
-        "first_frame_ms": _percentiles(out["first"]), "frame_latency_ms": _percentiles(out["latency"]),
-        "errors": out["errors"][:5], "wall_s": round(wall, 1),
+        "first_frame_ms": _percentiles(out["first"]),
+        "frame_latency_ms": _percentiles(out["latency"]),
+        "errors": out["errors"][:5],
+        "wall_s": round(wall, 1),
     }
 
 
@@ -176,10 +213,16 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=100, help="most sessions opened in total (default 100)")
     parser.add_argument("--device", default=None, help="device of the server started here")
     args = parser.parse_args()
-    if not (1 <= args.sessions <= 256 and 0 < args.seconds <= 600 and 1 <= args.max_requests <= 10000
-            and 0.04 <= args.clip_seconds <= 120):
-        parser.error("bounds: 1 <= --sessions <= 256, 0 < --seconds <= 600, 1 <= --max-requests <= 10000, "
-                     "0.04 <= --clip-seconds <= 120")
+    if not (
+        1 <= args.sessions <= 256
+        and 0 < args.seconds <= 600
+        and 1 <= args.max_requests <= 10000
+        and 0.04 <= args.clip_seconds <= 120
+    ):
+        parser.error(
+            "bounds: 1 <= --sessions <= 256, 0 < --seconds <= 600, 1 <= --max-requests <= 10000, "
+            "0.04 <= --clip-seconds <= 120"
+        )
     if args.portrait:
         if not os.path.isfile(args.portrait):
             parser.error(f"--portrait {args.portrait!r} is not a file")
@@ -190,15 +233,21 @@ def main() -> int:
             result = asyncio.run(_soak(args, url))
         import torch
 
-        server = (torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu"
-                  else f"cpu ({platform.processor() or 'cpu'})") + ", flashtalk serve started here (preview)"
+        server = (
+            torch.cuda.get_device_name()
+            if torch.cuda.is_available() and args.device != "cpu"
+            else f"cpu ({platform.processor() or 'cpu'})"
+        ) + ", flashtalk serve started here (preview)"
     else:
         result = asyncio.run(_soak(args, args.url))
         server = args.url
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    result.update(server=server, commit=commit, date=time.strftime("%Y-%m-%d"),
-                  command=" ".join([os.path.basename(sys.executable)] + [a if a != args.token else "***"
-                                                                          for a in sys.argv]))
+    result.update(
+        server=server,
+        commit=commit,
+        date=time.strftime("%Y-%m-%d"),
+        command=" ".join([os.path.basename(sys.executable)] + [a if a != args.token else "***" for a in sys.argv]),
+    )
     print(json.dumps(result, indent=1))
     return 0
 

@@ -1,6 +1,6 @@
 """pytest-benchmark suite for attention over the shared case registry (GPU only; skips without CUDA).
 
-    pytest benchmarks/test_bench_attention.py --benchmark-only -k motion
+pytest benchmarks/test_bench_attention.py --benchmark-only -k motion
 """
 
 from __future__ import annotations
@@ -31,8 +31,11 @@ def test_attention(benchmark, case, provider):
 
     def run():
         with use_kernels("triton"):
-            out = attention(q, k, v, key_padding_mask=kpm, causal=case.causal) if provider == "flashtalk" \
+            out = (
+                attention(q, k, v, key_padding_mask=kpm, causal=case.causal)
+                if provider == "flashtalk"
                 else _sdpa(q, k, v, kpm, case.causal)
+            )
         torch.cuda.synchronize()
         return out
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python examples/contact_sheet.py [-o docs/controls_contact_sheet.png]
 
-Each tile is the bundled portrait with one control set through `flashtalk.preview.controls.apply_preview_controls`
+Each tile is the bundled portrait with one control set through `flashtalk.models.preview.controls.apply_preview_controls`
 (the preview's share of the controls: pose offsets, head distance, mouth open, blink). The network path
 applies the full set (gaze, emotion, brows, ...) in keypoint space; its tests live in tests/test_controls.py.
 """
@@ -16,15 +16,21 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from flashtalk.cli.animate import demo_assets
-from flashtalk.io.facecrop import face_crop
+from flashtalk.faces.portrait_crop import face_crop
 from flashtalk.io.media import load_image
-from flashtalk.preview.controls import apply_preview_controls
-from flashtalk.preview import FaceLayout, PreviewMotion, PreviewRenderer
+from flashtalk.models.preview import FaceLayout, PreviewMotion, PreviewRenderer
+from flashtalk.models.preview.controls import apply_preview_controls
 
-TILES = [("no controls", {}), ("yaw +20", {"yaw": 20.0}), ("pitch -15", {"pitch": -15.0}),
-         ("roll +12", {"roll": 12.0}), ("head distance 1.25", {"head_distance": 1.25}),
-         ("head distance 0.8", {"head_distance": 0.8}), ("mouth open 90", {"mouth_open": 90.0}),
-         ("blink -20", {"blink": -20.0})]
+TILES = [
+    ("no controls", {}),
+    ("yaw +20", {"yaw": 20.0}),
+    ("pitch -15", {"pitch": -15.0}),
+    ("roll +12", {"roll": 12.0}),
+    ("head distance 1.25", {"head_distance": 1.25}),
+    ("head distance 0.8", {"head_distance": 0.8}),
+    ("mouth open 90", {"mouth_open": 90.0}),
+    ("blink -20", {"blink": -20.0}),
+]
 TILE = 176
 
 

@@ -27,8 +27,13 @@ from pathlib import Path
 from livekit import api, rtc
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, cli
 
-from flashtalk.integrations.livekit import (FlashTalkVideoGenerator, avatar_options, run_avatar_worker,
-                                            send_agent_audio_to_avatar, start_in_process_avatar)
+from flashtalk.integrations.livekit import (
+    FlashTalkVideoGenerator,
+    avatar_options,
+    run_avatar_worker,
+    send_agent_audio_to_avatar,
+    start_in_process_avatar,
+)
 
 AVATAR_IDENTITY = "flashtalk-avatar"
 ASSETS = Path(__file__).resolve().parents[1] / "flashtalk" / "assets"
@@ -58,15 +63,19 @@ async def entrypoint(ctx: JobContext) -> None:
         runner = await start_in_process_avatar(session, ctx.room, gen)
         ctx.add_shutdown_callback(runner.aclose)
         ctx.add_shutdown_callback(gen.aclose)
-    await session.start(agent=Agent(instructions="You are a friendly assistant. Keep answers short."),
-                        room=ctx.room)
+    await session.start(agent=Agent(instructions="You are a friendly assistant. Keep answers short."), room=ctx.room)
     await session.generate_reply(instructions="Greet the user.")
 
 
 async def avatar_worker(room_name: str) -> None:
     """The remote pattern's avatar participant: receives the agent's audio, publishes synced audio + video."""
-    token = (api.AccessToken().with_identity(AVATAR_IDENTITY).with_name("FlashTalk avatar")
-             .with_grants(api.VideoGrants(room_join=True, room=room_name)).to_jwt())
+    token = (
+        api.AccessToken()
+        .with_identity(AVATAR_IDENTITY)
+        .with_name("FlashTalk avatar")
+        .with_grants(api.VideoGrants(room_join=True, room=room_name))
+        .to_jwt()
+    )
     room = rtc.Room()
     await room.connect(os.environ["LIVEKIT_URL"], token)
     gen = video_generator()

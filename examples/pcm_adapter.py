@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 from flashtalk import client
 
@@ -32,10 +32,14 @@ class TalkingHeadProcessor:
         self.stream = stream
 
     @classmethod
-    async def open(cls, url: str, portrait, *, sample_rate: int = 16000, token: str | None = None,
-                   seed: int = 0) -> "TalkingHeadProcessor":
-        return cls(await client.connect(url, token=token, portrait=portrait, sample_rate=sample_rate, seed=seed,
-                                        pace="realtime", idle=True))
+    async def open(
+        cls, url: str, portrait, *, sample_rate: int = 16000, token: str | None = None, seed: int = 0
+    ) -> "TalkingHeadProcessor":
+        return cls(
+            await client.connect(
+                url, token=token, portrait=portrait, sample_rate=sample_rate, seed=seed, pace="realtime", idle=True
+            )
+        )
 
     async def push_audio(self, pcm: bytes) -> None:
         await self.stream.send_audio(pcm)  # 16-bit little-endian mono at sample_rate
@@ -59,13 +63,15 @@ async def _demo(args) -> None:
 
     assets = Path(__file__).resolve().parents[1] / "flashtalk" / "assets"
     clip = load_audio(assets / "speech.ogg", target_rate=24000)
-    pcm = (clip.samples[:int(24000 * args.seconds)] * 32767).astype("<i2").tobytes()
+    pcm = (clip.samples[: int(24000 * args.seconds)] * 32767).astype("<i2").tobytes()
     avatar = await TalkingHeadProcessor.open(args.url, assets / "portrait.jpg", sample_rate=24000, token=args.token)
-    print(f"session {avatar.stream.ready.session}: backend {avatar.stream.ready.backend}, "
-          f"look-ahead {avatar.stream.ready.lookahead_ms:.0f} ms")
+    print(
+        f"session {avatar.stream.ready.session}: backend {avatar.stream.ready.backend}, "
+        f"look-ahead {avatar.stream.ready.lookahead_ms:.0f} ms"
+    )
     t0 = time.monotonic()
     for i in range(0, len(pcm), 1920):  # 40-ms chunks at 24 kHz, as a TTS stream would send them
-        await avatar.push_audio(pcm[i:i + 1920])
+        await avatar.push_audio(pcm[i : i + 1920])
     await avatar.end_of_speech()
     async for item in avatar.frames():
         if isinstance(item, client.Event):
@@ -73,8 +79,10 @@ async def _demo(args) -> None:
             if item.type == "end":
                 break
         elif item.index % 10 == 0:
-            print(f"frame {item.index} pts {item.pts:.2f} s{' (idle)' if item.idle else ''}, "
-                  f"received at {time.monotonic() - t0:.2f} s")
+            print(
+                f"frame {item.index} pts {item.pts:.2f} s{' (idle)' if item.idle else ''}, "
+                f"received at {time.monotonic() - t0:.2f} s"
+            )
     await avatar.close()
 
 

@@ -60,8 +60,7 @@ class Counter(FrameProcessor):
         elif isinstance(frame, TTSAudioRawFrame):
             self.audio_s += frame.num_frames / frame.sample_rate
         elif isinstance(frame, TTSStoppedFrame):
-            print(f"{self.images} images and {self.audio_s:.2f} s of audio in "
-                  f"{time.monotonic() - self.t0:.1f} s")
+            print(f"{self.images} images and {self.audio_s:.2f} s of audio in {time.monotonic() - self.t0:.1f} s")
             self.done.set()
         await self.push_frame(frame, direction)
 
@@ -76,17 +75,22 @@ async def main(args) -> None:
     if args.frames_dir:
         Path(args.frames_dir).mkdir(parents=True, exist_ok=True)
     sink = Counter(Path(args.frames_dir) if args.frames_dir else None)
-    worker = PipelineWorker(Pipeline([SpeechSource(), avatar, sink]), params=PipelineParams(),
-                            cancel_on_idle_timeout=False, enable_rtvi=False)
+    worker = PipelineWorker(
+        Pipeline([SpeechSource(), avatar, sink]),
+        params=PipelineParams(),
+        cancel_on_idle_timeout=False,
+        enable_rtvi=False,
+    )
     clip = load_audio(ASSETS / "speech.ogg", target_rate=24000)
-    pcm = (clip.samples[:int(24000 * args.seconds)] * 32767).astype(np.int16)
+    pcm = (clip.samples[: int(24000 * args.seconds)] * 32767).astype(np.int16)
 
     @worker.event_handler("on_pipeline_started")
     async def speak(worker, frame):
         await worker.queue_frame(TTSStartedFrame())
         for i in range(0, len(pcm), 480):  # 20-ms chunks, as a TTS service sends them
-            await worker.queue_frame(TTSAudioRawFrame(audio=pcm[i:i + 480].tobytes(), sample_rate=24000,
-                                                      num_channels=1))
+            await worker.queue_frame(
+                TTSAudioRawFrame(audio=pcm[i : i + 480].tobytes(), sample_rate=24000, num_channels=1)
+            )
         await worker.queue_frame(TTSStoppedFrame())
 
     async def finish():

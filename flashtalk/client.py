@@ -16,7 +16,7 @@ Errors (all `ClientError`, a `FlashTalkError`): `AuthError` (the server refused 
 `Refused` (the server is full: close code 1013, or HTTP 503 from a proxy in front of it), `Rejected` (the
 server refused a message: close code 1008, or 1009 for one too big; `reason` has its words), and
 `Disconnected` (no connection, or the connection was lost). Only the documented protocol is used
-(README "Serving", `flashtalk.serving.protocol`), so any server that speaks it works: `flashtalk serve`,
+(README "Serving", `flashtalk.serving.wire`), so any server that speaks it works: `flashtalk serve`,
 a Ray Serve deployment, or a proxy in front of either.
 """
 
@@ -25,15 +25,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.serving.protocol import MAX_CHUNK_BYTES, is_loopback, unpack_frame
+from flashtalk.serving.wire import MAX_CHUNK_BYTES, is_loopback, unpack_frame
 
 CLOSE_BAD_MESSAGE, CLOSE_TOO_BIG, CLOSE_FULL = 1008, 1009, 1013
 FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
@@ -131,11 +132,11 @@ def _ws_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
-
 def _portrait_field(portrait: str | Path | bytes | None, portrait_id: str | None) -> dict[str, str]:
     if (portrait is None) == (portrait_id is None):
-        raise FlashTalkError("give exactly one of portrait= (an image path or bytes) or portrait_id= "
-                             "(from POST /portraits)")
+        raise FlashTalkError(
+            "give exactly one of portrait= (an image path or bytes) or portrait_id= (from POST /portraits)"
+        )
     if portrait_id is not None:
         return {"portrait_id": portrait_id}
     if isinstance(portrait, (str, Path)):
@@ -174,7 +175,7 @@ class Stream:
         """Send mono PCM at the start message's rate: bytes in its format, or a 1-D int16 / float array."""
         data = self._encode(pcm)
         for i in range(0, len(data), MAX_CHUNK_BYTES - MAX_CHUNK_BYTES % self._dtype.itemsize):
-            await self._send(data[i:i + MAX_CHUNK_BYTES - MAX_CHUNK_BYTES % self._dtype.itemsize])
+            await self._send(data[i : i + MAX_CHUNK_BYTES - MAX_CHUNK_BYTES % self._dtype.itemsize])
 
     async def end(self) -> None:
         """End of speech: the server flushes the partial last frame, then sends Event("end")."""
@@ -247,8 +248,9 @@ class Stream:
                 if self._pending:
                     continue  # speech from before an interrupt the server has not confirmed yet
                 r = self.ready
-                return Frame(msg.index, msg.pts, msg.audio, msg.image, msg.idle, r.video, r.width, r.height,
-                             self.interrupts)
+                return Frame(
+                    msg.index, msg.pts, msg.audio, msg.image, msg.idle, r.video, r.width, r.height, self.interrupts
+                )
             event = _load(message)
             kind = event["type"]
             if kind == "error":
@@ -294,20 +296,27 @@ def _load(text: str) -> dict[str, Any]:
     return msg
 
 
-async def _open(url: str, token: str | None, start: dict[str, Any], open_timeout: float,
-                ready_timeout: float) -> Stream:
+async def _open(
+    url: str, token: str | None, start: dict[str, Any], open_timeout: float, ready_timeout: float
+) -> Stream:
     websockets, ws_connect = _websockets()
     url = _ws_url(url)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     local = is_loopback(urlsplit(url).hostname or "")
     try:
-        ws = await ws_connect(url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES, open_timeout=open_timeout,
-                              **({"proxy": None} if local else {}))
+        ws = await ws_connect(
+            url,
+            additional_headers=headers,
+            max_size=MAX_MESSAGE_BYTES,
+            open_timeout=open_timeout,
+            **({"proxy": None} if local else {}),
+        )
     except websockets.exceptions.InvalidStatus as exc:
         status = exc.response.status_code
         if status in (401, 403):
-            raise AuthError(f"server refused the token (HTTP {status}): pass token= the server's --token",
-                            status) from None
+            raise AuthError(
+                f"server refused the token (HTTP {status}): pass token= the server's --token", status
+            ) from None
         if status == 503:
             raise Refused(f"server is full (HTTP 503) at {url}", status) from None
         raise Disconnected(f"server at {url} refused the WebSocket handshake (HTTP {status})", status) from None
@@ -334,9 +343,16 @@ async def _open(url: str, token: str | None, start: dict[str, Any], open_timeout
         await ws.close()
         raise
     try:
-        stream.ready = Ready(str(msg["session"]), int(msg["fps"]), int(msg["width"]), int(msg["height"]),
-                             str(msg.get("backend", "")), float(msg.get("lookahead_ms", 0.0)),
-                             str(msg.get("video", start.get("video", "jpeg"))), msg)
+        stream.ready = Ready(
+            str(msg["session"]),
+            int(msg["fps"]),
+            int(msg["width"]),
+            int(msg["height"]),
+            str(msg.get("backend", "")),
+            float(msg.get("lookahead_ms", 0.0)),
+            str(msg.get("video", start.get("video", "jpeg"))),
+            msg,
+        )
     except (KeyError, TypeError, ValueError):
         await ws.close()
         raise Rejected(f"server's 'ready' message lacks session / fps / width / height: {msg}") from None
@@ -360,12 +376,25 @@ class _Connecting:
         await self._stream.stop()
 
 
-def connect(url: str, *, token: str | None = None, portrait: str | Path | bytes | None = None,
-            portrait_id: str | None = None, sample_rate: int = 16000, format: str = "s16le",
-            video: str = "jpeg", pace: str = "realtime", seed: int = 0, controls: Mapping[str, float] | None = None,
-            idle: bool = True, quality: int = 80, latency: str | None = None,
-            options: Mapping[str, Any] | None = None, open_timeout: float = 10.0,
-            ready_timeout: float = 60.0) -> _Connecting:
+def connect(
+    url: str,
+    *,
+    token: str | None = None,
+    portrait: str | Path | bytes | None = None,
+    portrait_id: str | None = None,
+    sample_rate: int = 16000,
+    format: str = "s16le",
+    video: str = "jpeg",
+    pace: str = "realtime",
+    seed: int = 0,
+    controls: Mapping[str, float] | None = None,
+    idle: bool = True,
+    quality: int = 80,
+    latency: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    open_timeout: float = 10.0,
+    ready_timeout: float = 60.0,
+) -> _Connecting:
     """Open a session: send the start message and wait for "ready". `latency` ("low" | "exact") and
     `options` (any further start keys) are passed through only when given, so older servers keep working.
     The server checks every value; a bad one raises `Rejected` with its reason."""
@@ -373,9 +402,17 @@ def connect(url: str, *, token: str | None = None, portrait: str | Path | bytes 
         raise FlashTalkError(f"format must be one of {sorted(FORMATS)}; got {format!r}")
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int):
         raise FlashTalkError(f"sample_rate must be an integer (Hz); got {sample_rate!r}")
-    start: dict[str, Any] = {"type": "start", **_portrait_field(portrait, portrait_id), "sample_rate": sample_rate,
-                             "format": format, "video": video, "pace": pace, "seed": seed, "idle": idle,
-                             "quality": quality}
+    start: dict[str, Any] = {
+        "type": "start",
+        **_portrait_field(portrait, portrait_id),
+        "sample_rate": sample_rate,
+        "format": format,
+        "video": video,
+        "pace": pace,
+        "seed": seed,
+        "idle": idle,
+        "quality": quality,
+    }
     if controls:
         start["controls"] = dict(controls)
     if latency is not None:
@@ -384,5 +421,15 @@ def connect(url: str, *, token: str | None = None, portrait: str | Path | bytes 
     return _Connecting(_open(url, token, start, open_timeout, ready_timeout))
 
 
-__all__ = ["AuthError", "ClientError", "Disconnected", "Event", "Frame", "Ready", "Refused", "Rejected", "Stream",
-           "connect"]
+__all__ = [
+    "AuthError",
+    "ClientError",
+    "Disconnected",
+    "Event",
+    "Frame",
+    "Ready",
+    "Refused",
+    "Rejected",
+    "Stream",
+    "connect",
+]

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-DET, L106, L203 = ("insightface/models/buffalo_l/det_10g.onnx", "insightface/models/buffalo_l/2d106det.onnx",
-                   "liveportrait/landmark.onnx")
+DET, L106, L203 = (
+    "insightface/models/buffalo_l/det_10g.onnx",
+    "insightface/models/buffalo_l/2d106det.onnx",
+    "liveportrait/landmark.onnx",
+)
 
 
 def _layout_106() -> np.ndarray:
@@ -91,8 +94,11 @@ def det_model(input_name: str = "input.1"):
                 b[:] = -4.0
             inits += [_t(f"w_{kind}{s}", w), _t(f"b_{kind}{s}", b)]
             conv, act = f"conv_{kind}{s}", f"act_{kind}{s}"
-            nodes.append(helper.make_node("Conv", [input_name, f"w_{kind}{s}", f"b_{kind}{s}"], [conv],
-                                          kernel_shape=[s, s], strides=[s, s]))
+            nodes.append(
+                helper.make_node(
+                    "Conv", [input_name, f"w_{kind}{s}", f"b_{kind}{s}"], [conv], kernel_shape=[s, s], strides=[s, s]
+                )
+            )
             src = conv
             if kind == "score":
                 nodes.append(helper.make_node("Sigmoid", [conv], [act]))
@@ -106,21 +112,30 @@ def det_model(input_name: str = "input.1"):
     return _model(nodes, [x], order, inits, "det_10g_synthetic")
 
 
-def _constant_head(input_name, in_shape, bias: np.ndarray, out_names, out_shape_last, extra_outputs=0,
-                   self_normalising=False):
+def _constant_head(
+    input_name, in_shape, bias: np.ndarray, out_names, out_shape_last, extra_outputs=0, self_normalising=False
+):
     from onnx import TensorProto, helper
 
     nodes, src = [], input_name
     if self_normalising:  # 2d106det subtracts and scales inside the graph (insightface reads the node names)
-        nodes += [helper.make_node("Sub", [input_name, "zero"], ["centred"], name="_minus0"),
-                  helper.make_node("Mul", ["centred", "one"], ["scaled"], name="_mul0")]
+        nodes += [
+            helper.make_node("Sub", [input_name, "zero"], ["centred"], name="_minus0"),
+            helper.make_node("Mul", ["centred", "one"], ["scaled"], name="_mul0"),
+        ]
         src = "scaled"
-    nodes += [helper.make_node("GlobalAveragePool", [src], ["gap"]),
-             helper.make_node("Flatten", ["gap"], ["flat"]),
-             helper.make_node("MatMul", ["flat", "w"], ["mm"]),
-             helper.make_node("Add", ["mm", "b"], [out_names[-1]])]
-    inits = [_t("w", np.zeros((3, bias.size), np.float32)), _t("b", bias.reshape(-1)),
-             _t("zero", np.zeros(1, np.float32)), _t("one", np.ones(1, np.float32))]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [src], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+        helper.make_node("Add", ["mm", "b"], [out_names[-1]]),
+    ]
+    inits = [
+        _t("w", np.zeros((3, bias.size), np.float32)),
+        _t("b", bias.reshape(-1)),
+        _t("zero", np.zeros(1, np.float32)),
+        _t("one", np.ones(1, np.float32)),
+    ]
     outputs = []
     for k in range(extra_outputs):
         nodes.append(helper.make_node("Identity", ["flat"], [out_names[k]]))
@@ -154,5 +169,5 @@ def face_image(blocks=((192, 192),), size=(512, 512)) -> np.ndarray:
     """Black RGB image with a white 64x64 block at each (x, y) top-left (multiples of 32 = one face each)."""
     img = np.zeros((size[1], size[0], 3), np.uint8)
     for x, y in blocks:
-        img[y:y + 64, x:x + 64] = 255
+        img[y : y + 64, x : x + 64] = 255
     return img

@@ -71,8 +71,14 @@ class StubHub:
         m = INFO.match(h.path)
         if m and m.group(1) in self.commits:
             repo = m.group(1)
-            data = json.dumps({"id": repo, "sha": self.commits[repo], "cardData": {"license": self.licences[repo]},
-                               "siblings": [{"rfilename": p} for (r, p) in self.files if r == repo]}).encode()
+            data = json.dumps(
+                {
+                    "id": repo,
+                    "sha": self.commits[repo],
+                    "cardData": {"license": self.licences[repo]},
+                    "siblings": [{"rfilename": p} for (r, p) in self.files if r == repo],
+                }
+            ).encode()
             return self._reply(h, 200, {"Content-Type": "application/json"}, data, body)
         m = RESOLVE.match(h.path)
         if not m or m.group(1) not in self.commits:
@@ -81,11 +87,16 @@ class StubHub:
         key = (repo, path)
         fault = self.faults.get(key)
         if key not in self.files or fault == "missing":
-            return self._reply(h, 404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": self.commits[repo]},
-                               b"entry not found", body)
+            return self._reply(
+                h, 404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": self.commits[repo]}, b"entry not found", body
+            )
         data = self.files[key]
-        headers = {"X-Repo-Commit": self.commits[repo], "ETag": f'"{etag_of(path, data)}"',
-                   "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        headers = {
+            "X-Repo-Commit": self.commits[repo],
+            "ETag": f'"{etag_of(path, data)}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
         if fault == "corrupt":
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         start = 0

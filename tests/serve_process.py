@@ -51,22 +51,40 @@ def flashtalk_serve(*args: str):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("FLASHTALK_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "flashtalk", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--device", "cpu", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flashtalk",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     server = Server(f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", proc)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"flashtalk serve exited with {proc.returncode}: "
-                                   f"{proc.stderr.read().decode(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"flashtalk serve exited with {proc.returncode}: "
+                    f"{proc.stderr.read().decode(errors='replace')[-2000:]}"
+                )
             try:
                 server.health()
                 break
             except (urllib.error.URLError, ConnectionError, OSError):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"flashtalk serve did not answer /health within {START_TIMEOUT_S:g} s")
+                    raise RuntimeError(f"flashtalk serve did not answer /health within {START_TIMEOUT_S:g} s") from None
                 time.sleep(0.2)
         yield server
     finally:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import sys
 import types
-from itertools import islice
 from fractions import Fraction
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +15,10 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from flashtalk.cli.animate import demo_assets
-from flashtalk.io.audio import load_audio
 from flashtalk.cli import main
+from flashtalk.cli.animate import demo_assets
 from flashtalk.errors import FlashTalkError
+from flashtalk.io.audio import load_audio
 from flashtalk.runtime.engine import Engine, output_frames, retime, watermark_available
 from flashtalk.runtime.offline import Progress, render
 
@@ -33,7 +33,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, start, seconds in (("2s", 0.0, 2.0), ("short", 1.0, 0.4)):
         path = folder / f"{name}.wav"
-        sf.write(path, speech[int(start * 16000):int((start + seconds) * 16000)], 16000)
+        sf.write(path, speech[int(start * 16000) : int((start + seconds) * 16000)], 16000)
         out[name] = path
     return out
 
@@ -68,7 +68,7 @@ def test_cli_two_second_clip(clips, tmp_path, capsys):
     assert meta["flashtalk_watermark"] == ("on" if watermark_available() else "off")
     # it moves, and it is the portrait (colours and orientation kept): frame 0 is near the face crop
     assert np.abs(frames[1:].astype(int) - frames[:1]).mean(axis=(1, 2, 3)).max() > 0.5
-    from flashtalk.io.facecrop import face_crop
+    from flashtalk.faces.portrait_crop import face_crop
     from flashtalk.io.media import load_image
 
     crop = face_crop(load_image(PORTRAIT)).image
@@ -88,15 +88,15 @@ def test_same_seed_same_frames_other_seed_other_motion(clips, raw_frames):
     again = np.stack(list(engine.animate(PORTRAIT, clips["short"], seed=0, batch_size=3, watermark=False)))
     assert raw_frames.shape == (10, 512, 512, 3) and raw_frames.dtype == np.uint8
     assert np.array_equal(again, raw_frames)  # also independent of the batch size
-    other = np.stack(list(islice(engine.animate(PORTRAIT, clips["short"], seed=1, batch_size=5,
-                                                 watermark=False), 5)))  # renders one batch only
+    other = np.stack(
+        list(islice(engine.animate(PORTRAIT, clips["short"], seed=1, batch_size=5, watermark=False), 5))
+    )  # renders one batch only
     assert not np.array_equal(other, raw_frames[:5])
 
 
 def test_frames_dir_holds_the_raw_frames(clips, raw_frames, tmp_path, capsys):
     out = tmp_path / "frames"
-    rc, err = _run([PORTRAIT, clips["short"], "-o", out, "--frames-dir", "--no-watermark", "--batch-size", "4"],
-                   capsys)
+    rc, err = _run([PORTRAIT, clips["short"], "-o", out, "--frames-dir", "--no-watermark", "--batch-size", "4"], capsys)
     assert rc == 0, err
     assert err.count("weights-free preview") == 1  # the one-line notice
     names = sorted(p.name for p in out.iterdir())
@@ -150,8 +150,7 @@ def _bad_inputs(tmp_path: Path, clips) -> dict:
     }
 
 
-@pytest.mark.parametrize("case", ["not an image", "no face", "unreadable audio", "zero-length audio",
-                                  "missing audio"])
+@pytest.mark.parametrize("case", ["not an image", "no face", "unreadable audio", "zero-length audio", "missing audio"])
 def test_bad_inputs_give_one_line_errors_and_no_files(case, clips, tmp_path, capsys):
     inputs, message = _bad_inputs(tmp_path, clips)[case]
     out_dir = tmp_path / "out"

@@ -73,8 +73,15 @@ def _check(q, k, v, *, attn_mask=None, key_padding_mask=None, causal=False, scal
     out = torch.full(q.shape, float("nan"), dtype=q.dtype)
     _launch(q, k, v, attn_mask, key_padding_mask, causal, scale, variant=variant, out=out)
     am64 = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.double()
-    ref = attention_ref(q.double(), k.double(), v.double(), attn_mask=am64, key_padding_mask=key_padding_mask,
-                        causal=causal, scale=scale)
+    ref = attention_ref(
+        q.double(),
+        k.double(),
+        v.double(),
+        attn_mask=am64,
+        key_padding_mask=key_padding_mask,
+        causal=causal,
+        scale=scale,
+    )
     sdpa_err = max_err(_sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale), ref)
     assert not out.isnan().any(), f"{int(out.isnan().sum())} NaN in the kernel output"
     err = max_err(out, ref)
@@ -145,13 +152,23 @@ def _masks(kind, B, H, Lq, Lk, dtype):
     raise AssertionError(kind)
 
 
-MASK_KINDS = ["bool-LqLk", "bool-B1LqLk-allmasked-rows", "bool-transposed", "additive-BHLqLk",
-              "additive-neginf-B11Lk", "keypad", "causal", "causal-keypad-bool", "causal-additive-keypad"]
+MASK_KINDS = [
+    "bool-LqLk",
+    "bool-B1LqLk-allmasked-rows",
+    "bool-transposed",
+    "additive-BHLqLk",
+    "additive-neginf-B11Lk",
+    "keypad",
+    "causal",
+    "causal-keypad-bool",
+    "causal-additive-keypad",
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("variant,Lq,Lk", [("short", 37, 110), ("tiled", 150, 131)],
-                         ids=["short-Lq37-Lk110", "tiled-Lq150-Lk131"])
+@pytest.mark.parametrize(
+    "variant,Lq,Lk", [("short", 37, 110), ("tiled", 150, 131)], ids=["short-Lq37-Lk110", "tiled-Lq150-Lk131"]
+)
 @pytest.mark.parametrize("kind", MASK_KINDS)
 def test_masks(kind, variant, Lq, Lk, dtype):
     B, H = 2, 2
@@ -211,7 +228,10 @@ def test_variant_choice_by_shape():
     # fp32 heads wider than 32 run tiled: the one-tile kernel would hold all of V in fp32 registers
     assert [_variant(110, d, torch.float32) for d in (16, 32, 64, 128)] == ["short", "short", "tiled", "tiled"]
     assert _variant(110, 64, torch.bfloat16) == "short"
-    assert _variant(110, 32, torch.float32, masked=True) == "tiled" and _variant(110, 32, torch.bfloat16, masked=True) == "short"
+    assert (
+        _variant(110, 32, torch.float32, masked=True) == "tiled"
+        and _variant(110, 32, torch.bfloat16, masked=True) == "short"
+    )
 
 
 def test_launch_tables_give_wgmma_tile_heights():
@@ -221,8 +241,11 @@ def test_launch_tables_give_wgmma_tile_heights():
 
     for dtype in (torch.float16, torch.bfloat16):
         for d in HEAD_DIMS:
-            for cfg in (launch_config("short", d, dtype), launch_config("tiled", d, dtype),
-                        launch_config("tiled", d, dtype, masked=True)):
+            for cfg in (
+                launch_config("short", d, dtype),
+                launch_config("tiled", d, dtype),
+                launch_config("tiled", d, dtype, masked=True),
+            ):
                 assert cfg["BM"] >= 64, (dtype, d, cfg)
     assert launch_config("tiled", 32, torch.bfloat16, masked=True)["num_warps"] == 8
     assert launch_config("tiled", 64, torch.float32)["BM"] <= 32  # CUDA-core fp32: small tiles, no spills
@@ -244,8 +267,13 @@ def test_public_op_dispatch(kernel_device):
 
 @pytest.mark.parametrize(
     "case,reason",
-    [("D24", "head dim D=24"), ("fp64", "dtype torch.float64"), ("grad", "forward-only"), ("empty", "empty dimension"),
-     ("grid", "exceeds the grid limit")],
+    [
+        ("D24", "head dim D=24"),
+        ("fp64", "dtype torch.float64"),
+        ("grad", "forward-only"),
+        ("empty", "empty dimension"),
+        ("grid", "exceeds the grid limit"),
+    ],
 )
 def test_fallback_says_why(case, reason):
     B, dtype, D, Lq, Lk = 1, torch.float32, 32, 5, 9
@@ -272,17 +300,36 @@ def test_fallback_says_why(case, reason):
     [
         ((torch.randn(2, 5, 16), torch.randn(2, 5, 16), torch.randn(2, 5, 16)), {}, "shaped [B, H, L, D]"),
         ((torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 7, 16)), {}, "shapes disagree"),
-        ((torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16).half(), torch.randn(1, 2, 6, 16)), {}, "one floating dtype"),
-        ((torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)),
-         {"key_padding_mask": torch.zeros(1, 5, dtype=torch.bool)}, "key_padding_mask must be bool [B, Lk] = [1, 6]"),
-        ((torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)),
-         {"attn_mask": torch.ones(5, 5, dtype=torch.bool)}, "does not broadcast to [B, H, Lq, Lk]"),
-        ((torch.randn(1, 1, 5, 16), torch.randn(1, 1, 6, 16), torch.randn(1, 1, 6, 16)),
-         {"attn_mask": torch.ones(1, 3, 5, 6, dtype=torch.bool)}, "does not broadcast to [B, H, Lq, Lk]"),
-        ((torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)),
-         {"attn_mask": torch.ones(5, 6, dtype=torch.int32)}, "attn_mask must be bool"),
-        ((torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)),
-         {"attn_mask": torch.ones(5, 6, dtype=torch.bool, device="meta")}, "different devices"),
+        (
+            (torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16).half(), torch.randn(1, 2, 6, 16)),
+            {},
+            "one floating dtype",
+        ),
+        (
+            (torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)),
+            {"key_padding_mask": torch.zeros(1, 5, dtype=torch.bool)},
+            "key_padding_mask must be bool [B, Lk] = [1, 6]",
+        ),
+        (
+            (torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)),
+            {"attn_mask": torch.ones(5, 5, dtype=torch.bool)},
+            "does not broadcast to [B, H, Lq, Lk]",
+        ),
+        (
+            (torch.randn(1, 1, 5, 16), torch.randn(1, 1, 6, 16), torch.randn(1, 1, 6, 16)),
+            {"attn_mask": torch.ones(1, 3, 5, 6, dtype=torch.bool)},
+            "does not broadcast to [B, H, Lq, Lk]",
+        ),
+        (
+            (torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)),
+            {"attn_mask": torch.ones(5, 6, dtype=torch.int32)},
+            "attn_mask must be bool",
+        ),
+        (
+            (torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)),
+            {"attn_mask": torch.ones(5, 6, dtype=torch.bool, device="meta")},
+            "different devices",
+        ),
     ],
     ids=["3d", "lengths", "dtypes", "keypad-shape", "mask-shape", "mask-grows-H", "int-mask", "devices"],
 )

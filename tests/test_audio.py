@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from flashtalk.io.audio import StreamingResampler, iter_audio_chunks, load_audio, resample
 from flashtalk.errors import FlashTalkError
+from flashtalk.io.audio import StreamingResampler, iter_audio_chunks, load_audio, resample
 
 
 def tone(freq: float, rate: int, seconds: float, amp: float = 0.5) -> np.ndarray:
@@ -24,7 +24,9 @@ def gain_db(y: np.ndarray, amp: float = 1.0, trim: int = 2000) -> float:
 def speechlike(rate: int, seconds: float) -> np.ndarray:
     rng = np.random.default_rng(1)
     t = np.arange(int(rate * seconds)) / rate
-    x = sum(0.2 / k * np.sin(2 * np.pi * 150 * k * t + k) for k in range(1, 8)) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    x = sum(0.2 / k * np.sin(2 * np.pi * 150 * k * t + k) for k in range(1, 8)) * (
+        0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)
+    )
     return (x + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
 
 

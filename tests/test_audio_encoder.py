@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.audio_encoder import (
+from flashtalk.models.hubert import (
     AudioEncoder,
     HubertConfig,
     joyvasa_audio_features,
     joyvasa_pad_audio,
     resample_frames,
 )
-from flashtalk.model.audio_weights import load_audio_encoder_state, load_hf_audio_encoder, load_joyvasa_audio_encoder
-from flashtalk.model.seeded import joyvasa_weights
+from flashtalk.weights.hubert import load_audio_encoder_state, load_hf_audio_encoder, load_joyvasa_audio_encoder
+from flashtalk.weights.seeded import joyvasa_weights
 from tests.utils import assert_close
 
 GOLDEN_ARRAYS = ("audio_padded", "cnn_features", "projected", "hubert_last_hidden", "hubert_resampled")
@@ -35,7 +35,11 @@ def jv_audio_weights():
     folder = golden_dir("joyvasa")
     manifest = json.loads((folder / "manifest.json").read_text())
     seed = json.loads((folder / "golden.json").read_text())["base_seed"]
-    entries = [(e["key"], tuple(e["shape"]), e["category"]) for e in manifest["entries"] if e["key"].startswith("audio_encoder.")]
+    entries = [
+        (e["key"], tuple(e["shape"]), e["category"])
+        for e in manifest["entries"]
+        if e["key"].startswith("audio_encoder.")
+    ]
     return folder, manifest, joyvasa_weights(entries, seed)
 
 
@@ -81,7 +85,9 @@ def test_joyvasa_pad_audio_closed_form(n, side):
         return
     r = side // 2
     a = x.numpy()
-    expected = np.concatenate([a[:, :r], a[:, 1 : r + 1][:, ::-1], a, a[:, n - 1 - r : n - 1][:, ::-1], a[:, n - r :]], axis=1)
+    expected = np.concatenate(
+        [a[:, :r], a[:, 1 : r + 1][:, ::-1], a, a[:, n - 1 - r : n - 1][:, ::-1], a[:, n - r :]], axis=1
+    )
     if side % 2:
         expected = np.pad(expected, ((0, 0), (1, 1)), mode="edge")
     assert got.shape == (2, n + 4 * r + 2 * (side % 2))
@@ -112,7 +118,7 @@ def tiny_encoder(cfg: HubertConfig | None = None, dtype=torch.float64) -> AudioE
     torch.manual_seed(3)
     enc = AudioEncoder(cfg or HubertConfig.tiny()).to(dtype).eval()
     with torch.no_grad():  # make norms and biases non-trivial
-        for name, p in enc.named_parameters():
+        for _, p in enc.named_parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return enc
@@ -172,7 +178,9 @@ def test_config_errors():
 def hf_config_dict(cfg: HubertConfig) -> dict:
     d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "extra"}
     d.update({k: list(d[k]) for k in ("conv_dim", "conv_kernel", "conv_stride")})
-    d.update(num_feat_extract_layers=len(cfg.conv_dim), vocab_size=32, mask_time_prob=0.05, architectures=["HubertForCTC"])
+    d.update(
+        num_feat_extract_layers=len(cfg.conv_dim), vocab_size=32, mask_time_prob=0.05, architectures=["HubertForCTC"]
+    )
     return d
 
 
@@ -181,7 +189,9 @@ def hf_state(enc: AudioEncoder, prefix: str = "", old_weight_norm: bool = False)
     out = {}
     for k, v in enc.state_dict().items():
         if old_weight_norm:
-            k = k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
+            k = k.replace("parametrizations.weight.original0", "weight_g").replace(
+                "parametrizations.weight.original1", "weight_v"
+            )
         out[prefix + k] = v.detach().float().clone().contiguous()
     return out
 
@@ -232,9 +242,14 @@ def test_hf_folder_errors(tmp_path):
     assert f"{tmp_path} does not fit the audio encoder" in msg
     assert "missing keys (1): encoder.layers.1.attention.k_proj.bias" in msg
     assert "unexpected keys (1): encoder.extra_thing" in msg
-    assert "mis-shaped keys (1): encoder.layers.0.feed_forward.output_dense.weight: file (32, 65) vs expected (32, 64)" in msg
+    assert (
+        "mis-shaped keys (1): encoder.layers.0.feed_forward.output_dense.weight: file (32, 65) vs expected (32, 64)"
+        in msg
+    )
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json")
-    with pytest.raises(FlashTalkError, match=r"model.safetensors: cannot read the safetensors file \(truncated or corrupt"):
+    with pytest.raises(
+        FlashTalkError, match=r"model.safetensors: cannot read the safetensors file \(truncated or corrupt"
+    ):
         load_hf_audio_encoder(tmp_path)
 
 
@@ -246,7 +261,9 @@ def test_joyvasa_loader_prefix_and_errors():
     with torch.no_grad():
         torch.testing.assert_close(loaded(audio), enc(audio), rtol=0, atol=0)
     stripped = load_joyvasa_audio_encoder(hf_state(enc), cfg=HubertConfig.tiny(), prefix="")
-    assert torch.equal(stripped.encoder.layers[0].attention.q_proj.weight, enc.encoder.layers[0].attention.q_proj.weight)
+    assert torch.equal(
+        stripped.encoder.layers[0].attention.q_proj.weight, enc.encoder.layers[0].attention.q_proj.weight
+    )
     with pytest.raises(FlashTalkError, match="no 'audio_encoder.\\*' keys"):
         load_joyvasa_audio_encoder({"denoising_net.x": torch.zeros(2)}, cfg=HubertConfig.tiny())
     with pytest.raises(FlashTalkError, match="non-float dtype"):
@@ -261,7 +278,9 @@ def test_matches_transformers(tmp_path, arch):
     transformers = pytest.importorskip("transformers", reason="transformers is an optional test-only dependency")
     cfg = HubertConfig.tiny()
     if arch.startswith("Wav2Vec2"):
-        cfg = dataclasses.replace(cfg, model_type="wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+        cfg = dataclasses.replace(
+            cfg, model_type="wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True
+        )
     kwargs = {k: v for k, v in hf_config_dict(cfg).items() if k not in ("architectures", "model_type")}
     config_cls = transformers.Wav2Vec2Config if arch.startswith("Wav2Vec2") else transformers.HubertConfig
     torch.manual_seed(0)
@@ -288,7 +307,10 @@ def test_hf_sharded_safetensors(tmp_path):
     enc = tiny_encoder(cfg, torch.float32)
     state = hf_state(enc, prefix="wav2vec2.")
     keys = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     for name, ks in shards.items():
         save_file({k: state[k] for k in ks}, str(tmp_path / name))
     index = {"metadata": {}, "weight_map": {k: name for name, ks in shards.items() for k in ks}}

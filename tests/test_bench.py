@@ -13,8 +13,16 @@ import pytest
 from flashtalk.bench import SCHEMA, compare, validate
 from flashtalk.cli import main
 
-STAGES = ("source_encode", "audio_encode", "motion_window", "warping", "decoder", "paste_back", "watermark",
-          "video_encode")
+STAGES = (
+    "source_encode",
+    "audio_encode",
+    "motion_window",
+    "warping",
+    "decoder",
+    "paste_back",
+    "watermark",
+    "video_encode",
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +30,22 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     paths = {k: out / f"out.{k}" for k in ("json", "md", "png")}
     # one timed call per provider: the report's shape is under test here, not the figures (~30 s, not ~2 min)
-    rc = main(["bench", "--quick", "--device", "cpu", "--iters", "1", "--json", str(paths["json"]),
-               "--markdown", str(paths["md"]), "--plot", str(paths["png"])])
+    rc = main(
+        [
+            "bench",
+            "--quick",
+            "--device",
+            "cpu",
+            "--iters",
+            "1",
+            "--json",
+            str(paths["json"]),
+            "--markdown",
+            str(paths["md"]),
+            "--plot",
+            str(paths["png"]),
+        ]
+    )
     return rc, paths
 
 
@@ -52,8 +74,11 @@ def test_quick_run_writes_a_valid_report(quick_run):
     assert ("stream/first_frame_latency", "preview-backend") in ok
     assert ("stream/first_frame_latency", "network-backend low") in ok  # a quick run: serve's default mode only
     # figures next to their references: the flashtalk rows carry the speed-up against eager
-    ratios = [r["speedup_vs_eager"] for r in records if r["provider"] == "flashtalk" and r["status"] == "ok"
-              and r["group"] in ("kernel", "stage", "renderer")]
+    ratios = [
+        r["speedup_vs_eager"]
+        for r in records
+        if r["provider"] == "flashtalk" and r["status"] == "ok" and r["group"] in ("kernel", "stage", "renderer")
+    ]
     assert ratios and all(x > 0 for x in ratios)
     fps = [r for r in records if r["group"] == "renderer" and r["status"] == "ok"]
     assert all(r["metric"] == "fps" and r["unit"] == "frames/s" for r in fps)
@@ -113,20 +138,35 @@ def test_compare_ratios(quick_run):
 
 def test_compare_on_the_command_line(quick_run, capsys):
     _, paths = quick_run
-    rc = main(["bench", "--quick", "--device", "cpu", "--only", "kernel", "--case", "paste_back",
-               "--compare", str(paths["json"])])
+    rc = main(
+        [
+            "bench",
+            "--quick",
+            "--device",
+            "cpu",
+            "--only",
+            "kernel",
+            "--case",
+            "paste_back",
+            "--compare",
+            str(paths["json"]),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "compared with flashtalk bench --quick" in out
     assert "paste_back/B16" in out and " x" in out.split("compared with")[1]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--iters", "0"], "--iters must be >= 1"),
-    (["--compare", "no-such-report.json"], "no-such-report.json not found"),
-    (["--case", "no-such-case"], "no case matches"),
-    (["--device", "cuda:0"], "CUDA is not available"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--iters", "0"], "--iters must be >= 1"),
+        (["--compare", "no-such-report.json"], "no-such-report.json not found"),
+        (["--case", "no-such-case"], "no case matches"),
+        (["--device", "cuda:0"], "CUDA is not available"),
+    ],
+)
 def test_bad_arguments(argv, message, capsys, monkeypatch):
     import torch
 
@@ -145,8 +185,23 @@ def test_compare_refuses_a_foreign_json(tmp_path, capsys):
 
 def test_profile_writes_a_trace(tmp_path, capsys):
     out = tmp_path / "trace.json"
-    rc = main(["profile", "--device", "cpu", "--preset", "tiny", "--frames", "1", "--warmup", "0", "--batch", "1",
-               "--out", str(out)])
+    rc = main(
+        [
+            "profile",
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--frames",
+            "1",
+            "--warmup",
+            "0",
+            "--batch",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     trace = json.loads(out.read_text())
     names = {e.get("name", "") for e in trace["traceEvents"]}

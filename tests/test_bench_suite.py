@@ -25,14 +25,29 @@ def fake_tests(tmp_path):
     (tests / "test_kernel_check.py").write_text("")
     (tests / "test_a.py").write_text(
         "import pytest\n\n@pytest.mark.gpu\ndef test_ok():\n    pass\n\n@pytest.mark.gpu\ndef test_bad():\n"
-        "    assert 1 == 2\n\ndef test_not_gpu():\n    pass\n")
+        "    assert 1 == 2\n\ndef test_not_gpu():\n    pass\n"
+    )
     return tests
 
 
 def test_smoke_suite_writes_its_outputs(tmp_path, fake_tests, capsys):
     out = tmp_path / "out"
-    rc = main(["bench", "--suite", "gpu", "--smoke", "--out", str(out), "--case", "attention/cpu",
-               "--tests", str(fake_tests), "--budget-s", "100"])
+    rc = main(
+        [
+            "bench",
+            "--suite",
+            "gpu",
+            "--smoke",
+            "--out",
+            str(out),
+            "--case",
+            "attention/cpu",
+            "--tests",
+            str(fake_tests),
+            "--budget-s",
+            "100",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 1  # the failing gpu test makes the run fail
     report = json.loads((out / "results.json").read_text())
@@ -55,19 +70,23 @@ def test_smoke_suite_writes_its_outputs(tmp_path, fake_tests, capsys):
 
 
 def test_gpu_tests_stop_at_their_share(tmp_path, fake_tests):
-    (fake_tests / "test_b.py").write_text("import time\nimport pytest\n\n@pytest.mark.gpu\ndef test_slow():\n"
-                                          "    time.sleep(60)\n")
+    (fake_tests / "test_b.py").write_text(
+        "import time\nimport pytest\n\n@pytest.mark.gpu\ndef test_slow():\n    time.sleep(60)\n"
+    )
     summary = run_gpu_tests(fake_tests, tmp_path, seconds=8.0, parallel=2)
     assert summary["not_finished"] == ["test_b.py"] and summary["wall_s"] < 30
     assert summary["passed"] == 1 and summary["failed"] == 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--suite", "gpu", "--smoke"], "--suite gpu needs --out DIR"),
-    (["--suite", "gpu", "--out", "x"], "needs a CUDA GPU"),
-    (["--smoke"], "--smoke needs --suite gpu"),
-    (["--budget-s", "0"], "--budget-s must be > 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--suite", "gpu", "--smoke"], "--suite gpu needs --out DIR"),
+        (["--suite", "gpu", "--out", "x"], "needs a CUDA GPU"),
+        (["--smoke"], "--smoke needs --suite gpu"),
+        (["--budget-s", "0"], "--budget-s must be > 0"),
+    ],
+)
 def test_bad_arguments(argv, message, capsys, monkeypatch):
     import torch
 

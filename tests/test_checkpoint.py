@@ -8,12 +8,12 @@ import os
 import pytest
 import torch
 
-from flashtalk.errors import FlashTalkError
-from flashtalk.model import liveportrait_weights as lpw
-from flashtalk.model.checkpoint import check_keys, read_safetensors, safe_load, tensor_dict, write_safetensors
 from flashtalk.constants import PRESETS
-from flashtalk.model.presets import Preset
-from flashtalk.model.renderer import build_network
+from flashtalk.errors import FlashTalkError
+from flashtalk.models.liveportrait.renderer import build_network
+from flashtalk.weights import liveportrait as lpw
+from flashtalk.weights.checkpoint import check_keys, read_safetensors, safe_load, tensor_dict, write_safetensors
+from flashtalk.weights.presets import Preset
 
 STITCHING = "liveportrait/retargeting_models/stitching_retargeting_module.pth"
 
@@ -21,8 +21,10 @@ STITCHING = "liveportrait/retargeting_models/stitching_retargeting_module.pth"
 def _published_stitching(root):
     """The published stitching file: three DDP state dicts (`module.` prefix), torch.save'd."""
     module = build_network("stitching_retargeting_module", "tiny")
-    obj = {part: {f"module.{k}": torch.full_like(v, 0.25) for k, v in getattr(module, part).state_dict().items()}
-           for part in lpw.STITCHING_PARTS}
+    obj = {
+        part: {f"module.{k}": torch.full_like(v, 0.25) for k, v in getattr(module, part).state_dict().items()}
+        for part in lpw.STITCHING_PARTS
+    }
     path = root / STITCHING
     path.parent.mkdir(parents=True)
     torch.save(obj, path)
@@ -59,8 +61,11 @@ def test_published_stitching_file_reads_and_a_truncated_one_is_one_error(tmp_pat
     assert all(torch.all(v == 0.25) for v in state.values())
     cut = tmp_path / "cut.pth"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(FlashTalkError, match=r"cut.pth: cannot read the checkpoint \(truncated or corrupt file\? "
-                                             r"expected a LivePortrait stitching/retargeting module checkpoint\)"):
+    with pytest.raises(
+        FlashTalkError,
+        match=r"cut.pth: cannot read the checkpoint \(truncated or corrupt file\? "
+        r"expected a LivePortrait stitching/retargeting module checkpoint\)",
+    ):
         lpw.read_checkpoint(cut, "stitching_retargeting_module")
 
 
@@ -80,8 +85,11 @@ def test_non_checkpoint_files_name_file_and_what(tmp_path):
 def test_non_tensor_objects_are_refused_unless_allowed(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"args": argparse.Namespace(fps=25), "model": {"w": torch.ones(2)}}, path)
-    with pytest.raises(FlashTalkError, match=r"ckpt.pt: refused to unpickle a non-tensor object \(a motion checkpoint "
-                                             r"may hold only tensors\).*Namespace"):
+    with pytest.raises(
+        FlashTalkError,
+        match=r"ckpt.pt: refused to unpickle a non-tensor object \(a motion checkpoint "
+        r"may hold only tensors\).*Namespace",
+    ):
         safe_load(path, what="motion checkpoint")
     obj = safe_load(path, what="motion checkpoint", allow=[argparse.Namespace])
     assert obj["args"].fps == 25 and torch.equal(obj["model"]["w"], torch.ones(2))

@@ -15,10 +15,10 @@ import pytest
 
 pytest.importorskip("websockets", reason="flashtalk.client needs websockets (the 'client' extra)")
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from flashtalk import client  # noqa: E402
-from tests.serve_process import ASSETS, REPO, flashtalk_serve  # noqa: E402
+from flashtalk import client
+from tests.serve_process import ASSETS, REPO, flashtalk_serve
 
 TOKEN = "test-token-0123"
 WAIT_S = 60.0  # bound on any single wait for the server
@@ -58,8 +58,9 @@ def test_clip_at_24khz_gives_its_frames_in_order(server):
 
     async def main():
         portrait = (ASSETS / "portrait.jpg").read_bytes()
-        async with client.connect(server.url, token=TOKEN, portrait=portrait, sample_rate=24000, pace="fast",
-                                  idle=False) as stream:
+        async with client.connect(
+            server.url, token=TOKEN, portrait=portrait, sample_rate=24000, pace="fast", idle=False
+        ) as stream:
             r = stream.ready
             assert (r.fps, r.width, r.height, r.backend, r.video) == (25, 512, 512, "preview", "jpeg")
             assert r.lookahead_ms >= 0 and r.session
@@ -86,8 +87,9 @@ def test_interrupt_drops_the_old_speech_and_goes_on(server):
     server.wait_sessions(0)
 
     async def main():
-        async with client.connect(server.url, token=TOKEN, portrait_id="demo", pace="fast", idle=False,
-                                  video="raw") as stream:
+        async with client.connect(
+            server.url, token=TOKEN, portrait_id="demo", pace="fast", idle=False, video="raw"
+        ) as stream:
             await stream.send_audio(tone(1.0, 16000))  # 25 frames queued
             await stream.end()
             first = await asyncio.wait_for(stream.recv(), WAIT_S)
@@ -156,6 +158,7 @@ def test_client_side_errors_are_one_line():
 
 def test_server_gone_mid_stream_raises_disconnected():
     with flashtalk_serve() as srv:
+
         async def main():
             stream = await client.connect(srv.url, portrait_id="demo", pace="fast", idle=False)
             await stream.send_audio(tone(1.0, 16000))
@@ -188,8 +191,22 @@ def test_jpeg_frames_decode_like_pillow():
 
 def test_pcm_adapter_example_runs_against_the_server(server):
     server.wait_sessions(0)
-    out = subprocess.run([sys.executable, str(REPO / "examples" / "pcm_adapter.py"), "--url", server.url,
-                          "--token", TOKEN, "--seconds", "0.2"], cwd=REPO, capture_output=True, text=True,
-                         timeout=4 * WAIT_S, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "pcm_adapter.py"),
+            "--url",
+            server.url,
+            "--token",
+            TOKEN,
+            "--seconds",
+            "0.2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=4 * WAIT_S,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "backend preview" in out.stdout and "\nend: " in out.stdout

@@ -1,4 +1,4 @@
-"""User controls on the keypoint motion (flashtalk.model.controls): each control moves exactly the keypoints and
+"""User controls on the keypoint motion (flashtalk.controls.control_set): each control moves exactly the keypoints and
 axes of specs/controls.md by the stated amounts; identity is bit for bit; tracks; guard; presets; live changes.
 
 Expected offsets are written out from the spec's table (1.2), not computed by the code under test."""
@@ -6,17 +6,16 @@ Expected offsets are written out from the spec's table (1.2), not computed by th
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 
+from flashtalk.controls.apply import apply_controls, blink_schedule
+from flashtalk.controls.control_set import ControlSet, Track, load_tracks
+from flashtalk.controls.emotion import load_preset, save_preset
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.controls import ControlSet, Track, load_tracks
-from flashtalk.model.controls_apply import apply_controls, blink_schedule
-from flashtalk.model.emotion import load_preset, save_preset
-from flashtalk.model.keypoints import LIP_KEYPOINTS, Motion, rotation_from_degrees, transform_keypoints
+from flashtalk.models.liveportrait.keypoints import LIP_KEYPOINTS, Motion, rotation_from_degrees, transform_keypoints
 
 D = torch.float64
 
@@ -34,8 +33,12 @@ class _Source:
 
 def _motion(g, n, angles=None):
     angles = angles if angles is not None else [torch.randn(n, generator=g, dtype=D) * 8 for _ in range(3)]
-    return Motion(R=rotation_from_degrees(*angles), exp=torch.randn(n, 21, 3, generator=g, dtype=D) * 0.02,
-                  scale=1 + 0.05 * torch.rand(n, 1, generator=g, dtype=D), t=torch.randn(n, 3, generator=g, dtype=D) * 0.02)
+    return Motion(
+        R=rotation_from_degrees(*angles),
+        exp=torch.randn(n, 21, 3, generator=g, dtype=D) * 0.02,
+        scale=1 + 0.05 * torch.rand(n, 1, generator=g, dtype=D),
+        t=torch.randn(n, 3, generator=g, dtype=D) * 0.02,
+    )
 
 
 @pytest.fixture
@@ -64,9 +67,27 @@ def _uncontrolled(scene, R_s=None, exp_override=None):
 def test_identity_is_bit_for_bit(scene):
     want, _ = _uncontrolled(scene)
     assert torch.equal(_apply(scene, ControlSet()), want)
-    zeros = ControlSet(yaw=0, pitch=0, roll=0, yaw_gain=1, expression_scale=1, intensity=1, head_distance=1,
-                       gaze_x=0, gaze_y=0, look_at_camera=0, blink=0, eyebrow=0, wink=0, mouth_open=0, grin=0,
-                       purse=0, pout=0, smile=0, emotion_weight=1)
+    zeros = ControlSet(
+        yaw=0,
+        pitch=0,
+        roll=0,
+        yaw_gain=1,
+        expression_scale=1,
+        intensity=1,
+        head_distance=1,
+        gaze_x=0,
+        gaze_y=0,
+        look_at_camera=0,
+        blink=0,
+        eyebrow=0,
+        wink=0,
+        mouth_open=0,
+        grin=0,
+        purse=0,
+        pout=0,
+        smile=0,
+        emotion_weight=1,
+    )
     assert torch.equal(_apply(scene, zeros, frames=torch.arange(5)), want)
     assert ControlSet().is_identity() and zeros.is_identity() and not ControlSet(smile=0.1).is_identity()
 
@@ -84,8 +105,20 @@ ROWS = [
     ("grin", 10.0, {(20, 2): -0.01, (20, 1): -0.01, (14, 1): -0.01}),
     ("purse", -10.0, {(14, 1): -0.01, (3, 1): 0.005, (7, 1): 0.005, (17, 2): 0.005}),
     ("pout", 0.05, {(19, 0): 0.05}),
-    ("smile", 1.0, {(20, 1): -0.01, (14, 1): -0.02, (17, 1): 0.0065, (17, 2): 0.003, (13, 1): -0.00275,
-                    (16, 1): -0.00275, (3, 1): -0.0035, (7, 1): -0.0035}),
+    (
+        "smile",
+        1.0,
+        {
+            (20, 1): -0.01,
+            (14, 1): -0.02,
+            (17, 1): 0.0065,
+            (17, 2): 0.003,
+            (13, 1): -0.00275,
+            (16, 1): -0.00275,
+            (3, 1): -0.0035,
+            (7, 1): -0.0035,
+        },
+    ),
 ]
 
 
@@ -107,8 +140,11 @@ def test_keypoint_sliders_move_exactly_their_rows(scene, name, value, rows):
 
 def test_look_at_camera_counter_rotates_the_pupils(scene):
     src, _, ref = scene
-    gen = _motion(torch.Generator().manual_seed(1), 5, [torch.zeros(5, dtype=D), torch.full((5,), 10.0, dtype=D),
-                                                         torch.zeros(5, dtype=D)])
+    gen = _motion(
+        torch.Generator().manual_seed(1),
+        5,
+        [torch.zeros(5, dtype=D), torch.full((5,), 10.0, dtype=D), torch.zeros(5, dtype=D)],
+    )
     ref = Motion(R=torch.eye(3, dtype=D)[None], exp=ref.exp, scale=ref.scale, t=ref.t)
     s2 = (src, gen, ref)
     base = apply_controls(ControlSet(), x_c=src.x_c, source=src, generated=gen, reference=ref)
@@ -130,8 +166,12 @@ def test_pose_offsets_and_gains(scene):
     exp = (src.exp + gen.exp - ref.exp).clone()
     exp[:, list(LIP_KEYPOINTS)] = gen.exp[:, list(LIP_KEYPOINTS)]
     scale, t = src.scale * gen.scale / ref.scale, src.t + gen.t - ref.t
-    torch.testing.assert_close(frozen, transform_keypoints(src.x_c.expand(5, -1, -1), src.R.expand(5, -1, -1), exp,
-                                                           scale, t), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        frozen,
+        transform_keypoints(src.x_c.expand(5, -1, -1), src.R.expand(5, -1, -1), exp, scale, t),
+        atol=1e-12,
+        rtol=0,
+    )
     # gain 2 on a pure yaw change doubles it
     yaw = torch.tensor([6.0, -3.0], dtype=D)
     zero = torch.zeros(2, dtype=D)
@@ -139,8 +179,9 @@ def test_pose_offsets_and_gains(scene):
     r0 = Motion(R=torch.eye(3, dtype=D)[None], exp=ref.exp, scale=ref.scale, t=ref.t)
     got = apply_controls(ControlSet(yaw_gain=2), x_c=src.x_c, source=src, generated=g2, reference=r0)
     g4 = Motion(R=rotation_from_degrees(zero, 2 * yaw, zero), exp=g2.exp, scale=g2.scale, t=g2.t)
-    torch.testing.assert_close(got, apply_controls(ControlSet(), x_c=src.x_c, source=src, generated=g4, reference=r0),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        got, apply_controls(ControlSet(), x_c=src.x_c, source=src, generated=g4, reference=r0), atol=1e-12, rtol=0
+    )
 
 
 def test_expression_scale_intensity_and_regions(scene):
@@ -150,15 +191,17 @@ def test_expression_scale_intensity_and_regions(scene):
     exp[:, list(LIP_KEYPOINTS)] = gen.exp[:, list(LIP_KEYPOINTS)]
     want, _ = _uncontrolled(scene, exp_override=src.exp + 1.5 * (exp - src.exp))
     torch.testing.assert_close(_apply(scene, ControlSet(expression_scale=1.5)), want, atol=1e-12, rtol=0)
-    torch.testing.assert_close(_apply(scene, ControlSet(intensity=0.5)), src.x_s + 0.5 * (base - src.x_s),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        _apply(scene, ControlSet(intensity=0.5)), src.x_s + 0.5 * (base - src.x_s), atol=1e-12, rtol=0
+    )
     pose_only, _ = _uncontrolled(scene, exp_override=src.exp.expand(5, -1, -1))
     torch.testing.assert_close(_apply(scene, ControlSet(region="pose")), pose_only, atol=1e-12, rtol=0)
     # lips only: source pose, scale and translation; the source expression except the lip keypoints
     lips = src.exp.expand(5, -1, -1).clone()
     lips[:, list(LIP_KEYPOINTS)] = gen.exp[:, list(LIP_KEYPOINTS)]
-    want = transform_keypoints(src.x_c.expand(5, -1, -1), src.R.expand(5, -1, -1), lips, src.scale.expand(5, -1),
-                               src.t.expand(5, -1))
+    want = transform_keypoints(
+        src.x_c.expand(5, -1, -1), src.R.expand(5, -1, -1), lips, src.scale.expand(5, -1), src.t.expand(5, -1)
+    )
     torch.testing.assert_close(_apply(scene, ControlSet(region="lips")), want, atol=1e-12, rtol=0)
 
 
@@ -177,8 +220,9 @@ def test_head_distance_scales_and_the_guard_keeps_the_face_in_the_crop(scene):
     assert float((2 * (base - txy[:, None]) + txy[:, None])[..., :2].abs().max()) > bound
     guarded = _apply(scene, ControlSet(head_distance=2.0, head_guard=bound))
     assert float(guarded[..., :2].abs().max()) <= bound + 1e-12
-    torch.testing.assert_close(guarded[..., :2].abs().flatten(1).amax(1), torch.full((5,), bound, dtype=D),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        guarded[..., :2].abs().flatten(1).amax(1), torch.full((5,), bound, dtype=D), atol=1e-12, rtol=0
+    )
     k = (guarded - txy[:, None])[..., :2].norm() / (base - txy[:, None])[..., :2].norm()
     assert 1.0 < float(k) < 2.0
 
@@ -239,8 +283,11 @@ def test_smoothstep_is_flat_at_keys():
 
 def test_track_file_and_per_frame_application(scene, tmp_path):
     path = tmp_path / "track.json"
-    path.write_text(json.dumps({"interpolation": "linear", "keyframes": {"0": {"yaw": 0, "gaze_x": 0},
-                                                                         "0.2": {"yaw": 10, "gaze_x": 8}}}))
+    path.write_text(
+        json.dumps(
+            {"interpolation": "linear", "keyframes": {"0": {"yaw": 0, "gaze_x": 0}, "0.2": {"yaw": 10, "gaze_x": 8}}}
+        )
+    )
     c = ControlSet.from_mapping({"controls": str(path)})
     assert set(c.tracks) == {"yaw", "gaze_x"}
     frames = torch.arange(5)  # 0, 40, ... 160 ms at 25 fps: yaw 0, 2, 4, 6, 8
@@ -252,11 +299,17 @@ def test_track_file_and_per_frame_application(scene, tmp_path):
         _apply(scene, c)
 
 
-@pytest.mark.parametrize("content, match", [
-    ("{not json", "not valid JSON"), ('{"keyframes": {"x": {"yaw": 1}}}', "not a number of seconds"),
-    ('{"keyframes": {"0": {"region": 1}}}', "cannot be keyframed"), ('{"keyframes": {"0": {"yaw": 400}}}', "yaw"),
-    ('{"keyframes": {"0": {"yaw": 1}}, "speed": 2}', "unknown keys"),
-    ('{"interpolation": "cubic", "keyframes": {"0": {"yaw": 1}}}', "interpolation")])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"keyframes": {"x": {"yaw": 1}}}', "not a number of seconds"),
+        ('{"keyframes": {"0": {"region": 1}}}', "cannot be keyframed"),
+        ('{"keyframes": {"0": {"yaw": 400}}}', "yaw"),
+        ('{"keyframes": {"0": {"yaw": 1}}, "speed": 2}', "unknown keys"),
+        ('{"interpolation": "cubic", "keyframes": {"0": {"yaw": 1}}}', "interpolation"),
+    ],
+)
 def test_bad_track_files(tmp_path, content, match):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -264,11 +317,21 @@ def test_bad_track_files(tmp_path, content, match):
         load_tracks(path)
 
 
-@pytest.mark.parametrize("controls, match", [
-    (dict(gaze=1.0), "unknown controls"), (dict(head_distance=5), "head_distance"), (dict(eye_open=2.0), "eye_open"),
-    (dict(region="mouth"), "region"), (dict(smile="wide"), "smile"), (dict(yaw=float("nan")), "finite"),
-    (dict(emotion=[0.0] * 5), "63"), (dict(emotion="happy.png"), "needs the network"),
-    (dict(auto_blink=1), "true or false"), (dict(controls="missing.json"), "not found")])
+@pytest.mark.parametrize(
+    "controls, match",
+    [
+        (dict(gaze=1.0), "unknown controls"),
+        (dict(head_distance=5), "head_distance"),
+        (dict(eye_open=2.0), "eye_open"),
+        (dict(region="mouth"), "region"),
+        (dict(smile="wide"), "smile"),
+        (dict(yaw=float("nan")), "finite"),
+        (dict(emotion=[0.0] * 5), "63"),
+        (dict(emotion="happy.png"), "needs the network"),
+        (dict(auto_blink=1), "true or false"),
+        (dict(controls="missing.json"), "not found"),
+    ],
+)
 def test_bad_controls(controls, match):
     with pytest.raises(FlashTalkError, match=match):
         ControlSet.from_mapping(controls)
@@ -322,7 +385,7 @@ def test_controls_changed_mid_stream_take_effect_on_the_next_frame():
     scheduler.step()
     sessions[1].set_controls({"head_distance": 1.3, "mouth_open": 100})
     for s in sessions:
-        s.push_audio(audio[2 * HOP:])
+        s.push_audio(audio[2 * HOP :])
     scheduler.step()
     a, b = ([f.image for f in s.poll()] for s in sessions)
     assert len(a) == len(b) == 4
@@ -341,13 +404,15 @@ def test_merged_is_the_live_update():
 
 
 def test_cli_preset_save_and_animate_flags(tmp_path, capsys):
-    from flashtalk.cli.animate import demo_assets
     from flashtalk.cli import main
+    from flashtalk.cli.animate import demo_assets
 
     portrait = str(demo_assets()[0])
     out = tmp_path / "p.json"
-    assert main(["preset", "save", portrait, "-o", str(out), "--seeded-weights", "--preset", "tiny",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["preset", "save", portrait, "-o", str(out), "--seeded-weights", "--preset", "tiny", "--device", "cpu"])
+        == 0
+    )
     name, offset = load_preset(out)
     assert name == "p" and bool(offset.abs().sum() > 0) and offset[5, :2].abs().sum() == 0
     assert main(["preset", "show", str(out)]) == 0
@@ -371,8 +436,8 @@ def test_contact_sheet_is_committed_and_small():
 
 
 def test_preview_control_ranges_lie_inside_the_controlset_ranges():
-    from flashtalk.model.controls import NUMERIC
-    from flashtalk.preview.controls import PREVIEW_CONTROLS, PREVIEW_LIMITS, check_preview_controls
+    from flashtalk.controls.control_set import NUMERIC
+    from flashtalk.models.preview.controls import PREVIEW_CONTROLS, PREVIEW_LIMITS, check_preview_controls
 
     assert set(PREVIEW_LIMITS) == set(PREVIEW_CONTROLS)
     for name, (lo, hi) in PREVIEW_LIMITS.items():
@@ -384,7 +449,7 @@ def test_preview_control_ranges_lie_inside_the_controlset_ranges():
 
 def test_blink_schedule_is_a_device_table_gather():
     """The schedule needs no host sync: a table per (seed, device), indexed by frame (repeats after the horizon)."""
-    from flashtalk.model.controls_apply import BLINK_DEPTH, BLINK_HORIZON
+    from flashtalk.controls.apply import BLINK_DEPTH, BLINK_HORIZON
 
     frames = torch.arange(0, 400)
     b = blink_schedule(frames, seed=3)

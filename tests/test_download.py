@@ -16,10 +16,11 @@ import pytest
 pytest.importorskip("huggingface_hub")
 pytest.importorskip("onnxruntime")
 
-from flashtalk import hub  # noqa: E402
-from flashtalk.cli import main  # noqa: E402
-from tests.faces_onnx import det_model, l106_model, l203_model  # noqa: E402
-from tests.hubstub import StubHub  # noqa: E402
+from flashtalk.cli import main
+from flashtalk.errors import FlashTalkError
+from flashtalk.weights import hub
+from tests.faces_onnx import det_model, l106_model, l203_model
+from tests.hubstub import StubHub
 
 LP, JV, HB = (r.repo_id for r in hub.REPOS)
 
@@ -41,13 +42,18 @@ def _checkpoint(with_audio: bool) -> bytes:
 
 def _published(with_audio: bool = True) -> dict[str, dict[str, bytes]]:
     rng = np.random.default_rng(21)
-    lp = {f: rng.integers(0, 256, 40_000 + 1000 * i, dtype=np.uint8).tobytes()
-          for i, f in enumerate(hub.REPOS[0].files) if f.endswith(".pth")}
+    lp = {
+        f: rng.integers(0, 256, 40_000 + 1000 * i, dtype=np.uint8).tobytes()
+        for i, f in enumerate(hub.REPOS[0].files)
+        if f.endswith(".pth")
+    }
     lp["liveportrait/landmark.onnx"] = _onnx_bytes(l203_model())
     lp["insightface/models/buffalo_l/det_10g.onnx"] = _onnx_bytes(det_model())
     lp["insightface/models/buffalo_l/2d106det.onnx"] = _onnx_bytes(l106_model())
-    jv = {"motion_generator/motion_generator_hubert_chinese.pt": _checkpoint(with_audio),
-          "motion_template/motion_template.pkl": rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()}
+    jv = {
+        "motion_generator/motion_generator_hubert_chinese.pt": _checkpoint(with_audio),
+        "motion_template/motion_template.pkl": rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+    }
     hb = {"config.json": b'{"model_type": "hubert", "hidden_size": 768}', "pytorch_model.bin": b"\x00" * 3000}
     return {LP: lp, JV: jv, HB: hb}
 
@@ -73,7 +79,7 @@ def stub(tmp_path, monkeypatch):
 def no_network_load(monkeypatch):
     """The fake .pth bytes are not networks: record the load call instead of running it."""
     calls = []
-    monkeypatch.setattr("flashtalk.model.bundle.load_networks", lambda folder: calls.append(Path(folder)))
+    monkeypatch.setattr("flashtalk.weights.bundle.load_networks", lambda folder: calls.append(Path(folder)))
     return calls
 
 
@@ -118,7 +124,7 @@ def test_full_download_into_the_cache_then_weights_hf_resolves_offline(stub, no_
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     folder = hub.resolve_cache()
     from flashtalk.faces import onnx_models
-    from flashtalk.model.bundle import discover
+    from flashtalk.weights.bundle import discover
 
     found = discover(folder)
     assert {"spade_generator", "motion_generator", "motion_template"} <= set(found)
@@ -134,7 +140,7 @@ def test_engine_from_pretrained_reads_the_cache(stub, no_network_load, monkeypat
         def __init__(self, nets, dev, **kw):
             self.device = dev
 
-    monkeypatch.setattr("flashtalk.runtime.network.NetworkBackend", Backend)
+    monkeypatch.setattr("flashtalk.runtime.backends.network.NetworkBackend", Backend)
     from flashtalk.runtime.engine import Engine
 
     engine = Engine.from_pretrained(device="cpu")
@@ -147,7 +153,7 @@ def test_download_into_a_folder_that_weights_accepts(stub, no_network_load, tmp_
     assert main(["download", "--dir", str(target)]) == 0
     assert no_network_load == [target]
     from flashtalk.faces import onnx_models
-    from flashtalk.model.bundle import discover
+    from flashtalk.weights.bundle import discover
 
     assert {"warping_module", "motion_generator", "motion_template"} <= set(discover(target))
     onnx_models.load(target)
@@ -160,7 +166,7 @@ def test_a_dropped_connection_resumes_from_where_it_stopped(stub, tmp_path):
     assert main(["download", "--dir", str(tmp_path / "w"), "--no-load"]) == 0
     size = len(stub.published[LP][rel])
     first, again = stub.gets(rel)
-    assert first is None and 0 < int(again[len("bytes="):-1]) <= size // 2
+    assert first is None and 0 < int(again[len("bytes=") : -1]) <= size // 2
     assert _sha(tmp_path / "w/LivePortrait" / rel) == hashlib.sha256(stub.published[LP][rel]).hexdigest()
 
 
@@ -193,7 +199,7 @@ def test_a_corrupted_file_is_deleted_and_reported(stub, capsys, tmp_path):
     assert not [p for p in Path(hub.cache_dir()).rglob("*") if p.name.startswith("spade") or p.suffix == ".part"]
     good = hashlib.sha256(stub.published[LP][rel]).hexdigest()
     assert not (Path(hub.cache_dir()) / f"models--{LP.replace('/', '--')}" / "blobs" / good).exists()
-    with pytest.raises(Exception):
+    with pytest.raises(FlashTalkError):
         hub.resolve_cache()  # nothing half-written is taken as complete
     del stub.faults[(LP, rel)]
     assert main(["download", "--no-load"]) == 0

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from flashtalk.cli.animate import demo_assets
 from flashtalk.cli import main
-from flashtalk.serving import protocol
+from flashtalk.cli.animate import demo_assets
+from flashtalk.serving import wire
 from tests.serve_process import flashtalk_serve
 
 websockets_sync = pytest.importorskip("websockets.sync.client", reason="websockets is needed for the serve client")
@@ -41,8 +41,20 @@ def server():
 
 def _start(port: int, **fields):
     ws = websockets_sync.connect(f"ws://127.0.0.1:{port}/ws", max_size=None, open_timeout=30)
-    ws.send(json.dumps({"type": "start", "portrait_id": "demo", "video": "raw", "pace": "fast", "idle": False,
-                        "sample_rate": 16000, "format": "s16le", **fields}))
+    ws.send(
+        json.dumps(
+            {
+                "type": "start",
+                "portrait_id": "demo",
+                "video": "raw",
+                "pace": "fast",
+                "idle": False,
+                "sample_rate": 16000,
+                "format": "s16le",
+                **fields,
+            }
+        )
+    )
     return ws, json.loads(ws.recv(timeout=120))
 
 
@@ -56,7 +68,7 @@ def _serve_frames(port: int, pcm: np.ndarray, seed: int) -> tuple[list[np.ndarra
         for _ in range(200):  # bounded: FRAMES + 1 frames and one end event
             msg = ws.recv(timeout=300)
             if isinstance(msg, bytes):
-                f = protocol.unpack_frame(msg)
+                f = wire.unpack_frame(msg)
                 frames.append((f.index, np.frombuffer(f.image, np.uint8).reshape(512, 512, 3)))
             elif json.loads(msg)["type"] == "end":
                 break
@@ -68,8 +80,24 @@ def test_animate_frames_equal_a_serve_session(server, tmp_path):
     wav = tmp_path / "speech.wav"
     sf.write(wav, pcm, 16000, subtype="PCM_16")
     out = tmp_path / "frames"
-    rc = main(["animate", str(demo_assets()[0]), str(wav), "-o", str(out), "--frames-dir", "--seeded-weights",
-               "--preset", "tiny", "--device", "cpu", "--seed", str(seed), "-q"])
+    rc = main(
+        [
+            "animate",
+            str(demo_assets()[0]),
+            str(wav),
+            "-o",
+            str(out),
+            "--frames-dir",
+            "--seeded-weights",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--seed",
+            str(seed),
+            "-q",
+        ]
+    )
     assert rc == 0
     offline = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(out.glob("*.png"))]
     streamed, ready = _serve_frames(server, pcm, seed)
@@ -89,8 +117,11 @@ def test_low_latency_is_the_serve_default_and_bad_settings_close_1008(server):
     ws, ready = _start(server)
     with ws:
         assert ready["latency"] == "low" and 0 < ready["lookahead_ms"] <= 160
-    for fields, what in (({"latency": "fast"}, "latency"), ({"latency": "low", "commit_frames": 99}, r"commit_frames"),
-                         ({"latency": "low", "lookahead_frames": -1}, "lookahead_frames")):
+    for fields, what in (
+        ({"latency": "fast"}, "latency"),
+        ({"latency": "low", "commit_frames": 99}, r"commit_frames"),
+        ({"latency": "low", "lookahead_frames": -1}, "lookahead_frames"),
+    ):
         ws, reply = _start(server, **fields)
         with ws:
             assert reply["type"] == "error" and what in reply["reason"], reply

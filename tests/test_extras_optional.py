@@ -18,28 +18,37 @@ def python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_core_imports_pull_in_no_extra():
-    out = python("import sys, flashtalk, flashtalk.client, flashtalk.integrations.avatar, "
-                 "flashtalk.integrations.engines\n"
-                 "print(sorted(m for m in ('websockets', 'livekit', 'pipecat', 'torch') if m in sys.modules))")
+    out = python(
+        "import sys, flashtalk, flashtalk.client, flashtalk.integrations.avatar, "
+        "flashtalk.integrations.engines\n"
+        "print(sorted(m for m in ('websockets', 'livekit', 'pipecat', 'torch') if m in sys.modules))"
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module, blocked, package, extra", [
-    ("flashtalk.integrations.livekit", "livekit", "livekit-agents", "livekit"),
-    ("flashtalk.integrations.pipecat", "pipecat", "pipecat-ai", "pipecat"),
-])
+@pytest.mark.parametrize(
+    "module, blocked, package, extra",
+    [
+        ("flashtalk.integrations.livekit", "livekit", "livekit-agents", "livekit"),
+        ("flashtalk.integrations.pipecat", "pipecat", "pipecat-ai", "pipecat"),
+    ],
+)
 def test_integration_without_its_package_names_the_extra(module, blocked, package, extra):
-    out = python(f"import sys\nsys.modules[{blocked!r}] = None\n"
-                 f"try:\n    import {module}\nexcept ImportError as exc:\n    print(type(exc).__name__, exc)\n")
+    out = python(
+        f"import sys\nsys.modules[{blocked!r}] = None\n"
+        f"try:\n    import {module}\nexcept ImportError as exc:\n    print(type(exc).__name__, exc)\n"
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"ImportError {module} needs {package}: pip install 'flashtalk[{extra}]'"
 
 
 def test_client_without_websockets_names_the_extra():
-    out = python("import sys\nsys.modules['websockets'] = None\nimport asyncio\nfrom flashtalk import client\n"
-                 "opening = client.connect('ws://127.0.0.1:9/ws', portrait_id='demo')\n"
-                 "try:\n    asyncio.run(asyncio.wait_for(opening, 30))\n"
-                 "except client.FlashTalkError as exc:\n    print(exc)\n")
+    out = python(
+        "import sys\nsys.modules['websockets'] = None\nimport asyncio\nfrom flashtalk import client\n"
+        "opening = client.connect('ws://127.0.0.1:9/ws', portrait_id='demo')\n"
+        "try:\n    asyncio.run(asyncio.wait_for(opening, 30))\n"
+        "except client.FlashTalkError as exc:\n    print(exc)\n"
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "flashtalk.client needs websockets: pip install 'flashtalk[client]'"

@@ -9,11 +9,10 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from tests.faces_onnx import EYE_RATIO, LIP_RATIO, face_image, write_face_models  # noqa: E402
-
-from flashtalk.errors import FlashTalkError  # noqa: E402
-from flashtalk.faces import onnx_models  # noqa: E402
-from flashtalk.faces.pipeline import plan_driving  # noqa: E402
+from flashtalk.errors import FlashTalkError
+from flashtalk.faces import onnx_models
+from flashtalk.faces.pipeline import plan_driving
+from tests.faces_onnx import EYE_RATIO, LIP_RATIO, face_image, write_face_models
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def _frames(n, w=320, h=256, first_face=0):
     for i in range(n):
         img = np.zeros((h, w, 3), np.uint8)
         if i >= first_face:
-            img[64:160, 96 + 4 * i:192 + 4 * i] = 255
+            img[64:160, 96 + 4 * i : 192 + 4 * i] = 255
         out.append(img)
     return out
 
@@ -83,7 +82,7 @@ def test_eye_and_lip_open_follow_the_driving_frames(models, tmp_path):
 
 
 def test_driving_ratios_need_a_driving_video():
-    from flashtalk.model.controls import ControlSet
+    from flashtalk.controls.control_set import ControlSet
 
     with pytest.raises(FlashTalkError, match="driving video"):
         ControlSet.from_mapping({"eye_open": "driving"})

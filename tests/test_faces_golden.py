@@ -42,7 +42,11 @@ def test_a_wrong_crop_offset_and_ratio_epsilon_fail(monkeypatch):
 
 
 def test_cli_routes_the_faces_family():
-    proc = subprocess.run([sys.executable, "-m", "flashtalk", "verify-golden", str(GOLDEN), "--only", "ratios", "scrfd"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flashtalk", "verify-golden", str(GOLDEN), "--only", "ratios", "scrfd"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "scrfd_stress_333x517.npz:keep" in proc.stdout and " 0 failed" in proc.stdout

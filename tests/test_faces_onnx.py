@@ -12,11 +12,10 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from tests.faces_onnx import EYE_RATIO, LIP_RATIO, face_image, l106_model, l203_model, write_face_models  # noqa: E402
-
-from flashtalk.errors import FlashTalkError  # noqa: E402
-from flashtalk.faces import onnx_models  # noqa: E402
-from flashtalk.io.facecrop import face_crop  # noqa: E402
+from flashtalk.errors import FlashTalkError
+from flashtalk.faces import onnx_models
+from flashtalk.faces.portrait_crop import face_crop
+from tests.faces_onnx import EYE_RATIO, LIP_RATIO, face_image, l106_model, l203_model, write_face_models
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +127,9 @@ def test_signature_check_rejects_wrong_output_widths():
 def test_measured_ratios_feed_eye_and_lip_retargeting():
     import torch
 
-    from flashtalk.io.facecrop import FaceRatios, Landmarks
-    from flashtalk.model.controls import SOURCE_EYE_RATIO, SOURCE_LIP_RATIO, ControlSet
-    from flashtalk.model.controls_apply import retarget_deltas
+    from flashtalk.controls.apply import retarget_deltas
+    from flashtalk.controls.control_set import SOURCE_EYE_RATIO, SOURCE_LIP_RATIO, ControlSet
+    from flashtalk.faces.portrait_crop import FaceRatios, Landmarks
     from flashtalk.runtime.driving import with_source_ratios
 
     class Recorder:
@@ -155,8 +154,12 @@ def test_measured_ratios_feed_eye_and_lip_retargeting():
     assert rec.eye.shape == (2, 3) and rec.eye[0].tolist() == pytest.approx([0.21, 0.27, 0.5])
     assert rec.lip[0].tolist() == pytest.approx([0.13, 0.3])
     rec = Recorder()  # the Haar path has no ratios: the assumed ones
-    retarget_deltas(with_source_ratios(ControlSet.from_mapping({"eye_open": 0.5, "lip_open": 0.3}), None),
-                    torch.zeros(1, 21, 3), Source(), rec)
+    retarget_deltas(
+        with_source_ratios(ControlSet.from_mapping({"eye_open": 0.5, "lip_open": 0.3}), None),
+        torch.zeros(1, 21, 3),
+        Source(),
+        rec,
+    )
     assert rec.eye[0].tolist() == pytest.approx([SOURCE_EYE_RATIO, SOURCE_EYE_RATIO, 0.5])
     assert rec.lip[0].tolist() == pytest.approx([SOURCE_LIP_RATIO, 0.3])
     with pytest.raises(FlashTalkError, match="unknown controls"):
@@ -173,8 +176,9 @@ def test_the_engine_crops_with_its_face_models(models):
 
     clip = engine.prepare(face_image(), AudioClip(audio, 16000, 1.0, "silence"), watermark=False)
     assert clip.crop.method == "liveportrait" and clip.crop.ratios is not None
-    box = engine.prepare(face_image(), AudioClip(audio, 16000, 1.0, "silence"), crop=(150, 150, 200, 200),
-                         watermark=False)
+    box = engine.prepare(
+        face_image(), AudioClip(audio, 16000, 1.0, "silence"), crop=(150, 150, 200, 200), watermark=False
+    )
     assert box.crop.method == "box" and box.crop.ratios is None
 
 
@@ -215,10 +219,10 @@ def test_a_live_stream_uses_the_portraits_measured_ratios():
     lip_open retarget from them (as `animate` does), not from the assumed ones."""
     import torch
 
-    from flashtalk.io.facecrop import FaceRatios, Landmarks
-    from flashtalk.model.bundle import seeded_networks
-    from flashtalk.runtime.network import NetworkBackend
-    from flashtalk.runtime.protocol import HOP
+    from flashtalk.constants import HOP
+    from flashtalk.faces.portrait_crop import FaceRatios, Landmarks
+    from flashtalk.runtime.backends.network import NetworkBackend
+    from flashtalk.weights.bundle import seeded_networks
 
     backend = NetworkBackend(seeded_networks("tiny"), "cpu", seeded=True)
     crop = torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(3))

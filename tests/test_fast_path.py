@@ -13,14 +13,21 @@ import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice, use_kernels
-from flashtalk.model.fast import (FastSPADEDecoder, fold_batchnorms, fold_spectral_norms,
-                                  optimize_renderer, phase_weights, render_frames, upsampled_conv3x3)
-from flashtalk.runtime.fast_renderer import FastRenderer
-from flashtalk.model.liveportrait_weights import seeded_state_dict
-from flashtalk.model.renderer import Renderer, SourceState, build_network
-from flashtalk.model.spade import SPADEConfig, SPADEDecoder
-from flashtalk.model.warping import WarpingConfig, WarpingNetwork
-from flashtalk.model.seeded import seed_module
+from flashtalk.models.liveportrait.optimized import (
+    FastSPADEDecoder,
+    fold_batchnorms,
+    fold_spectral_norms,
+    optimize_renderer,
+    phase_weights,
+    render_frames,
+    upsampled_conv3x3,
+)
+from flashtalk.models.liveportrait.renderer import SourceState, build_network
+from flashtalk.models.liveportrait.spade import SPADEConfig, SPADEDecoder
+from flashtalk.models.liveportrait.warping import WarpingConfig, WarpingNetwork
+from flashtalk.runtime.graphed_renderer import FastRenderer
+from flashtalk.weights.liveportrait import seeded_renderer, seeded_state_dict
+from flashtalk.weights.seeded import seed_module
 from tests.utils import assert_close, rebatch_atol
 
 
@@ -32,7 +39,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def tiny():
     """Seeded tiny renderer and a source with a 16×16 volume (renders 128² frames) plus 3 driving frames."""
-    r = Renderer.seeded("tiny")
+    r = seeded_renderer("tiny")
     src = r.encode_source(torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)))
     src = SourceState(**{**src.__dict__, "f_s": src.f_s[..., 8:24, 20:36].contiguous()})
     g = torch.Generator().manual_seed(1)
@@ -55,7 +62,7 @@ def test_per_phase_mlp_shared_equals_conv_on_upsampled(scale, channels_last):
 
 def test_fold_batchnorm_warping_equals_reference():
     net = WarpingNetwork(WarpingConfig.tiny())
-    seed_module(net, 3, 6 ** 0.5)
+    seed_module(net, 3, 6**0.5)
     g = torch.Generator().manual_seed(2)
     f = torch.randn(2, 4, 8, 16, 16, generator=g)
     kp_s = 0.5 * torch.rand(2, 21, 3, generator=g) - 0.25
@@ -76,7 +83,9 @@ def test_fold_spectral_and_fused_decoder_equal_reference(interpreter):
     feature = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = dec(feature)
-        assert fold_spectral_norms(dec) == 2 * 2 + 2 * 3  # tiny: 2 middle blocks (conv_0, conv_1), 2 up blocks (+ conv_s)
+        assert (
+            fold_spectral_norms(dec) == 2 * 2 + 2 * 3
+        )  # tiny: 2 middle blocks (conv_0, conv_1), 2 up blocks (+ conv_s)
         assert_close(dec(feature), expected, 1e-6)
         for cl in (False, True):
             assert_close(FastSPADEDecoder(dec, channels_last=cl)(feature), expected, 1e-5)

@@ -1,4 +1,4 @@
-"""Warping network on the fast path (`flashtalk.model.fast_warping`): channels-last-3d end to end, equal to
+"""Warping network on the fast path (`flashtalk.models.liveportrait.warping_channels_last`): channels-last-3d end to end, equal to
 the reference network (tiny, with and without the Triton kernels under the interpreter) and on the golden
 W inputs (full size, fp32, CPU)."""
 
@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from flashtalk.kernels import last_choice, use_kernels
-from flashtalk.model.fast import fold_batchnorms, optimize_renderer
-from flashtalk.model.fast_warping import FastWarpingNetwork, depth_conv, to_format
-from flashtalk.model.renderer import Renderer
-from flashtalk.model.seeded import seed_module
-from flashtalk.model.warping import WarpingConfig, WarpingNetwork
+from flashtalk.models.liveportrait.optimized import fold_batchnorms, optimize_renderer
+from flashtalk.models.liveportrait.warping import WarpingConfig, WarpingNetwork
+from flashtalk.models.liveportrait.warping_channels_last import FastWarpingNetwork, depth_conv, to_format
+from flashtalk.weights.liveportrait import seeded_renderer
+from flashtalk.weights.seeded import seed_module
 from tests.test_model_appearance_warping import gate, seeded
 from tests.utils import assert_close
 
@@ -23,7 +23,7 @@ CL3D = torch.channels_last_3d
 
 def _tiny(seed: int = 3, batch: int = 2, side: int = 16):
     net = WarpingNetwork(WarpingConfig.tiny())
-    seed_module(net, seed, 6 ** 0.5)
+    seed_module(net, seed, 6**0.5)
     g = torch.Generator().manual_seed(seed)
     f = torch.randn(batch, 4, 8, side, side, generator=g)
     kp_s = 0.5 * torch.rand(batch, 21, 3, generator=g) - 0.25
@@ -51,8 +51,11 @@ def test_to_format_converts_a_broadcast_source_once():
 def _conv3d_inputs(module: nn.Module) -> tuple[list[bool], list]:
     """Run hooks that record, for every Conv3d call, whether its input is channels-last-3d."""
     seen: list[bool] = []
-    hooks = [m.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous(memory_format=CL3D)))
-             for m in module.modules() if isinstance(m, nn.Conv3d)]
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous(memory_format=CL3D)))
+        for m in module.modules()
+        if isinstance(m, nn.Conv3d)
+    ]
     return seen, hooks
 
 
@@ -92,9 +95,11 @@ def test_fast_warping_triton_kernels_stay_channels_last_3d(kernel_device):
 
 
 def test_optimize_renderer_uses_it():
-    fast = optimize_renderer(Renderer.seeded("tiny"), "fp32")
+    fast = optimize_renderer(seeded_renderer("tiny"), "fp32")
     assert isinstance(fast.warping_module, FastWarpingNetwork)
-    assert all(m.weight.is_contiguous(memory_format=CL3D) for m in fast.warping_module.modules() if isinstance(m, nn.Conv3d))
+    assert all(
+        m.weight.is_contiguous(memory_format=CL3D) for m in fast.warping_module.modules() if isinstance(m, nn.Conv3d)
+    )
 
 
 @pytest.mark.slow
@@ -126,7 +131,7 @@ def test_fused_tail_wiring_tiny_and_off_by_default(monkeypatch):
         assert_close(ours["out"], expected["out"], 2e-5, 1e-5)
         assert fused(f, kp_d, kp_s)["deformation"] is not None  # asked for: the unfused pair
     assert fused.mask_packed.shape == (343, 96, 32)  # tiny: 22 mask channels padded to 32, Cin to whole BK chunks
-    r = Renderer.seeded("tiny")
+    r = seeded_renderer("tiny")
     assert not optimize_renderer(r, "fp32").warping_module.fused_tail
     monkeypatch.setenv("FLASHTALK_WARP_TAIL", "fused")
     assert optimize_renderer(r, "fp32").warping_module.fused_tail

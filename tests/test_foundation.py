@@ -12,7 +12,7 @@ import torch
 from flashtalk.cli import main
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import dispatch
-from flashtalk.model.seeded import liveportrait_weights, seed_module
+from flashtalk.weights.seeded import liveportrait_weights, seed_module
 
 
 def test_import_is_lean():
@@ -24,8 +24,12 @@ def test_import_is_lean():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     # flashtalk.kernels imports torch for the dispatch types, but never triton; bare flashtalk imports neither.
     assert "triton" not in out
-    out = subprocess.run([sys.executable, "-c", "import sys, flashtalk; print('torch' in sys.modules)"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, flashtalk; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out == "False"
 
 
@@ -78,7 +82,9 @@ def test_seeded_rule_matches_weights_check(lp_golden):
         subs = info.get("sub_networks", {"": info})
         weights = {}
         for sub in subs.values():
-            weights.update(liveportrait_weights([(e["seed_key"], e["shape"]) for e in sub["entries"]], 0, info["weight_gain"]))
+            weights.update(
+                liveportrait_weights([(e["seed_key"], e["shape"]) for e in sub["entries"]], 0, info["weight_gain"])
+            )
         for key, (s, ss, first, last) in check["networks"][net].items():
             t = weights[key].double().flatten()
             got = (t.sum().item(), (t * t).sum().item(), t[0].item(), t[-1].item())
@@ -96,7 +102,7 @@ def test_seed_module_is_deterministic_and_keyed():
 
 
 def test_joyvasa_categories_match_manifest(jv_golden):
-    from flashtalk.model.seeded import joyvasa_category, joyvasa_weights
+    from flashtalk.weights.seeded import joyvasa_category, joyvasa_weights
 
     manifest = json.loads((jv_golden / "manifest.json").read_text())
     for e in manifest["entries"]:

@@ -58,11 +58,15 @@ def raises(arg):
 
 def test_the_runner_counts_hangs_crashes_and_errors_and_recovers():
     me = "tests.test_fuzz_files"
-    cases = [Case("deadlock", f"{me}:sleeper", 60, timeout=1.0), Case("busy", f"{me}:spin", 60, timeout=1.0),
-             Case("ok", f"{me}:sleeper", 0, timeout=30.0),
-             Case("exit", f"{me}:dies", 3, timeout=30.0), Case("clean", f"{me}:raises", "clean", timeout=30.0),
-             Case("multiline", f"{me}:raises", "multiline", timeout=30.0),
-             Case("keyerror", f"{me}:raises", "x", timeout=30.0)]
+    cases = [
+        Case("deadlock", f"{me}:sleeper", 60, timeout=1.0),
+        Case("busy", f"{me}:spin", 60, timeout=1.0),
+        Case("ok", f"{me}:sleeper", 0, timeout=30.0),
+        Case("exit", f"{me}:dies", 3, timeout=30.0),
+        Case("clean", f"{me}:raises", "clean", timeout=30.0),
+        Case("multiline", f"{me}:raises", "multiline", timeout=30.0),
+        Case("keyerror", f"{me}:raises", "x", timeout=30.0),
+    ]
     result = run_cases("selftest", cases, budget_s=120.0)
     assert (result["ok"], result["clean_error"], result["crash"], result["hang"]) == (1, 1, 3, 2), result
     assert result["worker_restarts"] == 3  # after each hang and after the exit

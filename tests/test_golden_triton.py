@@ -16,15 +16,20 @@ from flashtalk.kernels import last_choice
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "family, only, ops",
-    [("liveportrait", "warping_module", ("dense_motion_input", "deform_warp")), ("joyvasa", "denoiser_forward", ("attention",))],
+    [
+        ("liveportrait", "warping_module", ("dense_motion_input", "deform_warp")),
+        ("joyvasa", "denoiser_forward", ("attention",)),
+    ],
 )
 def test_verify_golden_with_triton_kernels(family, only, ops, capsys, kernel_device):
     from tests.conftest import golden_dir, triton_backend
 
     folder = golden_dir(family)
     published_only = kernel_device == "cpu"
-    code = main(["verify-golden", str(folder), "--kernels", "triton", "--only", only, "--device", kernel_device]
-                + ["--published-only"] * published_only)
+    code = main(
+        ["verify-golden", str(folder), "--kernels", "triton", "--only", only, "--device", kernel_device]
+        + ["--published-only"] * published_only
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "0 failed" in out and "kernels=triton" in out

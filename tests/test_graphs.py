@@ -100,8 +100,9 @@ def test_capture_failure_is_actionable():
     def broken(shared, x):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    runner = GraphRunner(broken, [InputSpec((3,), torch.float32, batched=False), InputSpec((3,), torch.float32)],
-                         (1, 2), "cpu")
+    runner = GraphRunner(
+        broken, [InputSpec((3,), torch.float32, batched=False), InputSpec((3,), torch.float32)], (1, 2), "cpu"
+    )
     with pytest.raises(FlashTalkError, match="capturing bucket 2 failed.*FLASHTALK_KERNELS=reference"):
         runner.capture(*_inputs(1))
 
@@ -111,11 +112,11 @@ def test_capture_failure_is_actionable():
 def test_fast_renderer_graphs_match_eager_every_bucket(precision, monkeypatch):
     """Captured with the compiled Triton kernels inside (spade_norm, the warping ops), not the references."""
     from flashtalk.kernels import last_choice
-    from flashtalk.model.fast import render_frames
-    from flashtalk.runtime.fast_renderer import FastRenderer
-    from flashtalk.model.renderer import Renderer
+    from flashtalk.models.liveportrait.optimized import render_frames
+    from flashtalk.runtime.graphed_renderer import FastRenderer
+    from flashtalk.weights.liveportrait import seeded_renderer
 
-    r = Renderer.seeded("tiny").cuda()
+    r = seeded_renderer("tiny").cuda()
     src = r.encode_source(torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)).cuda())
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     fr = FastRenderer(r, precision, buckets=(1, 2, 4, 8))

@@ -24,16 +24,16 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from flashtalk.io import audio as fa
-from flashtalk.cli.animate import demo_assets
 from flashtalk.cli import main
+from flashtalk.cli.animate import demo_assets
 from flashtalk.errors import FlashTalkError
-from flashtalk.io.facecrop import crop_box, parse_crop
+from flashtalk.faces.portrait_crop import crop_box, parse_crop
+from flashtalk.io import audio as fa
 from flashtalk.io.media import VideoWriter, load_image
-from flashtalk.model import bundle as fb
-from flashtalk.model.joyvasa_weights import load_checkpoint, load_pickled_arrays
-from flashtalk.model.presets import Preset
 from flashtalk.runtime.offline import _Writer
+from flashtalk.weights import bundle as fb
+from flashtalk.weights.joyvasa import load_checkpoint, load_pickled_arrays
+from flashtalk.weights.presets import Preset
 
 PORTRAIT, _ = demo_assets()
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_common_rates_resample_exactly():
-    for rate, ratio in ((44100, (160, 441)), (48000, (1, 3)), (22050, (320, 441)), (11025, (640, 441)),
-                        (8000, (2, 1)), (192000, (1, 12))):
+    for rate, ratio in (
+        (44100, (160, 441)),
+        (48000, (1, 3)),
+        (22050, (320, 441)),
+        (11025, (640, 441)),
+        (8000, (2, 1)),
+        (192000, (1, 12)),
+    ):
         assert fa._ratio(rate, 16000) == ratio
 
 
@@ -123,7 +129,7 @@ def test_an_encoder_failure_at_flush_ends_the_writer(tmp_path):
                 writer.put(np.zeros((5, 64, 64, 3), np.uint8))
             writer.finish()
             result["r"] = "finished"
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             result["r"] = exc
 
     t = threading.Thread(target=produce, daemon=True)
@@ -159,10 +165,27 @@ def test_a_signal_removes_the_partial_output(tmp_path, sig, code):
     out_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # SIGINT as a terminal delivers it, also when this runs as a background job (which inherits SIGINT ignored)
-    proc = subprocess.Popen([sys.executable, "-m", "flashtalk", "animate", str(PORTRAIT), str(wav), "-o",
-                             str(out_dir / "x.mp4"), "--crop", "center", "-q", "--no-watermark"],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flashtalk",
+            "animate",
+            str(PORTRAIT),
+            str(wav),
+            "-o",
+            str(out_dir / "x.mp4"),
+            "--crop",
+            "center",
+            "-q",
+            "--no-watermark",
+        ],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while not any(out_dir.iterdir()) and time.monotonic() < deadline and proc.poll() is None:
@@ -196,11 +219,20 @@ def test_a_png_text_chunk_bomb_is_one_error(tmp_path):
         load_image(tmp_path / "bomb.png")
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("nan,0,100,100", "finite"), ("0,0,inf,100", "finite"), ("0,0,1e300,1e300", "too large"),
-    ("-1e300,-1e300,1e300,1e300", "outside"), ("-10,-10,1e300,1e300", "too large"), ("0,0,4000000000,4000000000", "too large"),
-    ("1e308,1e308,1,1", "outside"), ("0,0,-5,10", "positive"), ("1,2,3", "X,Y,W,H"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("nan,0,100,100", "finite"),
+        ("0,0,inf,100", "finite"),
+        ("0,0,1e300,1e300", "too large"),
+        ("-1e300,-1e300,1e300,1e300", "outside"),
+        ("-10,-10,1e300,1e300", "too large"),
+        ("0,0,4000000000,4000000000", "too large"),
+        ("1e308,1e308,1,1", "outside"),
+        ("0,0,-5,10", "positive"),
+        ("1,2,3", "X,Y,W,H"),
+    ],
+)
 def test_bad_crop_boxes_are_one_error(spec, match):
     photo = np.zeros((100, 120, 3), np.uint8)
     with pytest.raises(FlashTalkError, match=match):
@@ -227,8 +259,11 @@ def test_the_cli_gives_one_line_and_exit_2(tmp_path, capsys, case):
         Image.new("RGB", (96, 96), (90, 60, 30)).save(buf, "PNG")
         png = buf.getvalue()
         portrait = tmp_path / "bomb.png"
-        portrait.write_bytes(png[:33] + _png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0"
-                                                   + zlib.compress(b"a" * (48 << 20), 9)) + png[33:])
+        portrait.write_bytes(
+            png[:33]
+            + _png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + zlib.compress(b"a" * (48 << 20), 9))
+            + png[33:]
+        )
     else:
         wav = _wav_with_rate(tmp_path / "r.wav", 0x7FFFFFFF)
     out_dir = tmp_path / "out"
@@ -247,8 +282,9 @@ def _m4a(title: bytes) -> bytes:
         c.metadata["title"] = "Q" * len(title)
         s = c.add_stream("aac", rate=22050)
         s.layout = "mono"
-        frame = av.AudioFrame.from_ndarray((0.3 * np.sin(np.arange(22050) * 0.05)).astype(np.float32)[None],
-                                           format="fltp", layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            (0.3 * np.sin(np.arange(22050) * 0.05)).astype(np.float32)[None], format="fltp", layout="mono"
+        )
         frame.sample_rate, frame.pts = 22050, 0
         for p in [*s.encode(frame), *s.encode(None)]:
             c.mux(p)
@@ -283,7 +319,7 @@ def tiny_bundle(tmp_path_factory) -> bytes:
 
 def _rewrite(data: bytes, edit) -> bytes:
     n = struct.unpack("<Q", data[:8])[0]
-    header, body = json.loads(data[8:8 + n]), data[8 + n:]
+    header, body = json.loads(data[8 : 8 + n]), data[8 + n :]
     edit(header)
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)
@@ -295,20 +331,33 @@ def _with_config(net: str, **changes):
         configs = json.loads(header["__metadata__"]["flashtalk_configs"])
         configs[net].update(changes)
         header["__metadata__"]["flashtalk_configs"] = json.dumps(configs)
+
     return edit
 
 
-@pytest.mark.parametrize("net, changes, match", [
-    ("motion_generator", {"n_motions": float("inf")}, "'n_motions' = inf must be finite"),
-    ("motion_generator", {"fps": 0}, r"'fps' = 0 is out of range: allowed \[1, 240\]"),
-    ("motion_generator", {"n_heads": 0}, "'n_heads' = 0 is out of range"),
-    ("motion_generator", {"feature_dim": -64}, "'feature_dim' = -64 is out of range"),
-    ("audio_encoder", {"hidden_size": "wide"}, "'hidden_size' = 'wide' must be a number"),
-    ("audio_encoder", {"conv_stride": [5, 0, 2]}, r"'conv_stride\[1\]' = 0 is out of range"),
-    ("audio_encoder", {"hidden_size": 8192, "intermediate_size": 65536, "num_hidden_layers": 128,
-                       "num_attention_heads": 8, "num_conv_pos_embedding_groups": 8}, "MiB file can hold"),
-    ("motion_generator", {"bogus": 1}, "unknown MotionGeneratorConfig field"),
-])
+@pytest.mark.parametrize(
+    "net, changes, match",
+    [
+        ("motion_generator", {"n_motions": float("inf")}, "'n_motions' = inf must be finite"),
+        ("motion_generator", {"fps": 0}, r"'fps' = 0 is out of range: allowed \[1, 240\]"),
+        ("motion_generator", {"n_heads": 0}, "'n_heads' = 0 is out of range"),
+        ("motion_generator", {"feature_dim": -64}, "'feature_dim' = -64 is out of range"),
+        ("audio_encoder", {"hidden_size": "wide"}, "'hidden_size' = 'wide' must be a number"),
+        ("audio_encoder", {"conv_stride": [5, 0, 2]}, r"'conv_stride\[1\]' = 0 is out of range"),
+        (
+            "audio_encoder",
+            {
+                "hidden_size": 8192,
+                "intermediate_size": 65536,
+                "num_hidden_layers": 128,
+                "num_attention_heads": 8,
+                "num_conv_pos_embedding_groups": 8,
+            },
+            "MiB file can hold",
+        ),
+        ("motion_generator", {"bogus": 1}, "unknown MotionGeneratorConfig field"),
+    ],
+)
 def test_bundle_config_fields_are_checked_with_file_and_field(tiny_bundle, tmp_path, net, changes, match):
     path = tmp_path / "b.safetensors"
     path.write_bytes(_rewrite(tiny_bundle, _with_config(net, **changes)))
@@ -320,6 +369,7 @@ def test_bundle_config_fields_are_checked_with_file_and_field(tiny_bundle, tmp_p
 def test_deeply_nested_bundle_config_is_one_error(tiny_bundle, tmp_path):
     def edit(header):
         header["__metadata__"]["flashtalk_configs"] = "[" * 50_000 + "]" * 50_000
+
     path = tmp_path / "b.safetensors"
     path.write_bytes(_rewrite(tiny_bundle, edit))
     with pytest.raises(FlashTalkError, match="nested too deeply"):
@@ -334,8 +384,12 @@ def test_the_unmutated_tiny_bundle_loads(tiny_bundle, tmp_path):
 
 def test_joyvasa_args_are_checked(tmp_path):
     base = Preset.from_name("tiny").motion
-    for value, match in ((float("inf"), "'n_motions' = inf must be finite"), (0, "'n_motions' = 0 is out of range"),
-                         ("many", "'n_motions' = 'many' must be a number"), (10**40, "out of range")):
+    for value, match in (
+        (float("inf"), "'n_motions' = inf must be finite"),
+        (0, "'n_motions' = 0 is out of range"),
+        ("many", "'n_motions' = 'many' must be a number"),
+        (10**40, "out of range"),
+    ):
         path = tmp_path / "ckpt.pt"
         torch.save({"args": argparse.Namespace(n_motions=value), "model": {}}, path)
         with pytest.raises(FlashTalkError, match=match) as info:
@@ -344,7 +398,7 @@ def test_joyvasa_args_are_checked(tmp_path):
 
 
 def test_hf_index_without_weight_map_and_outside_names(tmp_path):
-    from flashtalk.model.audio_weights import _read_hf_weights
+    from flashtalk.weights.hubert import _read_hf_weights
 
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
     with pytest.raises(FlashTalkError, match="no 'weight_map'"):
@@ -354,13 +408,20 @@ def test_hf_index_without_weight_map_and_outside_names(tmp_path):
         _read_hf_weights(tmp_path)
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n\x8a\x05" + (10**11).to_bytes(5, "little")
-     + b"\x85cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x88\x87R\x87R.", "800,000,000,000-byte array"),
-    (b"\x80\x02cnumpy\ndtype\nX\x0b\x00\x00\x00V1000000000\x89\x88\x87R.", "1,000,000,000-byte array"),
-    (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc", "not a valid pickle"),
-    (b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"}.", "not a valid pickle"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (
+            b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n\x8a\x05"
+            + (10**11).to_bytes(5, "little")
+            + b"\x85cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x88\x87R\x87R.",
+            "800,000,000,000-byte array",
+        ),
+        (b"\x80\x02cnumpy\ndtype\nX\x0b\x00\x00\x00V1000000000\x89\x88\x87R.", "1,000,000,000-byte array"),
+        (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc", "not a valid pickle"),
+        (b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"}.", "not a valid pickle"),
+    ],
+)
 def test_numpy_only_unpickler_refuses_expansion_before_allocating(tmp_path, data, match):
     (tmp_path / "t.pkl").write_bytes(data)
     with pytest.raises(FlashTalkError, match=match):
@@ -379,8 +440,11 @@ def test_numpy_only_unpickler_still_reads_arrays(tmp_path):
 
 def test_convert_checks_the_output_before_loading(tmp_path, capsys):
     (tmp_path / "dir.safetensors").mkdir()
-    for out, match in ((tmp_path / "dir.safetensors", "is a folder"), (tmp_path / "x.bin", "must end in"),
-                       (tmp_path / "no" / "x.safetensors", "does not exist")):
+    for out, match in (
+        (tmp_path / "dir.safetensors", "is a folder"),
+        (tmp_path / "x.bin", "must end in"),
+        (tmp_path / "no" / "x.safetensors", "does not exist"),
+    ):
         rc = main(["convert-weights", str(tmp_path / "no-such-weights"), "-o", str(out)])
         err = capsys.readouterr().err
         assert rc == 2 and match in err, err
@@ -424,9 +488,11 @@ def _gradient():
 @pytest.mark.parametrize("kind", ["png16", "tiff-I", "tiff-F"])
 def test_high_bit_depth_grey_images_keep_their_tones(tmp_path, kind):
     g = _gradient()
-    image = {"png16": Image.fromarray(np.rint(g * 65535).astype(np.uint16)),
-             "tiff-I": Image.fromarray(np.rint(g * 65535).astype(np.int32)),
-             "tiff-F": Image.fromarray(g.astype(np.float32))}[kind]
+    image = {
+        "png16": Image.fromarray(np.rint(g * 65535).astype(np.uint16)),
+        "tiff-I": Image.fromarray(np.rint(g * 65535).astype(np.int32)),
+        "tiff-F": Image.fromarray(g.astype(np.float32)),
+    }[kind]
     path = tmp_path / ("x.png" if kind == "png16" else "x.tif")
     image.save(path)
     rgb = load_image(path)
@@ -445,13 +511,13 @@ def test_a_float_image_with_nan_pixels_is_refused(tmp_path):
 
 def test_non_finite_weights_are_refused(tiny_bundle, tmp_path):
     n = struct.unpack("<Q", tiny_bundle[:8])[0]
-    header = json.loads(tiny_bundle[8:8 + n])
+    header = json.loads(tiny_bundle[8 : 8 + n])
     name = next(k for k, v in header.items() if k.startswith("spade_generator.") and v.get("dtype") == "F32")
     lo, hi = header[name]["data_offsets"]
-    body = bytearray(tiny_bundle[8 + n:])
+    body = bytearray(tiny_bundle[8 + n :])
     body[lo:hi] = b"\x00\x00\xc0\x7f" * ((hi - lo) // 4)
     path = tmp_path / "nan.safetensors"
-    path.write_bytes(tiny_bundle[:8 + n] + bytes(body))
+    path.write_bytes(tiny_bundle[: 8 + n] + bytes(body))
     with pytest.raises(FlashTalkError, match=r"\[spade_generator\]: non-finite weights in .*NaN"):
         fb.load_bundle(path)
 
@@ -459,18 +525,28 @@ def test_non_finite_weights_are_refused(tiny_bundle, tmp_path):
 def test_non_finite_weights_in_a_hugging_face_folder_are_refused(tmp_path):
     from safetensors.torch import save_file
 
-    from flashtalk.model.audio_weights import load_hf_audio_encoder
+    from flashtalk.weights.hubert import load_hf_audio_encoder
 
     audio = fb.seeded_networks("tiny").audio
     state = {k: v.clone().contiguous() for k, v in audio.state_dict().items()}
     state["encoder.layers.1.feed_forward.output_dense.weight"][0, 0] = float("inf")
     save_file(state, str(tmp_path / "model.safetensors"))
     c = audio.cfg
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "hubert", "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size,
-        "conv_dim": list(c.conv_dim), "conv_kernel": list(c.conv_kernel), "conv_stride": list(c.conv_stride),
-        "num_conv_pos_embeddings": c.num_conv_pos_embeddings,
-        "num_conv_pos_embedding_groups": c.num_conv_pos_embedding_groups}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "hubert",
+                "hidden_size": c.hidden_size,
+                "num_hidden_layers": c.num_hidden_layers,
+                "num_attention_heads": c.num_attention_heads,
+                "intermediate_size": c.intermediate_size,
+                "conv_dim": list(c.conv_dim),
+                "conv_kernel": list(c.conv_kernel),
+                "conv_stride": list(c.conv_stride),
+                "num_conv_pos_embeddings": c.num_conv_pos_embeddings,
+                "num_conv_pos_embedding_groups": c.num_conv_pos_embedding_groups,
+            }
+        )
+    )
     with pytest.raises(FlashTalkError, match=r"non-finite weights in encoder\.layers\.1\.feed_forward.*1 inf"):
         load_hf_audio_encoder(tmp_path)

@@ -13,10 +13,14 @@ import pytest
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.joyvasa_weights import (
-    load_checkpoint, load_motion_generator, load_motion_state, load_motion_template, load_pickled_arrays,
+from flashtalk.models.joyvasa.denoiser import MotionGenerator, MotionGeneratorConfig
+from flashtalk.weights.joyvasa import (
+    load_checkpoint,
+    load_motion_generator,
+    load_motion_state,
+    load_motion_template,
+    load_pickled_arrays,
 )
-from flashtalk.model.motion_generator import MotionGenerator, MotionGeneratorConfig
 from tests.utils import assert_close
 
 
@@ -32,9 +36,19 @@ def _tiny_state(cfg: MotionGeneratorConfig) -> dict[str, torch.Tensor]:
 
 def _write_checkpoint(path, cfg: MotionGeneratorConfig, state=None, **extra_args) -> dict[str, torch.Tensor]:
     state = state if state is not None else _tiny_state(cfg)
-    args = argparse.Namespace(motion_feat_dim=cfg.motion_feat_dim, n_motions=cfg.n_motions, n_prev_motions=cfg.n_prev_motions,
-                              feature_dim=cfg.feature_dim, n_diff_steps=cfg.n_diff_steps, fps=25, pad_mode="zero",
-                              n_layers=6, audio_model="hubert_zh", exp_dir=pathlib.PosixPath("/train/exp"), **extra_args)
+    args = argparse.Namespace(
+        motion_feat_dim=cfg.motion_feat_dim,
+        n_motions=cfg.n_motions,
+        n_prev_motions=cfg.n_prev_motions,
+        feature_dim=cfg.feature_dim,
+        n_diff_steps=cfg.n_diff_steps,
+        fps=25,
+        pad_mode="zero",
+        n_layers=6,
+        audio_model="hubert_zh",
+        exp_dir=pathlib.PosixPath("/train/exp"),
+        **extra_args,
+    )
     torch.save({"args": args, "model": state, "iter": 20000}, path)
     return state
 
@@ -94,7 +108,10 @@ class _Evil:
 def test_checkpoint_refuses_arbitrary_objects(tmp_path):
     cfg = MotionGeneratorConfig.tiny()
     _write_checkpoint(tmp_path / "evil.pt", cfg, hook=_Evil())
-    with pytest.raises(FlashTalkError, match=r"evil.pt: refused to unpickle a non-tensor object.*argparse.Namespace.*(posix|os|nt)\.system"):
+    with pytest.raises(
+        FlashTalkError,
+        match=r"evil.pt: refused to unpickle a non-tensor object.*argparse.Namespace.*(posix|os|nt)\.system",
+    ):
         load_checkpoint(tmp_path / "evil.pt")
 
 
@@ -103,8 +120,11 @@ def test_load_motion_state_computed_buffers():
     cfg = MotionGeneratorConfig.tiny()
     model = MotionGenerator(cfg, dtype=torch.float64)
     before = model.diffusion_sched.alpha_bars.clone()
-    learnable = {k: torch.randn_like(v) for k, v in model.state_dict().items()
-                 if not k.startswith(("diffusion_sched.", "denoising_net.PE.", "denoising_net.alignment_mask"))}
+    learnable = {
+        k: torch.randn_like(v)
+        for k, v in model.state_dict().items()
+        if not k.startswith(("diffusion_sched.", "denoising_net.PE.", "denoising_net.alignment_mask"))
+    }
     with pytest.raises(FlashTalkError, match="missing"):
         load_motion_state(model, learnable)
     load_motion_state(model, learnable, allow_missing_computed=True)

@@ -20,6 +20,7 @@ pytest.importorskip("triton")
 # triton versions, so on another version the check reports spills instead of failing on them.
 SPILLS_MEASURED_WITH = "3.9"
 
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     path = tmp_path_factory.mktemp("kcheck") / "kernels.json"
@@ -51,8 +52,10 @@ def test_production_variants_fit_sm90_without_spills(report):
     assert over == []
     spills = {(r["file"], r["variant"]) for r in prod if r["spill_bytes"]}
     if not data["triton"].startswith(SPILLS_MEASURED_WITH + "."):
-        pytest.skip(f"the known-spill list is for triton {SPILLS_MEASURED_WITH} (CI); this is {data['triton']}: "
-                    f"{len(spills)} production launches spill, see `flashtalk kernels check`")
+        pytest.skip(
+            f"the known-spill list is for triton {SPILLS_MEASURED_WITH} (CI); this is {data['triton']}: "
+            f"{len(spills)} production launches spill, see `flashtalk kernels check`"
+        )
     assert spills == set()
     # the command's exit status says the same: 0 when no production variant has a problem
     assert rc == 0
@@ -72,11 +75,14 @@ def test_low_precision_attention_uses_tensor_cores(report):
     assert len(tail) == 4 and all(r["tensor_cores"] == "wgmma" and r["spill_bytes"] == 0 for r in tail), tail
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--arch", "sm_42"], "--arch 'sm_42' is not one of sm_80"),
-    (["--file", "nope"], "--file 'nope' is not a kernel file"),
-    (["--json", "/no/such/folder/k.json"], "its folder does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--arch", "sm_42"], "--arch 'sm_42' is not one of sm_80"),
+        (["--file", "nope"], "--file 'nope' is not a kernel file"),
+        (["--json", "/no/such/folder/k.json"], "its folder does not exist"),
+    ],
+)
 def test_bad_arguments(argv, message, capsys):
     assert main(["kernels", "check", *argv]) == 2
     err = capsys.readouterr().err

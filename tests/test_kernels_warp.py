@@ -17,10 +17,10 @@ import torch
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import dispatch
-from flashtalk.kernels._triton import _jit
 from flashtalk.kernels.deform_warp import deform_warp, deform_warp_ref
 from flashtalk.kernels.dense_motion_input import dense_motion_input, dense_motion_input_ref
 from flashtalk.kernels.paste_back import make_feather_mask, paste_back, paste_back_ref
+from flashtalk.kernels.triton_compat import _jit
 from flashtalk.kernels.warp2d import warp2d, warp2d_ref
 from tests.utils import assert_close, max_err
 
@@ -88,12 +88,16 @@ def test_dense_motion_input(B, K, C, size, strided, dtype):
     xs, xd = keypoints(B, K)
     c = c32.to(dtype)
     if strided:
-        c, xs, xd = noncontig(c), xs.transpose(1, 2).contiguous().transpose(1, 2), xd.transpose(0, 1).contiguous().transpose(0, 1)
+        c, xs, xd = (
+            noncontig(c),
+            xs.transpose(1, 2).contiguous().transpose(1, 2),
+            xd.transpose(0, 1).contiguous().transpose(0, 1),
+        )
     out = run_triton(dense_motion_input, c, xs, xd)
     assert out.shape == (B, (K + 1) * (C + 1), *size) and out.dtype == dtype
     ref64 = dense_motion_input_ref(c.double(), xs.double(), xd.double())
     check_rule(out, dense_motion_input_ref(c, xs, xd), ref64, f"dense_motion_input {dtype}")
-    heat = out[:, 0::C + 1].float()
+    heat = out[:, 0 :: C + 1].float()
     assert (heat[:, 0] == 0).all()  # background channel
     if K > 1 and min(size) > 1:
         assert heat[:, 1:].abs().max() > 0.1  # real heatmaps, not zeros
@@ -125,7 +129,9 @@ def test_deform_warp(B, K, C, size, fsize, strided, dtype):
     if strided:
         logits, feature = noncontig(logits), noncontig(feature)
     out, phi = run_triton(deform_warp, logits, xs, xd, feature, return_deformation=True)
-    assert out.shape == (B, C, *size) and out.dtype == dtype and phi.shape == (B, *size, 3) and phi.dtype == torch.float32
+    assert (
+        out.shape == (B, C, *size) and out.dtype == dtype and phi.shape == (B, *size, 3) and phi.dtype == torch.float32
+    )
     ref64, phi64 = deform_warp_ref(logits.double(), xs.double(), xd.double(), feature.double(), return_deformation=True)
     ours, phi_ref = deform_warp_ref(logits, xs, xd, feature, return_deformation=True)
     check_rule(out, ours, ref64, f"deform_warp warped {dtype}")
@@ -196,7 +202,9 @@ def test_paste_back_matches_reference(dtype):
     assert out.shape == (2, 37, 45, 3) and out.dtype == torch.uint8
     diff = (out.int() - ref.int()).abs()
     # rounding at exact .5 may differ by one level between fp32 orders of operations, nowhere more
-    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3, f"{int((diff > 0).sum())} pixels differ, max {diff.max()}"
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3, (
+        f"{int((diff > 0).sum())} pixels differ, max {diff.max()}"
+    )
     assert (out != bg).any(dim=-1).float().mean() > 0.1  # the crop really landed
 
 
@@ -241,11 +249,30 @@ def _sample_at_grid_kernel(f_ptr, g_ptr, out_ptr, C, D, H, W, N, BV: tl.constexp
     gx = tl.load(g_ptr + o_v * 3, mask=m_v, other=0.0)
     gy = tl.load(g_ptr + o_v * 3 + 1, mask=m_v, other=0.0)
     gz = tl.load(g_ptr + o_v * 3 + 2, mask=m_v, other=0.0)
-    o000, o001, o010, o011, o100, o101, o110, o111, w000, w001, w010, w011, w100, w101, w110, w111 = \
+    o000, o001, o010, o011, o100, o101, o110, o111, w000, w001, w010, w011, w100, w101, w110, w111 = (
         dmi_mod.trilinear_corners(gx, gy, gz, D, H, W, H * W, W, 1)
+    )
     for i_c in range(C):
-        b_v = dmi_mod.trilinear_gather(f_ptr + i_c * D * H * W, m_v, o000, o001, o010, o011, o100, o101, o110,
-                                       o111, w000, w001, w010, w011, w100, w101, w110, w111)
+        b_v = dmi_mod.trilinear_gather(
+            f_ptr + i_c * D * H * W,
+            m_v,
+            o000,
+            o001,
+            o010,
+            o011,
+            o100,
+            o101,
+            o110,
+            o111,
+            w000,
+            w001,
+            w010,
+            w011,
+            w100,
+            w101,
+            w110,
+            w111,
+        )
         tl.store(out_ptr + i_c * N + o_v, b_v, mask=m_v)
 
 
@@ -254,7 +281,9 @@ def sample_at_grid(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     g = grid.reshape(-1, 3).contiguous()
     out = torch.full((volume.shape[0], g.shape[0]), float("nan"))
     BV = dmi_mod.block_size(g.shape[0])
-    _sample_at_grid_kernel[(triton.cdiv(g.shape[0], BV),)](volume.contiguous(), g, out, *volume.shape, g.shape[0], BV=BV)
+    _sample_at_grid_kernel[(triton.cdiv(g.shape[0], BV),)](
+        volume.contiguous(), g, out, *volume.shape, g.shape[0], BV=BV
+    )
     return out.view(volume.shape[0], *grid.shape[:-1])
 
 
@@ -303,12 +332,19 @@ def test_custom_ops_opcheck():
     xs, xd = keypoints(1, 2)
     with dispatch.use_kernels("triton"):
         torch.library.opcheck(torch.ops.flashtalk.dense_motion_input, (torch.randn(1, 2, 2, 3, 2), xs, xd))
-        torch.library.opcheck(torch.ops.flashtalk.deform_warp,
-                              (torch.randn(1, 3, 2, 3, 2), xs, xd, torch.randn(1, 2, 2, 2, 3), True))
+        torch.library.opcheck(
+            torch.ops.flashtalk.deform_warp, (torch.randn(1, 3, 2, 3, 2), xs, xd, torch.randn(1, 2, 2, 2, 3), True)
+        )
         torch.library.opcheck(torch.ops.flashtalk.warp2d, (torch.randn(1, 2, 3, 4), grid2d(1, 2, 3), "border"))
-        torch.library.opcheck(torch.ops.flashtalk.paste_back,
-                              (torch.rand(2, 3, 4, 5), torch.randint(0, 256, (1, 6, 7, 3), dtype=torch.uint8),
-                               torch.tensor([[[1.0, 0.0, -1.0], [0.0, 1.0, -1.0]]]), make_feather_mask((4, 5))))
+        torch.library.opcheck(
+            torch.ops.flashtalk.paste_back,
+            (
+                torch.rand(2, 3, 4, 5),
+                torch.randint(0, 256, (1, 6, 7, 3), dtype=torch.uint8),
+                torch.tensor([[[1.0, 0.0, -1.0], [0.0, 1.0, -1.0]]]),
+                make_feather_mask((4, 5)),
+            ),
+        )
 
 
 def test_float64_runs_reference_with_reason():
@@ -333,4 +369,6 @@ def test_bad_inputs_are_named():
     with pytest.raises(FlashTalkError, match="uint8"):
         paste_back(torch.rand(1, 3, 4, 4), torch.zeros(1, 8, 8, 3), torch.zeros(1, 2, 3), torch.ones(4, 4))
     with pytest.raises(FlashTalkError, match="mask"):
-        paste_back(torch.rand(1, 3, 4, 4), torch.zeros(1, 8, 8, 3, dtype=torch.uint8), torch.zeros(1, 2, 3), torch.ones(5, 4))
+        paste_back(
+            torch.rand(1, 3, 4, 4), torch.zeros(1, 8, 8, 3, dtype=torch.uint8), torch.zeros(1, 2, 3), torch.ones(5, 4)
+        )

@@ -1,5 +1,5 @@
-"""The layers point one way: `kernels -> model -> runtime -> serving / cli` (`profiling` beside kernels, the
-file I/O in `flashtalk/io` and the preview beside model, the commands in `flashtalk/cli`). Every import in
+"""The layers point one way: `kernels -> models -> (controls, weights) -> runtime -> serving / cli` (`profiling`
+beside kernels; `samplers`, the file I/O in `io`, `faces` and `provenance` beside models; the commands in `cli`). Every import in
 every module of the package, at module level or inside a function, is read with `ast` (nothing is imported)."""
 
 from __future__ import annotations
@@ -13,16 +13,29 @@ PACKAGE = Path(flashtalk.__file__).resolve().parent
 
 # rank of each part of the package; a module may import only parts of its own rank or below
 RANKS = {
-    "kernels": 0, "profiling": 0,
-    "model": 1, "preview": 1, "provenance": 1, "faces": 1, "hub": 1, "io": 1,
-    "runtime": 2,
-    "serving": 3, "cli": 3, "golden": 3, "bench": 3, "client": 3, "integrations": 3, "__main__": 3,
+    "kernels": 0,
+    "profiling": 0,
+    "models": 1,
+    "samplers": 1,
+    "provenance": 1,
+    "faces": 1,
+    "io": 1,
+    "controls": 2,
+    "weights": 2,
+    "runtime": 3,
+    "serving": 4,
+    "cli": 4,
+    "golden": 4,
+    "bench": 4,
+    "client": 4,
+    "integrations": 4,
+    "__main__": 4,
 }
 SHARED = {"errors", "constants", "__init__"}  # importable from anywhere
 
 
 def _part(module: str) -> str | None:
-    """'flashtalk.model.fast' -> 'model'; None for modules outside the package."""
+    """'flashtalk.models.liveportrait.optimized' -> 'models'; None for modules outside the package."""
     parts = module.split(".")
     if parts[0] != "flashtalk":
         return None
@@ -38,7 +51,7 @@ def _imports(path: Path, module: str) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against this module's package
                 pkg = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-                base = pkg[:len(pkg) - (node.level - 1)]
+                base = pkg[: len(pkg) - (node.level - 1)]
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module or ""
@@ -74,5 +87,5 @@ def test_the_walk_sees_function_level_imports(tmp_path):
     """The checker itself: a function-level import of the runtime from a model file is found."""
     path = tmp_path / "fake.py"
     path.write_text("def f():\n    from flashtalk.runtime.graphs import GraphRunner\n")
-    assert _imports(path, "flashtalk.model.fake") == [(2, "flashtalk.runtime.graphs")]
-    assert RANKS[_part("flashtalk.runtime.graphs")] > RANKS[_part("flashtalk.model.fake")]
+    assert _imports(path, "flashtalk.models.fake") == [(2, "flashtalk.runtime.graphs")]
+    assert RANKS[_part("flashtalk.runtime.graphs")] > RANKS[_part("flashtalk.models.fake")]

@@ -18,14 +18,13 @@ import pytest
 
 pytest.importorskip("livekit.agents", reason="the LiveKit integration needs livekit-agents (the 'livekit' extra)")
 
-from livekit import rtc  # noqa: E402
-from livekit.agents import AgentSession  # noqa: E402
-from livekit.agents.voice.avatar import AudioSegmentEnd  # noqa: E402
+from livekit import rtc
+from livekit.agents import AgentSession
+from livekit.agents.voice.avatar import AudioSegmentEnd
 
-from flashtalk.integrations.livekit import (FlashTalkVideoGenerator, avatar_options,  # noqa: E402
-                                            start_in_process_avatar)
-from flashtalk.runtime.session import PreviewStreamingBackend, encode_portrait  # noqa: E402
-from tests.serve_process import ASSETS  # noqa: E402
+from flashtalk.integrations.livekit import FlashTalkVideoGenerator, avatar_options, start_in_process_avatar
+from flashtalk.runtime.session import PreviewStreamingBackend, encode_portrait
+from tests.serve_process import ASSETS
 
 WAIT_S = 60.0
 
@@ -43,8 +42,12 @@ def speech(samples: int, rate: int, freq: float = 300.0) -> np.ndarray:
 
 def audio_frames(pcm: np.ndarray, rate: int, ms: int = 10) -> list[rtc.AudioFrame]:
     n = rate * ms // 1000
-    return [rtc.AudioFrame(data=pcm[i:i + n].tobytes(), sample_rate=rate, num_channels=1,
-                           samples_per_channel=len(pcm[i:i + n])) for i in range(0, len(pcm), n)]
+    return [
+        rtc.AudioFrame(
+            data=pcm[i : i + n].tobytes(), sample_rate=rate, num_channels=1, samples_per_channel=len(pcm[i : i + n])
+        )
+        for i in range(0, len(pcm), n)
+    ]
 
 
 def run(coro):

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model import liveportrait_weights as lpw
-from flashtalk.model.renderer import Renderer, build_network
+from flashtalk.models.liveportrait.renderer import build_network
+from flashtalk.weights import liveportrait as lpw
+from flashtalk.weights.liveportrait import load_renderer
 
 
 def _published_tensors(manifest: dict, network: str) -> dict:
@@ -36,8 +37,10 @@ def weights_dir(tmp_path_factory):
         path.parent.mkdir(parents=True, exist_ok=True)
         if network == "stitching_retargeting_module":
             # Three DDP-prefixed sub-dicts, as the official training script saved them.
-            obj = {part: {f"module.{k.split('.', 1)[1]}": v for k, v in state.items() if k.startswith(part + ".")}
-                   for part in lpw.STITCHING_PARTS}
+            obj = {
+                part: {f"module.{k.split('.', 1)[1]}": v for k, v in state.items() if k.startswith(part + ".")}
+                for part in lpw.STITCHING_PARTS
+            }
         else:
             obj = state
         # Keys in manifest order, as the official classes' state_dict produces them.
@@ -63,7 +66,7 @@ def test_published_folder_loads_and_bundles(weights_dir, tmp_path, monkeypatch):
         _assert_same(states[network], expected[network], network)
     assert "retarget_eye.mlp.10.weight" in states["stitching_retargeting_module"]
 
-    renderer = Renderer.from_weights(root)
+    renderer = load_renderer(root)
     ours = renderer.state_dict()
     for network, sd in expected.items():
         for k, v in sd.items():
@@ -88,20 +91,24 @@ def test_published_folder_loads_and_bundles(weights_dir, tmp_path, monkeypatch):
     loaded = lpw.read_bundle(bundle)
     for network in lpw.NETWORKS:
         _assert_same(loaded[network], expected[network], f"bundle {network}")
-    renderer = Renderer.from_weights(bundle)
-    assert torch.equal(renderer.spade_generator.up_1.conv_s.weight_v, expected["spade_generator"]["up_1.conv_s.weight_v"])
+    renderer = load_renderer(bundle)
+    assert torch.equal(
+        renderer.spade_generator.up_1.conv_s.weight_v, expected["spade_generator"]["up_1.conv_s.weight_v"]
+    )
 
 
 def test_bundle_keeps_other_networks(tmp_path):
     """A later network (e.g. the motion generator) sits beside the renderer's in the same bundle format."""
-    states = {"joyvasa_motion_generator": {"a.weight": torch.arange(6.0).view(2, 3)},
-              "motion_extractor": {"detector.norm.bias": torch.ones(3)}}
+    states = {
+        "joyvasa_motion_generator": {"a.weight": torch.arange(6.0).view(2, 3)},
+        "motion_extractor": {"detector.norm.bias": torch.ones(3)},
+    }
     path = lpw.write_bundle(states, tmp_path / "b.safetensors")
     back = lpw.read_bundle(path)
     assert torch.equal(back["joyvasa_motion_generator"]["a.weight"], states["joyvasa_motion_generator"]["a.weight"])
     assert torch.equal(back["motion_extractor"]["detector.norm.bias"], torch.ones(3))
     with pytest.raises(FlashTalkError, match="holds no appearance_feature_extractor weights"):
-        Renderer.from_weights(path)
+        load_renderer(path)
 
 
 def test_checkpoint_of_another_network(weights_dir):
@@ -133,10 +140,14 @@ def test_misshaped_key(weights_dir, tmp_path):
     path = tmp_path / "stitching_retargeting_module.pth"
     torch.save(obj, path)
     state = lpw.read_checkpoint(path, "stitching_retargeting_module")
-    with pytest.raises(FlashTalkError, match=r"mis-shaped keys \(1\): retarget_mouth.mlp.2.weight: file \(128, 127\) "
-                                             r"vs expected \(128, 128\)"):
-        lpw.check_state_dict(build_network("stitching_retargeting_module"), state, "stitching_retargeting_module",
-                             str(path))
+    with pytest.raises(
+        FlashTalkError,
+        match=r"mis-shaped keys \(1\): retarget_mouth.mlp.2.weight: file \(128, 127\) "
+        r"vs expected \(128, 128\)",
+    ):
+        lpw.check_state_dict(
+            build_network("stitching_retargeting_module"), state, "stitching_retargeting_module", str(path)
+        )
 
 
 def test_truncated_file(weights_dir, tmp_path):
@@ -148,7 +159,10 @@ def test_truncated_file(weights_dir, tmp_path):
         lpw.read_checkpoint(path, "stitching_retargeting_module")
     bundle = lpw.write_bundle({"motion_extractor": {"w": torch.ones(1000)}}, tmp_path / "b.safetensors")
     bundle.write_bytes(bundle.read_bytes()[:200])
-    with pytest.raises(FlashTalkError, match=r"b.safetensors: cannot read the safetensors file \(truncated or corrupt\? expected a FlashTalk weights bundle"):
+    with pytest.raises(
+        FlashTalkError,
+        match=r"b.safetensors: cannot read the safetensors file \(truncated or corrupt\? expected a FlashTalk weights bundle",
+    ):
         lpw.read_bundle(bundle)
 
 
@@ -157,10 +171,13 @@ class _Payload:
         return (print, ("unpickled!",))
 
 
-@pytest.mark.parametrize("obj", [
-    pytest.param({"w": torch.ones(2), "x": _Payload()}, id="custom-class"),
-    pytest.param({"w": torch.ones(2), "f": print}, id="function"),
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pytest.param({"w": torch.ones(2), "x": _Payload()}, id="custom-class"),
+        pytest.param({"w": torch.ones(2), "f": print}, id="function"),
+    ],
+)
 def test_pickle_with_non_tensor_object_is_refused(tmp_path, obj, capsys):
     path = tmp_path / "evil.pth"
     torch.save(obj, path)
@@ -185,4 +202,4 @@ def test_folder_and_bundle_errors(tmp_path):
     with pytest.raises(FlashTalkError, match="not a FlashTalk weights bundle"):
         lpw.read_bundle(tmp_path / "other.safetensors")
     with pytest.raises(FlashTalkError, match="expected a LivePortrait weights folder or a .safetensors bundle"):
-        Renderer.from_weights(tmp_path / "weights.bin")
+        load_renderer(tmp_path / "weights.bin")

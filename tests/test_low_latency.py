@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.bundle import seeded_networks
-from flashtalk.runtime.network import NetworkBackend
+from flashtalk.runtime.backends.network import NetworkBackend
 from flashtalk.runtime.scheduler import Scheduler
 from flashtalk.runtime.session import HOP, Event, Frame, Session, encode_portrait
 from flashtalk.runtime.windows import LOW_COMMIT, LOW_LOOKAHEAD, MAX_LOOKAHEAD_MS
+from flashtalk.weights.bundle import seeded_networks
 
 CONTINUITY_RATIO = 1.5  # issue 17: boundary / inside frame-to-frame motion change
 
@@ -28,7 +28,9 @@ def nets():
 def _image() -> np.ndarray:
     rng = np.random.default_rng(5)
     y, x = np.mgrid[0:512, 0:512] / 511.0
-    return np.clip(np.stack([1 - y, x * y, 1 - x], -1) * 220 + rng.normal(0, 12, (512, 512, 3)), 0, 255).astype(np.uint8)
+    return np.clip(np.stack([1 - y, x * y, 1 - x], -1) * 220 + rng.normal(0, 12, (512, 512, 3)), 0, 255).astype(
+        np.uint8
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +46,9 @@ def portrait(backend):
 def speech(frames: int, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(frames * HOP) / 16000
-    return (0.3 * np.sin(2 * np.pi * 180 * t) * np.sin(2 * np.pi * 3 * t) + 0.05 * rng.standard_normal(t.shape)
-            ).astype(np.float32)
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * np.sin(2 * np.pi * 3 * t) + 0.05 * rng.standard_normal(t.shape)).astype(
+        np.float32
+    )
 
 
 class Recorder:
@@ -62,15 +65,28 @@ class Recorder:
             return kp
 
         monkeypatch.setattr(backend, "driving_keypoints", record)
-        monkeypatch.setattr(backend, "render_keypoints",
-                            lambda f_s, x_s, x_d: x_d.mean((1, 2)).sigmoid()[:, None, None, None].expand(-1, 3, 512, 512))
+        monkeypatch.setattr(
+            backend,
+            "render_keypoints",
+            lambda f_s, x_s, x_d: x_d.mean((1, 2)).sigmoid()[:, None, None, None].expand(-1, 3, 512, 512),
+        )
 
 
 def _session(backend, portrait, latency: str, *, idle: bool = False, clock=None, **kw) -> tuple[Scheduler, Session]:
     clock = clock or (lambda: 50.0)
     scheduler = Scheduler(backend, clock=clock)
-    session = Session(backend, portrait, seed=7, sample_rate=16000, sample_format="f32le", idle=idle,
-                      watermark=False, clock=clock, latency=latency, **kw)
+    session = Session(
+        backend,
+        portrait,
+        seed=7,
+        sample_rate=16000,
+        sample_format="f32le",
+        idle=idle,
+        watermark=False,
+        clock=clock,
+        latency=latency,
+        **kw,
+    )
     scheduler.admit(session)
     return scheduler, session
 
@@ -87,7 +103,7 @@ def test_low_mode_announces_at_most_160_ms_and_emits_frames_as_their_audio_compl
     assert session.lookahead_s == pytest.approx((k - 1 + r) / 25)
     audio, out = speech(14), []
     for m in range(1, 15):  # one frame of audio per push, a tick after each
-        session.push_audio(audio[(m - 1) * HOP:m * HOP])
+        session.push_audio(audio[(m - 1) * HOP : m * HOP])
         scheduler.step()
         out += _frames(session.poll())
         # the first window commits k - 2 new frames (2 leading silent frames), each later one k; a window
@@ -103,12 +119,14 @@ def test_low_mode_announces_at_most_160_ms_and_emits_frames_as_their_audio_compl
     assert [x.kind for x in out if isinstance(x, Event)] == ["end"]
 
 
-def _run_chunked(backend, portrait, latency: str, audio: np.ndarray, chunk: int, monkeypatch) -> dict[int, torch.Tensor]:
+def _run_chunked(
+    backend, portrait, latency: str, audio: np.ndarray, chunk: int, monkeypatch
+) -> dict[int, torch.Tensor]:
     with monkeypatch.context() as mp:
         rec = Recorder(backend, mp)
         scheduler, session = _session(backend, portrait, latency)
         for start in range(0, len(audio), chunk):
-            session.push_audio(audio[start:start + chunk])
+            session.push_audio(audio[start : start + chunk])
             scheduler.step()
         session.end_speech()
         for _ in range(10):
@@ -155,6 +173,7 @@ def test_low_mode_motion_is_continuous_at_commit_boundaries(nets):
     """Frame-to-frame change of the generated motion at the boundary between two committed spans against
     inside them (seeded weights: this checks the schedule's conditioning, not lip-sync quality, which only
     the released weights can show)."""
+
     def motion(latency: str) -> torch.Tensor:
         b = NetworkBackend(nets, "cpu", seeded=True)
         stream = b.open(None, seed=11, latency=latency)
@@ -178,7 +197,9 @@ def test_bad_latency_settings_name_the_value_and_range(backend, portrait):
     W = backend.cfg.n_motions
     with pytest.raises(FlashTalkError, match=rf"commit_frames must be an integer in \[1, {W - 2}\]; got 0"):
         Session(backend, portrait, latency="low", commit_frames=0)
-    with pytest.raises(FlashTalkError, match=r"lookahead_frames must be an integer in \[0, 2\] with commit_frames 4; got 3"):
+    with pytest.raises(
+        FlashTalkError, match=r"lookahead_frames must be an integer in \[0, 2\] with commit_frames 4; got 3"
+    ):
         Session(backend, portrait, latency="low", lookahead_frames=3)
     with pytest.raises(FlashTalkError, match="apply to latency 'low' only"):
         Session(backend, portrait, latency="exact", commit_frames=2)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from flashtalk.cli.animate import demo_assets
 from flashtalk.errors import FlashTalkError
-from flashtalk.io.facecrop import Box, crop_affine, crop_box, cut, face_crop, invert_affine, parse_crop
+from flashtalk.faces.portrait_crop import Box, crop_affine, crop_box, cut, face_crop, invert_affine, parse_crop
 from flashtalk.io.media import PngWriter, Terminated, VideoWriter, atomic_output, load_image, raise_if_signalled
 
 
@@ -72,10 +72,13 @@ def test_load_image_reads_webp_and_grey(tmp_path):
     assert (out == grey[..., None]).all()
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"this is not an image", "not a readable image"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"this is not an image", "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not a readable image"),
+    ],
+)
 def test_load_image_rejects_non_images(tmp_path, content, match):
     path = tmp_path / "bad.png"
     path.write_bytes(content)
@@ -119,8 +122,10 @@ class _SignalInFinalizer:
 @pytest.fixture
 def default_signals():
     """Python's own SIGINT / SIGTERM dispositions (a background job starts with SIGINT ignored)."""
-    saved = {sig: signal.signal(sig, default) for sig, default in
-             ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))}
+    saved = {
+        sig: signal.signal(sig, default)
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))
+    }
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
@@ -142,7 +147,10 @@ def test_a_signal_whose_exception_was_swallowed_still_stops_the_write(tmp_path, 
             tmp.write_bytes(b"a whole video")
             _SignalInFinalizer(sig)
     assert list(tmp_path.iterdir()) == []  # never committed
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
 
     def write_ok() -> None:
         with atomic_output(target, overwrite=False) as tmp:
@@ -222,10 +230,16 @@ def test_video_writer_frames_audio_and_metadata(tmp_path):
     levels = np.linspace(20, 230, n).round().astype(np.uint8)
     frames = np.broadcast_to(levels[:, None, None, None], (n, 64, 96, 3)).copy()
     path = tmp_path / "v.mp4"
-    w = VideoWriter(path, width=96, height=64, fps=fps, audio=SimpleNamespace(samples=tone, rate=rate),
-                    metadata={"comment": "synthetic: test", "flashtalk_watermark": "off"})
+    w = VideoWriter(
+        path,
+        width=96,
+        height=64,
+        fps=fps,
+        audio=SimpleNamespace(samples=tone, rate=rate),
+        metadata={"comment": "synthetic: test", "flashtalk_watermark": "off"},
+    )
     for i in range(0, n, 7):
-        w.write(frames[i:i + 7])
+        w.write(frames[i : i + 7])
     w.close()
     meta, video, audio, arate = _decode(path)
     assert meta["comment"] == "synthetic: test" and meta["flashtalk_watermark"] == "off"
@@ -234,7 +248,7 @@ def test_video_writer_frames_audio_and_metadata(tmp_path):
     assert arate == rate
     assert abs(len(audio) - len(tone)) <= 1024  # AAC priming / padding is at most one frame
     # the tone is there: its spectrum peaks at 440 Hz
-    spec = np.abs(np.fft.rfft(audio[2048:2048 + 8192]))
+    spec = np.abs(np.fft.rfft(audio[2048 : 2048 + 8192]))
     assert abs(np.argmax(spec) * rate / 8192 - 440) < 4
 
 
@@ -299,8 +313,12 @@ def test_paste_back_of_the_unchanged_crop_restores_the_photo():
     photo = _smooth(260, 300)
     fc = face_crop(photo, (60, 20, 180, 180))
     crop = torch.from_numpy(fc.image).permute(2, 0, 1)[None].float() / 255
-    out = paste_back(crop, torch.from_numpy(photo)[None], torch.tensor(fc.photo_to_crop, dtype=torch.float32)[None],
-                     make_feather_mask(512))[0].numpy()
+    out = paste_back(
+        crop,
+        torch.from_numpy(photo)[None],
+        torch.tensor(fc.photo_to_crop, dtype=torch.float32)[None],
+        make_feather_mask(512),
+    )[0].numpy()
     assert out.shape == photo.shape
     inner = (slice(50, 170), slice(100, 220))  # well inside the feather mask
     err = np.abs(out[inner].astype(int) - photo[inner].astype(int))
@@ -320,8 +338,11 @@ def test_auto_crop_finds_the_demo_face():
     assert 0.35 < left[0] < 0.45 and 0.55 < right[0] < 0.65
     assert 0.42 < left[1] < 0.56 and 0.62 < mouth[1] < 0.76
     assert fc.landmarks is not None
-    for found, expected in ((fc.landmarks.left_eye, left), (fc.landmarks.right_eye, right),
-                            (fc.landmarks.mouth, mouth)):
+    for found, expected in (
+        (fc.landmarks.left_eye, left),
+        (fc.landmarks.right_eye, right),
+        (fc.landmarks.mouth, mouth),
+    ):
         assert np.hypot(*(np.array(found) - expected)) < 0.03
 
 

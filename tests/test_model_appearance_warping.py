@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice, use_kernels
-from flashtalk.model.appearance import AppearanceConfig, AppearanceFeatureExtractor
-from flashtalk.model.layers import Conv2d, Conv3d, conv_by_taps
-from flashtalk.model.seeded import seed_module
-from flashtalk.model.warping import WarpingConfig, WarpingNetwork
+from flashtalk.models.layers import Conv2d, Conv3d, conv_by_taps
+from flashtalk.models.liveportrait.appearance import AppearanceConfig, AppearanceFeatureExtractor
+from flashtalk.models.liveportrait.warping import WarpingConfig, WarpingNetwork
+from flashtalk.weights.seeded import seed_module
 from tests.utils import assert_close, mismatch_report
 
 NETWORKS = {
@@ -67,7 +67,9 @@ def run_with_chanmeans(net: torch.nn.Module, names: list[str], *args):
     return out, means
 
 
-def check_golden(folder: Path, npz: str, ours: dict[str, torch.Tensor], means: dict[str, torch.Tensor], ref, precision: str):
+def check_golden(
+    folder: Path, npz: str, ours: dict[str, torch.Tensor], means: dict[str, torch.Tensor], ref, precision: str
+):
     failures = []
     for array, value in ours.items():
         atol, rtol = gate(folder, npz, array, precision)
@@ -138,8 +140,16 @@ def test_warping_golden(lp_golden, precision):
     ref = np.load(lp_golden / "warping_module.npz")
     net = seeded("warping_module", lp_golden, dtype)
     dm = "dense_motion_network."
-    names = [dm + "norm", dm + "hourglass.encoder.down_blocks.0", dm + "hourglass.decoder.up_blocks.4",
-             dm + "hourglass", dm + "mask", dm + "occlusion", "third", "fourth"]
+    names = [
+        dm + "norm",
+        dm + "hourglass.encoder.down_blocks.0",
+        dm + "hourglass.decoder.up_blocks.4",
+        dm + "hourglass",
+        dm + "mask",
+        dm + "occlusion",
+        "third",
+        "fourth",
+    ]
     inputs = [torch.from_numpy(ref[k]).to(dtype) for k in ("in_feature_3d", "in_kp_driving", "in_kp_source")]
     out, means = run_with_chanmeans(net, names, *inputs)
     assert out["out"].shape == (1, 256, 64, 64) and out["out"].dtype == dtype
@@ -253,11 +263,21 @@ def _warp_inputs(**change):
 @pytest.mark.parametrize(
     "change, match",
     [
-        pytest.param({"kp_driving": torch.zeros(1, 20, 3)}, r"kp_driving must have shape \[B=1, 21, 3\].*\(1, 20, 3\)", id="kp-count"),
+        pytest.param(
+            {"kp_driving": torch.zeros(1, 20, 3)},
+            r"kp_driving must have shape \[B=1, 21, 3\].*\(1, 20, 3\)",
+            id="kp-count",
+        ),
         pytest.param({"kp_source": torch.zeros(1, 21, 2)}, r"kp_source must have shape.*\(1, 21, 2\)", id="kp-dims"),
         pytest.param({"kp_source": torch.zeros(2, 21, 3)}, r"kp_source must have shape \[B=1", id="kp-batch"),
-        pytest.param({"kp_driving": torch.zeros(1, 21, 3, dtype=torch.int64)}, r"kp_driving must be a floating", id="kp-int"),
-        pytest.param({"feature_3d": torch.randn(1, 4, 4, 8, 8)}, r"feature_3d must have shape \[B, 4, 8, H, W\].*\(1, 4, 4, 8, 8\)", id="depth"),
+        pytest.param(
+            {"kp_driving": torch.zeros(1, 21, 3, dtype=torch.int64)}, r"kp_driving must be a floating", id="kp-int"
+        ),
+        pytest.param(
+            {"feature_3d": torch.randn(1, 4, 4, 8, 8)},
+            r"feature_3d must have shape \[B, 4, 8, H, W\].*\(1, 4, 4, 8, 8\)",
+            id="depth",
+        ),
         pytest.param({"feature_3d": torch.randn(1, 32, 8, 8)}, r"feature_3d must have shape", id="4d"),
         pytest.param({"feature_3d": torch.randn(1, 4, 8, 12, 8)}, r"multiples of 8.*\(1, 4, 8, 12, 8\)", id="odd-size"),
     ],

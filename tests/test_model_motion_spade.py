@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model import keypoints as kpm
-from flashtalk.model.liveportrait_weights import seeded_state_dict
-from flashtalk.model.motion_extractor import MotionExtractor, MotionExtractorConfig
-from flashtalk.model.renderer import Renderer, RendererConfig, build_network
-from flashtalk.model.spade import SPADEConfig, SPADEDecoder, SpectralNormConv2d
-from flashtalk.model.stitching import StitchingRetargeting
+from flashtalk.models.liveportrait import keypoints as kpm
+from flashtalk.models.liveportrait.motion_extractor import MotionExtractor, MotionExtractorConfig
+from flashtalk.models.liveportrait.renderer import Renderer, RendererConfig, build_network
+from flashtalk.models.liveportrait.spade import SPADEConfig, SPADEDecoder, SpectralNormConv2d
+from flashtalk.models.liveportrait.stitching import StitchingRetargeting
+from flashtalk.weights.liveportrait import seeded_renderer, seeded_state_dict
 from tests.utils import assert_close
 
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]
@@ -53,7 +53,9 @@ def _drop_cached_weights():
 def test_state_dict_matches_manifest(lp_golden, network):
     net = json.loads((lp_golden / "manifest.json").read_text())["networks"][network]
     if "sub_networks" in net:
-        expected = [(f"{p}.{e['key']}", tuple(e["shape"])) for p, s in net["sub_networks"].items() for e in s["entries"]]
+        expected = [
+            (f"{p}.{e['key']}", tuple(e["shape"])) for p, s in net["sub_networks"].items() for e in s["entries"]
+        ]
     else:
         expected = [(e["key"], tuple(e["shape"])) for e in net["entries"]]
     ours = [(k, tuple(v.shape)) for k, v in build_network(network).state_dict().items()]
@@ -138,8 +140,11 @@ def test_keypoint_transform_golden(lp_golden, dtype):
 
 def test_rotation_convention_by_hand():
     """Yaw 90°: rot = Ry maps the column vector x̂ to −ẑ, so the row vector x̂ @ R is (0, 0, −1)."""
-    R = kpm.rotation_from_degrees(torch.zeros(1, dtype=torch.float64), torch.full((1,), 90.0, dtype=torch.float64),
-                                  torch.zeros(1, dtype=torch.float64))
+    R = kpm.rotation_from_degrees(
+        torch.zeros(1, dtype=torch.float64),
+        torch.full((1,), 90.0, dtype=torch.float64),
+        torch.zeros(1, dtype=torch.float64),
+    )
     x = torch.tensor([[[1.0, 0.0, 0.0]]], dtype=torch.float64) @ R
     assert_close(x, torch.tensor([[[0.0, 0.0, -1.0]]], dtype=torch.float64), 1e-12)
 
@@ -199,8 +204,15 @@ def test_tiny_presets_shapes():
     with torch.no_grad():
         out = m(torch.rand(2, 3, 256, 256))
     shapes = {k: tuple(v.shape) for k, v in out.items()}
-    assert shapes == {"kp": (2, 63), "scale": (2, 1), "pitch": (2, 66), "yaw": (2, 66), "roll": (2, 66), "t": (2, 3),
-                      "exp": (2, 63)}
+    assert shapes == {
+        "kp": (2, 63),
+        "scale": (2, 1),
+        "pitch": (2, 66),
+        "yaw": (2, 66),
+        "roll": (2, 66),
+        "t": (2, 3),
+        "exp": (2, 63),
+    }
     g = SPADEDecoder(SPADEConfig.tiny()).eval()
     with torch.no_grad():
         img = g(torch.randn(1, SPADEConfig.tiny().input_channels, 16, 16))
@@ -208,16 +220,21 @@ def test_tiny_presets_shapes():
 
 
 def test_tiny_renderer_end_to_end():
-    r = Renderer.seeded("tiny", base_seed=7)
+    r = seeded_renderer("tiny", base_seed=7)
     image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     src = r.encode_source(image)
     assert src.f_s.shape == (1, 4, 8, 64, 64) and src.x_s.shape == (1, 21, 3)
     n = 3
     g = torch.Generator().manual_seed(2)
-    x_d = r.driving_keypoints(src, pitch=torch.tensor([0.0, 10.0, -15.0]),
-                              yaw=torch.tensor([0.0, 5.0, 20.0]), roll=torch.zeros(n),
-                              exp=src.exp + 0.02 * torch.randn(n, 21, 3, generator=g),
-                              scale=src.scale.expand(n, 1), t=src.t.expand(n, 3))
+    x_d = r.driving_keypoints(
+        src,
+        pitch=torch.tensor([0.0, 10.0, -15.0]),
+        yaw=torch.tensor([0.0, 5.0, 20.0]),
+        roll=torch.zeros(n),
+        exp=src.exp + 0.02 * torch.randn(n, 21, 3, generator=g),
+        scale=src.scale.expand(n, 1),
+        t=src.t.expand(n, 3),
+    )
     frames = r.render(src, x_d)
     assert frames.shape == (n, 3, 512, 512)
     assert bool(torch.isfinite(frames).all()) and frames.min() >= 0 and frames.max() <= 1

@@ -12,13 +12,26 @@ import torch
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.golden.joyvasa import seeded_motion_generator
-from flashtalk.model.motion_generator import MotionGenerator, MotionGeneratorConfig, sinusoid_table
-from flashtalk.model.motion_pipeline import (
-    MotionStream, MotionTemplate, SamplerConfig, clip_layout, ema_smooth, generate_motion, motion_to_renderer,
+from flashtalk.models.joyvasa.denoiser import MotionGenerator, MotionGeneratorConfig, sinusoid_table
+from flashtalk.models.joyvasa.pipeline import (
+    MotionStream,
+    MotionTemplate,
+    clip_layout,
+    ema_smooth,
+    generate_motion,
+    motion_to_renderer,
     relative_driving,
 )
-from flashtalk.model.keypoints import Motion, rotation_from_degrees
-from flashtalk.model.samplers import Schedule, cosine_schedule, ddim_sample, ddpm_sample, dpmpp_2m_sample, timestep_index, timesteps
+from flashtalk.models.liveportrait.keypoints import Motion, rotation_from_degrees
+from flashtalk.samplers import (
+    Schedule,
+    cosine_schedule,
+    ddim_sample,
+    ddpm_sample,
+    dpmpp_2m_sample,
+    timestep_index,
+    timesteps,
+)
 from tests.conftest import golden_dir
 from tests.utils import assert_close
 
@@ -55,7 +68,9 @@ def test_denoiser_matches_golden(models, dtype, mode):
     args = [_t(g[k], dtype) for k in ("motion_feat", "audio_feat", "prev_motion_feat", "prev_audio_feat")]
     with torch.no_grad():
         out = net(*args, torch.from_numpy(g["step"]))
-        assert_close(net.time_embedding(torch.from_numpy(g["step"])), _t(g["t_emb"], torch.float64), GATES[dtype]["denoiser"])
+        assert_close(
+            net.time_embedding(torch.from_numpy(g["step"])), _t(g["t_emb"], torch.float64), GATES[dtype]["denoiser"]
+        )
     assert_close(out, _t(g[f"out_{mode}"], torch.float64), GATES[dtype]["denoiser"])
     assert torch.equal(~net.alignment_mask, ~torch.from_numpy(g["alignment_mask"]))
 
@@ -86,16 +101,24 @@ def test_diagonal_fast_path_equals_masked_attention(dtype):
     model = _tiny(dtype=dtype)
     net, cfg = model.denoising_net, model.cfg
     N, W, P = 3, cfg.n_motions, cfg.n_prev_motions
-    args = (torch.randn(N, W, cfg.motion_feat_dim, dtype=dtype), torch.randn(N, W, cfg.feature_dim, dtype=dtype),
-            torch.randn(N, P, cfg.motion_feat_dim, dtype=dtype), torch.randn(N, P, cfg.feature_dim, dtype=dtype),
-            torch.tensor([1, 3, 6]))
+    args = (
+        torch.randn(N, W, cfg.motion_feat_dim, dtype=dtype),
+        torch.randn(N, W, cfg.feature_dim, dtype=dtype),
+        torch.randn(N, P, cfg.motion_feat_dim, dtype=dtype),
+        torch.randn(N, P, cfg.feature_dim, dtype=dtype),
+        torch.tensor([1, 3, 6]),
+    )
     with torch.no_grad():
         net.cross_attention = "diagonal"
         fast = net(*args)
         net.cross_attention = "masked"
         masked = net(*args)
         # the mask matters: attention over all memory tokens gives something else
-        layer, h, mem = net.transformer.layers[0], torch.randn(N, P + W, cfg.feature_dim, dtype=dtype), torch.randn(N, P + W, cfg.feature_dim, dtype=dtype)
+        layer, h, mem = (
+            net.transformer.layers[0],
+            torch.randn(N, P + W, cfg.feature_dim, dtype=dtype),
+            torch.randn(N, P + W, cfg.feature_dim, dtype=dtype),
+        )
         free = layer.multihead_attn(h, mem, None)
     assert fast.std() > 0.1
     assert_close(fast, masked, 1e-12 if dtype == torch.float64 else 2e-6)
@@ -119,10 +142,13 @@ def test_ddpm_t5_matches_golden(models, dtype, mode):
     g = np.load(folder / "sampler_T5.npz")
     model = nets[dtype]
     model.denoising_net.pe_mode = mode
-    x0_fn = model.guided_x0_fn(*(_t(g[k], dtype) for k in ("audio_feat", "prev_motion_feat", "prev_audio_feat")),
-                               float(g["cfg_scale"]))
+    x0_fn = model.guided_x0_fn(
+        *(_t(g[k], dtype) for k in ("audio_feat", "prev_motion_feat", "prev_audio_feat")), float(g["cfg_scale"])
+    )
     with torch.no_grad():
-        traj = ddpm_sample(x0_fn, _t(g["x_T"], dtype), cosine_schedule(5, dtype=dtype), noise=_t(g["z"], dtype), trajectory=True)
+        traj = ddpm_sample(
+            x0_fn, _t(g["x_T"], dtype), cosine_schedule(5, dtype=dtype), noise=_t(g["z"], dtype), trajectory=True
+        )
     assert_close(traj, _t(g[f"traj_{mode}"], torch.float64), GATES[dtype]["sampler"])
 
 
@@ -137,7 +163,9 @@ def test_sampler_purity_and_generators():
     with torch.no_grad():
         runs = [ddpm_sample(x0_fn, x_T, sched, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
         other = ddpm_sample(x0_fn, x_T, sched, generator=torch.Generator().manual_seed(8))
-        ddim = [ddim_sample(x0_fn, x_T, sched, 3, eta=0.5, generator=torch.Generator().manual_seed(1)) for _ in range(2)]
+        ddim = [
+            ddim_sample(x0_fn, x_T, sched, 3, eta=0.5, generator=torch.Generator().manual_seed(1)) for _ in range(2)
+        ]
         dpm = [dpmpp_2m_sample(x0_fn, x_T, sched, 4) for _ in range(2)]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], other)
     assert torch.equal(ddim[0], ddim[1]) and torch.equal(dpm[0], dpm[1])
@@ -153,10 +181,13 @@ def test_ddim_eta1_all_steps_is_ddpm(models):
     g = np.load(folder / "sampler_T5.npz")
     model = nets[torch.float64]
     model.denoising_net.pe_mode = "fixed"
-    x0_fn = model.guided_x0_fn(*(_t(g[k], torch.float64) for k in ("audio_feat", "prev_motion_feat", "prev_audio_feat")),
-                               float(g["cfg_scale"]))
+    x0_fn = model.guided_x0_fn(
+        *(_t(g[k], torch.float64) for k in ("audio_feat", "prev_motion_feat", "prev_audio_feat")), float(g["cfg_scale"])
+    )
     with torch.no_grad():
-        out = ddim_sample(x0_fn, _t(g["x_T"], torch.float64), cosine_schedule(5), 5, eta=1.0, noise=_t(g["z"], torch.float64))
+        out = ddim_sample(
+            x0_fn, _t(g["x_T"], torch.float64), cosine_schedule(5), 5, eta=1.0, noise=_t(g["z"], torch.float64)
+        )
     assert_close(out, _t(g["traj_fixed"][-1], torch.float64), 1e-10)
 
 
@@ -185,8 +216,17 @@ def test_device_timestep_index_equals_the_grid():
 
 
 def test_config_from_args_reads_only_the_constructor_fields():
-    ns = argparse.Namespace(n_motions=50, n_prev_motions=25, feature_dim=256, motion_feat_dim=70, n_diff_steps=50,
-                            fps=25, pad_mode="zero", n_layers=6, audio_model="hubert_zh")
+    ns = argparse.Namespace(
+        n_motions=50,
+        n_prev_motions=25,
+        feature_dim=256,
+        motion_feat_dim=70,
+        n_diff_steps=50,
+        fps=25,
+        pad_mode="zero",
+        n_layers=6,
+        audio_model="hubert_zh",
+    )
     cfg = MotionGeneratorConfig.from_args(ns)
     assert (cfg.n_motions, cfg.n_prev_motions, cfg.n_layers, cfg.n_heads, cfg.ffn_dim) == (50, 25, 8, 8, 1024)
     assert cfg.window_samples == 32000 and cfg.seq_len == 75
@@ -207,9 +247,20 @@ def test_ema_and_renderer_conversion():
     first = ema_smooth(x[:, :4], 0.3)
     assert_close(ema_smooth(x[:, 4:], 0.3, first[:, -1]), torch.stack(ref, 1)[:, 4:], 1e-12)
 
-    t = {"mean_exp": np.linspace(-0.1, 0.1, 63), "std_exp": np.linspace(0.01, 0.05, 63), "min_scale": [1.2],
-         "max_scale": [1.8], "min_t": [-0.1, -0.2, -0.3], "max_t": [0.1, 0.2, 0.3], "min_pitch": [-20.0],
-         "max_pitch": [20.0], "min_yaw": [-30.0], "max_yaw": [30.0], "min_roll": [-10.0], "max_roll": [10.0]}
+    t = {
+        "mean_exp": np.linspace(-0.1, 0.1, 63),
+        "std_exp": np.linspace(0.01, 0.05, 63),
+        "min_scale": [1.2],
+        "max_scale": [1.8],
+        "min_t": [-0.1, -0.2, -0.3],
+        "max_t": [0.1, 0.2, 0.3],
+        "min_pitch": [-20.0],
+        "max_pitch": [20.0],
+        "min_yaw": [-30.0],
+        "max_yaw": [30.0],
+        "min_roll": [-10.0],
+        "max_roll": [10.0],
+    }
     template = MotionTemplate.from_dict(t)
     coef = torch.rand(5, 70, dtype=torch.float64)
     m = motion_to_renderer(coef, template, ema_alpha=None)
@@ -226,10 +277,18 @@ def test_ema_and_renderer_conversion():
 
 def test_relative_driving_lips_absolute():
     B = 3
-    gen = Motion(R=rotation_from_degrees(torch.randn(B) * 5, torch.randn(B) * 5, torch.randn(B) * 5),
-                 exp=torch.randn(B, 21, 3) * 0.02, scale=1.5 + 0.1 * torch.rand(B, 1), t=torch.randn(B, 3) * 0.05)
-    src = Motion(R=rotation_from_degrees(torch.tensor([3.0]), torch.tensor([-4.0]), torch.tensor([1.0])),
-                 exp=torch.randn(1, 21, 3) * 0.02, scale=torch.tensor([[1.4]]), t=torch.tensor([[0.01, 0.02, 0.3]]))
+    gen = Motion(
+        R=rotation_from_degrees(torch.randn(B) * 5, torch.randn(B) * 5, torch.randn(B) * 5),
+        exp=torch.randn(B, 21, 3) * 0.02,
+        scale=1.5 + 0.1 * torch.rand(B, 1),
+        t=torch.randn(B, 3) * 0.05,
+    )
+    src = Motion(
+        R=rotation_from_degrees(torch.tensor([3.0]), torch.tensor([-4.0]), torch.tensor([1.0])),
+        exp=torch.randn(1, 21, 3) * 0.02,
+        scale=torch.tensor([[1.4]]),
+        t=torch.tensor([[0.01, 0.02, 0.3]]),
+    )
     ref = Motion(gen.R[:1], gen.exp[:1], gen.scale[:1], gen.t[:1])
     x_c = torch.randn(1, 21, 3) * 0.3
     x_d = relative_driving(x_c, src, gen, ref)
@@ -259,10 +318,16 @@ def test_stream_equals_offline_and_layout():
     assert coef.shape == (1, n_frames, cfg.motion_feat_dim) and n_windows == 3
     # by hand: shifted by two frames of silence, zero-padded, windows with the previous window's context
     spf, win = cfg.samples_per_frame, cfg.window_samples
-    padded = torch.cat([torch.zeros(1, 2 * spf, dtype=torch.float64), audio,
-                        torch.zeros(1, n_windows * win - audio.shape[1] - 2 * spf, dtype=torch.float64)], 1)
+    padded = torch.cat(
+        [
+            torch.zeros(1, 2 * spf, dtype=torch.float64),
+            audio,
+            torch.zeros(1, n_windows * win - audio.shape[1] - 2 * spf, dtype=torch.float64),
+        ],
+        1,
+    )
     stream = MotionStream(model, x_T=x_T)
-    pieces = [stream.push(features(padded[:, w * win:(w + 1) * win]), noise=noise[w]).coef for w in range(n_windows)]
+    pieces = [stream.push(features(padded[:, w * win : (w + 1) * win]), noise=noise[w]).coef for w in range(n_windows)]
     assert torch.equal(coef, torch.cat(pieces, 1)[:, :n_frames])
     assert not torch.allclose(pieces[0], pieces[1])
 

@@ -11,10 +11,10 @@ from torch import nn
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.golden.joyvasa import _seeded_audio_encoder, seeded_motion_generator
-from flashtalk.model.audio_encoder import joyvasa_audio_features
-from flashtalk.model.bundle import seeded_networks
-from flashtalk.model.layers import FP32GroupNorm, FP32LayerNorm, set_compute_dtype
-from flashtalk.model.samplers import dpmpp_2m_sample
+from flashtalk.models.hubert import joyvasa_audio_features
+from flashtalk.models.layers import FP32GroupNorm, FP32LayerNorm, set_compute_dtype
+from flashtalk.samplers import dpmpp_2m_sample
+from flashtalk.weights.bundle import seeded_networks
 from tests.conftest import golden_dir
 from tests.utils import MOTION_SEED_SPREAD_FACTOR, NETWORK_REL_TOLERANCES
 
@@ -76,7 +76,7 @@ def test_networks_to_sets_the_motion_path_precision():
 
 
 def test_tiny_stream_in_bf16_is_fp32_out_and_close():
-    from flashtalk.model.motion_pipeline import MotionStream, SamplerConfig
+    from flashtalk.models.joyvasa.pipeline import MotionStream, SamplerConfig
 
     nets = seeded_networks("tiny")
     cfg = nets.motion.cfg
@@ -98,12 +98,16 @@ def test_tiny_stream_in_bf16_is_fp32_out_and_close():
 @pytest.mark.parametrize("dtype", LOW)
 def test_denoiser_golden_inputs_within_gate(motion_fp32, dtype):
     g = np.load(golden_dir("joyvasa") / "denoiser_forward.npz")
-    args = [torch.from_numpy(g[k]).float() for k in ("motion_feat", "audio_feat", "prev_motion_feat", "prev_audio_feat")]
+    args = [
+        torch.from_numpy(g[k]).float() for k in ("motion_feat", "audio_feat", "prev_motion_feat", "prev_audio_feat")
+    ]
     step = torch.from_numpy(g["step"])
     net = motion_fp32.denoising_net
     with torch.no_grad():
         ref = net(*args, step)
-        low = set_compute_dtype(seeded_motion_generator(golden_dir("joyvasa"), torch.float32, "cpu").denoising_net, dtype)
+        low = set_compute_dtype(
+            seeded_motion_generator(golden_dir("joyvasa"), torch.float32, "cpu").denoising_net, dtype
+        )
         out = low(*args, step)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     rel = _rel(out, ref)

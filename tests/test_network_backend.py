@@ -11,16 +11,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from flashtalk.cli.animate import demo_assets
-from flashtalk.io.audio import load_audio
 from flashtalk.cli import main
+from flashtalk.cli.animate import demo_assets
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.bundle import discover, load_folder, seeded_networks, write_bundle
-from flashtalk.model.keypoints import Motion, rotation_from_degrees
-from flashtalk.model.liveportrait_weights import NETWORKS
-from flashtalk.model.motion_pipeline import relative_driving
+from flashtalk.io.audio import load_audio
+from flashtalk.models.joyvasa.pipeline import relative_driving
+from flashtalk.models.liveportrait.keypoints import Motion, rotation_from_degrees
+from flashtalk.runtime.backends.network import Controls, compose
 from flashtalk.runtime.engine import Engine
-from flashtalk.runtime.network import Controls, compose
+from flashtalk.weights.bundle import discover, load_folder, seeded_networks, write_bundle
+from flashtalk.weights.liveportrait import NETWORKS
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,26 @@ def _video(path):
 
 def test_cli_two_second_clip(speech, tmp_path, capsys):
     out = tmp_path / "out.mp4"
-    rc = main(["animate", str(demo_assets()[0]), str(speech[0]), "-o", str(out), "--seeded-weights", "--preset", "tiny",
-               "--device", "cpu", "--fps", "5", "--steps", "4", "--batch-size", "4"])
+    rc = main(
+        [
+            "animate",
+            str(demo_assets()[0]),
+            str(speech[0]),
+            "-o",
+            str(out),
+            "--seeded-weights",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--fps",
+            "5",
+            "--steps",
+            "4",
+            "--batch-size",
+            "4",
+        ]
+    )
     assert rc == 0
     assert "NOT a face" in capsys.readouterr().err
     frames, audio_seconds = _video(out)
@@ -81,15 +99,27 @@ def test_seed_reproducible(engine, speech):
     a, b, c = (_keypoints(engine, speech[1], seed=s) for s in (0, 0, 1))
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 1e-4
-    frames = [next(engine.prepare(demo_assets()[0], speech[1], seed=s, watermark=False).animation.frames_at([5], 1))
-              for s in (0, 0, 1)]
+    frames = [
+        next(engine.prepare(demo_assets()[0], speech[1], seed=s, watermark=False).animation.frames_at([5], 1))
+        for s in (0, 0, 1)
+    ]
     assert torch.equal(frames[0], frames[1])
     assert not torch.equal(frames[0], frames[2])
 
 
-@pytest.mark.parametrize("control", [dict(yaw=15.0), dict(pitch=-10.0), dict(roll=5.0), dict(expression_scale=1.8),
-                                     dict(eye_open=0.0), dict(lip_open=0.6), dict(pose_smoothing=0.5)],
-                         ids=lambda c: next(iter(c)))
+@pytest.mark.parametrize(
+    "control",
+    [
+        dict(yaw=15.0),
+        dict(pitch=-10.0),
+        dict(roll=5.0),
+        dict(expression_scale=1.8),
+        dict(eye_open=0.0),
+        dict(lip_open=0.6),
+        dict(pose_smoothing=0.5),
+    ],
+    ids=lambda c: next(iter(c)),
+)
 def test_each_control_changes_the_motion(engine, speech, control):
     base = _keypoints(engine, speech[1])
     changed = _keypoints(engine, speech[1], **control)
@@ -111,8 +141,12 @@ def test_compose_matches_the_pipeline_mapping(engine):
 
     def motion(n):
         angles = [torch.randn(n, generator=g) * 10 for _ in range(3)]
-        return Motion(R=rotation_from_degrees(*angles), exp=torch.randn(n, 21, 3, generator=g) * 0.02,
-                      scale=1 + 0.1 * torch.rand(n, 1, generator=g), t=torch.randn(n, 3, generator=g) * 0.02)
+        return Motion(
+            R=rotation_from_degrees(*angles),
+            exp=torch.randn(n, 21, 3, generator=g) * 0.02,
+            scale=1 + 0.1 * torch.rand(n, 1, generator=g),
+            t=torch.randn(n, 3, generator=g) * 0.02,
+        )
 
     gen, ref = motion(5), motion(1)
     ours = compose(engine.backend.nets.renderer, src, gen, ref, Controls())
@@ -144,8 +178,9 @@ def _write_video(path, n_frames, with_audio):
             c.mux(p)
         if a is not None:
             t = np.arange(int(16000 * n_frames / 25)) / 16000
-            frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 220 * t))[None].astype(np.float32),
-                                               format="flt", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                (0.3 * np.sin(2 * np.pi * 220 * t))[None].astype(np.float32), format="flt", layout="mono"
+            )
             frame.sample_rate = 16000
             for p in a.encode(frame):
                 c.mux(p)
@@ -157,8 +192,22 @@ def _write_video(path, n_frames, with_audio):
 def test_driving_video(tmp_path, capsys, with_audio):
     video, out = tmp_path / "drive.mp4", tmp_path / "out.mp4"
     _write_video(video, 5, with_audio)
-    rc = main(["animate", str(demo_assets()[0]), "--driving", str(video), "-o", str(out), "--seeded-weights",
-               "--preset", "tiny", "--device", "cpu", "-q"])
+    rc = main(
+        [
+            "animate",
+            str(demo_assets()[0]),
+            "--driving",
+            str(video),
+            "-o",
+            str(out),
+            "--seeded-weights",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "-q",
+        ]
+    )
     assert rc == 0
     frames, audio_seconds = _video(out)
     assert abs(len(frames) - 5) <= 1
@@ -182,14 +231,18 @@ def test_bundle_round_trip(engine, speech, tmp_path):
     loaded = Engine.from_weights(path, device="cpu")
     assert loaded.backend.nets.preset == "tiny"
     assert torch.equal(_keypoints(engine, speech[1]), _keypoints(loaded, speech[1]))
-    a, b = (next(e.prepare(demo_assets()[0], speech[1], watermark=False).animation.frames_at([3], 1))
-            for e in (engine, loaded))
+    a, b = (
+        next(e.prepare(demo_assets()[0], speech[1], watermark=False).animation.frames_at([3], 1))
+        for e in (engine, loaded)
+    )
     assert torch.equal(a, b)
 
 
 def _published_layout(root, skip=()):
-    paths = [rel for rel, _ in NETWORKS.values()] + ["JoyVASA/motion_generator/motion_generator_hubert_chinese.pt",
-                                                     "JoyVASA/motion_template/motion_template.pkl"]
+    paths = [rel for rel, _ in NETWORKS.values()] + [
+        "JoyVASA/motion_generator/motion_generator_hubert_chinese.pt",
+        "JoyVASA/motion_template/motion_template.pkl",
+    ]
     for rel in paths:
         if rel not in skip:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +263,9 @@ def test_folder_discovery(tmp_path):
 def test_folder_missing_file_is_named(tmp_path, missing):
     paths = _published_layout(tmp_path, skip=())
     (tmp_path / paths[missing]).unlink()
-    name = paths[missing].split("/")[-1] if missing < 5 else ["motion_generator/*.pt", "motion_template.pkl"][missing - 5]
+    name = (
+        paths[missing].split("/")[-1] if missing < 5 else ["motion_generator/*.pt", "motion_template.pkl"][missing - 5]
+    )
     with pytest.raises(FlashTalkError, match="missing") as info:
         discover(tmp_path)
     assert name in str(info.value)
@@ -231,9 +286,16 @@ def test_corrupt_bundle(tmp_path):
         Engine.from_weights(bad, device="cpu")
 
 
-@pytest.mark.parametrize("controls, match", [
-    (dict(eye_open=2.0), "eye_open"), (dict(yaw=200.0), "yaw"), (dict(pose_smoothing=1.0), "pose_smoothing"),
-    (dict(gaze=1.0), "unknown controls"), (dict(expression_scale="big"), "expression_scale")])
+@pytest.mark.parametrize(
+    "controls, match",
+    [
+        (dict(eye_open=2.0), "eye_open"),
+        (dict(yaw=200.0), "yaw"),
+        (dict(pose_smoothing=1.0), "pose_smoothing"),
+        (dict(gaze=1.0), "unknown controls"),
+        (dict(expression_scale="big"), "expression_scale"),
+    ],
+)
 def test_bad_controls(engine, speech, controls, match):
     with pytest.raises(FlashTalkError, match=match):
         engine.prepare(demo_assets()[0], speech[1], watermark=False, **controls)

@@ -12,17 +12,25 @@ import pytest
 
 pytest.importorskip("pipecat", reason="the Pipecat integration needs pipecat-ai (the 'pipecat' extra)")
 
-from pipecat.frames.frames import (EndFrame, InterruptionFrame, OutputImageRawFrame, StartFrame,  # noqa: E402
-                                   TextFrame, TTSAudioRawFrame, TTSStartedFrame, TTSStoppedFrame,
-                                   UserStartedSpeakingFrame)
-from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
-from pipecat.workers.runner import WorkerRunner  # noqa: E402
+from pipecat.frames.frames import (
+    EndFrame,
+    InterruptionFrame,
+    OutputImageRawFrame,
+    StartFrame,
+    TextFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    UserStartedSpeakingFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
 
-from flashtalk.integrations.pipecat import FlashTalkVideoService  # noqa: E402
-from flashtalk.runtime.session import PreviewStreamingBackend, encode_portrait  # noqa: E402
-from tests.serve_process import ASSETS, flashtalk_serve  # noqa: E402
+from flashtalk.integrations.pipecat import FlashTalkVideoService
+from flashtalk.runtime.session import PreviewStreamingBackend, encode_portrait
+from tests.serve_process import ASSETS, flashtalk_serve
 
 WAIT_S = 60.0
 
@@ -40,8 +48,10 @@ def speech(samples: int, rate: int) -> np.ndarray:
 
 def tts_frames(pcm: np.ndarray, rate: int, ms: int = 20) -> list[TTSAudioRawFrame]:
     n = rate * ms // 1000
-    return [TTSAudioRawFrame(audio=pcm[i:i + n].tobytes(), sample_rate=rate, num_channels=1)
-            for i in range(0, len(pcm), n)]
+    return [
+        TTSAudioRawFrame(audio=pcm[i : i + n].tobytes(), sample_rate=rate, num_channels=1)
+        for i in range(0, len(pcm), n)
+    ]
 
 
 class Source(FrameProcessor):
@@ -83,8 +93,9 @@ def count(frames, kind) -> int:
 async def run_pipeline(service, script) -> list:
     """Source -> service -> sink; `script(send, sink)` feeds frames and waits on what comes out."""
     source, sink = Source(), Sink()
-    worker = PipelineWorker(Pipeline([source, service, sink]), cancel_on_idle_timeout=False, enable_rtvi=False,
-                            params=PipelineParams())
+    worker = PipelineWorker(
+        Pipeline([source, service, sink]), cancel_on_idle_timeout=False, enable_rtvi=False, params=PipelineParams()
+    )
     started = asyncio.Event()
 
     @worker.event_handler("on_pipeline_started")
@@ -126,8 +137,13 @@ def test_tts_audio_in_images_and_retimed_audio_out(preview):
     service = FlashTalkVideoService.local(portrait, width=256, height=224, backend=backend, idle=False)
 
     async def script(send, sink):
-        await send(TTSStartedFrame(), *tts_frames(pcm[:2400], 24000), TextFrame("unrelated"),
-                   *tts_frames(pcm[2400:], 24000), TTSStoppedFrame())
+        await send(
+            TTSStartedFrame(),
+            *tts_frames(pcm[:2400], 24000),
+            TextFrame("unrelated"),
+            *tts_frames(pcm[2400:], 24000),
+            TTSStoppedFrame(),
+        )
         await sink.wait_for(lambda fs: count(fs, TTSStoppedFrame))
 
     frames = asyncio.run(run_pipeline(service, script))
@@ -153,7 +169,7 @@ def test_interruption_drops_the_speech_and_the_next_turn_plays(preview, barge_in
 
     frames = asyncio.run(run_pipeline(service, script))
     cut = next(i for i, f in enumerate(frames) if isinstance(f, barge_in))
-    before, after = frames[:cut], frames[cut + 1:-2]
+    before, after = frames[:cut], frames[cut + 1 : -2]
     assert 2 <= count(before, OutputImageRawFrame) < 50
     # at most one frame of the old speech was already on its way; then only the new turn, in full
     stale = len(after) - 4

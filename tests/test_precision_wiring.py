@@ -12,16 +12,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from flashtalk.cli.animate import demo_assets
-from flashtalk.io.audio import load_audio
 from flashtalk.cli import main
+from flashtalk.cli.animate import demo_assets
+from flashtalk.constants import HOP
+from flashtalk.controls.control_set import ControlSet
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.bundle import seeded_networks
+from flashtalk.io.audio import load_audio
+from flashtalk.runtime.backends.network import NetworkBackend
 from flashtalk.runtime.engine import Engine
 from flashtalk.runtime.graphs import EagerBackend
-from flashtalk.model.controls import ControlSet
-from flashtalk.runtime.network import NetworkBackend
-from flashtalk.runtime.protocol import HOP
+from flashtalk.weights.bundle import seeded_networks
 from tests.utils import assert_close
 
 BF16_CPU_PSNR_DB = 30.0  # measured ~44 dB on the tiny preset with seeded weights (warping fp32 on the CPU)
@@ -80,8 +80,24 @@ def test_bf16_on_cpu_renders_close_to_fp32(fp32_engine, driving):
 
 def test_cli_bf16_end_to_end_records_precision(short_speech, tmp_path, capsys):
     out = tmp_path / "bf16.mp4"
-    rc = main(["animate", str(demo_assets()[0]), str(short_speech), "-o", str(out), "--seeded-weights",
-               "--preset", "tiny", "--device", "cpu", "--precision", "bf16", "--no-watermark", "-q"])
+    rc = main(
+        [
+            "animate",
+            str(demo_assets()[0]),
+            str(short_speech),
+            "-o",
+            str(out),
+            "--seeded-weights",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+            "--no-watermark",
+            "-q",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     with av.open(str(out)) as c:
         assert c.metadata.get("flashtalk_precision") == "bf16"
@@ -89,11 +105,15 @@ def test_cli_bf16_end_to_end_records_precision(short_speech, tmp_path, capsys):
     assert len(frames) == 2 and all(f.shape == (512, 512, 3) and f.std() > 0 for f in frames)
 
 
-@pytest.mark.parametrize("argv", [
-    ["animate", "--demo", "--seeded-weights", "--preset", "tiny", "--precision", "fp8"],
-    ["animate", "--demo", "--precision", "bf16"],  # the preview has no precision
-    ["serve", "--seeded-weights", "--preset", "tiny", "--precision", "half"],
-], ids=["animate-bad-string", "animate-preview", "serve-bad-string"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["animate", "--demo", "--seeded-weights", "--preset", "tiny", "--precision", "fp8"],
+        ["animate", "--demo", "--precision", "bf16"],  # the preview has no precision
+        ["serve", "--seeded-weights", "--preset", "tiny", "--precision", "half"],
+    ],
+    ids=["animate-bad-string", "animate-preview", "serve-bad-string"],
+)
 def test_bad_precision_is_a_one_line_error(argv, tmp_path, capsys):
     if argv[0] == "animate":
         argv = argv + ["-o", str(tmp_path / "x.mp4")]
@@ -130,7 +150,7 @@ def _motions(backend: NetworkBackend, windows: int = 2) -> list:
     audio = _audio(backend.nets, sum(sizes))
     out, done = [], 0
     for n in sizes:
-        (m,) = backend.motion([(stream, audio[done * HOP:(done + n) * HOP], controls, n)])
+        (m,) = backend.motion([(stream, audio[done * HOP : (done + n) * HOP], controls, n)])
         out.append(m.motion)
         done += n
     return out
@@ -141,8 +161,9 @@ def test_graphed_sampler_capture_logic_equals_eager(tiny_nets, sampler, steps):
     """Static buffers, up-front noise from the stream's generator, context / EMA updates: through the eager
     capture backend the motion is the eager sampler's exactly, window after window."""
     eager = _motions(NetworkBackend(tiny_nets, "cpu", sampler=sampler, steps=steps, graphs=False))
-    graphed_backend = NetworkBackend(tiny_nets, "cpu", sampler=sampler, steps=steps, graphs=True,
-                                     graph_backend=EagerBackend())
+    graphed_backend = NetworkBackend(
+        tiny_nets, "cpu", sampler=sampler, steps=steps, graphs=True, graph_backend=EagerBackend()
+    )
     graphed = _motions(graphed_backend)
     ws = graphed_backend.window_sampler
     assert ws.runner is not None and ws.failed is None

@@ -13,8 +13,14 @@ import torch
 import flashtalk
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice
-from flashtalk.preview import (FaceLayout, PreviewAnimator, PreviewMotion, PreviewMotionStream, PreviewRenderer,
-                               preview_motion)
+from flashtalk.models.preview import (
+    FaceLayout,
+    PreviewAnimator,
+    PreviewMotion,
+    PreviewMotionStream,
+    PreviewRenderer,
+    preview_motion,
+)
 
 SR, FPS, HOP = 16000, 25, 640
 CLIP_S = 10.0
@@ -48,7 +54,7 @@ def speech_like(seconds: float = CLIP_S, seed: int = 1) -> tuple[np.ndarray, lis
         fade = np.minimum(1, np.minimum(time, length - time) / 0.03)
         sig *= syllables * fade * rng.uniform(0.15, 0.35) / np.abs(sig).max()
         start = int(t * SR)
-        out[start:start + n] = sig
+        out[start : start + n] = sig
         bursts.append((t, t + length))
         t += length + rng.uniform(0.25, 0.7)
     out += rng.normal(0, 1e-4, out.shape)  # faint noise floor, not digital silence
@@ -170,8 +176,9 @@ def test_motion_frame_count_and_ranges():
         assert np.isfinite(getattr(motion, name)).all()
 
 
-@pytest.mark.parametrize("chunk_ms", [(40, 200), (40, 40), (200, 200), (13, 317)],
-                         ids=["40-200ms", "40ms", "200ms", "odd"])
+@pytest.mark.parametrize(
+    "chunk_ms", [(40, 200), (40, 40), (200, 200), (13, 317)], ids=["40-200ms", "40ms", "200ms", "odd"]
+)
 def test_streaming_matches_offline(chunk_ms):
     audio, _ = speech_like(4.0, seed=5)
     audio = audio[:-333]
@@ -180,7 +187,7 @@ def test_streaming_matches_offline(chunk_ms):
     stream, parts, pos = PreviewMotionStream(seed=7), [], 0
     while pos < len(audio):
         size = int(rng.uniform(*chunk_ms) * SR / 1000) or 1
-        parts.append(stream.push(audio[pos:pos + size]))
+        parts.append(stream.push(audio[pos : pos + size]))
         pos += size
     parts.append(stream.flush())
     streamed = PreviewMotion.concat(parts)
@@ -215,12 +222,16 @@ def test_silence_keeps_mouth_closed_but_head_idles():
     assert np.abs(np.diff(motion.yaw)).max() < 0.5  # smooth: < 0.5 degree per frame
 
 
-@pytest.mark.parametrize("bad, what", [
-    (np.zeros(0, np.float32), "empty"),
-    (np.zeros((2, 1600), np.float32), "shape"),
-    (np.zeros(1600, np.int16), "dtype"),
-    (np.full(1600, np.nan, np.float32), "NaN"),
-], ids=["empty", "stereo", "int16", "nan"])
+@pytest.mark.parametrize(
+    "bad, what",
+    [
+        (np.zeros(0, np.float32), "empty"),
+        (np.zeros((2, 1600), np.float32), "shape"),
+        (np.zeros(1600, np.int16), "dtype"),
+        (np.full(1600, np.nan, np.float32), "NaN"),
+    ],
+    ids=["empty", "stereo", "int16", "nan"],
+)
 def test_bad_audio_raises(bad, what):
     with pytest.raises(FlashTalkError, match=what):
         preview_motion(bad)
@@ -258,7 +269,7 @@ def test_blinks_every_2_to_6_seconds(clip):
     assert all(1.9 <= g <= 6.2 for g in gaps), f"blink intervals (s) {gaps}"
     between = np.ones(len(eyes), bool)
     for a, b in blinks:
-        between[max(a - 1, 0):b + 1] = False
+        between[max(a - 1, 0) : b + 1] = False
     assert eyes[between].max() < 0.05 * eyes.max(), "eye region changes outside blinks"
 
 
@@ -272,7 +283,8 @@ def test_head_moves_smoothly():
     step = np.linalg.norm(np.diff(centroid, axis=0), axis=1)
     assert shift.max() > 3.0, f"head barely moves: max hair-centroid shift {shift.max():.2f} px"
     assert step.max() < 1.5 and step.max() < 0.25 * np.ptp(centroid, axis=0).max(), (
-        f"frame-to-frame jump {step.max():.2f} px")
+        f"frame-to-frame jump {step.max():.2f} px"
+    )
 
 
 def test_still_motion_reproduces_the_source():
@@ -315,14 +327,18 @@ def test_custom_layout_moves_the_mouth():
     assert abs(peak_row / 512 - 0.66) < 0.05, f"mouth change peaks at row {peak_row}"
 
 
-@pytest.mark.parametrize("bad, what", [
-    (torch.rand(3, 256, 256), "shape"),
-    (torch.rand(512, 512, 3), "shape"),
-    (torch.rand(3, 512, 512) * 2, r"\[0, 1\]"),
-    (torch.randint(0, 255, (3, 512, 512), dtype=torch.uint8), "dtype"),
-    (torch.full((3, 512, 512), float("nan")), "NaN"),
-    (np.zeros((3, 512, 512), np.float32), "torch.Tensor"),
-], ids=["small", "hwc", "range", "uint8", "nan", "numpy"])
+@pytest.mark.parametrize(
+    "bad, what",
+    [
+        (torch.rand(3, 256, 256), "shape"),
+        (torch.rand(512, 512, 3), "shape"),
+        (torch.rand(3, 512, 512) * 2, r"\[0, 1\]"),
+        (torch.randint(0, 255, (3, 512, 512), dtype=torch.uint8), "dtype"),
+        (torch.full((3, 512, 512), float("nan")), "NaN"),
+        (np.zeros((3, 512, 512), np.float32), "torch.Tensor"),
+    ],
+    ids=["small", "hwc", "range", "uint8", "nan", "numpy"],
+)
 def test_bad_crop_raises(bad, what):
     with pytest.raises(FlashTalkError, match=what):
         PreviewRenderer(bad)

@@ -23,7 +23,7 @@ psutil = pytest.importorskip("psutil", reason="psutil finds leftover Ray process
 from PIL import Image  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
-from flashtalk.serving import protocol, ray_app  # noqa: E402
+from flashtalk.serving import ray_app, wire  # noqa: E402
 from flashtalk.serving.state import ASSETS_DIR, BackendSpec, ServeConfig  # noqa: E402
 
 SESSIONS, REPLICAS = 2, 2
@@ -45,8 +45,12 @@ def cluster():
     session_dir = ray._private.worker._global_node.get_session_dir_path()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     options = ray_app.RayOptions(replicas=REPLICAS, sessions=SESSIONS, num_cpus=1, gpus=False, drain_timeout_s=30)
-    serve.run(ray_app.deployment(ServeConfig(port=port), options, BackendSpec()), name=ray_app.APP_NAME,
-              route_prefix="/", blocking=False)
+    serve.run(
+        ray_app.deployment(ServeConfig(port=port), options, BackendSpec()),
+        name=ray_app.APP_NAME,
+        route_prefix="/",
+        blocking=False,
+    )
     info = {"url": f"http://127.0.0.1:{port}", "session_dir": session_dir}
     try:
         yield info
@@ -60,20 +64,21 @@ def _speech(seconds: float) -> bytes:
 
 
 async def _start(url: str, portrait_id: str = "demo", headers=None, timeout: float = 60):
-    ws = await connect(url.replace("http", "ws", 1) + "/ws", max_size=None, additional_headers=headers,
-                       open_timeout=timeout)
+    ws = await connect(
+        url.replace("http", "ws", 1) + "/ws", max_size=None, additional_headers=headers, open_timeout=timeout
+    )
     await ws.send(json.dumps({"type": "start", "portrait_id": portrait_id, "pace": "fast", "idle": False}))
     return ws, json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
-async def _clip(ws, seconds: float = 0.2, timeout: float = 90) -> list[protocol.FrameMessage]:
+async def _clip(ws, seconds: float = 0.2, timeout: float = 90) -> list[wire.FrameMessage]:
     await ws.send(_speech(seconds))
     await ws.send('{"type": "end"}')
     frames = []
     while True:
         msg = await asyncio.wait_for(ws.recv(), timeout)
         if isinstance(msg, bytes):
-            frames.append(protocol.unpack_frame(msg))
+            frames.append(wire.unpack_frame(msg))
         elif json.loads(msg)["type"] == "end":
             return frames
 
@@ -158,7 +163,7 @@ def test_full_cluster_refuses_at_once_and_admits_after_a_session_ends(cluster):
             ws = await connect(url.replace("http", "ws", 1) + "/ws", max_size=None, open_timeout=10)
             await ws.send(json.dumps({"type": "start", "portrait_id": "demo"}))
             error, code = await _refusal(ws)
-            assert code == protocol.CLOSE_FULL and error is not None and "full" in error["reason"], (error, code)
+            assert code == wire.CLOSE_FULL and error is not None and "full" in error["reason"], (error, code)
         except websockets.InvalidStatus as exc:  # refused by the proxy's queue limit
             assert exc.response.status_code == 503
         assert time.monotonic() - t0 < 2.0

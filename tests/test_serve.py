@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 from flashtalk import cli  # noqa: E402
 from flashtalk.errors import FlashTalkError  # noqa: E402
 from flashtalk.runtime.session import HOP, PreviewStreamingBackend, Session, SessionStats  # noqa: E402
-from flashtalk.serving import protocol  # noqa: E402
+from flashtalk.serving import wire  # noqa: E402
 from flashtalk.serving.server import ASSETS_DIR, ServeConfig, check_config, serving  # noqa: E402
 
 
@@ -64,8 +64,9 @@ class Client:
         return await self.http.post(path, **kw)
 
     async def ws_connect(self, path="/ws", headers=None):
-        return await connect(self.url.replace("http", "ws", 1) + path, max_size=None, additional_headers=headers,
-                             open_timeout=30)
+        return await connect(
+            self.url.replace("http", "ws", 1) + path, max_size=None, additional_headers=headers, open_timeout=30
+        )
 
 
 @contextlib.asynccontextmanager
@@ -102,7 +103,7 @@ async def collect(ws, until="end", timeout=120):
         except websockets.ConnectionClosed:
             return frames, events
         if isinstance(msg, bytes):
-            frames.append(protocol.unpack_frame(msg))
+            frames.append(wire.unpack_frame(msg))
         else:
             events.append(json.loads(msg))
             if events[-1]["type"] == until:
@@ -117,7 +118,7 @@ def test_stream_clip_frames_in_order_with_audio():
             assert ready["lookahead_ms"] > 0  # the 22.05 -> 16 kHz resampler's filter delay
             audio = speech(0.2, 22050)
             for i in range(0, len(audio), 1000):  # odd chunk sizes
-                await ws.send(pcm16(audio[i:i + 1000]))
+                await ws.send(pcm16(audio[i : i + 1000]))
             await ws.send('{"type": "end"}')
             frames, events = await collect(ws)
             expected = -(-int(np.ceil(len(audio) * 16000 / 22050)) // HOP)
@@ -133,6 +134,7 @@ def test_stream_clip_frames_in_order_with_audio():
             metrics = (await client.get("/metrics")).text
             assert f"flashtalk_frames_sent_total {expected}" in metrics
             assert "flashtalk_frame_latency_seconds_count" in metrics and "flashtalk_sessions " in metrics
+
     asyncio.run(main())
 
 
@@ -164,23 +166,27 @@ def test_two_sessions_batched_and_interrupt():
             assert [f.index for f in frames] == [3, 4]  # only the 2 frames after the interrupt
             for ws in (a, b):
                 await ws.close()
+
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("first, then, reason", [
-    ("not json", None, "not valid JSON"),
-    (b"\x00\x01", None, "first message must be a JSON start"),
-    ('{"type": "start"}', None, "exactly one of 'portrait'"),
-    ('{"type": "start", "portrait": "@@@"}', None, "not valid base64"),
-    ('{"type": "start", "portrait": "aGVsbG8="}', None, "not a readable image"),
-    ('{"type": "start", "portrait_id": "nope"}', None, "unknown portrait_id"),
-    ('{"type": "start", "portrait_id": "demo", "sample_rate": 7}', None, "sample_rate"),
-    ('{"type": "start", "portrait_id": "demo", "controls": {"zoom": 1}}', None, "unknown controls ['zoom']"),
-    ('{"type": "start", "portrait_id": "demo"}', b"\x01\x02\x03", "not a whole number of s16le samples"),
-    ('{"type": "start", "portrait_id": "demo"}', '{"type": "dance"}', "unknown message type 'dance'"),
-    ('{"type": "start", "portrait_id": "demo"}', '{"type": "controls", "controls": {"yaw": 99}}', "yaw"),
-    ('{"type": "start", "portrait_id": "demo"}', '{"type": "start", "portrait_id": "demo"}', "only once"),
-])
+@pytest.mark.parametrize(
+    "first, then, reason",
+    [
+        ("not json", None, "not valid JSON"),
+        (b"\x00\x01", None, "first message must be a JSON start"),
+        ('{"type": "start"}', None, "exactly one of 'portrait'"),
+        ('{"type": "start", "portrait": "@@@"}', None, "not valid base64"),
+        ('{"type": "start", "portrait": "aGVsbG8="}', None, "not a readable image"),
+        ('{"type": "start", "portrait_id": "nope"}', None, "unknown portrait_id"),
+        ('{"type": "start", "portrait_id": "demo", "sample_rate": 7}', None, "sample_rate"),
+        ('{"type": "start", "portrait_id": "demo", "controls": {"zoom": 1}}', None, "unknown controls ['zoom']"),
+        ('{"type": "start", "portrait_id": "demo"}', b"\x01\x02\x03", "not a whole number of s16le samples"),
+        ('{"type": "start", "portrait_id": "demo"}', '{"type": "dance"}', "unknown message type 'dance'"),
+        ('{"type": "start", "portrait_id": "demo"}', '{"type": "controls", "controls": {"yaw": 99}}', "yaw"),
+        ('{"type": "start", "portrait_id": "demo"}', '{"type": "start", "portrait_id": "demo"}', "only once"),
+    ],
+)
 def test_bad_messages_close_the_session_not_the_server(first, then, reason, code=1008):
     async def main():
         async with served() as (client, state):
@@ -198,6 +204,7 @@ def test_bad_messages_close_the_session_not_the_server(first, then, reason, code
                     break
                 await asyncio.sleep(0.02)
             assert state.scheduler.sessions == 0
+
     asyncio.run(main())
 
 
@@ -224,6 +231,7 @@ def test_uploads_are_capped_and_checked():
             await ws.send(json.dumps({"type": "start", "portrait": base64.b64encode(photo).decode()}))
             assert (await receive_json(ws))["type"] == "ready"
             await ws.close()
+
     asyncio.run(main())
 
 
@@ -277,6 +285,7 @@ def test_max_sessions_abrupt_disconnect_and_no_leaks():
             assert len(asyncio.all_tasks()) <= tasks_before
             assert state.scheduler.sessions == 0 and not state.sessions
             assert state.sessions_total == 201 and state.sessions_refused == 1
+
     asyncio.run(main())
 
 
@@ -309,6 +318,7 @@ def test_token_required_off_loopback_and_checked():
             await ws.send('{"type": "start", "portrait_id": "demo", "idle": false}')
             assert (await receive_json(ws))["type"] == "ready"
             await ws.close()
+
     asyncio.run(main())
 
 
@@ -327,14 +337,17 @@ class FastBackend(PreviewStreamingBackend):
         return torch.full((sum(len(c) for _, chunks in items for c in chunks), 3, 512, 512), 0.5)
 
 
-@pytest.mark.parametrize("message, code, reason", [
-    ('{"type": "start", "portrait_id": "demo", "seed": ' + "9" * 5000 + "}", 1008, "not valid JSON"),
-    (None, 1008, "integer of 400 digits"),  # controls with a 400-digit integer
-    ('{"type": "controls", "controls": {"yaw": 1e999}}', 1008, "finite number"),
-    ('{"type": "start", "portrait_id": "demo", "seed": 1, "x": "' + "a" * 200_000 + '"}', 1009, "exceeds"),
-    (b"\x00" * (protocol.MAX_CHUNK_BYTES + 2), 1009, "PCM chunk"),
-    ('{"type": "end", "pad": "' + "b" * protocol.MAX_COMMAND_BYTES + '"}', 1009, "command of"),
-])
+@pytest.mark.parametrize(
+    "message, code, reason",
+    [
+        ('{"type": "start", "portrait_id": "demo", "seed": ' + "9" * 5000 + "}", 1008, "not valid JSON"),
+        (None, 1008, "integer of 400 digits"),  # controls with a 400-digit integer
+        ('{"type": "controls", "controls": {"yaw": 1e999}}', 1008, "finite number"),
+        ('{"type": "start", "portrait_id": "demo", "seed": 1, "x": "' + "a" * 200_000 + '"}', 1009, "exceeds"),
+        (b"\x00" * (wire.MAX_CHUNK_BYTES + 2), 1009, "PCM chunk"),
+        ('{"type": "end", "pad": "' + "b" * wire.MAX_COMMAND_BYTES + '"}', 1009, "command of"),
+    ],
+)
 def test_hostile_messages_get_an_error_and_a_close_code_never_a_traceback(message, code, reason, caplog):
     if message is None:
         message = '{"type": "controls", "controls": {"yaw": ' + "7" * 400 + "}}"
@@ -367,7 +380,7 @@ def test_uploads_read_the_whole_body_chunked_or_not():
 
     async def chunked(data: bytes, piece: int = 65_536):
         for i in range(0, len(data), piece):
-            yield data[i:i + piece]
+            yield data[i : i + piece]
             await asyncio.sleep(0.005)
 
     async def main():
@@ -380,15 +393,20 @@ def test_uploads_read_the_whole_body_chunked_or_not():
             assert r.status_code == 413 and "limit" in r.json()["error"]
             r = await client.post("/portraits", content=b"")
             assert r.status_code == 400 and "empty" in r.json()["error"]
+
     asyncio.run(main())
 
 
 def _ws_frame(payload: bytes, opcode: int) -> bytes:
     """One masked client frame (RFC 6455), written by hand: the raw client below never reads."""
     n = len(payload)
-    head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else
-                                     bytes([0x80 | 126]) + n.to_bytes(2, "big") if n < 1 << 16 else
-                                     bytes([0x80 | 127]) + n.to_bytes(8, "big"))
+    head = bytes([0x80 | opcode]) + (
+        bytes([0x80 | n])
+        if n < 126
+        else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+        if n < 1 << 16
+        else bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    )
     mask = b"\x01\x02\x03\x04"
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
@@ -404,8 +422,10 @@ async def _raw_ws(url: str):
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (u.hostname, u.port))
     reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    writer.write(f"GET /ws HTTP/1.1\r\nHost: {u.hostname}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: {u.hostname}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
     assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
     return reader, writer
 
@@ -414,8 +434,14 @@ def test_a_reader_that_never_reads_is_dropped_not_buffered_and_freed_on_disconne
     async def main():
         async with served(FastBackend(), max_send_queue_bytes=1 << 20) as (client, state):
             reader, writer = await _raw_ws(client.url)
-            writer.write(_ws_frame(json.dumps({"type": "start", "portrait_id": "demo", "pace": "fast", "idle": False,
-                                               "video": "raw"}).encode(), 1))
+            writer.write(
+                _ws_frame(
+                    json.dumps(
+                        {"type": "start", "portrait_id": "demo", "pace": "fast", "idle": False, "video": "raw"}
+                    ).encode(),
+                    1,
+                )
+            )
             refs = []
             for _ in range(100):
                 refs = [weakref.ref(s) for s in state.sessions.values()]
@@ -440,6 +466,7 @@ def test_a_reader_that_never_reads_is_dropped_not_buffered_and_freed_on_disconne
             assert refs and all(r() is None for r in refs)  # the session (and its queues) are gone
             metrics = (await client.get("/metrics")).text
             assert 'flashtalk_frames_dropped_reason_total{reason="slow_reader"}' in metrics
+
     asyncio.run(main())
 
 
@@ -461,7 +488,7 @@ class _FakeSocket:
         self.sent: list[tuple[float, int]] = []  # (wall time, frame index)
 
     async def send_bytes(self, data: bytes) -> None:
-        self.sent.append((time.monotonic(), protocol.unpack_frame(data).index))
+        self.sent.append((time.monotonic(), wire.unpack_frame(data).index))
 
     async def send_text(self, data: str) -> None:
         pass
@@ -483,7 +510,7 @@ def test_realtime_pacing_catches_up_after_a_stall(case):
     async def main():
         st = ServerState(ServeConfig(), PreviewStreamingBackend("cpu"))
         session, ws, wake = _FakeSession(), _FakeSocket(), asyncio.Event()
-        start_msg = protocol.Start(portrait=None, portrait_id="demo", quality=10)
+        start_msg = wire.Start(portrait=None, portrait_id="demo", quality=10)
         stream = Stream(ws, st, session, start_msg, "s1", wake, None)
         tasks = [asyncio.create_task(stream.pace()), asyncio.create_task(stream.write())]
         t0 = time.monotonic()
@@ -540,6 +567,7 @@ def test_realtime_pacing_catches_up_after_a_stall(case):
             assert stream.dropped["late"] == 0 and len(ws.sent) == resume + 60
         else:  # a backlog: what is late is dropped, and counted
             assert stream.dropped["late"] > 10 and len(ws.sent) + stream.dropped["late"] == resume + 60
+
     asyncio.run(main())
 
 
@@ -573,4 +601,5 @@ def test_an_odd_sample_rate_never_blocks_the_event_loop():
             await tick
             await ws.close()
             assert max(gaps) < 0.5, (max(gaps), setup_s)  # (the old server froze for the whole build)
+
     asyncio.run(main())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.preview import PreviewAnimator
+from flashtalk.models.preview import PreviewAnimator
 from flashtalk.runtime.scheduler import AdmissionError, Scheduler
 from flashtalk.runtime.session import HOP, Event, Frame, PreviewStreamingBackend, Session, encode_portrait
 from flashtalk.serving.server import ASSETS_DIR
@@ -27,8 +27,10 @@ def portrait(backend):
 def speech(seconds: float, rate: int = 16000, seed: int = 1) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     rng = np.random.default_rng(seed)
-    return ((0.3 * np.sin(2 * np.pi * 180 * t) + 0.05 * rng.standard_normal(len(t)))
-            * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    return (
+        (0.3 * np.sin(2 * np.pi * 180 * t) + 0.05 * rng.standard_normal(len(t)))
+        * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    ).astype(np.float32)
 
 
 def drain(scheduler, sessions, ticks=50):
@@ -48,14 +50,14 @@ def test_chunked_stream_equals_offline_preview(backend, portrait):
     scheduler = Scheduler(backend, buckets=(1, 2, 4))
     scheduler.admit(session)
     for i in range(0, len(audio), 777):
-        session.push_audio(audio[i:i + 777].tobytes())
+        session.push_audio(audio[i : i + 777].tobytes())
     session.end_speech()
     (items,) = drain(scheduler, [session])
     frames = [x for x in items if isinstance(x, Frame)]
     assert items[-1] == Event("end", 6, 0) and len(frames) == 6
     assert [f.index for f in frames] == list(range(6)) and [f.pts for f in frames] == [i / 25 for i in range(6)]
     assert all(f.latency_s is not None and f.latency_s >= 0 and not f.idle for f in frames)
-    np.testing.assert_array_equal(np.concatenate([f.audio for f in frames])[:len(audio)], audio)
+    np.testing.assert_array_equal(np.concatenate([f.audio for f in frames])[: len(audio)], audio)
     crop = torch.from_numpy(portrait.crop).permute(2, 0, 1).float().div(255)
     offline = torch.cat(list(PreviewAnimator(crop, seed=5, layout=portrait.state.layout).frames(audio)))
     expected = (offline.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.bundle import seeded_networks
-from flashtalk.runtime.network import NetworkBackend
+from flashtalk.runtime.backends.network import NetworkBackend
 from flashtalk.runtime.scheduler import Scheduler
 from flashtalk.runtime.session import HOP, STALL_FLUSH_S, Event, Frame, Session, encode_portrait
+from flashtalk.weights.bundle import seeded_networks
 from tests.utils import TOLERANCES, assert_close
 
 
@@ -40,8 +40,9 @@ def portraits(backend):
 def speech(frames: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(frames * HOP) / 16000
-    return (0.3 * np.sin(2 * np.pi * 180 * t) * np.sin(2 * np.pi * 3 * t) + 0.05 * rng.standard_normal(t.shape)
-            ).astype(np.float32)
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * np.sin(2 * np.pi * 3 * t) + 0.05 * rng.standard_normal(t.shape)).astype(
+        np.float32
+    )
 
 
 def crop_tensor(portrait) -> torch.Tensor:
@@ -49,8 +50,9 @@ def crop_tensor(portrait) -> torch.Tensor:
 
 
 def offline_keypoints(nets, portrait, audio, seed, controls=None) -> torch.Tensor:
-    anim = NetworkBackend(nets, torch.device("cpu"), seeded=True).prepare(crop_tensor(portrait), audio, seed=seed,
-                                                                          controls=controls or {})
+    anim = NetworkBackend(nets, torch.device("cpu"), seeded=True).prepare(
+        crop_tensor(portrait), audio, seed=seed, controls=controls or {}
+    )
     return torch.cat(list(anim.keypoints()))
 
 
@@ -71,12 +73,12 @@ def test_streamed_motion_matches_offline_and_batches_sessions(nets, backend, por
         cuts = [0, 3, 9, 16, 23]  # chunks as a client sends them; the last request flushes (end of speech)
         for a, b in zip(cuts, cuts[1:]):
             last = b == cuts[-1]
-            ready = [np.concatenate([r, au[a * HOP:b * HOP]]) for r, au in zip(ready, audios)]
+            ready = [np.concatenate([r, au[a * HOP : b * HOP]]) for r, au in zip(ready, audios)]
             items = [(st, r, {}, len(r) // HOP if last else 0) for st, r in zip(streams, ready)]
             made = backend.motion(items)
             for k, m in enumerate(made):
                 assert len(m) <= len(ready[k]) // HOP
-                ready[k] = ready[k][len(m) * HOP:]
+                ready[k] = ready[k][len(m) * HOP :]
                 if len(m):
                     keypoints[k].append(backend.driving_keypoints(streams[k], m))
             if not last:
@@ -89,14 +91,15 @@ def test_streamed_motion_matches_offline_and_batches_sessions(nets, backend, por
         streamed = torch.cat(keypoints[k])
         expected = offline_keypoints(nets, p, audio, seed)
         assert streamed.shape[0] == len(audio) // HOP  # offline adds one frame of trailing silence
-        torch.testing.assert_close(streamed, expected[:len(streamed)], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(streamed, expected[: len(streamed)], atol=1e-5, rtol=1e-5)
 
 
 def test_two_portraits_render_in_one_call_like_alone(nets, portraits):
     backend = NetworkBackend(nets, "cpu", seeded=True, pad_to_bucket=True)
     batches = []
     hook = nets.renderer.warping_module.register_forward_pre_hook(
-        lambda mod, args, kwargs: batches.append(args[0].shape[0]), with_kwargs=True)
+        lambda mod, args, kwargs: batches.append(args[0].shape[0]), with_kwargs=True
+    )
     try:
         streams = [backend.open(p.state, seed=s) for p, s in zip(portraits, (5, 6))]
         motions = backend.motion([(st, speech(1, 7 + i), {}, 1) for i, st in enumerate(streams)])
@@ -109,7 +112,7 @@ def test_two_portraits_render_in_one_call_like_alone(nets, portraits):
     alone = NetworkBackend(nets, torch.device("cpu"), seeded=True)
     for i, (st, m) in enumerate(zip(streams, motions)):
         expected = alone.render_keypoints(st.source.f_s, st.source.x_s, backend.driving_keypoints(st, m))
-        assert_close(images[i:i + 1], expected, *TOLERANCES[torch.float32])  # batch 3 vs 1: fp32 rounding
+        assert_close(images[i : i + 1], expected, *TOLERANCES[torch.float32])  # batch 3 vs 1: fp32 rounding
     assert (images[0] - images[1]).abs().max() > 0.05  # the two portraits really differ
 
 
@@ -121,8 +124,16 @@ def test_session_in_order_with_controls_interrupt_and_stall(nets, portraits):
     now = [100.0]
     clock = lambda: now[0]  # noqa: E731
     scheduler = Scheduler(backend, buckets=(1, 2), clock=clock)
-    session = Session(backend, portraits[0], seed=9, sample_rate=16000, sample_format="f32le", idle=False,
-                      watermark=False, clock=clock)
+    session = Session(
+        backend,
+        portraits[0],
+        seed=9,
+        sample_rate=16000,
+        sample_format="f32le",
+        idle=False,
+        watermark=False,
+        clock=clock,
+    )
     scheduler.admit(session)
     assert session.lookahead_s == pytest.approx((nets.motion.cfg.n_motions - 1) / 25)
     with pytest.raises(FlashTalkError, match="unknown controls"):
@@ -168,7 +179,10 @@ def test_session_in_order_with_controls_interrupt_and_stall(nets, portraits):
 
 def test_network_controls_are_checked(backend):
     assert backend.check_controls({"yaw": 10, "auto_blink": True, "eye_open": None}) == {
-        "yaw": 10.0, "auto_blink": True, "eye_open": None}
+        "yaw": 10.0,
+        "auto_blink": True,
+        "eye_open": None,
+    }
     with pytest.raises(FlashTalkError, match="yaw"):
         backend.check_controls({"yaw": 200})
     with pytest.raises(FlashTalkError, match="not a file name"):

@@ -97,7 +97,9 @@ def test_bad_inputs():
         spade_norm(x, x, x.to(torch.int32))
 
 
-@pytest.mark.parametrize("B,C,side", [(1, 512, 64), (1, 256, 128), (1, 128, 256), (1, 64, 512), (4, 512, 64), (1, 3, 5)])
+@pytest.mark.parametrize(
+    "B,C,side", [(1, 512, 64), (1, 256, 128), (1, 128, 256), (1, 64, 512), (4, 512, 64), (1, 3, 5)]
+)
 def test_grid_fills_the_gpu_at_every_resolution(B, C, side):
     """chunk_size: >= PROGRAMS_PER_SM programs per SM of a 132-SM GPU at batch 1 wherever H·W allows it,
     chunks within [MIN_CHUNK, MAX_CHUNK] and whole tile rows, covering H·W."""
@@ -115,7 +117,10 @@ def test_grid_fills_the_gpu_at_every_resolution(B, C, side):
 def test_default_chunks_merge_exactly():
     """The default chunking on a shape that it splits (the merge of many chunks) equals one chunk."""
     x = _make((1, 4, 40, 40), "contiguous", torch.float32, 7)  # 1600 pixels -> 7 chunks of 256
-    gamma, beta = 0.3 * _make((1, 4, 40, 40), "contiguous", torch.float32, 8), _make((1, 4, 40, 40), "contiguous", torch.float32, 9)
+    gamma, beta = (
+        0.3 * _make((1, 4, 40, 40), "contiguous", torch.float32, 8),
+        _make((1, 4, 40, 40), "contiguous", torch.float32, 9),
+    )
     from flashtalk.kernels.spade_norm import chunk_size
 
     assert chunk_size(1, 4, 1600) == 256

@@ -10,13 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-from flashtalk.model.bundle import seeded_networks
-from flashtalk.runtime.network import NetworkBackend
+from flashtalk.runtime.backends.network import NetworkBackend
 from flashtalk.runtime.scheduler import Scheduler
 from flashtalk.runtime.session import HOP, Frame, Session, encode_portrait
+from flashtalk.weights.bundle import seeded_networks
 
 # device -> host (or host-blocking) entry points, and host-data tensor creation (a host -> device copy on CUDA)
-SYNC_POINTS = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__", "new_tensor")
+SYNC_POINTS = (
+    "item",
+    "tolist",
+    "cpu",
+    "numpy",
+    "nonzero",
+    "__bool__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "new_tensor",
+)
 CREATE_POINTS = ("tensor", "as_tensor")
 
 
@@ -36,8 +47,19 @@ def _setup(device: str, controls: dict):
     portrait = encode_portrait(backend, _portrait_image(), crop="center")
     now = [10.0]
     scheduler = Scheduler(backend, buckets=(1, 2, 4, 8), clock=lambda: now[0])
-    sessions = [Session(backend, portrait, seed=s, sample_rate=16000, sample_format="f32le", idle=False,
-                        clock=lambda: now[0], controls=controls) for s in (1, 2)]
+    sessions = [
+        Session(
+            backend,
+            portrait,
+            seed=s,
+            sample_rate=16000,
+            sample_format="f32le",
+            idle=False,
+            clock=lambda: now[0],
+            controls=controls,
+        )
+        for s in (1, 2)
+    ]
     for s in sessions:
         scheduler.admit(s)
     return scheduler, sessions
@@ -68,8 +90,9 @@ class _Counter:
         monkeypatch.setattr(owner, name, counted)
 
 
-@pytest.mark.parametrize("controls", [{}, {"auto_blink": True, "yaw": 5.0, "emotion_weight": 0.5}],
-                         ids=["plain", "blinks-pose-emotion"])
+@pytest.mark.parametrize(
+    "controls", [{}, {"auto_blink": True, "yaw": 5.0, "emotion_weight": 0.5}], ids=["plain", "blinks-pose-emotion"]
+)
 def test_a_tick_syncs_once_for_its_copy_out(monkeypatch, controls):
     scheduler, sessions = _setup("cpu", controls)
     _feed(sessions, 3)

@@ -14,7 +14,6 @@ import pytest
 
 from flashtalk.cli import main
 
-
 # fp64 leaves out what the model tests check in fp64 at the same gates: warping_module.npz and
 # appearance_feature_extractor.npz (test_model_appearance_warping.py, with their channel means) and
 # motion_extractor.npz (test_model_motion_spade.py, raw outputs and post-processing); the CI time is better spent
@@ -28,8 +27,11 @@ def test_verify_golden_liveportrait(lp_golden, precision, capsys):
     only = ["--only", *FP64_FILES] if precision == "fp64" else []
     rc = main(["verify-golden", str(lp_golden), "--precision", precision, "--device", "cpu", *only])
     out = capsys.readouterr().out
-    gates = [g for g in json.loads((lp_golden / "tolerances.json").read_text())["gates"]
-             if precision == "fp32" or g["file"].removesuffix(".npz") in FP64_FILES]
+    gates = [
+        g
+        for g in json.loads((lp_golden / "tolerances.json").read_text())["gates"]
+        if precision == "fp32" or g["file"].removesuffix(".npz") in FP64_FILES
+    ]
     fast = ("warping_module.npz:out_out@fast+fused-tail", "warping_module.npz:out_occlusion_map@fast+fused-tail")
     assert rc == 0, out
     rows = len(gates) + (len(fast) if precision == "fp32" else 0)  # W's fast path gated as the network's outputs

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice, use_kernels
@@ -23,8 +22,11 @@ _CASES = {  # id: B, Cin, K (keypoints), ks, (D, H, W), C, (Df, Hf, Wf), layout
     "B1-Cin33-K6-k3-4x5x3-slice": (1, 33, 6, 3, (4, 5, 3), 7, (3, 6, 2), "sliced"),
 }
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-PARAMS = [pytest.param(*case, dtype, id=f"{name}-{_DTYPES[dtype]}") for name, case in _CASES.items()
-          for dtype in (_DTYPES if name.startswith("B1-Cin5") else (torch.float32, torch.bfloat16))]
+PARAMS = [
+    pytest.param(*case, dtype, id=f"{name}-{_DTYPES[dtype]}")
+    for name, case in _CASES.items()
+    for dtype in (_DTYPES if name.startswith("B1-Cin5") else (torch.float32, torch.bfloat16))
+]
 
 
 def _inputs(B, cin, K, ks, size, C, fsize, layout, dtype, seed=0):
@@ -36,7 +38,7 @@ def _inputs(B, cin, K, ks, size, C, fsize, layout, dtype, seed=0):
         pred = torch.randn(B, cin, D, H, W, generator=g)
         if layout == "channels_last":
             pred = pred.contiguous(memory_format=torch.channels_last_3d)
-    weight = torch.randn(K + 1, cin, ks, ks, ks, generator=g) * (2.0 / (cin * ks ** 3) ** 0.5)
+    weight = torch.randn(K + 1, cin, ks, ks, ks, generator=g) * (2.0 / (cin * ks**3) ** 0.5)
     bias = 0.3 * torch.randn(K + 1, generator=g)
     kp_s = 1.2 * torch.rand(B, K, 3, generator=g) - 0.6
     kp_d = kp_s + 0.4 * torch.randn(B, K, 3, generator=g)
@@ -72,7 +74,9 @@ def test_kernel_matches_fp64_reference(B, cin, K, ks, size, C, fsize, layout, dt
 def test_tile_size_only_tiles(bm):
     """210 voxels: the compiled tile of 64 (four programs, the last one partial) and the launch's default
     (under the interpreter one program of 256, `tile_m`) both match the fp64 reference."""
-    pred, weight, bias, kp_s, kp_d, feature = _inputs(2, 7, 4, 3, (5, 6, 7), 5, (4, 6, 5), "contiguous", torch.float32, 2)
+    pred, weight, bias, kp_s, kp_d, feature = _inputs(
+        2, 7, 4, 3, (5, 6, 7), 5, (4, 6, 5), "contiguous", torch.float32, 2
+    )
     expected = _ref64(pred, weight, bias, kp_s, kp_d, feature)
     out = torch.full(expected.shape, float("nan"))
     with use_kernels("triton"):
@@ -83,21 +87,32 @@ def test_tile_size_only_tiles(bm):
 
 def test_interpreter_tile_sizes(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert (tile_m(10, 32), tile_m(210, 32), tile_m(16 * 64 * 64, 32), tile_m(16 * 64 * 64, 64)) == (64, 256, 32768, 16384)
+    assert (tile_m(10, 32), tile_m(210, 32), tile_m(16 * 64 * 64, 32), tile_m(16 * 64 * 64, 64)) == (
+        64,
+        256,
+        32768,
+        16384,
+    )
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert tile_m(16 * 64 * 64, 32) == BM == 64  # compiled: the tile `kernels check` gates
 
 
 def test_public_op_dispatch_layout_and_fallback():
-    pred, weight, bias, kp_s, kp_d, feature = _inputs(1, 6, 4, 3, (2, 3, 4), 5, (2, 3, 4), "channels_last", torch.float32, 1)
+    pred, weight, bias, kp_s, kp_d, feature = _inputs(
+        1, 6, 4, 3, (2, 3, 4), 5, (2, 3, 4), "channels_last", torch.float32, 1
+    )
     with use_kernels("triton"):
         out = warp_tail(pred, weight, bias, kp_s, kp_d, feature)
         assert last_choice("warp_tail").use_triton
         assert out.is_contiguous(memory_format=torch.channels_last_3d)  # prediction's layout
-        ours64 = warp_tail(pred.double(), weight.double(), bias.double(), kp_s.double(), kp_d.double(), feature.double())
+        ours64 = warp_tail(
+            pred.double(), weight.double(), bias.double(), kp_s.double(), kp_d.double(), feature.double()
+        )
         assert "float64" in last_choice("warp_tail").reason
     assert_close(out, ours64, *TOLERANCES[torch.float32])
-    assert_close(warp_tail(pred, weight, bias, kp_s, kp_d, feature), out, *TOLERANCES[torch.float32])  # reference on CPU
+    assert_close(
+        warp_tail(pred, weight, bias, kp_s, kp_d, feature), out, *TOLERANCES[torch.float32]
+    )  # reference on CPU
 
 
 def test_pack_mask_weight_layout():
@@ -128,8 +143,8 @@ def test_golden_size_and_weights_at_one_depth(lp_golden, kernel_device):
     modules' own fp32 error (the rule of test_kernels_warp.py; fp64 at this size is 25 GB of conv3d unfold)."""
     import numpy as np
 
-    from flashtalk.model.fast import fold_batchnorms
-    from flashtalk.model.fast_warping import FastWarpingNetwork
+    from flashtalk.models.liveportrait.optimized import fold_batchnorms
+    from flashtalk.models.liveportrait.warping_channels_last import FastWarpingNetwork
     from tests.test_kernels_warp import check_rule
     from tests.test_model_appearance_warping import seeded
 

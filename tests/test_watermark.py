@@ -43,7 +43,7 @@ def _one_thread():
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()
-    return 10 * math.log10(255 ** 2 / mse)
+    return 10 * math.log10(255**2 / mse)
 
 
 # ----------------------------------------------------------------------------------- kernel vs reference
@@ -104,7 +104,7 @@ def test_reference_math_by_hand():
 def test_crc16_check_value_and_payload_ids():
     assert wm.crc16(b"123456789") == 0x29B1  # the published check value of CRC-16/CCITT-FALSE
     assert wm.payload_id(PAYLOAD) == int.from_bytes(hashlib.sha256(PAYLOAD.encode()).digest()[:4], "big")
-    assert wm.payload_id(7) == 7 and wm.payload_id(2 ** 32 - 1) == 2 ** 32 - 1
+    assert wm.payload_id(7) == 7 and wm.payload_id(2**32 - 1) == 2**32 - 1
     bits = wm.message_bits(KEY, 0)
     assert bits.shape == (48,) and not np.array_equal(bits, wm.message_bits("other", 0))  # keyed whitening
     table = wm.cell_table(KEY, 0)
@@ -158,8 +158,11 @@ def encoded_clips():
 
 def test_detects_h264_crf28_clips_with_exact_payload(encoded_clips):
     """12 of 12 marked clips found with the exact payload (the >= 99% claim at this sample size)."""
-    missed = [(kind, d.score) for kind, marked, _ in encoded_clips
-              if not ((d := wm.detect_frames(marked, key=KEY)).found and d.payload == wm.payload_id(PAYLOAD))]
+    missed = [
+        (kind, d.score)
+        for kind, marked, _ in encoded_clips
+        if not ((d := wm.detect_frames(marked, key=KEY)).found and d.payload == wm.payload_id(PAYLOAD))
+    ]
     assert not missed, missed
 
 
@@ -183,7 +186,7 @@ def _augmented_frames(base: np.ndarray, rng: np.random.Generator):
     """24 views of one picture: crops, flips, tone changes, noise, rescales, JPEG-like smoothing."""
     for i in range(24):
         y, x = rng.integers(0, base.shape[0] - 384), rng.integers(0, base.shape[1] - 384)
-        f = base[y:y + 384, x:x + 384]
+        f = base[y : y + 384, x : x + 384]
         if i % 2:
             f = f[:, ::-1]
         f = tone(f[None], rng.uniform(0.6, 1.4), rng.uniform(-30, 30))[0]
@@ -244,14 +247,17 @@ def test_cli_detect(tmp_path, capsys, encoded_clips):
 # ------------------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("frames, kwargs, match", [
-    (np.zeros((1, 8, 8, 3), np.uint8), {}, "torch tensor"),
-    (torch.zeros(1, 8, 8, 3), {}, "uint8"),
-    (torch.zeros(1, 8, 8, 4, dtype=torch.uint8), {}, r"\[N, H, W, 3\]"),
-    (torch.zeros(1, 8, 8, 3, dtype=torch.uint8), {"key": ""}, "key"),
-    (torch.zeros(1, 8, 8, 3, dtype=torch.uint8), {"payload": 2 ** 32}, "payload"),
-    (torch.zeros(1, 8, 8, 3, dtype=torch.uint8), {"payload": 1.5}, "payload"),
-])
+@pytest.mark.parametrize(
+    "frames, kwargs, match",
+    [
+        (np.zeros((1, 8, 8, 3), np.uint8), {}, "torch tensor"),
+        (torch.zeros(1, 8, 8, 3), {}, "uint8"),
+        (torch.zeros(1, 8, 8, 4, dtype=torch.uint8), {}, r"\[N, H, W, 3\]"),
+        (torch.zeros(1, 8, 8, 3, dtype=torch.uint8), {"key": ""}, "key"),
+        (torch.zeros(1, 8, 8, 3, dtype=torch.uint8), {"payload": 2**32}, "payload"),
+        (torch.zeros(1, 8, 8, 3, dtype=torch.uint8), {"payload": 1.5}, "payload"),
+    ],
+)
 def test_bad_input_is_a_clear_error(frames, kwargs, match):
     args = {"key": KEY, "payload": 1, **kwargs}
     with pytest.raises(FlashTalkError, match=match):

@@ -61,10 +61,22 @@ class DevTools:
 @contextlib.asynccontextmanager
 async def chromium(profile: Path):
     proc = subprocess.Popen(
-        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-         f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            BROWSER,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--autoplay-policy=no-user-gesture-required",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -96,8 +108,7 @@ async def _pick_and_play(page, wav: Path) -> dict:
     doc = await page.call("DOM.getDocument")
     node = await page.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#audio-file")
     await page.call("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(wav)])
-    await page.eval("document.getElementById('pace').value = 'fast';"
-                    "document.getElementById('play').click(); true")
+    await page.eval("document.getElementById('pace').value = 'fast';document.getElementById('play').click(); true")
     stats = {}
     for _ in range(1200):
         stats = json.loads(await page.eval("JSON.stringify(ftStats)"))
@@ -138,15 +149,21 @@ def test_page_streams_an_audio_file(tmp_path):
                         "(() => { const d = document.getElementById('view').getContext('2d')"
                         ".getImageData(0, 0, 512, 512).data; let s = 0, s2 = 0, n = 0;"
                         "for (let i = 0; i < d.length; i += 4 * 97) { s += d[i + 1]; s2 += d[i + 1] ** 2; n++; }"
-                        "return Math.sqrt(s2 / n - (s / n) ** 2); })()")
+                        "return Math.sqrt(s2 / n - (s / n) ** 2); })()"
+                    )
                     assert spread > 20  # a face was drawn, not a blank canvas
-                    shown = json.loads(await page.eval(
-                        "JSON.stringify(['fps', 'latency', 'lookahead', 'frames', 'backend', 'replica']"
-                        ".map((k) => document.getElementById('stat-' + k).textContent))"))
+                    shown = json.loads(
+                        await page.eval(
+                            "JSON.stringify(['fps', 'latency', 'lookahead', 'frames', 'backend', 'replica']"
+                            ".map((k) => document.getElementById('stat-' + k).textContent))"
+                        )
+                    )
                     assert shown[4] == "preview" and shown[5] == "local", shown
                     assert shown[1].endswith(" ms") and 0 < int(shown[1].split()[0]) < 60_000, shown
                     assert shown[2].endswith(" ms") and float(shown[2].split()[0]) > 0, shown  # 48 -> 16 kHz filter
-                    assert float(shown[0]) > 0 and int(shown[3].split()[0]) >= stats["frames"], shown  # idle frames go on
+                    assert float(shown[0]) > 0 and int(shown[3].split()[0]) >= stats["frames"], (
+                        shown
+                    )  # idle frames go on
                     shot = base64.b64decode((await page.call("Page.captureScreenshot", format="png"))["data"])
                     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
                     out = SCREENSHOT if os.environ.get("FLASHTALK_UPDATE_SCREENSHOT") == "1" else tmp_path / "page.png"
@@ -168,8 +185,9 @@ def test_page_says_when_the_server_is_full(tmp_path):
                     await _open(page, url + "/")
                     stats = await _pick_and_play(page, wav)
                     assert stats["refused"] and "full" in stats["refused"] and not stats["ready"], stats
-                    text = await page.eval("document.getElementById('notice').hidden ? '' : "
-                                           "document.getElementById('notice').textContent")
+                    text = await page.eval(
+                        "document.getElementById('notice').hidden ? '' : document.getElementById('notice').textContent"
+                    )
                     assert "busy" in text and "1 of 1 sessions" in text, text
             await held.close()
 

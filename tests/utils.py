@@ -27,7 +27,9 @@ NETWORK_REL_TOLERANCES: dict[torch.dtype, float] = {torch.bfloat16: 8 * 2.0**-8,
 MOTION_SEED_SPREAD_FACTOR = 1.0
 
 
-def mismatch_report(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, limit: int = 5) -> str | None:
+def mismatch_report(
+    actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, limit: int = 5
+) -> str | None:
     """None if every element satisfies |a - e| <= atol + rtol·|e| (NaN/inf must match); else a report
     with the count, the first offending indices and values, and NaN/inf counts."""
     if actual.shape != expected.shape:
@@ -42,9 +44,11 @@ def mismatch_report(actual: torch.Tensor, expected: torch.Tensor, atol: float, r
     if not bad.any():
         return None
     idx = bad.nonzero()[:limit].tolist()
-    lines = [f"{int(bad.sum())} / {bad.numel()} elements differ (atol={atol:g}, rtol={rtol:g}); "
-             f"max abs err {diff[finite].max().item() if finite.any() else float('nan'):.3e}; "
-             f"NaN actual/expected {int(nan_a.sum())}/{int(nan_e.sum())}, inf {int(inf_a.sum())}/{int(inf_e.sum())}"]
+    lines = [
+        f"{int(bad.sum())} / {bad.numel()} elements differ (atol={atol:g}, rtol={rtol:g}); "
+        f"max abs err {diff[finite].max().item() if finite.any() else float('nan'):.3e}; "
+        f"NaN actual/expected {int(nan_a.sum())}/{int(nan_e.sum())}, inf {int(inf_a.sum())}/{int(inf_e.sum())}"
+    ]
     for i in idx:
         lines.append(f"  at {tuple(i)}: actual {a[tuple(i)].item():.6g}, expected {e[tuple(i)].item():.6g}")
     return "\n".join(lines)

@@ -49,8 +49,10 @@ def table(results: list[dict]) -> str:
     head = f"{'family':<12} {'cases':>6} {'ok':>6} {'clean':>6} {'crash':>6} {'hang':>5} {'slowest s':>9} {'wall s':>7}  metrics"
     rows = [head, "-" * len(head)]
     for r in results:
-        rows.append(f"{r['family']:<12} {r['cases']:>6} {r['ok']:>6} {r['clean_error']:>6} {r['crash']:>6} "
-                    f"{r['hang']:>5} {r.get('slowest_case_s', 0):>9.2f} {r.get('seconds', 0):>7.1f}  {_extras(r)}")
+        rows.append(
+            f"{r['family']:<12} {r['cases']:>6} {r['ok']:>6} {r['clean_error']:>6} {r['crash']:>6} "
+            f"{r['hang']:>5} {r.get('slowest_case_s', 0):>9.2f} {r.get('seconds', 0):>7.1f}  {_extras(r)}"
+        )
         for example in r.get("examples", []):
             rows.append(f"    {example}")
     return "\n".join(rows)
@@ -58,8 +60,12 @@ def table(results: list[dict]) -> str:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -84,10 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         print(table([result]).splitlines()[-1 - len(result.get("examples", []))], file=sys.stderr, flush=True)
     print(table(results))
     if args.json:
-        conditions = {"seed": args.seed, "cases_per_family": args.cases, "budget_s": args.budget_s,
-                      "commit": _commit(), "python": platform.python_version(), "machine": platform.machine(),
-                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(start)),
-                      "command": " ".join(["python -m benchmarks.fuzz", *(argv if argv is not None else sys.argv[1:])])}
+        conditions = {
+            "seed": args.seed,
+            "cases_per_family": args.cases,
+            "budget_s": args.budget_s,
+            "commit": _commit(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(start)),
+            "command": " ".join(["python -m benchmarks.fuzz", *(argv if argv is not None else sys.argv[1:])]),
+        }
         Path(args.json).write_text(json.dumps({"conditions": conditions, "families": results}, indent=1) + "\n")
     return 1 if any(r["crash"] or r["hang"] for r in results) else 0
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import io
 import struct
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ ODD_RATES = (0, 1, 3999, 4000, 384000, 384001, 1 << 31, -16000, 16000.5, float("
 
 
 def warm(_: Any) -> str:
-    import flashtalk.io.audio  # noqa: F401
+    import flashtalk.io.audio
     import flashtalk.io.media  # noqa: F401
 
     return "warm"
@@ -47,8 +48,8 @@ def load(arg: dict) -> str:
 def write(arg: dict) -> str:
     """Decode, then write a 4-frame MP4 with the audio through the atomic writer: a clean error must
     leave the folder empty."""
-    from flashtalk.io.audio import load_audio
     from flashtalk.errors import FlashTalkError
+    from flashtalk.io.audio import load_audio
     from flashtalk.io.media import VideoWriter, atomic_output
 
     out = Path(arg["out"])
@@ -99,15 +100,25 @@ def base_files() -> list[tuple[str, str, bytes, float]]:
     import soundfile as sf
 
     out = []
-    for i, (fmt, subtype, suffix) in enumerate((("WAV", "PCM_16", ".wav"), ("WAV", "FLOAT", ".wav"),
-                                                ("WAV", "PCM_U8", ".wav"), ("WAV", "PCM_24", ".wav"),
-                                                ("FLAC", "PCM_16", ".flac"), ("OGG", "VORBIS", ".ogg"))):
+    for i, (fmt, subtype, suffix) in enumerate(
+        (
+            ("WAV", "PCM_16", ".wav"),
+            ("WAV", "FLOAT", ".wav"),
+            ("WAV", "PCM_U8", ".wav"),
+            ("WAV", "PCM_24", ".wav"),
+            ("FLAC", "PCM_16", ".flac"),
+            ("OGG", "VORBIS", ".ogg"),
+        )
+    ):
         rate = RATES[i % len(RATES)]
         buf = io.BytesIO()
         sf.write(buf, _tone(rate, 0.5, 1 + i % 2), rate, format=fmt, subtype=subtype)
         out.append((f"{fmt.lower()}-{subtype.lower()}-{rate}", suffix, buf.getvalue(), 0.5))
-    for fmt, codec, suffix, rate in (("mp4", "aac", ".m4a", 22050), ("mp3", "mp3", ".mp3", 44100),
-                                     ("matroska", "aac", ".mka", 48000)):
+    for fmt, codec, suffix, rate in (
+        ("mp4", "aac", ".m4a", 22050),
+        ("mp3", "mp3", ".mp3", 44100),
+        ("matroska", "aac", ".mka", 48000),
+    ):
         out.append((f"{fmt}-{codec}", suffix, _av_file(fmt, codec, rate, 0.5), 0.5))
     return out
 
@@ -133,13 +144,22 @@ def _av_file(fmt: str, codec: str, rate: int, seconds: float, title: str = "spee
 def wav_header_cases(m: Mutator, wav: bytes) -> tuple[bytes, str]:
     """The canonical 44-byte header: rate @24, byte rate @28, channels @22, block align @32, bits @34,
     data size @40."""
-    field, offset, fmt = m.choice((("rate", 24, "<I"), ("byte_rate", 28, "<I"), ("channels", 22, "<H"),
-                                   ("block_align", 32, "<H"), ("bits", 34, "<H"), ("data_size", 40, "<I"),
-                                   ("riff_size", 4, "<I"), ("format_tag", 20, "<H")))
+    field, offset, fmt = m.choice(
+        (
+            ("rate", 24, "<I"),
+            ("byte_rate", 28, "<I"),
+            ("channels", 22, "<H"),
+            ("block_align", 32, "<H"),
+            ("bits", 34, "<H"),
+            ("data_size", 40, "<I"),
+            ("riff_size", 4, "<I"),
+            ("format_tag", 20, "<H"),
+        )
+    )
     limit = 0xFFFF if fmt == "<H" else 0xFFFFFFFF
     value = m.choice((0, 1, 3, 3999, 4000, 384001, 0x7FFFFFFF, limit, 0x8000, 7, 12, 1000)) & limit
     b = bytearray(wav)
-    b[offset:offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    b[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
     return bytes(b), f"wav {field}={value}"
 
 
@@ -163,13 +183,13 @@ def cases(seed: int, n: int, folder: Path) -> Iterator[Case]:
             fmt, suffix = m.choice((("mp4", ".m4a"), ("matroska", ".mka")))
             data = _av_file(fmt, "aac", 22050, 0.3, title="QQQQQQQQ")
             at = data.find(b"QQQQQQQQ")
-            data = data[:at] + b"\xff\xfe\xc3\x28\x80\x81\xed\xa0" + data[at + 8:]
+            data = data[:at] + b"\xff\xfe\xc3\x28\x80\x81\xed\xa0" + data[at + 8 :]
             what = f"{fmt} non-UTF-8 tag"
         elif kind == 4:  # huge samples: decode is fine, the AAC encoder is not
             buf = io.BytesIO()
             x = _tone(16000, 0.6, 1).astype(np.float32)
             at = m.choice((0, 3000, 9000))
-            x[at:at + 500] = m.choice((1e30, 3e38, 1e6, 1e12, -1e20))
+            x[at : at + 500] = m.choice((1e30, 3e38, 1e6, 1e12, -1e20))
             sf.write(buf, x, 16000, format="WAV", subtype="FLOAT")
             data, suffix = buf.getvalue(), ".wav"
             what = f"float wav peak {x.max():.0e} from sample {at}"
@@ -178,8 +198,12 @@ def cases(seed: int, n: int, folder: Path) -> Iterator[Case]:
             (folder / f"out{i}").mkdir()
         elif kind == 5:
             src = m.choice(ODD_RATES + RATES) if m.rng.random() < 0.7 else m.rng.randint(1, 1 << 20)
-            yield Case(f"stream resampler src={src!r}", "benchmarks.fuzz.audio:stream",
-                       {"src": src, "seed": m.rng.randrange(1 << 30)}, timeout=10.0)
+            yield Case(
+                f"stream resampler src={src!r}",
+                "benchmarks.fuzz.audio:stream",
+                {"src": src, "seed": m.rng.randrange(1 << 30)},
+                timeout=10.0,
+            )
             continue
         else:
             name, suffix, data, _ = m.choice(bases)

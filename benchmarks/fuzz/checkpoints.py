@@ -19,24 +19,32 @@ import json
 import pickle
 import struct
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from benchmarks.fuzz.core import Case, Mutator, Wrong, deep_json, json_dumps, run_cases
 
 MOD = "benchmarks.fuzz.checkpoints"
-HUGE = {"audio_encoder": {"hidden_size": 8192, "intermediate_size": 65536, "num_hidden_layers": 128,
-                          "num_attention_heads": 8, "num_conv_pos_embedding_groups": 8},
-        "motion_generator": {"feature_dim": 8192, "ffn_dim": 65536, "n_layers": 128, "n_heads": 8}}
+HUGE = {
+    "audio_encoder": {
+        "hidden_size": 8192,
+        "intermediate_size": 65536,
+        "num_hidden_layers": 128,
+        "num_attention_heads": 8,
+        "num_conv_pos_embedding_groups": 8,
+    },
+    "motion_generator": {"feature_dim": 8192, "ffn_dim": 65536, "n_layers": 128, "n_heads": 8},
+}
 
 
 def warm(_: Any) -> str:
     """One-time costs (imports, the meta device's decompositions, torch.load's set-up) before any timed case."""
     import torch
 
-    from flashtalk.model.audio_encoder import AudioEncoder
-    from flashtalk.model.motion_generator import MotionGenerator
-    from flashtalk.model.presets import Preset
+    from flashtalk.models.hubert import AudioEncoder
+    from flashtalk.models.joyvasa.denoiser import MotionGenerator
+    from flashtalk.weights.presets import Preset
 
     with torch.device("meta"):
         MotionGenerator(Preset.from_name("tiny").motion)
@@ -59,7 +67,7 @@ def _finite(module_or_state) -> None:
 
 
 def bundle(arg: dict) -> str:
-    from flashtalk.model.bundle import load_bundle
+    from flashtalk.weights.bundle import load_bundle
 
     nets = load_bundle(arg["path"])
     for m in (nets.renderer, nets.motion, nets.audio):
@@ -68,9 +76,9 @@ def bundle(arg: dict) -> str:
 
 
 def joyvasa(arg: dict) -> str:
-    from flashtalk.model.joyvasa_weights import load_checkpoint, load_motion_state
-    from flashtalk.model.motion_generator import MotionGenerator
-    from flashtalk.model.presets import Preset
+    from flashtalk.models.joyvasa.denoiser import MotionGenerator
+    from flashtalk.weights.joyvasa import load_checkpoint, load_motion_state
+    from flashtalk.weights.presets import Preset
 
     ckpt = load_checkpoint(arg["path"], base_config=Preset.from_name("tiny").motion)
     motion = MotionGenerator(ckpt.config).eval()
@@ -79,13 +87,13 @@ def joyvasa(arg: dict) -> str:
 
 
 def pth(arg: dict) -> str:
-    from flashtalk.model.liveportrait_weights import read_checkpoint
+    from flashtalk.weights.liveportrait import read_checkpoint
 
     return f"{len(read_checkpoint(arg['path'], arg['network']))} tensors"
 
 
 def template(arg: dict) -> str:
-    from flashtalk.model.joyvasa_weights import load_motion_template
+    from flashtalk.weights.joyvasa import load_motion_template
 
     t = load_motion_template(arg["path"])
     _finite({"mean_exp": t.mean_exp, "std_exp": t.std_exp})
@@ -93,7 +101,7 @@ def template(arg: dict) -> str:
 
 
 def hf(arg: dict) -> str:
-    from flashtalk.model.audio_weights import load_hf_audio_encoder
+    from flashtalk.weights.hubert import load_hf_audio_encoder
 
     _finite(load_hf_audio_encoder(arg["path"]))
     return "loaded"
@@ -104,7 +112,7 @@ def hf(arg: dict) -> str:
 
 def st_split(data: bytes) -> tuple[dict, bytes]:
     n = struct.unpack("<Q", data[:8])[0]
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def st_join(header: dict, body: bytes) -> bytes:
@@ -121,16 +129,22 @@ class Bases:
         import torch
         from safetensors.torch import save_file
 
-        from flashtalk.model.bundle import seeded_networks, write_bundle
+        from flashtalk.weights.bundle import seeded_networks, write_bundle
 
         nets = seeded_networks("tiny")
         self.bundle = write_bundle(nets, folder / "base.safetensors").read_bytes()
         motion = {k: v.clone() for k, v in nets.motion.state_dict().items()}
         audio = {f"audio_encoder.{k}": v.clone() for k, v in nets.audio.state_dict().items()}
         cfg = nets.motion.cfg
-        self.args = {"motion_feat_dim": cfg.motion_feat_dim, "n_motions": cfg.n_motions,
-                     "n_prev_motions": cfg.n_prev_motions, "feature_dim": cfg.feature_dim,
-                     "n_diff_steps": cfg.n_diff_steps, "fps": cfg.fps, "pad_mode": cfg.pad_mode}
+        self.args = {
+            "motion_feat_dim": cfg.motion_feat_dim,
+            "n_motions": cfg.n_motions,
+            "n_prev_motions": cfg.n_prev_motions,
+            "feature_dim": cfg.feature_dim,
+            "n_diff_steps": cfg.n_diff_steps,
+            "fps": cfg.fps,
+            "pad_mode": cfg.pad_mode,
+        }
         self.joyvasa_state = {**motion, **audio}
         buf = io.BytesIO()
         torch.save({"args": argparse.Namespace(**self.args), "model": self.joyvasa_state, "iter": 3}, buf)
@@ -139,22 +153,44 @@ class Bases:
         torch.save(nets.renderer.stitching_retargeting_module.state_dict(), buf)
         self.pth = buf.getvalue()
         t = nets.template
-        self.template_dict = {"mean_exp": t.mean_exp.numpy(), "std_exp": t.std_exp.numpy(),
-                              **{k: getattr(t, k).numpy() for k in ("min_scale", "max_scale", "min_t", "max_t",
-                                                                     "min_pitch", "max_pitch", "min_yaw", "max_yaw",
-                                                                     "min_roll", "max_roll")},
-                              "abs_max_t": np.float32(3.0)}
+        self.template_dict = {
+            "mean_exp": t.mean_exp.numpy(),
+            "std_exp": t.std_exp.numpy(),
+            **{
+                k: getattr(t, k).numpy()
+                for k in (
+                    "min_scale",
+                    "max_scale",
+                    "min_t",
+                    "max_t",
+                    "min_pitch",
+                    "max_pitch",
+                    "min_yaw",
+                    "max_yaw",
+                    "min_roll",
+                    "max_roll",
+                )
+            },
+            "abs_max_t": np.float32(3.0),
+        }
         self.template = pickle.dumps(self.template_dict, protocol=4)
         hub = folder / "hub"
         hub.mkdir()
         save_file({k: v.contiguous() for k, v in nets.audio.state_dict().items()}, str(hub / "model.safetensors"))
         self.hf_weights = (hub / "model.safetensors").read_bytes()
         a = nets.audio.cfg
-        self.hf_config = {"model_type": "hubert", "hidden_size": a.hidden_size, "num_hidden_layers": a.num_hidden_layers,
-                          "num_attention_heads": a.num_attention_heads, "intermediate_size": a.intermediate_size,
-                          "conv_dim": list(a.conv_dim), "conv_kernel": list(a.conv_kernel),
-                          "conv_stride": list(a.conv_stride), "num_conv_pos_embeddings": a.num_conv_pos_embeddings,
-                          "num_conv_pos_embedding_groups": a.num_conv_pos_embedding_groups}
+        self.hf_config = {
+            "model_type": "hubert",
+            "hidden_size": a.hidden_size,
+            "num_hidden_layers": a.num_hidden_layers,
+            "num_attention_heads": a.num_attention_heads,
+            "intermediate_size": a.intermediate_size,
+            "conv_dim": list(a.conv_dim),
+            "conv_kernel": list(a.conv_kernel),
+            "conv_stride": list(a.conv_stride),
+            "num_conv_pos_embeddings": a.num_conv_pos_embeddings,
+            "num_conv_pos_embedding_groups": a.num_conv_pos_embedding_groups,
+        }
 
 
 def _bundle_case(m: Mutator, bases: Bases) -> tuple[bytes, str]:
@@ -186,7 +222,7 @@ def _bundle_case(m: Mutator, bases: Bases) -> tuple[bytes, str]:
         lo, hi = header[name]["data_offsets"]
         pattern = m.choice((b"\x00\x00\xc0\x7f", b"\x00\x00\x80\x7f", b"\x00\x00\x80\xff"))
         n = m.choice((1, (hi - lo) // 4))
-        body = body[:lo] + pattern * n + body[lo + 4 * n:]
+        body = body[:lo] + pattern * n + body[lo + 4 * n :]
         return st_join(header, body), f"non-finite {name} x{n}"
     elif r < 0.85:  # a tensor whose shape disagrees with its bytes
         name = m.choice(sorted(k for k in header if k != "__metadata__"))
@@ -203,7 +239,8 @@ def _template_case(m: Mutator, bases: Bases) -> tuple[bytes, str]:
     if r < 0.3:
         crafted = {
             "huge-shape": b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n\x8a\x05"
-                          + (10**11).to_bytes(5, "little") + b"\x85cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x88\x87R\x87R.",
+            + (10**11).to_bytes(5, "little")
+            + b"\x85cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x88\x87R\x87R.",
             "huge-dtype": b"\x80\x02cnumpy\ndtype\nX\x0b\x00\x00\x00V1000000000\x89\x88\x87R.",
             "bytes8": b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc",
             "frame": b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"}.",
@@ -217,8 +254,9 @@ def _template_case(m: Mutator, bases: Bases) -> tuple[bytes, str]:
 
         d = dict(bases.template_dict)
         key = m.choice(sorted(d))
-        d[key] = m.choice((np.full_like(d[key], np.nan), np.zeros(0, np.float32), "text", None,
-                           np.ones((1000,), np.float32)))
+        d[key] = m.choice(
+            (np.full_like(d[key], np.nan), np.zeros(0, np.float32), "text", None, np.ones((1000,), np.float32))
+        )
         return pickle.dumps(d), f"template {key} replaced"
     data, how = m.bytes(bases.template)
     return data, f"bytes {how}"
@@ -233,10 +271,17 @@ def _joyvasa_case(m: Mutator, bases: Bases) -> tuple[bytes, str]:
         key = m.choice(sorted(args))
         args[key] = m.number() if m.rng.random() < 0.8 else m.choice((8192, 10**6, 4096))
         buf = io.BytesIO()
-        torch.save({"args": argparse.Namespace(**args), "model": bases.joyvasa_state,
-                    "iter": m.choice((3, float("inf"), "x", None))}, buf)
+        torch.save(
+            {
+                "args": argparse.Namespace(**args),
+                "model": bases.joyvasa_state,
+                "iter": m.choice((3, float("inf"), "x", None)),
+            },
+            buf,
+        )
         return buf.getvalue(), f"args {key}={args[key]!r}"[:80]
     if r < 0.7:
+
         class Evil:
             def __reduce__(self):
                 return (print, ("pwned",))
@@ -260,8 +305,16 @@ def _hf_case(m: Mutator, bases: Bases, folder: Path) -> str:
     elif r < 0.6:
         cfg_text, what = deep_json(m.choice((1000, 60_000))), "deep config.json"
     elif r < 0.8:
-        index = m.choice(({"metadata": {}}, {"weight_map": {"a": "../../etc/passwd"}}, {"weight_map": []},
-                          {"weight_map": {"a": "missing.safetensors"}}, [1], {"weight_map": {"a": 5}}))
+        index = m.choice(
+            (
+                {"metadata": {}},
+                {"weight_map": {"a": "../../etc/passwd"}},
+                {"weight_map": []},
+                {"weight_map": {"a": "missing.safetensors"}},
+                [1],
+                {"weight_map": {"a": 5}},
+            )
+        )
         (folder / "model.safetensors.index.json").write_text(json_dumps(index))
         weights = None
         what = f"index {json_dumps(index)[:60]}"
@@ -282,8 +335,11 @@ def cases(seed: int, n: int, folder: Path) -> Iterator[Case]:
 
     m = Mutator(seed)
     bases = Bases(folder)
-    controls = [("bundle", bases.bundle, "bundle"), ("joyvasa", bases.joyvasa, "joyvasa"),
-                ("template", bases.template, "template")]
+    controls = [
+        ("bundle", bases.bundle, "bundle"),
+        ("joyvasa", bases.joyvasa, "joyvasa"),
+        ("template", bases.template, "template"),
+    ]
     for i in range(n):
         kind = i % 5
         path = folder / f"case{i}"
@@ -307,8 +363,9 @@ def cases(seed: int, n: int, folder: Path) -> Iterator[Case]:
         elif kind == 3:
             data, how = m.bytes(bases.pth)
             path.write_bytes(data)
-            yield Case(f"pth {how}", f"{MOD}:pth", {"path": str(path), "network": "stitching_retargeting_module"},
-                       timeout=10.0)
+            yield Case(
+                f"pth {how}", f"{MOD}:pth", {"path": str(path), "network": "stitching_retargeting_module"}, timeout=10.0
+            )
         else:
             what = _hf_case(m, bases, path)
             yield Case(f"hf {what}", f"{MOD}:hf", {"path": str(path)}, timeout=20.0)

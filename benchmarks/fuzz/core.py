@@ -25,18 +25,57 @@ import random
 import struct
 import time
 import traceback
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 OUTCOMES = ("ok", "clean_error", "crash", "hang")
 MEMORY_LIMIT = 6 << 30  # address space of a worker
 MAX_EXAMPLES = 5
 WALL_FACTOR = 6  # a case may take this many times its CPU bound in wall time (machine load), then it hangs
 LOG_ENV = "FLASHTALK_FUZZ_LOG"  # a path: every case is appended to it as a JSON line
-INTERESTING_INTS = (0, 1, -1, 2, 255, 256, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
-                    0xFFFFFFFF, 3999, 4000, 384_001, 1 << 40)
-INTERESTING_NUMBERS = (0, -1, 1, 0.5, -0.0, 1e-300, 1e9, 1e300, 2**63, -(2**63), float("inf"), float("-inf"),
-                       float("nan"), 10**400, "12", "abc", None, True, [], {}, [1, 2])
+INTERESTING_INTS = (
+    0,
+    1,
+    -1,
+    2,
+    255,
+    256,
+    0x7FFF,
+    0x8000,
+    0xFFFF,
+    0x10000,
+    0x7FFFFFFF,
+    0x80000000,
+    0xFFFFFFFF,
+    3999,
+    4000,
+    384_001,
+    1 << 40,
+)
+INTERESTING_NUMBERS = (
+    0,
+    -1,
+    1,
+    0.5,
+    -0.0,
+    1e-300,
+    1e9,
+    1e300,
+    2**63,
+    -(2**63),
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+    10**400,
+    "12",
+    "abc",
+    None,
+    True,
+    [],
+    {},
+    [1, 2],
+)
 
 
 class Wrong(Exception):
@@ -70,16 +109,16 @@ class Mutator:
                 b[i] = self.rng.choice((0, 0xFF, 0x7F, 0x80, self.rng.randrange(256)))
             elif op == "int":
                 value = self.rng.choice(INTERESTING_INTS) & 0xFFFFFFFF
-                b[i:i + 4] = struct.pack(self.rng.choice(("<I", ">I")), value)
+                b[i : i + 4] = struct.pack(self.rng.choice(("<I", ">I")), value)
             elif op == "truncate":
-                del b[max(1, i):]
+                del b[max(1, i) :]
             elif op == "delete":
-                del b[i:i + self.rng.randint(1, 64)]
+                del b[i : i + self.rng.randint(1, 64)]
             elif op == "insert":
                 b[i:i] = bytes(self.rng.randrange(256) for _ in range(self.rng.randint(1, 32)))
             else:
                 n = self.rng.randint(1, 256)
-                b[i:i] = b[i:i + n]
+                b[i:i] = b[i : i + n]
             done.append(f"{op}@{i}")
         return bytes(b), "+".join(done)
 
@@ -156,7 +195,7 @@ def _worker_main(conn, limit: int) -> None:
                 targets[name] = getattr(importlib.import_module(module), func)
             detail = targets[name](arg)
             reply = ("ok", str(detail or "")[:200])
-        except Exception as exc:  # noqa: BLE001 - classifying every failure is the point
+        except Exception as exc:
             reply = _classify(exc)
             if reply[0] == "clean_error" and isinstance(arg, dict) and arg.get("expect_ok"):
                 reply = ("crash", f"refused a valid input: {reply[1]}"[:300])
@@ -276,17 +315,33 @@ class Tally:
     def add(self, case: Case, outcome: str, detail: str, seconds: float) -> None:
         if LOG_ENV in os.environ:  # every case as one JSON line, to read what the families really do
             with open(os.environ[LOG_ENV], "a") as f:
-                f.write(json.dumps({"family": self.family, "case": case.what, "outcome": outcome,
-                                    "detail": detail, "seconds": round(seconds, 3)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "family": self.family,
+                            "case": case.what,
+                            "outcome": outcome,
+                            "detail": detail,
+                            "seconds": round(seconds, 3),
+                        }
+                    )
+                    + "\n"
+                )
         self.counts[outcome] += 1
         self.slowest_s = max(self.slowest_s, seconds)
         if outcome in ("crash", "hang") and len(self.examples) < MAX_EXAMPLES:
             self.examples.append(f"{outcome}: {case.what}: {detail}"[:240])
 
     def result(self, **extra: Any) -> dict[str, Any]:
-        return {"family": self.family, "cases": sum(self.counts.values()), **self.counts,
-                "examples": self.examples, "slowest_case_s": round(self.slowest_s, 2),
-                "seconds": round(self.seconds, 1), **extra}
+        return {
+            "family": self.family,
+            "cases": sum(self.counts.values()),
+            **self.counts,
+            "examples": self.examples,
+            "slowest_case_s": round(self.slowest_s, 2),
+            "seconds": round(self.seconds, 1),
+            **extra,
+        }
 
 
 def run_cases(family: str, cases: Iterable[Case], budget_s: float, warm: str | None = None) -> dict[str, Any]:

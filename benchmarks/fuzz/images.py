@@ -15,8 +15,9 @@ import io
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -24,21 +25,37 @@ from benchmarks.fuzz.core import Case, Mutator, Wrong, run_cases
 
 TARGET = "benchmarks.fuzz.images:target"
 SIZE = 96
-BAD_CROPS = ("nan,0,100,100", "0,0,inf,100", "0,0,1e300,1e300", "-1e300,-1e300,1e300,1e300", "0,0,0,10",
-             "0,0,-5,10", "1,2,3", "a,b,c,d", "", ",,,", "0,0,4000000000,4000000000", "1e308,1e308,1,1",
-             "50,50,90000,90000", "0x10,0,50,50", "center,1", "10,10,-inf,nan", "1" * 5000)
+BAD_CROPS = (
+    "nan,0,100,100",
+    "0,0,inf,100",
+    "0,0,1e300,1e300",
+    "-1e300,-1e300,1e300,1e300",
+    "0,0,0,10",
+    "0,0,-5,10",
+    "1,2,3",
+    "a,b,c,d",
+    "",
+    ",,,",
+    "0,0,4000000000,4000000000",
+    "1e308,1e308,1,1",
+    "50,50,90000,90000",
+    "0x10,0,50,50",
+    "center,1",
+    "10,10,-inf,nan",
+    "1" * 5000,
+)
 GOOD_CROPS = ("center", "0,0,64,64", "10.5,20.25,50,70", "-30,-30,200,200", "90,90,300,10")
 
 
 def warm(_: Any) -> str:
-    import flashtalk.io.facecrop  # noqa: F401
+    import flashtalk.faces.portrait_crop
     import flashtalk.io.media  # noqa: F401
 
     return "warm"
 
 
 def target(arg: dict) -> str:
-    from flashtalk.io.facecrop import crop_box, cut
+    from flashtalk.faces.portrait_crop import crop_box, cut
     from flashtalk.io.media import load_image
 
     photo = load_image(arg["path"])
@@ -96,9 +113,11 @@ def crafted_pngs(png: bytes) -> list[tuple[str, bytes]]:
     """Structurally valid PNGs (right CRCs) that a byte mutator rarely finds."""
     head, rest = png[:33], png[33:]  # signature + IHDR
     bomb = zlib.compress(b"a" * (48 << 20), 9)
-    out = [("ztxt-bomb", head + _chunk(b"zTXt", b"Comment\0\0" + bomb) + rest),
-           ("itxt-bomb", head + _chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + bomb) + rest),
-           ("iccp-bomb", head + _chunk(b"iCCP", b"icc\0\0" + bomb) + rest)]
+    out = [
+        ("ztxt-bomb", head + _chunk(b"zTXt", b"Comment\0\0" + bomb) + rest),
+        ("itxt-bomb", head + _chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + bomb) + rest),
+        ("iccp-bomb", head + _chunk(b"iCCP", b"icc\0\0" + bomb) + rest),
+    ]
     for w, h in ((1 << 31) - 1, 1), (65535, 65535), (0, 10), (20000, 20000):
         ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
         out.append((f"ihdr-{w}x{h}", png[:8] + _chunk(b"IHDR", ihdr) + rest))

@@ -23,7 +23,6 @@ hang (no answer within the case's bound).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -33,8 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +44,22 @@ CASE_TIMEOUT_S = 20.0
 CONCURRENCY = 4
 MAX_EXAMPLES = 5
 CLEAN_CODES = (1008, 1009, 1013)
-KINDS = ("bad_json", "start_values", "controls", "big_text", "big_binary", "odd_rate", "nan_pcm", "slow_reader",
-         "stalled", "truncated_upload", "chunked_upload", "oversized_upload", "garbage_http", "commands")
+KINDS = (
+    "bad_json",
+    "start_values",
+    "controls",
+    "big_text",
+    "big_binary",
+    "odd_rate",
+    "nan_pcm",
+    "slow_reader",
+    "stalled",
+    "truncated_upload",
+    "chunked_upload",
+    "oversized_upload",
+    "garbage_http",
+    "commands",
+)
 
 
 class Outcome(Exception):
@@ -72,13 +86,33 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="flashtalk-fuzz-serve-", suffix=".log", delete=False)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(Path(flashtalk.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(Path(flashtalk.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p
+            ),
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flashtalk", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--max-sessions", str(max_sessions), "--device", "cpu",
-             "--max-portraits", "2"],  # the demo and one upload: the bounded cache is full after the warm-up
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "flashtalk",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--max-sessions",
+                str(max_sessions),
+                "--device",
+                "cpu",
+                "--max-portraits",
+                "2",
+            ],  # the demo and one upload: the bounded cache is full after the warm-up
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
     async def wait_ready(self, timeout: float = 120.0) -> None:
         import httpx
@@ -146,16 +180,19 @@ async def raw_ws(port: int, rcvbuf: int | None = None):
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
-    writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
     head = await reader.readuntil(b"\r\n\r\n")
     if b" 101 " not in head.split(b"\r\n")[0]:
         raise Outcome("crash", f"handshake refused: {head[:60]!r}")
     return reader, writer
 
 
-async def _ws_session(url: str, messages: list, *, expect_ready: bool | None = None, read_s: float = 10.0,
-                      max_size: int | None = None) -> str:
+async def _ws_session(
+    url: str, messages: list, *, expect_ready: bool | None = None, read_s: float = 10.0, max_size: int | None = None
+) -> str:
     """Send `messages` (str / bytes) and read until the server closes: the outcome of the exchange."""
     import websockets
     from websockets.asyncio.client import connect
@@ -209,26 +246,50 @@ def _pcm(seconds: float, rate: int = 16000) -> bytes:
 # ------------------------------------------------------------------------------------ hostile cases
 
 
-HUGE = ("9" * 5000, "1e999", "-1e999", "NaN", "Infinity", "1" + "0" * 400, '"x"', "null", "[]", "{}", "true",
-        "-1", "4.5", "2147483648")
+HUGE = (
+    "9" * 5000,
+    "1e999",
+    "-1e999",
+    "NaN",
+    "Infinity",
+    "1" + "0" * 400,
+    '"x"',
+    "null",
+    "[]",
+    "{}",
+    "true",
+    "-1",
+    "4.5",
+    "2147483648",
+)
 
 
 def make_case(rng: random.Random, server: Server, kind: str) -> tuple[str, Callable]:
     url, port = server.url, server.port
     if kind == "bad_json":
-        text = rng.choice(["", "{", "not json", "[" * 100_000 + "]" * 100_000, '{"type": 1}', "\x00\xff",
-                           '{"type": "start", "portrait_id": "demo"' + "}" * rng.randint(0, 3)])
+        text = rng.choice(
+            [
+                "",
+                "{",
+                "not json",
+                "[" * 100_000 + "]" * 100_000,
+                '{"type": 1}',
+                "\x00\xff",
+                '{"type": "start", "portrait_id": "demo"' + "}" * rng.randint(0, 3),
+            ]
+        )
         return f"bad json {text[:20]!r}", lambda: _ws_session(url, [text], expect_ready=None)
     if kind == "start_values":
-        key = rng.choice(["sample_rate", "seed", "quality", "format", "video", "pace", "idle", "portrait_id",
-                          "controls", "portrait"])
+        key = rng.choice(
+            ["sample_rate", "seed", "quality", "format", "video", "pace", "idle", "portrait_id", "controls", "portrait"]
+        )
         value = rng.choice(HUGE)
         text = _start()[:-1] + f', "{key}": {value}}}'
         return f"start {key}={value[:12]}", lambda: _ws_session(url, [text, _pcm(0.04)], read_s=5)
     if kind == "controls":
         value = rng.choice(HUGE)
         name = rng.choice(["yaw", "pitch", "blink", "zoom", "x" * 1000])
-        text = '{"type": "controls", "controls": {"%s": %s}}' % (name, value)
+        text = json.dumps({"type": "controls", "controls": {name: "__V__"}}).replace('"__V__"', value)
         return f"controls {name[:8]}={value[:12]}", lambda: _ws_session(url, [_start(), text], read_s=5)
     if kind == "big_text":
         size = rng.choice([(12 << 20) + 4096, 13 << 20, 20 << 20])
@@ -241,13 +302,23 @@ def make_case(rng: random.Random, server: Server, kind: str) -> tuple[str, Calla
         rate = rng.randint(4001, 48000) | 1
         audio = _pcm(0.1, rate)
         return f"sample_rate {rate}", lambda: _ws_session(
-            url, [_start(sample_rate=rate), audio[: len(audio) // 2 * 2], '{"type": "end"}'], read_s=15)
+            url, [_start(sample_rate=rate), audio[: len(audio) // 2 * 2], '{"type": "end"}'], read_s=15
+        )
     if kind == "nan_pcm":
         pcm = np.full(640, np.nan, "<f4").tobytes()
         return "NaN float PCM", lambda: _ws_session(url, [_start(format="f32le"), pcm], read_s=5)
     if kind == "commands":
-        cmds = [rng.choice(['{"type": "end"}', '{"type": "interrupt"}', '{"type": "controls", "controls": {}}',
-                            _pcm(rng.choice([0.0025, 0.005, 0.01]))]) for _ in range(rng.randint(5, 20))]
+        cmds = [
+            rng.choice(
+                [
+                    '{"type": "end"}',
+                    '{"type": "interrupt"}',
+                    '{"type": "controls", "controls": {}}',
+                    _pcm(rng.choice([0.0025, 0.005, 0.01])),
+                ]
+            )
+            for _ in range(rng.randint(5, 20))
+        ]
         return f"{len(cmds)} commands", lambda: _ws_session(url, [_start(), *cmds], read_s=1.5)
     if kind == "slow_reader":
         hold = rng.uniform(1.0, 3.0)
@@ -323,7 +394,7 @@ async def _chunked_upload(url: str, oversized: bool) -> str:
 
     async def body():
         for i in range(0, len(data), 1 << 16):
-            yield data[i:i + (1 << 16)]
+            yield data[i : i + (1 << 16)]
 
     async with httpx.AsyncClient(timeout=CASE_TIMEOUT_S) as http:
         r = await http.post(url + "/portraits", content=body())
@@ -360,7 +431,7 @@ def _healthy_main(url: str, stop, results) -> None:
         t0 = time.monotonic()
         try:
             await healthy(url, flag, out)
-        except Exception as exc:  # noqa: BLE001 - reported to the campaign
+        except Exception as exc:
             out["error"] = f"{type(exc).__name__}: {exc}"[:200]
         watcher.cancel()
         out["seconds"] = time.monotonic() - t0
@@ -396,7 +467,7 @@ async def healthy(url: str, stop: asyncio.Event, out: dict) -> None:
     """Utterances of 0.6 s at real time (40-ms chunks), realtime pacing; per-frame latency in out["latency"]."""
     from websockets.asyncio.client import connect
 
-    from flashtalk.serving import protocol
+    from flashtalk.serving import wire
 
     ws = await connect(url.replace("http", "ws", 1) + "/ws", max_size=None, open_timeout=30)
     await ws.send(json.dumps({"type": "start", "portrait_id": "demo", "idle": False}))
@@ -414,12 +485,12 @@ async def healthy(url: str, stop: asyncio.Event, out: dict) -> None:
             for k in range(n):
                 await asyncio.sleep(max(0.0, t0 + k * 0.04 - time.monotonic()))
                 sent[base + k] = time.monotonic()
-                await ws.send(audio[k * chunk:(k + 1) * chunk])
+                await ws.send(audio[k * chunk : (k + 1) * chunk])
             await ws.send('{"type": "end"}')
             while True:
                 msg = await asyncio.wait_for(ws.recv(), 60)
                 if isinstance(msg, bytes):
-                    f = protocol.unpack_frame(msg)
+                    f = wire.unpack_frame(msg)
                     now = time.monotonic()
                     out["frames"].append(now)
                     if f.index in sent:
@@ -439,8 +510,11 @@ def _summary(out: dict) -> tuple[float, float, float]:
         raise RuntimeError(f"the healthy session failed: {out['error']}")
     lat = np.array(out["latency"]) * 1000
     fps = len(out["frames"]) / max(out["seconds"], 1e-3)
-    return (round(fps, 2), round(float(np.percentile(lat, 50)), 1) if lat.size else float("nan"),
-            round(float(np.percentile(lat, 99)), 1) if lat.size else float("nan"))
+    return (
+        round(fps, 2),
+        round(float(np.percentile(lat, 50)), 1) if lat.size else float("nan"),
+        round(float(np.percentile(lat, 99)), 1) if lat.size else float("nan"),
+    )
 
 
 # ------------------------------------------------------------------------------------ campaign
@@ -448,8 +522,15 @@ def _summary(out: dict) -> tuple[float, float, float]:
 
 async def _campaign(seed: int, n: int, budget_s: float) -> dict:
     rng = random.Random(seed)
-    result: dict[str, Any] = {"family": "server", "cases": 0, "ok": 0, "clean_error": 0, "crash": 0, "hang": 0,
-                              "examples": []}
+    result: dict[str, Any] = {
+        "family": "server",
+        "cases": 0,
+        "ok": 0,
+        "clean_error": 0,
+        "crash": 0,
+        "hang": 0,
+        "examples": [],
+    }
     server = Server()
     start = time.monotonic()
     try:
@@ -481,7 +562,7 @@ async def _campaign(seed: int, n: int, budget_s: float) -> dict:
                     outcome, detail = exc.kind, exc.detail
                 except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
                     outcome, detail = "crash", f"{type(exc).__name__}: {exc}"[:120]
-                except Exception as exc:  # noqa: BLE001 - any client-side surprise is a finding
+                except Exception as exc:
                     outcome, detail = "crash", f"{type(exc).__name__}: {exc}"[:120]
                 if not server.alive():
                     outcome, detail = "crash", "the server process died"
@@ -505,8 +586,12 @@ async def _campaign(seed: int, n: int, budget_s: float) -> dict:
         result["heap_after_mb"] = round(await loop.run_in_executor(None, server.heap_mb), 1)
         live = await loop.run_in_executor(None, client.finish)
         fps, p50, p99 = _summary(live)
-        result.update(healthy_fps=fps, healthy_latency_p50_ms=p50, healthy_latency_p99_ms=p99,
-                      healthy_dropped=live.get("dropped", 0))
+        result.update(
+            healthy_fps=fps,
+            healthy_latency_p50_ms=p50,
+            healthy_latency_p99_ms=p99,
+            healthy_dropped=live.get("dropped", 0),
+        )
         log = server.log_text()
         if "Traceback" in log:
             result["crash"] += 1

@@ -6,8 +6,8 @@ torch.compile of the reference). Shared by `flashtalk bench`, the GPU suite and 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -38,8 +38,12 @@ CASES: list[Case] = (
     # audio encoder: wav2vec2/HuBERT family at 50 tokens/s, padded batches
     + [Case("audio", B, 12, L, 64, padded=B > 1) for B in (1, 8) for L in (200, 1000, 3000)]
     # standard grid: 16k tokens per batch, model width 2048
-    + [Case("standard", 16384 // L, 2048 // D, L, D, causal=c)
-       for D in (64, 128) for L in (1024, 2048, 4096, 8192, 16384) for c in (False, True)]
+    + [
+        Case("standard", 16384 // L, 2048 // D, L, D, causal=c)
+        for D in (64, 128)
+        for L in (1024, 2048, 4096, 8192, 16384)
+        for c in (False, True)
+    ]
 )
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,12 +53,13 @@ SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
 def make_inputs(case: Case, dtype: torch.dtype, device: str = "cuda"):
     """q, k, v [B, H, L, D] laid out as a projection writes them ([B, L, H, D] storage), and the key-padding
     mask (True = pad) or None."""
-    q, k, v = (torch.randn(case.B, case.L, case.H, case.D, device=device, dtype=dtype).transpose(1, 2)
-               for _ in range(3))
+    q, k, v = (
+        torch.randn(case.B, case.L, case.H, case.D, device=device, dtype=dtype).transpose(1, 2) for _ in range(3)
+    )
     kpm = None
     if case.padded:
         kpm = torch.zeros(case.B, case.L, dtype=torch.bool, device=device)
-        kpm[1::2, case.L - case.L // 10:] = True
+        kpm[1::2, case.L - case.L // 10 :] = True
     return q, k, v, kpm
 
 
@@ -68,13 +73,20 @@ def providers(case: Case, q, k, v, kpm) -> dict[str, Callable[[], torch.Tensor] 
         "flashtalk": lambda: attention(q, k, v, key_padding_mask=kpm, causal=case.causal),
     }
     sdpa_mask = None if kpm is None else ~kpm[:, None, None, :]  # SDPA: True = may attend
-    backend_enum = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                    "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    backend_enum = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     for name in SDPA_BACKENDS:
+
         def run(b=backend_enum[name]):
             with sdpa_kernel(b):
                 return torch.nn.functional.scaled_dot_product_attention(
-                    q, k, v, attn_mask=sdpa_mask, is_causal=case.causal and sdpa_mask is None)
+                    q, k, v, attn_mask=sdpa_mask, is_causal=case.causal and sdpa_mask is None
+                )
+
         if case.causal and sdpa_mask is not None:
             out[f"sdpa-{name}"] = "causal together with a padding mask is not benchmarked for SDPA"
             continue
@@ -93,8 +105,11 @@ def providers(case: Case, q, k, v, kpm) -> dict[str, Callable[[], torch.Tensor] 
             bias = torch.zeros(case.B, case.H, case.L, case.L, dtype=q.dtype, device=q.device)
             bias.masked_fill_(kpm[:, None, None, :], float("-inf"))
         if case.causal:
-            bias = xops.LowerTriangularMask() if bias is None else bias + torch.full(
-                (case.L, case.L), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+            bias = (
+                xops.LowerTriangularMask()
+                if bias is None
+                else bias + torch.full((case.L, case.L), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+            )
         qx, kx, vx = (t.transpose(1, 2) for t in (q, k, v))  # xformers wants [B, L, H, D]
         out["xformers"] = lambda: xops.memory_efficient_attention(qx, kx, vx, attn_bias=bias)
     compiled = torch.compile(attention_ref)

@@ -10,9 +10,9 @@ module imports nothing else of `flashtalk.bench`, so each `*_cases` module impor
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -37,13 +37,29 @@ class Setup:
         return self.device.startswith("cuda")
 
     @classmethod
-    def for_device(cls, device: str, *, quick: bool, compile: bool | None = None, sessions: int | None = None,
-                   dtype: torch.dtype | None = None) -> "Setup":
+    def for_device(
+        cls,
+        device: str,
+        *,
+        quick: bool,
+        compile: bool | None = None,
+        sessions: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> "Setup":
         cuda = device.startswith("cuda")
-        if compile is None:  # inductor takes minutes (on two shared CPU cores, or compiling every GPU case): not in --quick
+        if (
+            compile is None
+        ):  # inductor takes minutes (on two shared CPU cores, or compiling every GPU case): not in --quick
             compile = not quick
-        return cls(device, "liveportrait" if cuda else "tiny", quick, compile, 4 if cuda else 3,
-                   sessions or (8 if cuda else 2), dtype)
+        return cls(
+            device,
+            "liveportrait" if cuda else "tiny",
+            quick,
+            compile,
+            4 if cuda else 3,
+            sessions or (8 if cuda else 2),
+            dtype,
+        )
 
 
 @dataclass
@@ -70,7 +86,8 @@ class BenchCase:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "uint8"}.get(
-        dtype, str(dtype).removeprefix("torch."))
+        dtype, str(dtype).removeprefix("torch.")
+    )
 
 
 def kernel_mode(mode: str, fn: Callable) -> Callable:
@@ -115,6 +132,6 @@ def kernel_providers(setup: Setup, op: Callable, ref: Callable, inputs: list[tup
 @functools.lru_cache(maxsize=2)
 def networks(preset: str, device: str):
     """Seeded networks of a preset (golden weight rule: not a face, same cost), on `device`, eval mode."""
-    from flashtalk.model.bundle import seeded_networks
+    from flashtalk.weights.bundle import seeded_networks
 
     return seeded_networks(preset).to(torch.device(device))

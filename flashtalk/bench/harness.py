@@ -38,21 +38,61 @@ _NUM = {"type": ["number", "null"]}
 _STR = {"type": "string"}
 RECORD_SCHEMA: dict = {
     "type": "object",
-    "required": ["case", "group", "metric", "value", "unit", "status", "shape", "dtype", "provider", "device",
-                 "driver", "torch", "triton", "commit", "command", "timestamp"],
+    "required": [
+        "case",
+        "group",
+        "metric",
+        "value",
+        "unit",
+        "status",
+        "shape",
+        "dtype",
+        "provider",
+        "device",
+        "driver",
+        "torch",
+        "triton",
+        "commit",
+        "command",
+        "timestamp",
+    ],
     "properties": {
-        "case": _STR, "group": {"type": "string", "enum": ["kernel", "stage", "renderer", "pipeline", "stream"]},
+        "case": _STR,
+        "group": {"type": "string", "enum": ["kernel", "stage", "renderer", "pipeline", "stream"]},
         "metric": {"type": "string", "enum": ["time", "fps", "first_frame_latency", "aggregate_fps"]},
-        "value": _NUM, "unit": {"type": "string", "enum": ["ms", "frames/s"]},
+        "value": _NUM,
+        "unit": {"type": "string", "enum": ["ms", "frames/s"]},
         "status": {"type": "string", "enum": ["ok", "skipped", "failed"]},
-        "reason": _STR, "shape": _STR, "dtype": _STR, "provider": _STR, "device": _STR,
-        "driver": {"type": ["string", "null"]}, "torch": _STR, "triton": {"type": ["string", "null"]},
+        "reason": _STR,
+        "shape": _STR,
+        "dtype": _STR,
+        "provider": _STR,
+        "device": _STR,
+        "driver": {"type": ["string", "null"]},
+        "torch": _STR,
+        "triton": {"type": ["string", "null"]},
         "cuda": {"type": ["string", "null"]},
-        "commit": _STR, "command": _STR, "timestamp": _STR, "backend": {"type": ["string", "null"]},
-        "p20": _NUM, "p80": _NUM, "p50": _NUM, "p90": _NUM, "p99": _NUM, "iters": {"type": "integer"},
-        "warmup_s": _NUM, "tflops": _NUM, "pct_peak_flops": _NUM, "gbps": _NUM, "pct_peak_bw": _NUM,
-        "peak_mem_mib": _NUM, "speedup_vs_eager": _NUM, "speedup_vs_compile": _NUM, "fps_per_watt": _NUM,
-        "frames": {"type": ["integer", "null"]}, "note": _STR,
+        "commit": _STR,
+        "command": _STR,
+        "timestamp": _STR,
+        "backend": {"type": ["string", "null"]},
+        "p20": _NUM,
+        "p80": _NUM,
+        "p50": _NUM,
+        "p90": _NUM,
+        "p99": _NUM,
+        "iters": {"type": "integer"},
+        "warmup_s": _NUM,
+        "tflops": _NUM,
+        "pct_peak_flops": _NUM,
+        "gbps": _NUM,
+        "pct_peak_bw": _NUM,
+        "peak_mem_mib": _NUM,
+        "speedup_vs_eager": _NUM,
+        "speedup_vs_compile": _NUM,
+        "fps_per_watt": _NUM,
+        "frames": {"type": ["integer", "null"]},
+        "note": _STR,
         "samples_ms": {"type": "array", "items": {"type": "number"}},
         "telemetry": {"type": "object", "required": ["available"], "properties": {"available": {"type": "boolean"}}},
     },
@@ -61,8 +101,12 @@ SCHEMA: dict = {
     "type": "object",
     "required": ["format", "version", "environment", "records"],
     "properties": {
-        "format": {"type": "string", "enum": [FORMAT]}, "version": {"type": "integer", "enum": [VERSION]},
-        "environment": {"type": "object", "required": ["device", "torch", "commit", "command", "timestamp", "cpu_only"]},
+        "format": {"type": "string", "enum": [FORMAT]},
+        "version": {"type": "integer", "enum": [VERSION]},
+        "environment": {
+            "type": "object",
+            "required": ["device", "torch", "commit", "command", "timestamp", "cpu_only"],
+        },
         "records": {"type": "array", "items": RECORD_SCHEMA},
     },
 }
@@ -82,6 +126,7 @@ def validate(instance: Any, schema: dict = SCHEMA, where: str = "$") -> list[str
             if t == "integer":
                 return isinstance(instance, int) and not isinstance(instance, bool)
             return isinstance(instance, _TYPES[t])
+
         if not any(fits(t) for t in types):
             return [f"{where}: expected {' or '.join(types)}, got {type(instance).__name__} {instance!r:.60}"]
     if "enum" in schema and instance not in schema["enum"]:
@@ -113,8 +158,9 @@ def _commit() -> str:
 
     for where in (Path(__file__).resolve().parents[1], Path.cwd()):
         try:
-            out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=where, timeout=10).stdout.strip()
+            out = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             out = ""
         if out:
@@ -144,11 +190,19 @@ def environment(device: str, argv: list[str]) -> dict:
 
     probe = NvmlSampler()
     return {
-        "device": name, "cpu_only": not cuda, "peak": asdict(peak) if peak else None, "driver": probe._driver,
-        "nvml": probe.unavailable or "available", "torch": torch.__version__, "triton": triton_version,
-        "cuda": torch.version.cuda, "commit": commit, "command": " ".join(["flashtalk bench", *argv]),
+        "device": name,
+        "cpu_only": not cuda,
+        "peak": asdict(peak) if peak else None,
+        "driver": probe._driver,
+        "nvml": probe.unavailable or "available",
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "commit": commit,
+        "command": " ".join(["flashtalk bench", *argv]),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(), "python": platform.python_version(),
+        "host": platform.node(),
+        "python": platform.python_version(),
     }
 
 
@@ -195,8 +249,12 @@ def measure_provider(fn, built, setup, iters: int, warmup: int) -> dict:
     with sampler:
         if built.samples_key == "latency":  # the provider times itself, one sample per call
             samples = [fn(warmup + i) for i in range(iters)]
-            out.update(metric="first_frame_latency", unit="ms", samples_ms=samples, **{
-                k.removesuffix("_ms"): v for k, v in latency_percentiles(samples).items()})
+            out.update(
+                metric="first_frame_latency",
+                unit="ms",
+                samples_ms=samples,
+                **{k.removesuffix("_ms"): v for k, v in latency_percentiles(samples).items()},
+            )
             out["value"] = out["p50"]
         elif built.samples_key == "aggregate":
             runs = [fn(warmup + i) for i in range(iters)]
@@ -226,10 +284,18 @@ def run_case(case, setup, env: dict, iters: int, warmup: int, emit, deadline: fl
     base.update(case=case.name, group=case.group)
     try:
         built = case.build(setup)
-    except Exception as exc:  # noqa: BLE001 - a case that cannot be built is a row saying why, not a crash
+    except Exception as exc:
         log.debug("building %s failed", case.name, exc_info=True)
-        rec = base | dict(metric="time", value=None, unit="ms", status="failed", reason=_one_line(exc), shape="",
-                          dtype="", provider="-")
+        rec = base | dict(
+            metric="time",
+            value=None,
+            unit="ms",
+            status="failed",
+            reason=_one_line(exc),
+            shape="",
+            dtype="",
+            provider="-",
+        )
         emit(rec)
         return [rec]
     records = []
@@ -242,8 +308,11 @@ def run_case(case, setup, env: dict, iters: int, warmup: int, emit, deadline: fl
             if deadline is not None and not isinstance(fn, str) and time.perf_counter() > deadline:
                 fn = "not run: the time budget (--budget-s) ran out before this provider"
             if isinstance(fn, str):
-                metric, unit = {"latency": ("first_frame_latency", "ms"), "aggregate": ("aggregate_fps", "frames/s"),
-                                None: ("fps", "frames/s") if pipeline else ("time", "ms")}[built.samples_key]
+                metric, unit = {
+                    "latency": ("first_frame_latency", "ms"),
+                    "aggregate": ("aggregate_fps", "frames/s"),
+                    None: ("fps", "frames/s") if pipeline else ("time", "ms"),
+                }[built.samples_key]
                 rec.update(metric=metric, value=None, unit=unit, status="skipped", reason=fn)
             else:
                 try:
@@ -252,7 +321,7 @@ def run_case(case, setup, env: dict, iters: int, warmup: int, emit, deadline: fl
                     op = case.name.split("/")[0]
                     choice = last_choice(op) if name == "flashtalk" else None
                     rec["backend"] = choice.backend if choice else None
-                except Exception as exc:  # noqa: BLE001 - one provider failing (OOM, unsupported) is a row
+                except Exception as exc:
                     log.debug("%s / %s failed", case.name, name, exc_info=True)
                     rec.update(metric="time", value=None, unit="ms", status="failed", reason=_one_line(exc))
                     if setup.cuda:
@@ -292,8 +361,15 @@ def _derive(rec: dict, built, env: dict, fps_case: bool) -> None:
         rec["pct_peak_bw"] = 100 * rec["gbps"] / peak["mem_gbps"] if peak else None
     if fps_case and built.frames:
         frames = built.frames
-        rec.update(metric="fps", unit="frames/s", value=frames / seconds, frames=frames,
-                   p20=frames / (rec["p80"] * 1e-3), p80=frames / (rec["p20"] * 1e-3), time_ms=rec["value"])
+        rec.update(
+            metric="fps",
+            unit="frames/s",
+            value=frames / seconds,
+            frames=frames,
+            p20=frames / (rec["p80"] * 1e-3),
+            p80=frames / (rec["p20"] * 1e-3),
+            time_ms=rec["value"],
+        )
         power = rec["telemetry"].get("power_w_mean")
         rec["fps_per_watt"] = rec["value"] / power if power else None
 
@@ -327,10 +403,17 @@ def rows(records: list[dict]) -> list[list[str]]:
     out = []
     for r in records:
         if r["status"] != "ok":
-            out.append([r["case"], r["provider"], "-", r["unit"], "", "", "", "", f"{r['status']}: {r.get('reason', '')}"])
+            out.append(
+                [r["case"], r["provider"], "-", r["unit"], "", "", "", "", f"{r['status']}: {r.get('reason', '')}"]
+            )
             continue
-        spread = (f"{fmt(r['p20'])}-{fmt(r['p80'])}" if "p20" in r and r["metric"] != "first_frame_latency"
-                  else f"{fmt(r.get('p50'))}-{fmt(r.get('p99'))} ms" if "p99" in r else "")
+        spread = (
+            f"{fmt(r['p20'])}-{fmt(r['p80'])}"
+            if "p20" in r and r["metric"] != "first_frame_latency"
+            else f"{fmt(r.get('p50'))}-{fmt(r.get('p99'))} ms"
+            if "p99" in r
+            else ""
+        )
         pct = r.get("pct_peak_flops") if r.get("pct_peak_flops") is not None else r.get("pct_peak_bw")
         notes = []
         if r.get("tflops") is not None:
@@ -348,17 +431,29 @@ def rows(records: list[dict]) -> list[list[str]]:
         thr = r.get("telemetry", {}).get("throttle_reasons")
         if thr:
             notes.append("throttled: " + ",".join(thr))
-        out.append([r["case"], r["provider"], fmt(r["value"], 4), r["unit"], spread,
-                    fmt(r.get("speedup_vs_eager")) + ("x" if r.get("speedup_vs_eager") else ""),
-                    fmt(r.get("speedup_vs_compile")) + ("x" if r.get("speedup_vs_compile") else ""),
-                    f"{pct:.1f}%" if pct is not None else "", "; ".join(notes)])
+        out.append(
+            [
+                r["case"],
+                r["provider"],
+                fmt(r["value"], 4),
+                r["unit"],
+                spread,
+                fmt(r.get("speedup_vs_eager")) + ("x" if r.get("speedup_vs_eager") else ""),
+                fmt(r.get("speedup_vs_compile")) + ("x" if r.get("speedup_vs_compile") else ""),
+                f"{pct:.1f}%" if pct is not None else "",
+                "; ".join(notes),
+            ]
+        )
     return out
 
 
 def header_lines(env: dict) -> list[str]:
-    lines = [f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']} | "
-             f"{env['timestamp']}", f"command: {env['command']}",
-             f"NVML telemetry: {env['nvml']}" + (f" (driver {env['driver']})" if env.get("driver") else "")]
+    lines = [
+        f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']} | "
+        f"{env['timestamp']}",
+        f"command: {env['command']}",
+        f"NVML telemetry: {env['nvml']}" + (f" (driver {env['driver']})" if env.get("driver") else ""),
+    ]
     if env["cpu_only"]:
         lines.append("CPU run: tiny preset and small shapes so every path runs; CPU figures are not GPU figures.")
     elif env.get("peak") is None:
@@ -379,8 +474,10 @@ def markdown(env: dict, records: list[dict]) -> str:
         if not recs:
             continue
         out += [f"## {group}", "", "| " + " | ".join(COLUMNS) + " | shape |", "|" + " --- |" * (len(COLUMNS) + 1)]
-        out += ["| " + " | ".join(c.replace("|", "/") for c in row) + f" | {r['shape']} |"
-                for row, r in zip(rows(recs), recs)]
+        out += [
+            "| " + " | ".join(c.replace("|", "/") for c in row) + f" | {r['shape']} |"
+            for row, r in zip(rows(recs), recs)
+        ]
         out.append("")
     return "\n".join(out)
 
@@ -448,16 +545,20 @@ def load_report(path: str) -> dict:
 def compare(records: list[dict], old: dict) -> list[str]:
     """new/old per (case, provider, metric); 'better' accounts for the unit (ms: lower is better)."""
     index = {(r["case"], r["provider"], r["metric"]): r for r in old["records"] if r["status"] == "ok"}
-    lines = [f"compared with {old['environment']['command']} ({old['environment']['device']}, "
-             f"{old['environment']['commit']}, {old['environment']['timestamp']})"]
+    lines = [
+        f"compared with {old['environment']['command']} ({old['environment']['device']}, "
+        f"{old['environment']['commit']}, {old['environment']['timestamp']})"
+    ]
     for r in records:
         o = index.get((r["case"], r["provider"], r["metric"]))
         if r["status"] != "ok" or o is None or not o["value"]:
             continue
         ratio = r["value"] / o["value"]
         better = ratio < 1 if r["unit"] in LOWER_IS_BETTER else ratio > 1
-        lines.append(f"{r['case']:<40} {r['provider']:<18} {fmt(o['value'], 4):>10} -> {fmt(r['value'], 4):>10} "
-                     f"{r['unit']:<9} x{ratio:.3f} {'better' if better else 'worse' if ratio != 1 else 'same'}")
+        lines.append(
+            f"{r['case']:<40} {r['provider']:<18} {fmt(o['value'], 4):>10} -> {fmt(r['value'], 4):>10} "
+            f"{r['unit']:<9} x{ratio:.3f} {'better' if better else 'worse' if ratio != 1 else 'same'}"
+        )
     return lines
 
 
@@ -466,13 +567,22 @@ def compare(records: list[dict], old: dict) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a short run: fewer cases and iterations")
-    parser.add_argument("--only", action="append", choices=["kernel", "stage", "renderer", "pipeline", "stream"],
-                        help="case group(s) to run (default: all)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["kernel", "stage", "renderer", "pipeline", "stream"],
+        help="case group(s) to run (default: all)",
+    )
     parser.add_argument("--case", action="append", metavar="TEXT", help="only cases whose name contains TEXT")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="dtype of the attention / warp kernel cases")
-    parser.add_argument("--compile", dest="compile", action="store_true", default=None,
-                        help="measure torch.compile providers (default: on, except --quick)")
+    parser.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_true",
+        default=None,
+        help="measure torch.compile providers (default: on, except --quick)",
+    )
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--iters", type=int, help="timed calls per provider (default 20 on GPU, 3 on CPU; quick fewer)")
     parser.add_argument("--sessions", type=int, help="concurrent sessions of the aggregate streaming case")
@@ -480,14 +590,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
     parser.add_argument("--plot", metavar="PATH", help="write PNG charts (speed-up, FPS vs batch, latency CDF)")
     parser.add_argument("--compare", metavar="OLD.json", help="print the ratio against an earlier --json report")
-    parser.add_argument("--suite", choices=["gpu"], help="the one-call GPU suite: gpu tests, then the headline "
-                        "benchmarks, within --budget-s, written under --out")
+    parser.add_argument(
+        "--suite",
+        choices=["gpu"],
+        help="the one-call GPU suite: gpu tests, then the headline benchmarks, within --budget-s, written under --out",
+    )
     parser.add_argument("--out", metavar="DIR", help="--suite: folder for results.json, summary.md and plots")
-    parser.add_argument("--budget-s", type=float, help="stop before this many seconds, naming what did not fit "
-                        "(default: 480 for --suite, none otherwise)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="stop before this many seconds, naming what did not fit (default: 480 for --suite, none otherwise)",
+    )
     parser.add_argument("--smoke", action="store_true", help="--suite on the CPU at tiny sizes (CI)")
-    parser.add_argument("--tests", metavar="DIR", help="--suite: the checkout's tests/ folder (found by itself "
-                        "in a checkout; a wheel install needs it to run the gpu tests)")
+    parser.add_argument(
+        "--tests",
+        metavar="DIR",
+        help="--suite: the checkout's tests/ folder (found by itself "
+        "in a checkout; a wheel install needs it to run the gpu tests)",
+    )
 
 
 def command_argv(args: argparse.Namespace) -> list[str]:
@@ -530,8 +650,9 @@ def run(args: argparse.Namespace) -> int:
     old = load_report(args.compare) if args.compare else None
     registry = _registry()
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype or "")
-    setup = registry.Setup.for_device(device, quick=args.quick, compile=args.compile, sessions=args.sessions,
-                                      dtype=dtype)
+    setup = registry.Setup.for_device(
+        device, quick=args.quick, compile=args.compile, sessions=args.sessions, dtype=dtype
+    )
     cuda = setup.cuda
     iters = args.iters or ((5 if args.quick else 20) if cuda else (2 if args.quick else 3))
     warmup = 3 if cuda else 1

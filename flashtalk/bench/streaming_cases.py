@@ -11,12 +11,13 @@ import torch
 
 from flashtalk.bench.cases import ASSETS, BenchCase, Built, Provider, Setup, networks
 
+
 def _stream_backends(setup: Setup) -> dict[str, object]:
     """Streaming backends in this checkout: the preview always; the network one when it exists (hook)."""
     from flashtalk.runtime import session
 
     out: dict[str, object] = {"preview-backend": session.PreviewStreamingBackend(setup.device)}
-    from flashtalk.runtime.network import NetworkBackend
+    from flashtalk.runtime.backends.network import NetworkBackend
 
     out["network-backend"] = NetworkBackend(networks(setup.preset, setup.device), torch.device(setup.device))
     return out
@@ -57,13 +58,14 @@ def first_frame_latency(setup: Setup) -> Built:
     def make_run(backend, portrait, latency: str) -> Provider:
         def run(i: int) -> float:
             sched = Scheduler(backend, max_sessions=1)
-            s = Session(backend, portrait, seed=i, sample_rate=16000, sample_format="f32le", idle=False,
-                        latency=latency)
+            s = Session(
+                backend, portrait, seed=i, sample_rate=16000, sample_format="f32le", idle=False, latency=latency
+            )
             sched.admit(s)
             try:
                 for k in range(max_chunks):  # bounded: the whole clip at most, then its end flushes
                     t0 = time.perf_counter()
-                    s.push_audio(np.ascontiguousarray(speech[k * HOP:(k + 1) * HOP], dtype=np.float32))
+                    s.push_audio(np.ascontiguousarray(speech[k * HOP : (k + 1) * HOP], dtype=np.float32))
                     if k == max_chunks - 1:
                         s.end_speech()
                     sched.step()
@@ -77,10 +79,14 @@ def first_frame_latency(setup: Setup) -> Built:
 
         return run
 
-    return Built(_stream_providers(setup, make_run), "40-ms chunks of 16-kHz speech -> first 512² frame (watermarked)",
-                 "fp32", samples_key="latency",
-                 note="compute only: from the chunk that completed the first frame's look-ahead to the frame; "
-                      "scheduler stepped inline, no network; look-ahead: low <= 160 ms, exact = the model window")
+    return Built(
+        _stream_providers(setup, make_run),
+        "40-ms chunks of 16-kHz speech -> first 512² frame (watermarked)",
+        "fp32",
+        samples_key="latency",
+        note="compute only: from the chunk that completed the first frame's look-ahead to the frame; "
+        "scheduler stepped inline, no network; look-ahead: low <= 160 ms, exact = the model window",
+    )
 
 
 def aggregate_fps(setup: Setup) -> Built:
@@ -98,13 +104,17 @@ def aggregate_fps(setup: Setup) -> Built:
     def make_run(backend, portrait, latency: str) -> Provider:
         def run(i: int) -> dict:
             sched = Scheduler(backend, max_sessions=n)
-            sessions = [Session(backend, portrait, seed=k, sample_rate=16000, sample_format="f32le", idle=False,
-                                latency=latency) for k in range(n)]
+            sessions = [
+                Session(
+                    backend, portrait, seed=k, sample_rate=16000, sample_format="f32le", idle=False, latency=latency
+                )
+                for k in range(n)
+            ]
             want = int(seconds * FPS)
             for k, s in enumerate(sessions):
                 sched.admit(s)
                 start = ((i * n + k) * HOP * 7) % (len(speech) - want * HOP)
-                s.push_audio(np.ascontiguousarray(speech[start:start + want * HOP], dtype=np.float32))
+                s.push_audio(np.ascontiguousarray(speech[start : start + want * HOP], dtype=np.float32))
                 s.end_speech()  # the speech is all there: the last window flushes in either latency mode
             got, t0 = 0, time.perf_counter()
             for _ in range(100 * want):  # bounded; every tick renders at least one frame once motion is in
@@ -120,10 +130,18 @@ def aggregate_fps(setup: Setup) -> Built:
 
         return run
 
-    return Built(_stream_providers(setup, make_run), f"{n} sessions x {seconds:g} s of speech, pushed at once", "fp32", samples_key="aggregate",
-                 frames=None, note="one batched motion + one batched render call per scheduler tick")
+    return Built(
+        _stream_providers(setup, make_run),
+        f"{n} sessions x {seconds:g} s of speech, pushed at once",
+        "fp32",
+        samples_key="aggregate",
+        frames=None,
+        note="one batched motion + one batched render call per scheduler tick",
+    )
 
 
 def stream_cases() -> list[BenchCase]:
-    return [BenchCase("stream/first_frame_latency", "stream", first_frame_latency),
-            BenchCase("stream/aggregate_fps", "stream", aggregate_fps)]
+    return [
+        BenchCase("stream/first_frame_latency", "stream", first_frame_latency),
+        BenchCase("stream/aggregate_fps", "stream", aggregate_fps),
+    ]

@@ -48,14 +48,22 @@ class Step:
     smoke_cases: tuple[str, ...]
 
 
-ATTENTION_GPU = ("attention/motion-B2-H8-L110-D32", "attention/motion-B16-H8-L110-D32", "attention/motion-B64-H8-L110-D32",
-                 "attention/audio-B1-H12-L200-D64", "attention/audio-B8-H12-L1000-D64-keypad")
+ATTENTION_GPU = (
+    "attention/motion-B2-H8-L110-D32",
+    "attention/motion-B16-H8-L110-D32",
+    "attention/motion-B64-H8-L110-D32",
+    "attention/audio-B1-H12-L200-D64",
+    "attention/audio-B8-H12-L1000-D64-keypad",
+)
 STEPS = (
     Step("renderer", ("renderer/B1", "renderer/B8", "renderer/B32"), ("renderer/B1",)),
     Step("motion window (graph-captured)", ("stage/motion_window",), ("stage/motion_window",)),
     Step("offline pipeline", ("pipeline/offline_fps",), ("pipeline/offline_fps",)),
-    Step("streaming sessions", ("stream/aggregate_fps", "stream/first_frame_latency"),
-         ("stream/aggregate_fps", "stream/first_frame_latency")),
+    Step(
+        "streaming sessions",
+        ("stream/aggregate_fps", "stream/first_frame_latency"),
+        ("stream/aggregate_fps", "stream/first_frame_latency"),
+    ),
     Step("attention vs SDPA", ATTENTION_GPU, ("attention/cpu-B2-H2-L37-D16-keypad",)),
     Step("fused warping tail vs cuDNN Conv3d + deform_warp", ("warp_tail/B1", "warp_tail/B8"), ("warp_tail/B1",)),
 )
@@ -79,8 +87,9 @@ def find_tests(given: str | None) -> Path | None:
 
 def gpu_test_files(tests: Path) -> list[Path]:
     """Test files with GPU tests: those using the kernel_device fixture or the gpu marker."""
-    return sorted(p for p in tests.glob("test_*.py")
-                  if "kernel_device" in (text := p.read_text()) or "mark.gpu" in text)
+    return sorted(
+        p for p in tests.glob("test_*.py") if "kernel_device" in (text := p.read_text()) or "mark.gpu" in text
+    )
 
 
 def _junit(path: Path) -> dict:
@@ -97,8 +106,12 @@ def _junit(path: Path) -> dict:
         if case.find("failure") is not None or case.find("error") is not None:
             failures.append(f"{case.get('classname')}::{case.get('name')}")
     bad = counts["failures"] + counts["errors"]
-    return {"passed": counts["tests"] - bad - counts["skipped"], "failed": bad, "skipped": counts["skipped"],
-            "failures": failures}
+    return {
+        "passed": counts["tests"] - bad - counts["skipped"],
+        "failed": bad,
+        "skipped": counts["skipped"],
+        "failures": failures,
+    }
 
 
 def run_gpu_tests(tests: Path, out: Path, seconds: float, parallel: int) -> dict:
@@ -116,12 +129,23 @@ def run_gpu_tests(tests: Path, out: Path, seconds: float, parallel: int) -> dict
         while pending and len(running) < parallel:
             i, group = pending.pop(0)
             xml = log_dir / f"junit-{i}.xml"
-            cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "--import-mode=append",
-                   f"--rootdir={tests.parent}", f"--junitxml={xml.resolve()}", *group]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-m",
+                "gpu",
+                "-p",
+                "no:cacheprovider",
+                "--import-mode=append",
+                f"--rootdir={tests.parent}",
+                f"--junitxml={xml.resolve()}",
+                *group,
+            ]
             log = open(log_dir / f"pytest-{i}.log", "w")
             # run from the output folder, not the checkout, so an installed flashtalk is the one tested
-            proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             running.append((proc, log, xml, group))
         time.sleep(0.2)
         for item in list(running):
@@ -138,8 +162,13 @@ def run_gpu_tests(tests: Path, out: Path, seconds: float, parallel: int) -> dict
             killed += [g for _, grp in pending for g in _file_names(grp) if g not in killed]
             pending = []
     summary = {k: sum(r[k] for r in results) for k in ("passed", "failed", "skipped")}
-    summary.update(failures=[f for r in results for f in r["failures"]], files=[f.name for f in files],
-                   not_finished=killed, wall_s=round(time.perf_counter() - t0, 1), logs=str(log_dir.name))
+    summary.update(
+        failures=[f for r in results for f in r["failures"]],
+        files=[f.name for f in files],
+        not_finished=killed,
+        wall_s=round(time.perf_counter() - t0, 1),
+        logs=str(log_dir.name),
+    )
     return summary
 
 
@@ -150,10 +179,24 @@ def _file_names(group: list[str]) -> list[str]:
 def _shards(files: list[Path], tests: Path, out: Path, env: dict, parallel: int, seconds: float) -> list[list[str]]:
     """The gpu test ids in `parallel` groups of about equal size (a big file split, small files whole), so
     the Triton compiles of one file spread over processes; whole files if collection fails."""
-    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-           "--import-mode=append", f"--rootdir={tests.parent}", *map(str, files)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--collect-only",
+        "-q",
+        "-m",
+        "gpu",
+        "-p",
+        "no:cacheprovider",
+        "--import-mode=append",
+        f"--rootdir={tests.parent}",
+        *map(str, files),
+    ]
     try:
-        text = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=max(10.0, seconds / 4)).stdout
+        text = subprocess.run(
+            cmd, cwd=out, env=env, capture_output=True, text=True, timeout=max(10.0, seconds / 4)
+        ).stdout
     except subprocess.TimeoutExpired:
         text = ""
     ids = [line.strip() for line in text.splitlines() if "::" in line and not line.startswith(" ")]
@@ -163,8 +206,11 @@ def _shards(files: list[Path], tests: Path, out: Path, env: dict, parallel: int,
     for i in ids:
         by_file.setdefault(i.split("::")[0], []).append(i)
     size = -(-len(ids) // parallel)
-    chunks = [ids_[k:k + size] for ids_ in sorted(by_file.values(), key=len, reverse=True)
-              for k in range(0, len(ids_), size)]
+    chunks = [
+        ids_[k : k + size]
+        for ids_ in sorted(by_file.values(), key=len, reverse=True)
+        for k in range(0, len(ids_), size)
+    ]
     groups: list[list[str]] = [[] for _ in range(parallel)]
     for c in sorted(chunks, key=len, reverse=True):  # the small files packed in beside the big chunks
         min(groups, key=len).extend(c)
@@ -178,6 +224,7 @@ class BudgetExceeded(TimeoutError):
 @contextlib.contextmanager
 def _hard_stop(seconds: float):
     """Interrupt the block (SIGALRM, main thread) after `seconds`: a case that would overrun the budget stops."""
+
     def alarm(signum, frame):
         raise BudgetExceeded("the --budget-s budget ran out during this measurement")
 
@@ -220,22 +267,43 @@ def run_suite(args: argparse.Namespace) -> int:
     tests = find_tests(args.tests)
     tests_summary = None
     if tests is None:
-        steps.append({"step": "gpu tests", "status": "skipped", "reason": "no tests/ folder here (a wheel install: "
-                      "pass --tests CHECKOUT/tests)"})
+        steps.append(
+            {
+                "step": "gpu tests",
+                "status": "skipped",
+                "reason": "no tests/ folder here (a wheel install: pass --tests CHECKOUT/tests)",
+            }
+        )
     elif importlib.util.find_spec("pytest") is None:
-        steps.append({"step": "gpu tests", "status": "skipped", "reason": "pytest is not installed: "
-                      "pip install 'flashtalk[test]'"})
+        steps.append(
+            {
+                "step": "gpu tests",
+                "status": "skipped",
+                "reason": "pytest is not installed: pip install 'flashtalk[test]'",
+            }
+        )
     else:
         share = min(budget * TESTS_SHARE, end - time.perf_counter())
         print(f"\n[gpu tests] pytest -m gpu over {tests}, at most {share:.0f} s", flush=True)
         parallel = 1 if smoke else max(1, min(8, (os.cpu_count() or 2) // 2))
         tests_summary = run_gpu_tests(tests, out, share, parallel)
         status = "failed" if tests_summary["failed"] else "ok" if not tests_summary["not_finished"] else "partial"
-        steps.append({"step": "gpu tests", "status": status, "wall_s": tests_summary["wall_s"],
-                      "reason": (f"{tests_summary['passed']} passed, {tests_summary['failed']} failed, "
-                                 f"{tests_summary['skipped']} skipped"
-                                 + (f"; not finished in the budget: {', '.join(tests_summary['not_finished'])}"
-                                    if tests_summary["not_finished"] else ""))})
+        steps.append(
+            {
+                "step": "gpu tests",
+                "status": status,
+                "wall_s": tests_summary["wall_s"],
+                "reason": (
+                    f"{tests_summary['passed']} passed, {tests_summary['failed']} failed, "
+                    f"{tests_summary['skipped']} skipped"
+                    + (
+                        f"; not finished in the budget: {', '.join(tests_summary['not_finished'])}"
+                        if tests_summary["not_finished"]
+                        else ""
+                    )
+                ),
+            }
+        )
         print(f"[gpu tests] {steps[-1]['reason']}", flush=True)
 
     setup = registry.Setup.for_device(device, quick=smoke, compile=False, sessions=1 if smoke else None)
@@ -247,8 +315,11 @@ def run_suite(args: argparse.Namespace) -> int:
         print(harness.terminal_table([rec]).splitlines()[1], flush=True)
 
     for step in STEPS:
-        names = [n for n in (step.smoke_cases if smoke else step.gpu_cases)
-                 if not args.case or any(m in n for m in args.case)]
+        names = [
+            n
+            for n in (step.smoke_cases if smoke else step.gpu_cases)
+            if not args.case or any(m in n for m in args.case)
+        ]
         if not names:
             steps.append({"step": step.name, "status": "skipped", "reason": "not selected by --case"})
             continue
@@ -272,7 +343,9 @@ def run_suite(args: argparse.Namespace) -> int:
                     rec.update(status="skipped", reason="stopped: " + rec["reason"].split(": ", 1)[1])
             for rec in recs:
                 if rec["provider"] == "compile" and rec["status"] == "skipped" and not smoke and not compile_ok:
-                    rec["reason"] = f"torch.compile not run: {left:.0f} s of the {budget:.0f} s budget left at this case"
+                    rec["reason"] = (
+                        f"torch.compile not run: {left:.0f} s of the {budget:.0f} s budget left at this case"
+                    )
             records += recs
             done.append(name)
         status = "ok" if not skipped else "partial" if done else "skipped"
@@ -283,8 +356,13 @@ def run_suite(args: argparse.Namespace) -> int:
     env["wall_s"] = round(time.perf_counter() - start, 1)
     for rec in records:
         rec.setdefault("cuda", env.get("cuda"))
-    report = {"format": harness.FORMAT, "version": harness.VERSION, "environment": env, "records": records,
-              "suite": {"budget_s": budget, "wall_s": env["wall_s"], "steps": steps, "tests": tests_summary}}
+    report = {
+        "format": harness.FORMAT,
+        "version": harness.VERSION,
+        "environment": env,
+        "records": records,
+        "suite": {"budget_s": budget, "wall_s": env["wall_s"], "steps": steps, "tests": tests_summary},
+    }
     errors = harness.validate(report)
     if errors:
         raise FlashTalkError(f"internal error: the suite report does not match its schema: {errors[:3]}")
@@ -302,14 +380,22 @@ def run_suite(args: argparse.Namespace) -> int:
 def summary_markdown(env: dict, steps: list[dict], tests: dict | None, records: list[dict]) -> str:
     from flashtalk.bench import harness
 
-    lines = ["# FlashTalk GPU suite" + (" (smoke, CPU)" if env["cpu_only"] else ""), "",
-             *[f"- {line}" for line in harness.header_lines(env)], f"- CUDA {env.get('cuda')}, "
-             f"wall {env['wall_s']} s", "", "## Steps", "", "| step | status | wall s | notes |", "| --- | --- | --- | --- |"]
+    lines = [
+        "# FlashTalk GPU suite" + (" (smoke, CPU)" if env["cpu_only"] else ""),
+        "",
+        *[f"- {line}" for line in harness.header_lines(env)],
+        f"- CUDA {env.get('cuda')}, wall {env['wall_s']} s",
+        "",
+        "## Steps",
+        "",
+        "| step | status | wall s | notes |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [f"| {s['step']} | {s['status']} | {s.get('wall_s', '-')} | {s.get('reason', '')} |" for s in steps]
     if tests and tests["failures"]:
         lines += ["", "## Failed gpu tests", "", *[f"- `{f}`" for f in tests["failures"]]]
     full = harness.markdown(env, records)
-    body = full[full.find("\n## "):] if "\n## " in full else ""  # its tables, without its title and header
+    body = full[full.find("\n## ") :] if "\n## " in full else ""  # its tables, without its title and header
     return "\n".join(lines) + "\n" + body + "\n"
 
 
@@ -320,8 +406,16 @@ def short_table(steps: list[dict], records: list[dict]) -> str:
     lines = [f"{s['step']:<32} {s['status']:<8} {s.get('reason', '')}" for s in steps]
     headline = [r for r in records if r["status"] == "ok"]
     if headline:
-        rows = [[r["case"], r["provider"], harness.fmt(r["value"], 4), r["unit"],
-                 (harness.fmt(r.get("speedup_vs_eager")) + "x") if r.get("speedup_vs_eager") else ""] for r in headline]
+        rows = [
+            [
+                r["case"],
+                r["provider"],
+                harness.fmt(r["value"], 4),
+                r["unit"],
+                (harness.fmt(r.get("speedup_vs_eager")) + "x") if r.get("speedup_vs_eager") else "",
+            ]
+            for r in headline
+        ]
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines += [""] + ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     return "\n".join(lines)

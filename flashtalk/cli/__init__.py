@@ -21,14 +21,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify-golden": ("flashtalk.golden.verify", "check our networks against a folder of golden tensors"),
     "animate": ("flashtalk.cli.animate", "turn a portrait photo and a speech file into a talking-head video"),
     "detect": ("flashtalk.cli.detect", "look for FlashTalk's invisible watermark in a video or an image"),
-    "convert-weights": ("flashtalk.model.bundle", "convert a LivePortrait + JoyVASA weights folder into one bundle"),
+    "convert-weights": ("flashtalk.weights.bundle", "convert a LivePortrait + JoyVASA weights folder into one bundle"),
     "bench": ("flashtalk.bench", "measure kernels, stages, renderer, pipeline and streaming against eager / compile"),
-    "kernels": ("flashtalk.kernels.check", "kernels check: compile every kernel variant ahead of time for a GPU arch (sm_90)"),
+    "kernels": (
+        "flashtalk.kernels.check",
+        "kernels check: compile every kernel variant ahead of time for a GPU arch (sm_90)",
+    ),
     "profile": ("flashtalk.cli.profile", "write a torch-profiler trace of a few rendered frames"),
     "serve": ("flashtalk.cli.serve", "stream talking heads over WebSocket/HTTP, with a web page to try it"),
     "emotion": ("flashtalk.cli.emotion", "save a reference photo's expression as an emotion preset (or show one)"),
     "preset": ("flashtalk.cli.emotion", "the former name of `emotion` (kept so scripts keep working)"),
-    "download": ("flashtalk.cli.download", "fetch the published LivePortrait / JoyVASA / HuBERT weights (Hugging Face)"),
+    "download": (
+        "flashtalk.cli.download",
+        "fetch the published LivePortrait / JoyVASA / HuBERT weights (Hugging Face)",
+    ),
 }
 
 

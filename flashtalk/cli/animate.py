@@ -37,44 +37,103 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("audio", nargs="?", help="speech (WAV, FLAC, OGG, MP3, M4A, ...)")
     p.add_argument("-o", "--output", required=True, help="output .mp4 (or a folder with --frames-dir)")
     p.add_argument("--demo", action="store_true", help="use the bundled portrait and speech clip")
-    p.add_argument("--weights", metavar="DIR_OR_BUNDLE", help="network weights: a folder, a bundle, or hf (what `flashtalk download` "
-                   "put in the Hugging Face cache); default: weights-free preview")
-    p.add_argument("--seeded-weights", action="store_true",
-                   help="the network with deterministic seeded weights (for tests; the picture is noise)")
-    p.add_argument("--preset", choices=PRESETS,
-                   help="network size with --seeded-weights (default liveportrait; tiny is fast on CPU)")
-    p.add_argument("--driving", metavar="VIDEO",
-                   help="drive the portrait with a video's head motion and expressions instead of speech "
-                        "(audio from the video; needs the network)")
+    p.add_argument(
+        "--weights",
+        metavar="DIR_OR_BUNDLE",
+        help="network weights: a folder, a bundle, or hf (what `flashtalk download` "
+        "put in the Hugging Face cache); default: weights-free preview",
+    )
+    p.add_argument(
+        "--seeded-weights",
+        action="store_true",
+        help="the network with deterministic seeded weights (for tests; the picture is noise)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="network size with --seeded-weights (default liveportrait; tiny is fast on CPU)",
+    )
+    p.add_argument(
+        "--driving",
+        metavar="VIDEO",
+        help="drive the portrait with a video's head motion and expressions instead of speech "
+        "(audio from the video; needs the network)",
+    )
     net = p.add_argument_group("network options (with --weights / --seeded-weights)")
-    net.add_argument("--sampler", choices=SAMPLERS, default="dpmpp",
-                     help="motion sampler (default dpmpp: DPM-Solver++(2M); ddpm: the original 50 steps)")
+    net.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="dpmpp",
+        help="motion sampler (default dpmpp: DPM-Solver++(2M); ddpm: the original 50 steps)",
+    )
     net.add_argument("--steps", type=int, default=10, help="sampler steps per motion window (default 10)")
     net.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance on audio (default 2.0)")
-    net.add_argument("--precision", metavar="fp32|bf16|fp16",
-                     help="renderer precision (default bf16 on CUDA, fp32 on CPU; not fp32 or on CUDA: the fast path)")
+    net.add_argument(
+        "--precision",
+        metavar="fp32|bf16|fp16",
+        help="renderer precision (default bf16 on CUDA, fp32 on CPU; not fp32 or on CUDA: the fast path)",
+    )
     for angle in ("yaw", "pitch", "roll"):
         net.add_argument(f"--{angle}", type=float, default=None, metavar="DEG", help=f"head {angle} offset in degrees")
-    net.add_argument("--expression-scale", type=float, default=None, metavar="K",
-                     help="scale of the expression change (default 1; 0 keeps the source expression)")
-    net.add_argument("--eye-open", type=_ratio, default=None, metavar="R",
-                     help="target eye-open ratio 0..0.8 (eye-retargeting MLP), or driving: each driving frame's")
-    net.add_argument("--lip-open", type=_ratio, default=None, metavar="R",
-                     help="target lip-open ratio 0..0.8 (lip-retargeting MLP), or driving: each driving frame's")
-    net.add_argument("--pose-smoothing", type=float, default=None, metavar="S",
-                     help="EMA smoothing of head pose, 0 (none) .. <1 (default 0.99, JoyVASA's)")
+    net.add_argument(
+        "--expression-scale",
+        type=float,
+        default=None,
+        metavar="K",
+        help="scale of the expression change (default 1; 0 keeps the source expression)",
+    )
+    net.add_argument(
+        "--eye-open",
+        type=_ratio,
+        default=None,
+        metavar="R",
+        help="target eye-open ratio 0..0.8 (eye-retargeting MLP), or driving: each driving frame's",
+    )
+    net.add_argument(
+        "--lip-open",
+        type=_ratio,
+        default=None,
+        metavar="R",
+        help="target lip-open ratio 0..0.8 (lip-retargeting MLP), or driving: each driving frame's",
+    )
+    net.add_argument(
+        "--pose-smoothing",
+        type=float,
+        default=None,
+        metavar="S",
+        help="EMA smoothing of head pose, 0 (none) .. <1 (default 0.99, JoyVASA's)",
+    )
     net.add_argument("--gaze", metavar="X,Y", help="gaze offset in eyeball units (LivePortrait's), e.g. 5,-3")
-    net.add_argument("--head-distance", type=float, default=None, metavar="K",
-                     help="head scale multiplier 0.5..2 (> 1 closer; guarded to keep the face in the crop)")
-    net.add_argument("--emotion", metavar="IMAGE_OR_PRESET",
-                     help="emotion offset: a preset (.json/.safetensors) or a photo (relative to the portrait)")
+    net.add_argument(
+        "--head-distance",
+        type=float,
+        default=None,
+        metavar="K",
+        help="head scale multiplier 0.5..2 (> 1 closer; guarded to keep the face in the crop)",
+    )
+    net.add_argument(
+        "--emotion",
+        metavar="IMAGE_OR_PRESET",
+        help="emotion offset: a preset (.json/.safetensors) or a photo (relative to the portrait)",
+    )
     net.add_argument("--emotion-weight", type=float, default=None, metavar="W", help="weight of --emotion (default 1)")
-    net.add_argument("--controls", metavar="TRACK.json", help="keyframed controls: {\"keyframes\": {time: {name: value}}}")
-    net.add_argument("--control", action="append", default=[], metavar="NAME=VALUE",
-                     help="any other control (smile, mouth_open, blink, intensity, region, ...); repeatable")
+    net.add_argument(
+        "--controls", metavar="TRACK.json", help='keyframed controls: {"keyframes": {time: {name: value}}}'
+    )
+    net.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other control (smile, mouth_open, blink, intensity, region, ...); repeatable",
+    )
     net.add_argument("--no-auto-blink", action="store_true", help="no natural automatic blinks")
-    p.add_argument("--crop", default="auto", metavar="auto|center|X,Y,W,H",
-                   help="face crop: detect the face (default), the centred square, or a box in pixels")
+    p.add_argument(
+        "--crop",
+        default="auto",
+        metavar="auto|center|X,Y,W,H",
+        help="face crop: detect the face (default), the centred square, or a box in pixels",
+    )
     p.add_argument("--paste-back", action="store_true", help="paste the animated crop back into the photo")
     p.add_argument("--fps", type=float, default=25.0, help="output frame rate (default 25)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the motion (default 0)")
@@ -95,8 +154,12 @@ def _extra_controls(args: argparse.Namespace) -> dict:
             out["gaze_x"], out["gaze_y"] = (float(p) for p in parts)
         except ValueError:
             raise FlashTalkError(f"--gaze takes X,Y (two numbers), got {args.gaze!r}") from None
-    for flag, name in (("head_distance", "head_distance"), ("emotion", "emotion"),
-                       ("emotion_weight", "emotion_weight"), ("controls", "controls")):
+    for flag, name in (
+        ("head_distance", "head_distance"),
+        ("emotion", "emotion"),
+        ("emotion_weight", "emotion_weight"),
+        ("controls", "controls"),
+    ):
         if getattr(args, flag) is not None:
             out[name] = getattr(args, flag)
     for item in args.control:
@@ -134,15 +197,23 @@ def run(args: argparse.Namespace) -> int:
         raise FlashTalkError("--preset applies to --seeded-weights only (a weights file fixes its own shapes)")
     if args.weights or args.seeded_weights:
         controls.setdefault("auto_blink", not args.no_auto_blink)
-        engine = Engine.from_weights(args.weights, seeded=args.seeded_weights, preset=args.preset,
-                                     device=args.device, sampler=args.sampler, steps=args.steps, cfg=args.cfg,
-                                     precision=args.precision)
+        engine = Engine.from_weights(
+            args.weights,
+            seeded=args.seeded_weights,
+            preset=args.preset,
+            device=args.device,
+            sampler=args.sampler,
+            steps=args.steps,
+            cfg=args.cfg,
+            precision=args.precision,
+        )
         if args.seeded_weights and not args.quiet:
             preset = args.preset or "liveportrait"
             note = "flashtalk: seeded weights: deterministic test weights; the output is NOT a face"
             if engine.backend.device.type == "cpu" and preset == "liveportrait":
-                note += ("; the full liveportrait preset takes ~8 s per frame on a CPU: "
-                         "pass --preset tiny for a quick run")
+                note += (
+                    "; the full liveportrait preset takes ~8 s per frame on a CPU: pass --preset tiny for a quick run"
+                )
             print(note, file=sys.stderr)
     else:
         if controls or args.driving or args.precision:
@@ -150,17 +221,33 @@ def run(args: argparse.Namespace) -> int:
             raise FlashTalkError(f"{', '.join(given)} need(s) the network; {WEIGHTS_HINT} (or --seeded-weights)")
         engine = Engine.preview(args.device)
         if not args.quiet:
-            from flashtalk.preview import NOTICE
+            from flashtalk.models.preview import NOTICE
 
             print(f"flashtalk: {NOTICE}; {WEIGHTS_HINT}", file=sys.stderr)
-    clip = engine.prepare(portrait, audio, crop=args.crop, seed=args.seed, fps=args.fps,
-                          paste_back=args.paste_back, watermark=not args.no_watermark, driving=args.driving,
-                          **controls)
-    stats = render(clip, args.output, frames_dir=args.frames_dir, overwrite=args.overwrite,
-                   batch_size=args.batch_size, progress=False if args.quiet else None)
+    clip = engine.prepare(
+        portrait,
+        audio,
+        crop=args.crop,
+        seed=args.seed,
+        fps=args.fps,
+        paste_back=args.paste_back,
+        watermark=not args.no_watermark,
+        driving=args.driving,
+        **controls,
+    )
+    stats = render(
+        clip,
+        args.output,
+        frames_dir=args.frames_dir,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        progress=False if args.quiet else None,
+    )
     if not args.quiet:
         w, h = clip.size
-        print(f"wrote {args.output}: {stats.frames} frames {w}x{h} at {float(clip.fps):g} FPS "
-              f"({clip.audio.duration:.2f} s of audio) in {stats.seconds:.1f} s ({stats.fps:.1f} FPS)",
-              file=sys.stderr)
+        print(
+            f"wrote {args.output}: {stats.frames} frames {w}x{h} at {float(clip.fps):g} FPS "
+            f"({clip.audio.duration:.2f} s of audio) in {stats.seconds:.1f} s ({stats.fps:.1f} FPS)",
+            file=sys.stderr,
+        )
     return 0

@@ -12,8 +12,9 @@ import json
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a video (MP4, MKV, WebM, ...) or an image (PNG, JPEG, WebP, ...)")
     p.add_argument("--key", help="watermark key (default: the engine's default key)")
-    p.add_argument("--frames", type=int, default=None, metavar="N",
-                   help="video frames to look at, evenly spaced (default 16)")
+    p.add_argument(
+        "--frames", type=int, default=None, metavar="N", help="video frames to look at, evenly spaced (default 16)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
@@ -25,9 +26,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"file": str(args.file), **result.to_dict()}))
     elif result.found:
-        print(f"{args.file}: FlashTalk watermark FOUND - payload {result.payload_label()}, "
-              f"confidence {result.confidence:.6f} (score {result.score:.1f}, {result.frames} frame(s))")
+        print(
+            f"{args.file}: FlashTalk watermark FOUND - payload {result.payload_label()}, "
+            f"confidence {result.confidence:.6f} (score {result.score:.1f}, {result.frames} frame(s))"
+        )
     else:
-        print(f"{args.file}: no FlashTalk watermark found for this key "
-              f"(score {result.score:.1f}, {result.frames} frame(s))")
+        print(
+            f"{args.file}: no FlashTalk watermark found for this key "
+            f"(score {result.score:.1f}, {result.frames} frame(s))"
+        )
     return 0 if result.found else 1

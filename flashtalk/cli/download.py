@@ -16,15 +16,19 @@ from flashtalk.errors import FlashTalkError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", metavar="DIR", help="download into DIR (default: the Hugging Face cache)")
-    p.add_argument("--revision", nargs="+", metavar="REPO=REV", help="use another revision of a repo "
-                   "(e.g. LivePortrait=main); default: the pinned commits")
+    p.add_argument(
+        "--revision",
+        nargs="+",
+        metavar="REPO=REV",
+        help="use another revision of a repo (e.g. LivePortrait=main); default: the pinned commits",
+    )
     p.add_argument("--dry-run", action="store_true", help="list repos, revisions, files and sizes; fetch nothing")
     p.add_argument("--no-load", action="store_true", help="skip loading the networks after the download")
 
 
 def _load_check(folder: Path, say) -> None:
     from flashtalk.faces.onnx_models import load as load_faces
-    from flashtalk.model.bundle import load_networks
+    from flashtalk.weights.bundle import load_networks
 
     load_faces(folder)
     say("loaded LivePortrait's face models (detector, 106 and 203 landmarks)")
@@ -33,7 +37,7 @@ def _load_check(folder: Path, say) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flashtalk import hub
+    from flashtalk.weights import hub
 
     def say(line: str) -> None:
         print(line, file=sys.stderr)
@@ -45,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'repo':<36} {'revision':<40} {'size':>10}  file")
         for f in pl.files:
             size = hub._size(f.size) if query else "offline"
-            print(f"{f.repo.repo_id:<36} {f.revision:<40} {size:>10}  {f.path}" + ("  (if needed)" if f.optional else ""))
+            print(
+                f"{f.repo.repo_id:<36} {f.revision:<40} {size:>10}  {f.path}" + ("  (if needed)" if f.optional else "")
+            )
         known = [f.size for f in pl.files if f.size is not None and not f.optional]
         if query:
             print(f"total {hub._size(sum(known))} (without the files marked 'if needed')")
@@ -55,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
         print(hub.INSIGHTFACE_NOTICE)
         return 0
     if hub.offline():
-        raise FlashTalkError("HF_HUB_OFFLINE is set: downloading needs the hub (unset it; `--weights hf` "
-                             "reads the cache offline)")
+        raise FlashTalkError(
+            "HF_HUB_OFFLINE is set: downloading needs the hub (unset it; `--weights hf` reads the cache offline)"
+        )
     target = Path(args.dir) if args.dir else None
     if target is not None and target.exists() and not target.is_dir():
         raise FlashTalkError(f"--dir {target} exists and is not a folder")

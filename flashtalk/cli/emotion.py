@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flashtalk.model.emotion import load_preset, save_preset
+    from flashtalk.controls.emotion import load_preset, save_preset
 
     if args.action == "show":
         name, offset = load_preset(args.path)
@@ -47,16 +47,21 @@ def run(args: argparse.Namespace) -> int:
         raise FlashTalkError(f"{out} already exists (pass --overwrite to replace it)")
     if not (args.weights or args.seeded_weights):
         raise FlashTalkError("reading a photo's expression needs the network: pass --weights (or --seeded-weights)")
-    from flashtalk.model.emotion import expression_offset
+    from flashtalk.controls.emotion import expression_offset
     from flashtalk.runtime.engine import Engine
 
-    backend = Engine.from_weights(args.weights, seeded=args.seeded_weights, preset=args.preset,
-                                  device=args.device).backend
+    backend = Engine.from_weights(
+        args.weights, seeded=args.seeded_weights, preset=args.preset, device=args.device
+    ).backend
     ref = backend.expression_offset(args.path)  # the photo's own expression (kp 5 x/y zeroed)
     if args.neutral:
         neutral = backend.expression_offset(args.neutral)
         ref = expression_offset(ref, neutral)  # kp 5 x/y is zero in both: the difference is the offset
-    save_preset(out, ref, args.name or out.stem, note=f"from {Path(args.path).name}"
-                + (f" relative to {Path(args.neutral).name}" if args.neutral else ""))
+    save_preset(
+        out,
+        ref,
+        args.name or out.stem,
+        note=f"from {Path(args.path).name}" + (f" relative to {Path(args.neutral).name}" if args.neutral else ""),
+    )
     print(f"wrote {out}")
     return 0

@@ -32,17 +32,23 @@ def collect(device: str | None = None) -> dict:
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
         "kernel_mode": mode(),
         "triton_interpreter": interpreter_enabled(),
-        "engine": ("one engine (flashtalk/runtime): backends preview | network behind one interface "
-                   "(protocol.py), offline = one-stream driver of the streaming path; layers kernels -> model -> "
-                   "runtime -> serving / cli (flashtalk/cli), file I/O in flashtalk/io beside model"),
+        "engine": (
+            "one engine (flashtalk/runtime): backends preview | network behind one interface "
+            "(protocol.py), offline = one-stream driver of the streaming path; layers kernels -> model -> "
+            "runtime -> serving / cli (flashtalk/cli), file I/O in flashtalk/io beside model"
+        ),
         "streaming_latency": "low (<= 160 ms look-ahead, serve default) | exact (JoyVASA windows, offline-identical)",
         "graph_buckets": list(_buckets()),
         "ops": {},
     }
     if cuda:
         props = torch.cuda.get_device_properties(dev)
-        info.update(cuda_version=torch.version.cuda, sm_count=props.multi_processor_count,
-                    capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1))
+        info.update(
+            cuda_version=torch.version.cuda,
+            sm_count=props.multi_processor_count,
+            capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+        )
     if triton_installed():
         info["triton"] = importlib.import_module("triton").__version__
     for op in OPS:

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="flashtalk-trace.json", help="Chrome trace file to write")
     parser.add_argument("--frames", type=int, default=8, help="frames inside the trace (default 8)")
     parser.add_argument("--warmup", type=int, default=2, help="frames rendered before the trace starts")
-    parser.add_argument("--preset", choices=PRESETS, help="network preset (default: liveportrait "
-                        "on CUDA, tiny on the CPU)")
+    parser.add_argument(
+        "--preset", choices=PRESETS, help="network preset (default: liveportrait on CUDA, tiny on the CPU)"
+    )
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--batch", type=int, default=8, help="frames per renderer call")
     parser.add_argument("--kernels", choices=["auto", "triton", "reference"], default="auto")
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     prof.export_chrome_trace(str(out))
     sort = "cuda_time_total" if cuda else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=args.top))
-    print(f"{traced} frames traced in {seconds:.2f} s ({preset} preset, seeded weights, {device}, kernels "
-          f"{args.kernels}, batch {args.batch}; profiler overhead included); wrote {out}")
+    print(
+        f"{traced} frames traced in {seconds:.2f} s ({preset} preset, seeded weights, {device}, kernels "
+        f"{args.kernels}, batch {args.batch}; profiler overhead included); wrote {out}"
+    )
     return 0

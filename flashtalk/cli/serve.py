@@ -12,33 +12,66 @@ from flashtalk.errors import FlashTalkError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1); anything but loopback needs --token")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1); anything but loopback needs --token"
+    )
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--token", default=os.environ.get("FLASHTALK_TOKEN"),
-                        help="bearer token clients must send (default: $FLASHTALK_TOKEN)")
-    parser.add_argument("--max-sessions", type=int, default=16,
-                        help="live sessions admitted at once (default 16; per replica with --ray)")
-    parser.add_argument("--max-portraits", type=int, default=64,
-                        help="encoded portraits kept in memory, least recently used dropped (default 64)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("FLASHTALK_TOKEN"),
+        help="bearer token clients must send (default: $FLASHTALK_TOKEN)",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=16,
+        help="live sessions admitted at once (default 16; per replica with --ray)",
+    )
+    parser.add_argument(
+        "--max-portraits",
+        type=int,
+        default=64,
+        help="encoded portraits kept in memory, least recently used dropped (default 64)",
+    )
     parser.add_argument("--max-upload-mb", type=float, default=8.0, help="largest portrait upload in MB (default 8)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--weights", help="full network: a published weights folder or a .safetensors bundle")
-    weights.add_argument("--seeded-weights", action="store_true",
-                         help="full network with seeded synthetic weights (not a face: for testing)")
-    parser.add_argument("--preset", default="liveportrait", choices=PRESETS,
-                        help="network size with --seeded-weights (default liveportrait)")
-    parser.add_argument("--latency", choices=("low", "exact"), default="low",
-                        help="sessions' default streaming latency (default low: <= 160 ms of audio look-ahead; "
-                             "exact: JoyVASA's whole windows, offline-identical); a start message may choose")
-    parser.add_argument("--precision", metavar="fp32|bf16|fp16",
-                        help="renderer precision of the network (default bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--ray", action="store_true",
-                        help="serve through Ray Serve (pip install 'flashtalk[ray]'): a local Ray on 127.0.0.1, one "
-                             "replica per GPU (or --replicas N), --max-sessions per replica")
-    parser.add_argument("--replicas", type=int, default=None,
-                        help="with --ray: number of replicas (default one per visible GPU, at least 1)")
+    weights.add_argument(
+        "--seeded-weights",
+        action="store_true",
+        help="full network with seeded synthetic weights (not a face: for testing)",
+    )
+    parser.add_argument(
+        "--preset",
+        default="liveportrait",
+        choices=PRESETS,
+        help="network size with --seeded-weights (default liveportrait)",
+    )
+    parser.add_argument(
+        "--latency",
+        choices=("low", "exact"),
+        default="low",
+        help="sessions' default streaming latency (default low: <= 160 ms of audio look-ahead; "
+        "exact: JoyVASA's whole windows, offline-identical); a start message may choose",
+    )
+    parser.add_argument(
+        "--precision",
+        metavar="fp32|bf16|fp16",
+        help="renderer precision of the network (default bf16 on CUDA, fp32 on CPU)",
+    )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve through Ray Serve (pip install 'flashtalk[ray]'): a local Ray on 127.0.0.1, one "
+        "replica per GPU (or --replicas N), --max-sessions per replica",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="with --ray: number of replicas (default one per visible GPU, at least 1)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         from flashtalk.serving.state import BackendSpec, ServeConfig, build_backend, build_faces, check_config
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("starlette", "uvicorn"):
-            raise FlashTalkError("flashtalk serve needs starlette and uvicorn: pip install 'flashtalk[serve]'") from None
+            raise FlashTalkError(
+                "flashtalk serve needs starlette and uvicorn: pip install 'flashtalk[serve]'"
+            ) from None
         raise
     from flashtalk.runtime.engine import _default_device
 
@@ -57,17 +92,25 @@ def run(args: argparse.Namespace) -> int:
         raise FlashTalkError("--replicas applies to --ray")
     if args.replicas is not None and not 1 <= args.replicas <= 1024:
         raise FlashTalkError(f"--replicas must be in [1, 1024]; got {args.replicas}")
-    config = ServeConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
-                         max_portraits=args.max_portraits, max_upload_bytes=int(args.max_upload_mb * (1 << 20)), device=args.device,
-                         latency=args.latency)
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        max_sessions=args.max_sessions,
+        max_portraits=args.max_portraits,
+        max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+        device=args.device,
+        latency=args.latency,
+    )
     check_config(config)  # refuse a public bind without a token before touching the device
     if args.weights is None and not args.seeded_weights:
         if args.precision is not None:
             raise FlashTalkError("--precision applies to the network (--weights / --seeded-weights), not the preview")
         spec = BackendSpec()
     else:
-        spec = BackendSpec("network", weights=args.weights, seeded=args.seeded_weights, preset=args.preset,
-                           precision=args.precision)
+        spec = BackendSpec(
+            "network", weights=args.weights, seeded=args.seeded_weights, preset=args.preset, precision=args.precision
+        )
     if args.ray:
         from flashtalk.serving import ray_app
 
@@ -77,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if spec.kind == "network":
         import torch
 
-        from flashtalk.runtime.network import resolve_precision
+        from flashtalk.runtime.backends.network import resolve_precision
 
         resolve_precision(args.precision, torch.device(device))  # a bad value fails before the weights load
     serve(ServeConfig(**{**config.__dict__, "device": device}), build_backend(spec, device), build_faces(spec, device))

@@ -46,8 +46,9 @@ class Crop:
     pt_crop: np.ndarray | None
 
 
-def resize_to_limit_shape(h: int, w: int, max_dim: int = MAX_DIM,
-                          division: int = DIVISION) -> tuple[tuple[int, int] | None, tuple[int, int]]:
+def resize_to_limit_shape(
+    h: int, w: int, max_dim: int = MAX_DIM, division: int = DIVISION
+) -> tuple[tuple[int, int] | None, tuple[int, int]]:
     """(the (w, h) to resize to, or None) and the final (h, w) after the divisibility crop."""
     resize = None
     if max_dim > 0 and max(h, w) > max_dim:

@@ -8,8 +8,8 @@ onnxruntime session, stored golden tensors or a test stub.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -91,11 +91,15 @@ def decode(outs: Sequence[np.ndarray], size: int, thresh: float) -> tuple[np.nda
         dist = _two_d(outs[i + 3], 4, f"{i + 3} (boxes, stride {s})") * F32(s)
         kps = _two_d(outs[i + 6], 10, f"{i + 6} (key points, stride {s})") * F32(s)
         if not scores.shape[0] == dist.shape[0] == kps.shape[0] == n:
-            raise ValueError(f"detector outputs for stride {s} have {scores.shape[0]}, {dist.shape[0]}, "
-                             f"{kps.shape[0]} rows, expected {n} for a {size}x{size} input")
+            raise ValueError(
+                f"detector outputs for stride {s} have {scores.shape[0]}, {dist.shape[0]}, "
+                f"{kps.shape[0]} rows, expected {n} for a {size}x{size} input"
+            )
         c = anchor_centers(size, s)
         pos = np.where(scores[:, 0] >= F32(thresh))[0]
-        box = np.stack([c[:, 0] - dist[:, 0], c[:, 1] - dist[:, 1], c[:, 0] + dist[:, 2], c[:, 1] + dist[:, 3]], axis=-1)
+        box = np.stack(
+            [c[:, 0] - dist[:, 0], c[:, 1] - dist[:, 1], c[:, 0] + dist[:, 2], c[:, 1] + dist[:, 3]], axis=-1
+        )
         pts = np.stack([c[:, k % 2] + kps[:, k] for k in range(10)], axis=-1).reshape(-1, 5, 2)
         scores_l.append(scores[pos, 0])
         boxes_l.append(box[pos])
@@ -121,8 +125,9 @@ def nms(dets: np.ndarray, thresh: float = NMS_THRESH) -> np.ndarray:
     return np.array(keep, dtype=np.int64)
 
 
-def limit(dets: np.ndarray, kpss: np.ndarray, img_hw: tuple[int, int], max_num: int,
-          metric: str = "default") -> tuple[np.ndarray, np.ndarray]:
+def limit(
+    dets: np.ndarray, kpss: np.ndarray, img_hw: tuple[int, int], max_num: int, metric: str = "default"
+) -> tuple[np.ndarray, np.ndarray]:
     """§2.6: keep the max_num best by area - 2·(centre distance)² ("default") or by area ("max")."""
     if max_num <= 0 or dets.shape[0] <= max_num:
         return dets, kpss
@@ -134,20 +139,37 @@ def limit(dets: np.ndarray, kpss: np.ndarray, img_hw: tuple[int, int], max_num: 
     return dets[best], kpss[best]
 
 
-def detect(img_bgr: np.ndarray, run: RunFn, *, thresh: float = DET_THRESH, nms_thresh: float = NMS_THRESH,
-           size: int = DET_SIZE, max_num: int = 0, canvas: np.ndarray | None = None,
-           det_scale: float | None = None) -> Detections:
+def detect(
+    img_bgr: np.ndarray,
+    run: RunFn,
+    *,
+    thresh: float = DET_THRESH,
+    nms_thresh: float = NMS_THRESH,
+    size: int = DET_SIZE,
+    max_num: int = 0,
+    canvas: np.ndarray | None = None,
+    det_scale: float | None = None,
+) -> Detections:
     """§2.3-2.6 on a BGR image. `canvas` / `det_scale` replace the letterbox (golden tests)."""
     if canvas is None:
         canvas, det_scale = letterbox(img_bgr, size)
     outs = run(blob(canvas))
-    return postprocess(outs, det_scale, img_bgr.shape[:2], thresh=thresh, nms_thresh=nms_thresh,
-                       size=size, max_num=max_num)
+    return postprocess(
+        outs, det_scale, img_bgr.shape[:2], thresh=thresh, nms_thresh=nms_thresh, size=size, max_num=max_num
+    )
 
 
-def postprocess(outs: Sequence[np.ndarray], det_scale: float, img_hw: tuple[int, int], *,
-                thresh: float = DET_THRESH, nms_thresh: float = NMS_THRESH, size: int = DET_SIZE,
-                max_num: int = 0, metric: str = "default") -> Detections:
+def postprocess(
+    outs: Sequence[np.ndarray],
+    det_scale: float,
+    img_hw: tuple[int, int],
+    *,
+    thresh: float = DET_THRESH,
+    nms_thresh: float = NMS_THRESH,
+    size: int = DET_SIZE,
+    max_num: int = 0,
+    metric: str = "default",
+) -> Detections:
     scores, boxes, kps = decode(outs, size, thresh)
     det_scale = float(det_scale)  # a Python float keeps the float32 division of the reference
     boxes, kps = boxes / det_scale, kps / det_scale

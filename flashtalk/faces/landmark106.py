@@ -6,8 +6,8 @@ alignment around the detected box, the raw-pixel input blob, and decoding back t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -8,8 +8,8 @@ outputs, in session order; only index 2 is read).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -35,11 +35,13 @@ class Signature:
 
 
 SIGNATURES = {
-    "det": Signature("SCRFD face detector det_10g", ((None, (1, 3, None, None)),),
-                     (((1,),),) * 3 + (((4,),),) * 3 + (((10,),),) * 3),
+    "det": Signature(
+        "SCRFD face detector det_10g", ((None, (1, 3, None, None)),), (((1,),),) * 3 + (((4,),),) * 3 + (((10,),),) * 3
+    ),
     "l106": Signature("106-point landmark model 2d106det", ((None, (None, 3, 192, 192)),), (((212,),),)),
-    "l203": Signature("LivePortrait 203-point landmark model", (("input", (1, 3, 224, 224)),),
-                      (None, None, ((406,), (203, 2)))),
+    "l203": Signature(
+        "LivePortrait 203-point landmark model", (("input", (1, 3, 224, 224)),), (None, None, ((406,), (203, 2)))
+    ),
 }
 
 
@@ -63,7 +65,7 @@ def _dims_match(got: tuple, want: tuple) -> bool:
 
 
 def _tail_match(got: tuple, allowed) -> bool:
-    return allowed is None or any(len(got) >= len(t) and _dims_match(got[len(got) - len(t):], t) for t in allowed)
+    return allowed is None or any(len(got) >= len(t) and _dims_match(got[len(got) - len(t) :], t) for t in allowed)
 
 
 def check_signature(key: str, path: Path, inputs: list, outputs: list) -> None:
@@ -73,12 +75,17 @@ def check_signature(key: str, path: Path, inputs: list, outputs: list) -> None:
     got_out = [tuple(a.shape) for a in outputs]
     want_in = [(n or "any name", s) for n, s in sig.inputs]
     if len(got_in) != len(sig.inputs) or any(
-            (n is not None and g[0] != n) or not _dims_match(g[1], s) for g, (n, s) in zip(got_in, sig.inputs)):
+        (n is not None and g[0] != n) or not _dims_match(g[1], s) for g, (n, s) in zip(got_in, sig.inputs)
+    ):
         raise FlashTalkError(f"{path}: not the {sig.what}: inputs {got_in}, expected {want_in}")
     if len(got_out) != len(sig.outputs) or not all(_tail_match(g, t) for g, t in zip(got_out, sig.outputs)):
-        want = [("any" if t is None else " or ".join(f"(..., {', '.join(map(str, x))})" for x in t)) for t in sig.outputs]
-        raise FlashTalkError(f"{path}: not the {sig.what}: {len(got_out)} outputs {got_out}, expected "
-                             f"{len(sig.outputs)}: {', '.join(want)}")
+        want = [
+            ("any" if t is None else " or ".join(f"(..., {', '.join(map(str, x))})" for x in t)) for t in sig.outputs
+        ]
+        raise FlashTalkError(
+            f"{path}: not the {sig.what}: {len(got_out)} outputs {got_out}, expected "
+            f"{len(sig.outputs)}: {', '.join(want)}"
+        )
 
 
 def _providers(device: str) -> list[str]:
@@ -102,8 +109,9 @@ def _session(key: str, path: Path, device: str):
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=_providers(device))
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FlashTalkError(f"{path}: not a readable ONNX model (truncated or corrupted? re-run `flashtalk "
-                             f"download`): {first[:200]}") from None
+        raise FlashTalkError(
+            f"{path}: not a readable ONNX model (truncated or corrupted? re-run `flashtalk download`): {first[:200]}"
+        ) from None
     check_signature(key, path, sess.get_inputs(), sess.get_outputs())
     return sess
 
@@ -129,7 +137,7 @@ def _l106_normalisation(path: Path) -> tuple[float, float]:
 
     try:
         names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node[:8]]
-    except Exception:  # noqa: BLE001 - onnxruntime already read the file; keep its reading of it
+    except Exception:
         return 0.0, 1.0
     norm = normalisation(names)
     if norm != (0.0, 1.0):
@@ -137,22 +145,28 @@ def _l106_normalisation(path: Path) -> tuple[float, float]:
     return norm
 
 
-def load(folder: str | Path, *, device: str = "cpu", det_thresh: float | None = None,
-         search: bool = True) -> FaceModels:
+def load(
+    folder: str | Path, *, device: str = "cpu", det_thresh: float | None = None, search: bool = True
+) -> FaceModels:
     """The three sessions from a weights folder; a FlashTalkError names the missing files."""
     found = find_files(folder, search=search)
     missing = [rel for key, rel in FILES.items() if key not in found]
     if missing:
-        raise FlashTalkError(f"{folder} holds no LivePortrait face models: missing {', '.join(missing)} "
-                             "(run `flashtalk download`)")
+        raise FlashTalkError(
+            f"{folder} holds no LivePortrait face models: missing {', '.join(missing)} (run `flashtalk download`)"
+        )
     sessions = {key: _session(key, found[key], device) for key in FILES}
     global _NOTICE_SHOWN
     if not _NOTICE_SHOWN:
         _NOTICE_SHOWN = True
         log.warning("face crop: InsightFace's det_10g / 2d106det models, licensed for non-commercial research only")
-    models = FaceModels(_runner(sessions["det"], False), _runner(sessions["l106"], True),
-                        _runner(sessions["l203"], False), label=f"LivePortrait face models in {folder}",
-                        l106_norm=_l106_normalisation(found["l106"]))
+    models = FaceModels(
+        _runner(sessions["det"], False),
+        _runner(sessions["l106"], True),
+        _runner(sessions["l203"], False),
+        label=f"LivePortrait face models in {folder}",
+        l106_norm=_l106_normalisation(found["l106"]),
+    )
     if det_thresh is not None:
         models.det_thresh = det_thresh
     return models
@@ -170,7 +184,11 @@ def load_if_present(folder: str | Path | None, *, device: str = "cpu", search: b
     try:
         import onnxruntime  # noqa: F401
     except ModuleNotFoundError:
-        log.warning("LivePortrait's face models are in %s but onnxruntime is not installed (%s): --crop auto "
-                    "uses the Haar crop", folder, EXTRA_HINT)
+        log.warning(
+            "LivePortrait's face models are in %s but onnxruntime is not installed (%s): --crop auto "
+            "uses the Haar crop",
+            folder,
+            EXTRA_HINT,
+        )
         return None
     return load(folder, device=device, search=search)

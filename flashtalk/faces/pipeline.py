@@ -7,8 +7,8 @@ the 203 runner; one averaged box; unrotated crops; per-frame ratios).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -73,8 +73,10 @@ def detect_faces(img_rgb: np.ndarray, models: FaceModels) -> Detected | None:
 
 
 def _no_face(name: str) -> FlashTalkError:
-    return FlashTalkError(f"no face found in {name} by the LivePortrait detector; pass --crop center or "
-                          "--crop X,Y,W,H (the face box in pixels)")
+    return FlashTalkError(
+        f"no face found in {name} by the LivePortrait detector; pass --crop center or "
+        "--crop X,Y,W,H (the face box in pixels)"
+    )
 
 
 def source_face(img_rgb: np.ndarray, models: FaceModels, *, name: str = "portrait") -> SourceFace:
@@ -83,15 +85,20 @@ def source_face(img_rgb: np.ndarray, models: FaceModels, *, name: str = "portrai
     if found is None:
         raise _no_face(name)
     if len(found.order) > 1:
-        log.warning("%d faces found in %s; using the largest (box %s)", len(found.order), name,
-                 np.round(found.detections.dets[found.picked, :4], 1).tolist())
+        log.warning(
+            "%d faces found in %s; using the largest (box %s)",
+            len(found.order),
+            name,
+            np.round(found.detections.dets[found.picked, :4], 1).tolist(),
+        )
     lmk106 = found.lmk106[found.picked]
     crop = C.crop_image(img_rgb, lmk106, C.SOURCE)
     runner = landmark203.prepare(img_rgb, lmk106)
     outs = models.l203(runner.input)
     lmk203 = landmark203.decode(outs[2], runner.M_c2o)
-    return SourceFace(found, crop, C.area_256(crop.image), runner, lmk203,
-                      ratios.eye_ratio(lmk203), ratios.lip_ratio(lmk203))
+    return SourceFace(
+        found, crop, C.area_256(crop.image), runner, lmk203, ratios.eye_ratio(lmk203), ratios.lip_ratio(lmk203)
+    )
 
 
 @dataclass(frozen=True)
@@ -109,9 +116,14 @@ class DrivingCrops:
     lip_ratio: np.ndarray  # [T, 1]
 
 
-def track(frames: Iterable[np.ndarray], models: FaceModels, *, name: str = "driving video",
-          seed106: np.ndarray | None = None,
-          keep_inputs: bool = True) -> tuple[int, list[landmark203.RunnerInput], np.ndarray]:
+def track(
+    frames: Iterable[np.ndarray],
+    models: FaceModels,
+    *,
+    name: str = "driving video",
+    seed106: np.ndarray | None = None,
+    keep_inputs: bool = True,
+) -> tuple[int, list[landmark203.RunnerInput], np.ndarray]:
     """Detect on the first frame with a face (or use `seed106` for frame 0), then track with the 203
     runner seeded by the previous frame's 203 points: (first frame, the runner inputs if `keep_inputs`,
     [T', 203, 2] points)."""
@@ -138,8 +150,14 @@ def track(frames: Iterable[np.ndarray], models: FaceModels, *, name: str = "driv
     return first, runners, np.stack(lmks)
 
 
-def driving_crops(frames: Sequence[np.ndarray], models: FaceModels, *, name: str = "driving video",
-                  seed106: np.ndarray | None = None, dsize: int = 512) -> DrivingCrops:
+def driving_crops(
+    frames: Sequence[np.ndarray],
+    models: FaceModels,
+    *,
+    name: str = "driving video",
+    seed106: np.ndarray | None = None,
+    dsize: int = 512,
+) -> DrivingCrops:
     import cv2
 
     first, runners, lmk203 = track(frames, models, name=name, seed106=seed106)
@@ -148,8 +166,17 @@ def driving_crops(frames: Sequence[np.ndarray], models: FaceModels, *, name: str
     crops = [C.crop_driving_frame(f, box, p, dsize) for f, p in zip(frames[first:], lmk203)]
     small = np.stack([cv2.resize(c.image, (256, 256)) for c in crops])
     lmk_crop = np.stack([c.pt_crop for c in crops])
-    return DrivingCrops(first, runners, lmk203, np.stack(boxes), box, crops, small,
-                        ratios.eye_ratio(lmk_crop), ratios.lip_ratio(lmk_crop))
+    return DrivingCrops(
+        first,
+        runners,
+        lmk203,
+        np.stack(boxes),
+        box,
+        crops,
+        small,
+        ratios.eye_ratio(lmk_crop),
+        ratios.lip_ratio(lmk_crop),
+    )
 
 
 @dataclass(frozen=True)
@@ -183,6 +210,10 @@ def plan_driving(frames: Iterable[np.ndarray], models: FaceModels, *, name: str 
     if first:
         eye = np.concatenate([np.repeat(eye[:1], first, 0), eye])
         lip = np.concatenate([np.repeat(lip[:1], first, 0), lip])
-    log.info("driving video %s: LivePortrait tracking from frame %d, %s", name, first,
-             "square, resized whole" if box is None else f"crop box {np.round(box, 1).tolist()}")
+    log.info(
+        "driving video %s: LivePortrait tracking from frame %d, %s",
+        name,
+        first,
+        "square, resized whole" if box is None else f"crop box {np.round(box, 1).tolist()}",
+    )
     return DrivingPlan(box, eye, lip)

@@ -8,8 +8,8 @@ computed from the golden images.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -63,17 +63,27 @@ class Checker:
             d = np.abs(np.asarray(ours, np.int32) - np.asarray(ref, np.int32))
             f0, f1, mx = float((d > 0).mean()), float((d > 1).mean()), int(d.max())
             ok = f0 <= TIER_A[0] and f1 <= TIER_A[1] and mx <= TIER_A[2]
-            self._add(name, mx, f0, TIER_A[2], ok, f"frac>0 {f0:.2e} (<= {TIER_A[0]:g}), frac>1 {f1:.2e} (<= {TIER_A[1]:g})")
+            self._add(
+                name, mx, f0, TIER_A[2], ok, f"frac>0 {f0:.2e} (<= {TIER_A[0]:g}), frac>1 {f1:.2e} (<= {TIER_A[1]:g})"
+            )
 
     def o2c(self, name: str, M_o2c, ref_o2c, dsize: int) -> None:
         """An image -> crop matrix, checked through its inverse like M_c2o."""
-        self.mapping(name, np.linalg.inv(np.asarray(M_o2c, np.float64)), np.linalg.inv(np.asarray(ref_o2c, np.float64)), dsize)
+        self.mapping(
+            name, np.linalg.inv(np.asarray(M_o2c, np.float64)), np.linalg.inv(np.asarray(ref_o2c, np.float64)), dsize
+        )
 
     def mapping(self, name: str, M_c2o, ref_c2o, dsize: int) -> None:
         """Crop corners and centre mapped to the source by both matrices."""
-        q = np.array([[0, 0], [dsize - 1, 0], [0, dsize - 1], [dsize - 1, dsize - 1], [dsize / 2, dsize / 2]], np.float64)
-        self.abs(name, C.transform_points(q, np.asarray(M_c2o, np.float64)),
-                 C.transform_points(q, np.asarray(ref_c2o, np.float64)), MAP)
+        q = np.array(
+            [[0, 0], [dsize - 1, 0], [0, dsize - 1], [dsize - 1, dsize - 1], [dsize / 2, dsize / 2]], np.float64
+        )
+        self.abs(
+            name,
+            C.transform_points(q, np.asarray(M_c2o, np.float64)),
+            C.transform_points(q, np.asarray(ref_c2o, np.float64)),
+            MAP,
+        )
 
 
 class Stub:
@@ -102,7 +112,9 @@ def check_resize(ck: Checker, d, images) -> None:
     i = 0
     while f"px{i}_out" in d:
         img = images[str(d[f"px{i}_image_key"])]
-        ck.exact(f"px{i}_out", C.resize_to_limit(img, int(d[f"px{i}_max_dim"]), int(d[f"px{i}_division"])), d[f"px{i}_out"])
+        ck.exact(
+            f"px{i}_out", C.resize_to_limit(img, int(d[f"px{i}_max_dim"]), int(d[f"px{i}_division"])), d[f"px{i}_out"]
+        )
         i += 1
 
 
@@ -115,7 +127,9 @@ def check_crop_source(ck: Checker, d, images) -> None:
     ck.rel("size", [sq.side, sq.side], d["size"], SIZE_RTOL)
     ck.abs("angle", sq.angle, d["angle"], ANGLE)
     c = C.crop_image(img, lmk, params)
-    ck.mapping("M_o2c", np.linalg.inv(c.M_o2c.astype(np.float64)), np.linalg.inv(d["M_o2c"].astype(np.float64)), params.dsize)
+    ck.mapping(
+        "M_o2c", np.linalg.inv(c.M_o2c.astype(np.float64)), np.linalg.inv(d["M_o2c"].astype(np.float64)), params.dsize
+    )
     ck.mapping("M_c2o", c.M_c2o, d["M_c2o"], params.dsize)
     ck.abs("pt_crop", c.pt_crop, d["pt_crop"], PT_CROP)
     ck.image("img_crop", c.image, d["img_crop"])
@@ -145,13 +159,23 @@ def check_chain(ck: Checker, d, images) -> None:
     ck.exact("picked_det_index", found.picked, d["picked_det_index"])
     ck.abs("l106_bbox", dets.dets[:, :4], d["l106_bbox"], PX)
     ck.rel("l106_scale", [a.scale for a in found.alignments], d["l106_scale"], SIZE_RTOL)
-    q = np.array([[0, 0], [img.shape[1] - 1, 0], [0, img.shape[0] - 1], [img.shape[1] / 2, img.shape[0] / 2]], np.float64)
-    ck.abs("l106_M", [C.transform_points(q, a.M) for a in found.alignments],
-           [C.transform_points(q, m) for m in d["l106_M"]], PX)
+    q = np.array(
+        [[0, 0], [img.shape[1] - 1, 0], [0, img.shape[0] - 1], [img.shape[1] / 2, img.shape[0] / 2]], np.float64
+    )
+    ck.abs(
+        "l106_M",
+        [C.transform_points(q, a.M) for a in found.alignments],
+        [C.transform_points(q, m) for m in d["l106_M"]],
+        PX,
+    )
     ck.image("l106_aimg_bgr", np.stack([a.aimg_bgr for a in found.alignments]), d["l106_aimg_bgr"])
     ck.abs("l106_blob", np.concatenate([landmark106.to_blob(a) for a in d["l106_aimg_bgr"]]), d["l106_blob"], BLOB)
-    ck.abs("l106_lmk", np.stack([landmark106.decode(r[None], a.M) for r, a in zip(d["l106_raw"], found.alignments)]),
-           d["l106_lmk"], PX)
+    ck.abs(
+        "l106_lmk",
+        np.stack([landmark106.decode(r[None], a.M) for r, a in zip(d["l106_raw"], found.alignments)]),
+        d["l106_lmk"],
+        PX,
+    )
     ck.abs("crop_lmk106", found.lmk106[found.picked], d["crop_lmk106"], PX)
     ck.mapping("crop_M_c2o", face.crop.M_c2o, d["crop_M_c2o"], 512)
     ck.o2c("crop_M_o2c", face.crop.M_o2c, d["crop_M_o2c"], 512)
@@ -231,24 +255,36 @@ def check_runner(ck: Checker, d, images) -> None:
     if "none_input" in d:
         none = landmark203.prepare(img, None)
         ck.abs("none_input", none.input, d["none_input"], BLOB)
-        ck.abs("none_lmk203", landmark203.refine(img, None, Stub([_runner_out(d["none_raw_out2"])])), d["none_lmk203"], PT_CROP)
+        ck.abs(
+            "none_lmk203",
+            landmark203.refine(img, None, Stub([_runner_out(d["none_raw_out2"])])),
+            d["none_lmk203"],
+            PT_CROP,
+        )
 
 
 def check_ratios(ck: Checker, d, images) -> None:
     lmk = d["lmk203"]
     eye, lip = ratios.eye_ratio(lmk), ratios.lip_ratio(lmk)
     # rows with a near-zero denominator (coincident eye corners / mouth corners) get the README's rtol 1e-3
-    eye_w = np.stack([np.linalg.norm(lmk[:, 0] - lmk[:, 12], axis=1), np.linalg.norm(lmk[:, 24] - lmk[:, 36], axis=1)], 1)
+    eye_w = np.stack(
+        [np.linalg.norm(lmk[:, 0] - lmk[:, 12], axis=1), np.linalg.norm(lmk[:, 24] - lmk[:, 36], axis=1)], 1
+    )
     lip_w = np.linalg.norm(lmk[:, 48] - lmk[:, 66], axis=1)[:, None]
     ck.rel("eye_ratio", eye, d["eye_ratio"], np.where(eye_w < 1e-3, RATIO_DEGENERATE_RTOL, RATIO_RTOL))
     ck.rel("lip_ratio", lip, d["lip_ratio"], np.where(lip_w < 1e-3, RATIO_DEGENERATE_RTOL, RATIO_RTOL))
     src, drv = d["pairs_src_drv"][:, 0], d["pairs_src_drv"][:, 1]
-    ce = np.concatenate([ratios.combined_eye(eye[s:s + 1], eye[v:v + 1]) for s, v in zip(src, drv)])
-    cl = np.concatenate([ratios.combined_lip(lip[s:s + 1], lip[v:v + 1]) for s, v in zip(src, drv)])
+    ce = np.concatenate([ratios.combined_eye(eye[s : s + 1], eye[v : v + 1]) for s, v in zip(src, drv)])
+    cl = np.concatenate([ratios.combined_lip(lip[s : s + 1], lip[v : v + 1]) for s, v in zip(src, drv)])
     ok_rows = (eye_w[src].min(1) >= 1e-3)[:, None]
     ck.rel("combined_eye", ce, d["combined_eye"], np.where(ok_rows, RATIO_RTOL, RATIO_DEGENERATE_RTOL))
     ck.rel("combined_lip", cl, d["combined_lip"], RATIO_RTOL)
-    ck.rel("normalize_lip_input", ratios.combined_lip(lip[src], np.zeros_like(lip[src])), d["normalize_lip_input"], RATIO_RTOL)
+    ck.rel(
+        "normalize_lip_input",
+        ratios.combined_lip(lip[src], np.zeros_like(lip[src])),
+        d["normalize_lip_input"],
+        RATIO_RTOL,
+    )
     ck.exact("normalize_lip_applies", lip[src, 0] >= float(d["lip_normalize_threshold"]), d["normalize_lip_applies"])
     frame0 = eye[src].mean(axis=1)
     ck.rel("src_video_eye_frame0", frame0, d["src_video_eye_frame0"], RATIO_RTOL)
@@ -257,9 +293,15 @@ def check_ratios(ck: Checker, d, images) -> None:
     ck.exact("gradio_source_lip_ratio", [round(float(v[0]), 2) for v in lip[src]], d["gradio_source_lip_ratio"])
 
 
-KINDS = (("resize_to_limit", check_resize), ("crop_source_", check_crop_source), ("chain_", check_chain),
-         ("scrfd_", check_scrfd), ("crop_driving_video", check_driving), ("lmk203_runner_", check_runner),
-         ("ratios", check_ratios))
+KINDS = (
+    ("resize_to_limit", check_resize),
+    ("crop_source_", check_crop_source),
+    ("chain_", check_chain),
+    ("scrfd_", check_scrfd),
+    ("crop_driving_video", check_driving),
+    ("lmk203_runner_", check_runner),
+    ("ratios", check_ratios),
+)
 
 
 def _cases(folder: Path, only: list[str] | None) -> Iterator[tuple[str, object]]:

@@ -4,16 +4,16 @@ JoyVASA golden folder (synthetic weights from the README's rule; both positional
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from flashtalk.model.joyvasa_weights import load_motion_state
-from flashtalk.model.motion_generator import MotionGenerator, MotionGeneratorConfig
-from flashtalk.model.samplers import Schedule, ddpm_sample
-from flashtalk.model.seeded import joyvasa_weights
+from flashtalk.models.joyvasa.denoiser import MotionGenerator, MotionGeneratorConfig
+from flashtalk.samplers import Schedule, ddpm_sample
+from flashtalk.weights.joyvasa import load_motion_state
+from flashtalk.weights.seeded import joyvasa_weights
 
 PE_MODES = ("fixed", "buggy")
 
@@ -25,7 +25,9 @@ def _entries(folder: Path) -> list[dict]:
 def seeded_motion_generator(folder: Path, dtype: torch.dtype, device, base_seed: int = 0) -> MotionGenerator:
     """The released-checkpoint configuration with the golden weight rule; computed buffers (sinusoid tables,
     alignment mask, schedule) stay as the model computes them, in float64 before the cast."""
-    entries = [(e["key"], e["shape"], e["category"]) for e in _entries(folder) if not e["key"].startswith("audio_encoder.")]
+    entries = [
+        (e["key"], e["shape"], e["category"]) for e in _entries(folder) if not e["key"].startswith("audio_encoder.")
+    ]
     model = MotionGenerator(MotionGeneratorConfig(), device=device, dtype=dtype).eval()
     load_motion_state(model, joyvasa_weights(entries, base_seed), allow_missing_computed=True)
     return model
@@ -33,8 +35,10 @@ def seeded_motion_generator(folder: Path, dtype: torch.dtype, device, base_seed:
 
 def seeded_audio_weights(folder: Path, base_seed: int = 0) -> dict[str, torch.Tensor]:
     """The golden rule's `audio_encoder.*` weights (float64), keys as in the manifest."""
-    return joyvasa_weights([(e["key"], e["shape"], e["category"]) for e in _entries(folder)
-                            if e["key"].startswith("audio_encoder.")], base_seed)
+    return joyvasa_weights(
+        [(e["key"], e["shape"], e["category"]) for e in _entries(folder) if e["key"].startswith("audio_encoder.")],
+        base_seed,
+    )
 
 
 def _t(a: np.ndarray, dtype: torch.dtype, device) -> torch.Tensor:
@@ -67,8 +71,13 @@ def _raw_first_step(model: MotionGenerator, x_T, audio, prev_m, prev_a) -> torch
     N, W, _ = audio.shape
     T = model.cfg.n_diff_steps
     step = torch.full((2 * N,), T, device=x_T.device, dtype=torch.long)
-    return model.denoising_net(torch.cat([x_T, x_T]), torch.cat([model.null_audio_feat.expand(N, W, -1), audio]),
-                               torch.cat([prev_m, prev_m]), torch.cat([prev_a, prev_a]), step)
+    return model.denoising_net(
+        torch.cat([x_T, x_T]),
+        torch.cat([model.null_audio_feat.expand(N, W, -1), audio]),
+        torch.cat([prev_m, prev_m]),
+        torch.cat([prev_a, prev_a]),
+        step,
+    )
 
 
 def _sampler_t50(model: MotionGenerator, g, dtype, device) -> dict[str, torch.Tensor]:
@@ -86,7 +95,7 @@ def _sampler_t50(model: MotionGenerator, g, dtype, device) -> dict[str, torch.Te
             out[f"traj_{mode}_w{w}"] = traj[keep]
             out[f"out_{mode}_w{w}"] = traj[-1]
             out[f"denoiser_raw_first_step_{mode}_w{w}"] = _raw_first_step(model, x_T, audio, prev_m, prev_a)
-            prev_m, prev_a = traj[-1][:, -model.cfg.n_prev_motions:], audio[:, -model.cfg.n_prev_motions:]
+            prev_m, prev_a = traj[-1][:, -model.cfg.n_prev_motions :], audio[:, -model.cfg.n_prev_motions :]
     return out
 
 
@@ -103,13 +112,13 @@ def _sampler_t5(model: MotionGenerator, g, dtype, device) -> dict[str, torch.Ten
 
 
 def _seeded_audio_encoder(folder: Path, dtype, device, base_seed: int):
-    from flashtalk.model.audio_weights import load_joyvasa_audio_encoder
+    from flashtalk.weights.hubert import load_joyvasa_audio_encoder
 
     return load_joyvasa_audio_encoder(seeded_audio_weights(folder, base_seed), dtype=dtype, device=device)
 
 
 def _audio_encoder(folder: Path, model: MotionGenerator, g, dtype, device, base_seed: int) -> dict[str, torch.Tensor]:
-    from flashtalk.model.audio_encoder import joyvasa_audio_features
+    from flashtalk.models.hubert import joyvasa_audio_features
 
     enc = _seeded_audio_encoder(folder, dtype, device, base_seed)
     out = joyvasa_audio_features(enc, _t(g["audio"], dtype, device), model.cfg.n_motions, intermediates=True)
@@ -119,11 +128,11 @@ def _audio_encoder(folder: Path, model: MotionGenerator, g, dtype, device, base_
 
 
 def _pipeline(folder: Path, model: MotionGenerator, g, dtype, device, base_seed: int) -> dict[str, torch.Tensor]:
-    from flashtalk.model.audio_encoder import joyvasa_audio_features
-    from flashtalk.model.motion_pipeline import MotionTemplate, generate_motion, motion_to_renderer
+    from flashtalk.models.hubert import joyvasa_audio_features
+    from flashtalk.models.joyvasa.pipeline import MotionTemplate, generate_motion, motion_to_renderer
 
     enc = _seeded_audio_encoder(folder, dtype, device, base_seed)
-    template = MotionTemplate.from_dict({k[len("template_"):]: g[k] for k in g.files if k.startswith("template_")})
+    template = MotionTemplate.from_dict({k[len("template_") :]: g[k] for k in g.files if k.startswith("template_")})
     audio = _t(g["audio"], dtype, device)
     cache: dict[bytes, torch.Tensor] = {}
 
@@ -136,9 +145,14 @@ def _pipeline(folder: Path, model: MotionGenerator, g, dtype, device, base_seed:
     out = {}
     for mode in PE_MODES:
         model.denoising_net.pe_mode = mode
-        coef = generate_motion(model, features, audio[None],
-                               cfg_scale=float(g["cfg_scale"]), x_T=_t(g["x_T"], dtype, device),
-                               noise=_t(g["z"], dtype, device))[0]
+        coef = generate_motion(
+            model,
+            features,
+            audio[None],
+            cfg_scale=float(g["cfg_scale"]),
+            x_T=_t(g["x_T"], dtype, device),
+            noise=_t(g["z"], dtype, device),
+        )[0]
         out[f"motion_coef_{mode}"] = coef
         for kind, alpha in (("raw", None), ("smooth", 0.01)):
             motion = motion_to_renderer(coef, template, ema_alpha=alpha)
@@ -152,8 +166,9 @@ def _pipeline(folder: Path, model: MotionGenerator, g, dtype, device, base_seed:
     return out
 
 
-def compute(folder, dtype: torch.dtype, device, base_seed: int, files: set[str],
-            published_only: bool = False) -> Iterator[tuple[str, dict]]:
+def compute(
+    folder, dtype: torch.dtype, device, base_seed: int, files: set[str], published_only: bool = False
+) -> Iterator[tuple[str, dict]]:
     """Our outputs per gated file (one path each: `published_only` changes nothing here)."""
     folder = Path(folder)
     model = seeded_motion_generator(folder, dtype, device, base_seed)

@@ -10,22 +10,28 @@ TF32 off, or float64), with the weights generated in float64 and cast once. The 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.model import keypoints as kpm
-from flashtalk.model.liveportrait_weights import seeded_state_dict
+from flashtalk.models.liveportrait import keypoints as kpm
+from flashtalk.weights.liveportrait import seeded_state_dict
 
 Arrays = dict[str, torch.Tensor]
 
 
-def compute(folder: Path, dtype: torch.dtype, device: torch.device, base_seed: int,
-            files: set[str], published_only: bool = False) -> Iterator[tuple[str, Arrays]]:
+def compute(
+    folder: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    base_seed: int,
+    files: set[str],
+    published_only: bool = False,
+) -> Iterator[tuple[str, Arrays]]:
     folder = Path(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     cases: dict[str, Callable[[dict, Callable], Arrays]] = {
@@ -52,7 +58,7 @@ def compute(folder: Path, dtype: torch.dtype, device: torch.device, base_seed: i
 
 
 def _seeded(network: str, manifest: dict, base_seed: int, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    from flashtalk.model.renderer import build_network
+    from flashtalk.models.liveportrait.renderer import build_network
 
     module = build_network(network, "liveportrait").to(device, dtype)  # cast first: fp64 keeps every bit
     module.load_state_dict(seeded_state_dict(network, manifest, base_seed), strict=True)
@@ -84,8 +90,8 @@ def _warping(d: Arrays, build, fast_path: bool) -> Arrays:
     """The network as published, and with `fast_path` the renderer's fast path (BatchNorm folded,
     channels-last-3d) with the fused tail on (`warp_tail`: its kernel under --kernels triton, its reference
     otherwise), gated alike."""
-    from flashtalk.model.fast import fold_batchnorms
-    from flashtalk.model.fast_warping import FastWarpingNetwork
+    from flashtalk.models.liveportrait.optimized import fold_batchnorms
+    from flashtalk.models.liveportrait.warping_channels_last import FastWarpingNetwork
 
     inputs = (d["in_feature_3d"], d["in_kp_driving"], d["in_kp_source"])
     net = build("warping_module")
@@ -114,13 +120,25 @@ def _stitching(d: Arrays, build) -> Arrays:
 
 
 def _keypoint_transform(d: Arrays, build) -> Arrays:
-    out = {"pitch": d["in_pitch_logits"], "yaw": d["in_yaw_logits"], "roll": d["in_roll_logits"],
-           "kp": d["in_kp"], "exp": d["in_exp"], "t": d["in_t"], "scale": d["in_scale"]}
+    out = {
+        "pitch": d["in_pitch_logits"],
+        "yaw": d["in_yaw_logits"],
+        "roll": d["in_roll_logits"],
+        "kp": d["in_kp"],
+        "exp": d["in_exp"],
+        "t": d["in_t"],
+        "scale": d["in_scale"],
+    }
     post = motion_postprocess(out)
     a = d["in_angles_deg"]
-    return {"out_pitch_deg": post["pitch_deg"], "out_yaw_deg": post["yaw_deg"], "out_roll_deg": post["roll_deg"],
-            "out_R": post["R"], "out_x": post["x"],
-            "out_R_from_angles": kpm.rotation_from_degrees(a[:, 0], a[:, 1], a[:, 2])}
+    return {
+        "out_pitch_deg": post["pitch_deg"],
+        "out_yaw_deg": post["yaw_deg"],
+        "out_roll_deg": post["roll_deg"],
+        "out_R": post["R"],
+        "out_x": post["x"],
+        "out_R_from_angles": kpm.rotation_from_degrees(a[:, 0], a[:, 1], a[:, 2]),
+    }
 
 
 def _motion(d: Arrays, who: str) -> kpm.Motion:
@@ -137,12 +155,18 @@ def _motion_compose(d: Arrays, build) -> Arrays:
     x_pose = kpm.compose_relative(x_c, src, drv, ref)
     m = kpm.motion_multiplier(x_s, x_pose[:1])
     x_expr = kpm.expression_friendly(x_pose, x_pose[:1], x_s, m)
-    return {"out_R_s": src.R, "out_x_s": x_s, "out_motion_multiplier": m.reshape(()),
-            "out_x_d_pose": x_pose, "out_x_d_pose_stitched": s.stitch(x_s, x_pose),
-            "out_x_d_expr": x_expr, "out_x_d_expr_stitched": s.stitch(x_s, x_expr)}
+    return {
+        "out_R_s": src.R,
+        "out_x_s": x_s,
+        "out_motion_multiplier": m.reshape(()),
+        "out_x_d_pose": x_pose,
+        "out_x_d_pose_stitched": s.stitch(x_s, x_pose),
+        "out_x_d_expr": x_expr,
+        "out_x_d_expr_stitched": s.stitch(x_s, x_expr),
+    }
 
 
 def _grid_sample_5d(d: Arrays, build) -> Arrays:
-    return {"out": F.grid_sample(d["in_input"], d["in_grid"], mode="bilinear", padding_mode="zeros",
-                                 align_corners=False)}
-
+    return {
+        "out": F.grid_sample(d["in_input"], d["in_grid"], mode="bilinear", padding_mode="zeros", align_corners=False)
+    }

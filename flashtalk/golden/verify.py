@@ -18,7 +18,6 @@ import importlib
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,9 +92,13 @@ def verify(
         module = importlib.import_module(FAMILIES[family])
         with use_kernels(kernels), torch.no_grad():
             base_seed = int(meta.get("base_seed", 0))
-            for file, arrays in module.compute(folder, dtype, torch.device(device), base_seed, set(files), published_only):
+            for file, arrays in module.compute(
+                folder, dtype, torch.device(device), base_seed, set(files), published_only
+            ):
                 for name, value in arrays.items():
-                    ours[(file, name)] = np.asarray(value.detach().cpu().double() if torch.is_tensor(value) else value, dtype=np.float64)
+                    ours[(file, name)] = np.asarray(
+                        value.detach().cpu().double() if torch.is_tensor(value) else value, dtype=np.float64
+                    )
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = allow_tf32
 
@@ -129,19 +132,26 @@ def _gate(file: str, name: str, got, ref, peak: float, limit: float) -> Result:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", metavar="DIR", help="golden folder (holds golden.json, tolerances.json, *.npz)")
     p.add_argument("--precision", choices=("fp32", "fp64"), default="fp32")
-    p.add_argument("--kernels", choices=("reference", "triton"), default="reference",
-                   help="triton: our Triton kernels (on CPU this sets TRITON_INTERPRET=1, slow)")
+    p.add_argument(
+        "--kernels",
+        choices=("reference", "triton"),
+        default="reference",
+        help="triton: our Triton kernels (on CPU this sets TRITON_INTERPRET=1, slow)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--only", nargs="+", metavar="FILE", help="run only the .npz files whose names contain these")
-    p.add_argument("--published-only", action="store_true",
-                   help="check the networks as published only, not also the renderer's fast path (its fused warping "
-                        "tail under the interpreter takes minutes)")
+    p.add_argument(
+        "--published-only",
+        action="store_true",
+        help="check the networks as published only, not also the renderer's fast path (its fused warping "
+        "tail under the interpreter takes minutes)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.kernels == "triton" and args.device != "cuda" and "TRITON_INTERPRET" not in os.environ:
-        import torch  # noqa: F401  (decide on the device before any kernel module is imported)
+        import torch
 
         if not torch.cuda.is_available() or args.device == "cpu":
             os.environ["TRITON_INTERPRET"] = "1"
@@ -156,10 +166,10 @@ def run(args: argparse.Namespace) -> int:
         verdict = "ok" if r.passed else "FAIL" + (f" ({r.note})" if r.note else "")
         print(f"{r.file + ':' + r.array:<{width}}  {r.max_abs:11.3e}  {r.rel:9.2e}  {r.limit:9.2e}  {verdict}")
     failed = [r for r in results if not r.passed]
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed "
-          f"({args.precision}, kernels={args.kernels}, device={device}, {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"{len(results) - len(failed)} passed, {len(failed)} failed "
+        f"({args.precision}, kernels={args.kernels}, device={device}, {time.perf_counter() - t0:.1f} s)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
     return 1 if failed else 0
-
-

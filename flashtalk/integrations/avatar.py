@@ -137,8 +137,15 @@ def to_float(samples: np.ndarray) -> np.ndarray:
 class AvatarStream:
     """See the module docstring. `audio_rate` None: each utterance's audio comes out at the rate it came in."""
 
-    def __init__(self, engine, *, width: int = 512, height: int = 512, audio_rate: int | None = None,
-                 max_ahead_s: float = MAX_AHEAD_S) -> None:
+    def __init__(
+        self,
+        engine,
+        *,
+        width: int = 512,
+        height: int = 512,
+        audio_rate: int | None = None,
+        max_ahead_s: float = MAX_AHEAD_S,
+    ) -> None:
         for name, value in (("width", width), ("height", height)):
             if isinstance(value, bool) or not isinstance(value, int) or not 16 <= value <= 4096:
                 raise FlashTalkError(f"video {name} must be an integer in [16, 4096] pixels; got {value!r}")
@@ -181,8 +188,10 @@ class AvatarStream:
             except asyncio.TimeoutError:
                 pass
         else:
-            raise FlashTalkError(f"no frame came out for {STALL_S:g} s while {self._ahead() / FPS:.1f} s of audio "
-                                 "waited: is the stream being iterated?")
+            raise FlashTalkError(
+                f"no frame came out for {STALL_S:g} s while {self._ahead() / FPS:.1f} s of audio "
+                "waited: is the stream being iterated?"
+            )
         if self.closed or seg not in self._segments:
             return  # closed, or cleared while waiting
         if len(y16):
@@ -270,8 +279,9 @@ class AvatarStream:
         if item.idle or seg is None:
             self.stats.idle_frames += item.idle
             self.stats.unmatched += not item.idle
-            self._out.append(AvatarFrame(item.index, item.pts, image, np.zeros(0, np.int16), self._rate(seg),
-                                         item.idle))
+            self._out.append(
+                AvatarFrame(item.index, item.pts, image, np.zeros(0, np.int16), self._rate(seg), item.idle)
+            )
             return
         if gap > 0 and seg.frames > 0:
             # frames of this utterance were dropped on the way (a late or backlogged engine): their audio

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -50,9 +51,19 @@ class LocalEngine:
     batched on one device). `backend` defaults to the weights-free preview; `latency` ("low" | "exact")
     is handed to the Session when given."""
 
-    def __init__(self, portrait: Any, *, backend: Any = None, device: str | None = None, scheduler: Any = None,
-                 seed: int = 0, controls: Mapping[str, float] | None = None, idle: bool = True,
-                 latency: str | None = None, watermark: bool = True) -> None:
+    def __init__(
+        self,
+        portrait: Any,
+        *,
+        backend: Any = None,
+        device: str | None = None,
+        scheduler: Any = None,
+        seed: int = 0,
+        controls: Mapping[str, float] | None = None,
+        idle: bool = True,
+        latency: str | None = None,
+        watermark: bool = True,
+    ) -> None:
         self._portrait, self._backend, self._device, self._scheduler = portrait, backend, device, scheduler
         self._kwargs = {"seed": seed, "controls": dict(controls or {}), "idle": idle, "watermark": watermark}
         self._latency = latency
@@ -82,8 +93,10 @@ class LocalEngine:
         kwargs = dict(self._kwargs)
         if self._latency is not None:
             if "latency" not in inspect.signature(Session).parameters:
-                raise FlashTalkError(f"latency={self._latency!r} needs a FlashTalk whose Session has the latency "
-                                     "option; this one has none (leave latency unset)")
+                raise FlashTalkError(
+                    f"latency={self._latency!r} needs a FlashTalk whose Session has the latency "
+                    "option; this one has none (leave latency unset)"
+                )
             kwargs["latency"] = self._latency
         self._wake = wake = asyncio.Event()
 
@@ -93,8 +106,9 @@ class LocalEngine:
             except RuntimeError:  # the loop is gone: nobody is waiting any more
                 pass
 
-        self.session = Session(backend, portrait, sample_rate=MODEL_RATE, sample_format="f32le",
-                               on_output=on_output, **kwargs)
+        self.session = Session(
+            backend, portrait, sample_rate=MODEL_RATE, sample_format="f32le", on_output=on_output, **kwargs
+        )
         if self._scheduler is None:
             self._scheduler = Scheduler(backend, max_sessions=1)
         self._scheduler.admit(self.session)
@@ -148,16 +162,39 @@ class RemoteEngine:
     defaults to "realtime": the server sends frames at 25 FPS, the rate the framework plays them at, so no
     backlog builds up on either side of the connection."""
 
-    def __init__(self, url: str, *, token: str | None = None, portrait: str | Path | bytes | None = None,
-                 portrait_id: str | None = None, seed: int = 0, controls: Mapping[str, float] | None = None,
-                 idle: bool = True, latency: str | None = None, video: str = "jpeg", pace: str = "realtime",
-                 options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        portrait: str | Path | bytes | None = None,
+        portrait_id: str | None = None,
+        seed: int = 0,
+        controls: Mapping[str, float] | None = None,
+        idle: bool = True,
+        latency: str | None = None,
+        video: str = "jpeg",
+        pace: str = "realtime",
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         from flashtalk import client
 
         self._client = client
         self._connect = lambda: client.connect(
-            url, token=token, portrait=portrait, portrait_id=portrait_id, sample_rate=MODEL_RATE, format="s16le",
-            video=video, pace=pace, seed=seed, controls=controls, idle=idle, latency=latency, options=options)
+            url,
+            token=token,
+            portrait=portrait,
+            portrait_id=portrait_id,
+            sample_rate=MODEL_RATE,
+            format="s16le",
+            video=video,
+            pace=pace,
+            seed=seed,
+            controls=controls,
+            idle=idle,
+            latency=latency,
+            options=options,
+        )
         if (portrait is None) == (portrait_id is None):
             raise FlashTalkError("give exactly one of portrait= (an image path or bytes) or portrait_id=")
         self.stream: Any = None

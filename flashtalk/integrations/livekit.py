@@ -31,8 +31,15 @@ import numpy as np
 
 try:
     from livekit import rtc
-    from livekit.agents.voice.avatar import (AudioSegmentEnd, AvatarOptions, AvatarRunner, DataStreamAudioOutput,
-                                             DataStreamAudioReceiver, QueueAudioOutput, VideoGenerator)
+    from livekit.agents.voice.avatar import (
+        AudioSegmentEnd,
+        AvatarOptions,
+        AvatarRunner,
+        DataStreamAudioOutput,
+        DataStreamAudioReceiver,
+        QueueAudioOutput,
+        VideoGenerator,
+    )
 except ModuleNotFoundError as exc:
     if (exc.name or "").split(".")[0] != "livekit":
         raise
@@ -42,8 +49,9 @@ from flashtalk.errors import FlashTalkError
 from flashtalk.integrations.avatar import FPS, AudioTail, AvatarFrame, AvatarStream, SegmentEnd
 from flashtalk.integrations.engines import LocalEngine, RemoteEngine
 
-DEFAULT_OPTIONS = AvatarOptions(video_width=512, video_height=512, video_fps=FPS, audio_sample_rate=48000,
-                                audio_channels=1)
+DEFAULT_OPTIONS = AvatarOptions(
+    video_width=512, video_height=512, video_fps=FPS, audio_sample_rate=48000, audio_channels=1
+)
 
 
 class FlashTalkVideoGenerator(VideoGenerator):
@@ -51,13 +59,15 @@ class FlashTalkVideoGenerator(VideoGenerator):
 
     def __init__(self, engine: LocalEngine | RemoteEngine, options: AvatarOptions = DEFAULT_OPTIONS) -> None:
         if options.video_fps != FPS:
-            raise FlashTalkError(f"AvatarOptions.video_fps must be {FPS} (FlashTalk's frame rate); "
-                                 f"got {options.video_fps}")
+            raise FlashTalkError(
+                f"AvatarOptions.video_fps must be {FPS} (FlashTalk's frame rate); got {options.video_fps}"
+            )
         if options.audio_channels not in (1, 2):
             raise FlashTalkError(f"AvatarOptions.audio_channels must be 1 or 2; got {options.audio_channels}")
         self.options = options
-        self.stream = AvatarStream(engine, width=options.video_width, height=options.video_height,
-                                   audio_rate=options.audio_sample_rate)
+        self.stream = AvatarStream(
+            engine, width=options.video_width, height=options.video_height, audio_rate=options.audio_sample_rate
+        )
         self._pending: collections.deque = collections.deque()
 
     @classmethod
@@ -67,9 +77,16 @@ class FlashTalkVideoGenerator(VideoGenerator):
         return cls(LocalEngine(portrait, **engine), options)
 
     @classmethod
-    def remote(cls, url: str, options: AvatarOptions = DEFAULT_OPTIONS, *, token: str | None = None,
-               portrait: str | Path | bytes | None = None, portrait_id: str | None = None,
-               **engine: Any) -> "FlashTalkVideoGenerator":
+    def remote(
+        cls,
+        url: str,
+        options: AvatarOptions = DEFAULT_OPTIONS,
+        *,
+        token: str | None = None,
+        portrait: str | Path | bytes | None = None,
+        portrait_id: str | None = None,
+        **engine: Any,
+    ) -> "FlashTalkVideoGenerator":
         """A FlashTalk server; `engine` goes to `RemoteEngine` (seed, controls, idle, latency, video, pace,
         options)."""
         return cls(RemoteEngine(url, token=token, portrait=portrait, portrait_id=portrait_id, **engine), options)
@@ -116,8 +133,14 @@ class FlashTalkVideoGenerator(VideoGenerator):
             out.append(rtc.VideoFrame(w, h, rtc.VideoBufferType.RGBA, rgba.tobytes()))
         if len(item.audio):
             audio = item.audio if self.options.audio_channels == 1 else np.repeat(item.audio, 2)
-            out.append(rtc.AudioFrame(data=audio.tobytes(), sample_rate=item.audio_rate,
-                                      num_channels=self.options.audio_channels, samples_per_channel=len(item.audio)))
+            out.append(
+                rtc.AudioFrame(
+                    data=audio.tobytes(),
+                    sample_rate=item.audio_rate,
+                    num_channels=self.options.audio_channels,
+                    samples_per_channel=len(item.audio),
+                )
+            )
         return out
 
 
@@ -130,8 +153,9 @@ def _route_agent_audio(agent_session: Any, sink: Any) -> None:
         output.audio = sink
 
 
-async def start_in_process_avatar(agent_session: Any, room: rtc.Room, video_gen: FlashTalkVideoGenerator,
-                                  **runner: Any) -> AvatarRunner:
+async def start_in_process_avatar(
+    agent_session: Any, room: rtc.Room, video_gen: FlashTalkVideoGenerator, **runner: Any
+) -> AvatarRunner:
     """In-process pattern: the agent's audio output becomes a `QueueAudioOutput` that an `AvatarRunner` in
     this process reads; the runner publishes the avatar's audio and video tracks as this participant.
     Call before `agent_session.start(...)`; `aclose()` the runner at the end of the job."""
@@ -143,19 +167,25 @@ async def start_in_process_avatar(agent_session: Any, room: rtc.Room, video_gen:
     return avatar
 
 
-def send_agent_audio_to_avatar(agent_session: Any, room: rtc.Room, avatar_identity: str, *,
-                               sample_rate: int | None = None, **output: Any) -> DataStreamAudioOutput:
+def send_agent_audio_to_avatar(
+    agent_session: Any, room: rtc.Room, avatar_identity: str, *, sample_rate: int | None = None, **output: Any
+) -> DataStreamAudioOutput:
     """Agent side of the remote pattern: the agent's audio goes over a LiveKit data stream to the avatar
     worker participant `avatar_identity` (waiting until it publishes its video track)."""
-    sink = DataStreamAudioOutput(room, destination_identity=avatar_identity, sample_rate=sample_rate,
-                                 wait_remote_track=output.pop("wait_remote_track", rtc.TrackKind.KIND_VIDEO),
-                                 **output)
+    sink = DataStreamAudioOutput(
+        room,
+        destination_identity=avatar_identity,
+        sample_rate=sample_rate,
+        wait_remote_track=output.pop("wait_remote_track", rtc.TrackKind.KIND_VIDEO),
+        **output,
+    )
     _route_agent_audio(agent_session, sink)
     return sink
 
 
-async def run_avatar_worker(room: rtc.Room, video_gen: FlashTalkVideoGenerator, *,
-                            sender_identity: str | None = None, **runner: Any) -> AvatarRunner:
+async def run_avatar_worker(
+    room: rtc.Room, video_gen: FlashTalkVideoGenerator, *, sender_identity: str | None = None, **runner: Any
+) -> AvatarRunner:
     """Avatar-worker side of the remote pattern, in a room this worker joined as its own participant: a
     `DataStreamAudioReceiver` takes the agent's audio (from `sender_identity`, or the first agent
     participant) into an `AvatarRunner` that publishes the synced tracks. Wait on
@@ -167,12 +197,23 @@ async def run_avatar_worker(room: rtc.Room, video_gen: FlashTalkVideoGenerator, 
     return avatar
 
 
-def avatar_options(width: int = 512, height: int = 512, audio_sample_rate: int = 48000,
-                   audio_channels: int = 1) -> AvatarOptions:
+def avatar_options(
+    width: int = 512, height: int = 512, audio_sample_rate: int = 48000, audio_channels: int = 1
+) -> AvatarOptions:
     """`AvatarOptions` at FlashTalk's 25 FPS."""
-    return AvatarOptions(video_width=width, video_height=height, video_fps=FPS, audio_sample_rate=audio_sample_rate,
-                         audio_channels=audio_channels)
+    return AvatarOptions(
+        video_width=width,
+        video_height=height,
+        video_fps=FPS,
+        audio_sample_rate=audio_sample_rate,
+        audio_channels=audio_channels,
+    )
 
 
-__all__ = ["FlashTalkVideoGenerator", "avatar_options", "run_avatar_worker", "send_agent_audio_to_avatar",
-           "start_in_process_avatar"]
+__all__ = [
+    "FlashTalkVideoGenerator",
+    "avatar_options",
+    "run_avatar_worker",
+    "send_agent_audio_to_avatar",
+    "start_in_process_avatar",
+]

@@ -25,8 +25,17 @@ from typing import Any
 import numpy as np
 
 try:
-    from pipecat.frames.frames import (CancelFrame, EndFrame, Frame, InterruptionFrame, OutputImageRawFrame,
-                                       StartFrame, TTSAudioRawFrame, TTSStoppedFrame, UserStartedSpeakingFrame)
+    from pipecat.frames.frames import (
+        CancelFrame,
+        EndFrame,
+        Frame,
+        InterruptionFrame,
+        OutputImageRawFrame,
+        StartFrame,
+        TTSAudioRawFrame,
+        TTSStoppedFrame,
+        UserStartedSpeakingFrame,
+    )
     from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 except ModuleNotFoundError as exc:
     if (exc.name or "").split(".")[0] != "pipecat":
@@ -43,8 +52,16 @@ END_DRAIN_S = 30.0  # most an EndFrame waits for queued speech to come out
 class FlashTalkVideoService(FrameProcessor):
     """Pipecat frame processor over a FlashTalk engine (see the module docstring)."""
 
-    def __init__(self, engine: LocalEngine | RemoteEngine, *, width: int = 512, height: int = 512,
-                 audio_rate: int | None = None, end_drain_s: float = END_DRAIN_S, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        engine: LocalEngine | RemoteEngine,
+        *,
+        width: int = 512,
+        height: int = 512,
+        audio_rate: int | None = None,
+        end_drain_s: float = END_DRAIN_S,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.stream = AvatarStream(engine, width=width, height=height, audio_rate=audio_rate)
         self._end_drain_s = end_drain_s
@@ -52,19 +69,33 @@ class FlashTalkVideoService(FrameProcessor):
         self._pump: asyncio.Task | None = None
 
     @classmethod
-    def local(cls, portrait: Any, *, width: int = 512, height: int = 512, audio_rate: int | None = None,
-              **engine: Any) -> "FlashTalkVideoService":
+    def local(
+        cls, portrait: Any, *, width: int = 512, height: int = 512, audio_rate: int | None = None, **engine: Any
+    ) -> "FlashTalkVideoService":
         """In-process FlashTalk; `engine` goes to `LocalEngine` (backend, device, scheduler, seed, controls,
         idle, latency, watermark)."""
         return cls(LocalEngine(portrait, **engine), width=width, height=height, audio_rate=audio_rate)
 
     @classmethod
-    def remote(cls, url: str, *, token: str | None = None, portrait: str | Path | bytes | None = None,
-               portrait_id: str | None = None, width: int = 512, height: int = 512, audio_rate: int | None = None,
-               **engine: Any) -> "FlashTalkVideoService":
+    def remote(
+        cls,
+        url: str,
+        *,
+        token: str | None = None,
+        portrait: str | Path | bytes | None = None,
+        portrait_id: str | None = None,
+        width: int = 512,
+        height: int = 512,
+        audio_rate: int | None = None,
+        **engine: Any,
+    ) -> "FlashTalkVideoService":
         """A FlashTalk server; `engine` goes to `RemoteEngine` (seed, controls, idle, latency, video, pace)."""
-        return cls(RemoteEngine(url, token=token, portrait=portrait, portrait_id=portrait_id, **engine),
-                   width=width, height=height, audio_rate=audio_rate)
+        return cls(
+            RemoteEngine(url, token=token, portrait=portrait, portrait_id=portrait_id, **engine),
+            width=width,
+            height=height,
+            audio_rate=audio_rate,
+        )
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -105,8 +136,9 @@ class FlashTalkVideoService(FrameProcessor):
                 image.sync_with_audio = True
                 await self.push_frame(image)
             if isinstance(item, (AvatarFrame, AudioTail)) and len(item.audio):
-                await self.push_frame(TTSAudioRawFrame(audio=item.audio.tobytes(), sample_rate=item.audio_rate,
-                                                       num_channels=1))
+                await self.push_frame(
+                    TTSAudioRawFrame(audio=item.audio.tobytes(), sample_rate=item.audio_rate, num_channels=1)
+                )
             elif isinstance(item, SegmentEnd) and self._stops:
                 await self.push_frame(self._stops.popleft())
 

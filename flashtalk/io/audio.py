@@ -23,12 +23,13 @@ from __future__ import annotations
 import io
 import math
 import os
-from dataclasses import dataclass
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Iterator, Union
+from typing import BinaryIO
 
 import numpy as np
 
@@ -50,7 +51,7 @@ ROLLOFF = 0.9
 ZEROS = 32
 KAISER_BETA = 9.0
 
-AudioSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
+AudioSource = str | os.PathLike | bytes | bytearray | BinaryIO
 
 
 @dataclass
@@ -65,8 +66,13 @@ class AudioClip:
 
 
 def _check_rate_value(rate, what: str) -> int:
-    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer, float)) or not math.isfinite(rate) \
-            or int(rate) != rate or not MIN_RATE <= rate <= MAX_RATE:
+    if (
+        isinstance(rate, bool)
+        or not isinstance(rate, (int, np.integer, float))
+        or not math.isfinite(rate)
+        or int(rate) != rate
+        or not MIN_RATE <= rate <= MAX_RATE
+    ):
         raise FlashTalkError(f"{what} sample rate must be an integer in [{MIN_RATE}, {MAX_RATE}] Hz, got {rate!r}")
     return int(rate)
 
@@ -179,7 +185,9 @@ class StreamingResampler:
                 n_first = b0 + p  # outputs n_first, n_first + up, ... < b1 share phase n_first % up
                 count = (b1 - n_first + up - 1) // up
                 s = (n_first * down) // up - K + 1 - self._buf_start  # first window start in the buffer
-                out[n_first - n0 : b1 - n0 : up] = windows[s : s + (count - 1) * down + 1 : down] @ self.bank[n_first % up]
+                out[n_first - n0 : b1 - n0 : up] = (
+                    windows[s : s + (count - 1) * down + 1 : down] @ self.bank[n_first % up]
+                )
         return self._finish(out, n_end)
 
     def _finish(self, out: np.ndarray, n_end: int) -> np.ndarray:
@@ -279,8 +287,10 @@ def _av_blocks(handle, name: str) -> Iterator[tuple[np.ndarray, int]]:
         try:
             for frame in container.decode(stream):
                 if frame.sample_rate and frame.sample_rate != rate:
-                    raise FlashTalkError(f"{name}: the audio changes sample rate mid-stream ({rate} -> "
-                                         f"{frame.sample_rate} Hz); convert it to one rate first")
+                    raise FlashTalkError(
+                        f"{name}: the audio changes sample rate mid-stream ({rate} -> "
+                        f"{frame.sample_rate} Hz); convert it to one rate first"
+                    )
                 channels = frame.layout.nb_channels
                 if channels < 1 or frame.samples == 0:
                     continue
@@ -333,9 +343,7 @@ def _decoded_blocks(src: AudioSource, block_frames: int = 1 << 16) -> Iterator[t
 
 def _check_rate(rate: int, name: str) -> None:
     if rate < MIN_RATE:
-        raise FlashTalkError(
-            f"{name}: sample rate {rate} Hz is not supported (need at least {MIN_RATE} Hz for speech)"
-        )
+        raise FlashTalkError(f"{name}: sample rate {rate} Hz is not supported (need at least {MIN_RATE} Hz for speech)")
     if rate > MAX_RATE:
         raise FlashTalkError(f"{name}: sample rate {rate} Hz is not supported (at most {MAX_RATE} Hz)")
 
@@ -346,9 +354,7 @@ def _check_finite(x: np.ndarray, name: str) -> None:
         raise FlashTalkError(f"{name} contains non-finite samples ({n_nan} NaN, {n_inf} inf)")
 
 
-def load_audio(
-    src: AudioSource, target_rate: int = 16000, max_seconds: float = DEFAULT_MAX_SECONDS
-) -> AudioClip:
+def load_audio(src: AudioSource, target_rate: int = 16000, max_seconds: float = DEFAULT_MAX_SECONDS) -> AudioClip:
     """Decode `src` (path, bytes or binary file object) to mono float32 at `target_rate`.
 
     Raises FlashTalkError for a missing, unreadable or corrupt file, empty audio, all-silent audio,
@@ -380,9 +386,7 @@ def load_audio(
     return AudioClip(samples=x, rate=int(target_rate), duration=x.shape[0] / target_rate, source=name)
 
 
-def iter_audio_chunks(
-    src: AudioSource, chunk_seconds: float = 10.0, target_rate: int = 16000
-) -> Iterator[np.ndarray]:
+def iter_audio_chunks(src: AudioSource, chunk_seconds: float = 10.0, target_rate: int = 16000) -> Iterator[np.ndarray]:
     """Decode and resample `src` incrementally: yields mono float32 chunks of `chunk_seconds` at
     `target_rate` (the last one shorter) without holding the whole file in memory. No length limit."""
     name = _describe(src)

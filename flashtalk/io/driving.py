@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ def _open_video(path: Path):
         raise FlashTalkError(f"driving video {path} not found")
     try:
         container = av.open(str(path), metadata_errors="replace")  # non-UTF-8 tags do not stop decoding
-    except Exception as exc:  # noqa: BLE001 - PyAV raises many error types for unreadable files
+    except Exception as exc:
         raise FlashTalkError(f"driving video {path}: cannot open it ({exc})") from None
     if not container.streams.video:
         container.close()
@@ -41,7 +42,7 @@ def decoded_frames(path: Path) -> Iterator[tuple[float, Any]]:
             yield float(pts * tb) if frame.pts is not None else i / 25, frame
     except FlashTalkError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise FlashTalkError(f"driving video {path}: decoding failed ({exc})") from None
     finally:
         container.close()

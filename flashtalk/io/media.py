@@ -15,13 +15,17 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from flashtalk.errors import FlashTalkError
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +67,20 @@ def load_image(source: str | os.PathLike | np.ndarray | "PIL.Image.Image", *, na
         image = source if isinstance(source, Image.Image) else Image.open(path)
         w, h = image.size
         if w * h > MAX_IMAGE_PIXELS:
-            raise FlashTalkError(f"{label}: image is {w}x{h} = {w * h / 1e6:.0f} megapixels; at most "
-                                 f"{MAX_IMAGE_PIXELS / 1e6:.0f} are accepted (downscale it first)")
+            raise FlashTalkError(
+                f"{label}: image is {w}x{h} = {w * h / 1e6:.0f} megapixels; at most "
+                f"{MAX_IMAGE_PIXELS / 1e6:.0f} are accepted (downscale it first)"
+            )
         image.load()
     except FlashTalkError:
         raise
-    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, ValueError (text-chunk bombs),
+    except Exception as exc:
         # SyntaxError, struct.error, EOFError, ... for bad files: each becomes one clear message
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FlashTalkError(f"{label}: not a readable image (JPEG, PNG or WebP expected): {why}") from None
     try:
         image = ImageOps.exif_transpose(image)
-    except Exception as exc:  # noqa: BLE001 - a malformed EXIF block: keep the stored orientation
+    except Exception as exc:
         log.warning("%s: ignoring unreadable EXIF orientation (%s)", label, exc)
     image = _to_8bit(image, label)
     try:
@@ -170,8 +176,10 @@ def _terminate_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    ours = {signal.SIGTERM: (signal.SIG_DFL, _raise_terminated),
-            signal.SIGINT: (signal.default_int_handler, _raise_interrupt)}  # signal: (Python's default, ours)
+    ours = {
+        signal.SIGTERM: (signal.SIG_DFL, _raise_terminated),
+        signal.SIGINT: (signal.default_int_handler, _raise_interrupt),
+    }  # signal: (Python's default, ours)
     installed = [sig for sig, (default, _) in ours.items() if signal.getsignal(sig) is default]
     if not installed:  # nested, or the application's own handlers
         yield
@@ -249,14 +257,29 @@ class VideoWriter:
     Odd frame sizes lose their last row / column (4:2:0 needs even sizes), with a logged warning.
     """
 
-    def __init__(self, path: str | os.PathLike, *, width: int, height: int, fps: float, audio: Audio | None,
-                 metadata: Mapping[str, str], crf: int = 18, preset: str = "veryfast") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        width: int,
+        height: int,
+        fps: float,
+        audio: Audio | None,
+        metadata: Mapping[str, str],
+        crf: int = 18,
+        preset: str = "veryfast",
+    ) -> None:
         import av
 
         self.width, self.height = width - width % 2, height - height % 2
         if (self.width, self.height) != (width, height):
-            log.warning("frame size %dx%d is odd; encoding %dx%d (H.264 4:2:0 needs even sizes)",
-                        width, height, self.width, self.height)
+            log.warning(
+                "frame size %dx%d is odd; encoding %dx%d (H.264 4:2:0 needs even sizes)",
+                width,
+                height,
+                self.width,
+                self.height,
+            )
         self.fps = Fraction(fps).limit_denominator(1001)
         self.frames_written = 0
         self._container = av.open(str(path), mode="w", format="mp4", options={"movflags": "use_metadata_tags"})
@@ -318,7 +341,7 @@ class VideoWriter:
         end = len(self._samples) if seconds is None else min(len(self._samples), int(seconds * self._rate))
         if end <= self._audio_done:
             return
-        chunk = self._samples[self._audio_done:end][None, :]
+        chunk = self._samples[self._audio_done : end][None, :]
         frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
         frame.sample_rate = self._rate
         frame.pts = self._audio_done

@@ -31,9 +31,9 @@ import os
 import pkgutil
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
@@ -96,15 +96,18 @@ def kernel_files() -> list[str]:
     """Short names of the kernel files in flashtalk/kernels/ (every module but the helpers)."""
     import flashtalk.kernels as pkg
 
-    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)
-                  if not m.name.startswith("_") and m.name not in NOT_KERNEL_FILES)
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules(pkg.__path__)
+        if not m.name.startswith("_") and m.name not in NOT_KERNEL_FILES
+    )
 
 
 @contextlib.contextmanager
 def _captured() -> Iterator[list[tuple]]:
     """Kernel launches recorded as (kernel, args, kwargs) instead of run; the GPU code path of the launchers
     (no interpreter block sizes or interpreter workarounds)."""
-    from flashtalk.kernels._triton import _Kernel
+    from flashtalk.kernels.triton_compat import _Kernel
 
     launches: list[tuple] = []
 
@@ -149,8 +152,10 @@ def _specialise(kernel, args: tuple, kwargs: dict, target, result: Result) -> tu
     from triton.runtime import jit
 
     if not hasattr(jit, "create_function_from_signature") or not hasattr(kernel, "_pack_args"):
-        raise FlashTalkError(f"this triton ({_triton_version()}) lacks the JITFunction internals the compile "
-                             "check uses (create_function_from_signature, _pack_args): it supports triton 3.6 to 3.9")
+        raise FlashTalkError(
+            f"this triton ({_triton_version()}) lacks the JITFunction internals the compile "
+            "check uses (create_function_from_signature, _pack_args): it supports triton 3.6 to 3.9"
+        )
     backend = make_backend(target)
     kwargs = dict(kwargs)
     kwargs.setdefault("debug", bool(getattr(kernel, "debug", False)))
@@ -176,7 +181,7 @@ def _compile(src, options, target, result: Result) -> None:
         # a fresh compile (not the cache) so ptxas runs and prints its resource log
         with _env(TRITON_ALWAYS_COMPILE="1", TRITON_DUMP_PTXAS_LOG="1"), contextlib.redirect_stdout(log):
             compiled = compile(src, target=target, options=options.__dict__)
-    except Exception as exc:  # noqa: BLE001 - a variant that does not compile is a row saying why
+    except Exception as exc:
         result.error = _one_line(exc)
         return
     finally:
@@ -212,7 +217,11 @@ def _launches(name: str, match: str | None, target):
     module = importlib.import_module(f"flashtalk.kernels.{name}")
     declare = getattr(module, "compile_variants", None)
     if declare is None:
-        yield -1, None, Result(name, "(none declared)", True, error=f"flashtalk/kernels/{name}.py declares no compile_variants()")
+        yield (
+            -1,
+            None,
+            Result(name, "(none declared)", True, error=f"flashtalk/kernels/{name}.py declares no compile_variants()"),
+        )
         return
     for vi, variant in enumerate(declare()):
         if match and match not in variant.name:
@@ -220,7 +229,7 @@ def _launches(name: str, match: str | None, target):
         with _captured() as launches:
             try:
                 variant.launch()
-            except Exception as exc:  # noqa: BLE001 - a launcher that fails on the declared shapes is a row
+            except Exception as exc:
                 yield vi, variant, Result(name, variant.name, variant.production, error=f"launcher: {_one_line(exc)}")
                 continue
         if not launches:
@@ -233,7 +242,7 @@ def _launches(name: str, match: str | None, target):
                 specialised.append((li, result, *_specialise(kernel, args, kwargs, target, result)))
             except FlashTalkError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - specialisation failed: a row, not a crash
+            except Exception as exc:
                 result.error = _one_line(exc)
                 specialised.append((li, result, None, None, None))
         yield vi, variant, specialised
@@ -256,8 +265,7 @@ def _compile_job(arch: str, name: str, vi: int, li: int) -> Result:
     raise AssertionError(f"{name}: variant {vi} not found")
 
 
-def check(arch: str = "sm_90", files: list[str] | None = None, match: str | None = None,
-          jobs: int = 1) -> list[Result]:
+def check(arch: str = "sm_90", files: list[str] | None = None, match: str | None = None, jobs: int = 1) -> list[Result]:
     """Compile every declared variant of the kernel files (all by default) for `arch`; each distinct binary
     once, on `jobs` worker processes."""
     if arch not in SMEM_LIMIT:
@@ -299,7 +307,9 @@ def check(arch: str = "sm_90", files: list[str] | None = None, match: str | None
         import concurrent.futures
         import multiprocessing
 
-        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             futures = [(result, pool.submit(_compile_job, arch, *where)) for result, _, _, where in todo]
             for result, future in futures:
                 done = future.result()
@@ -325,9 +335,19 @@ def table(results: list[Result], smem_limit: int) -> str:
             status += " (tuning alternative)"
         if r.same_as:
             status += f" (same binary as: {r.same_as})"
-        rows.append([r.file, r.variant, r.kernel, *(str(x) if x is not None else "-" for x in (
-            r.num_warps, r.num_stages, r.registers, r.shared_bytes, r.spill_bytes)), r.tensor_cores if r.compiled else "-",
-            status])
+        rows.append(
+            [
+                r.file,
+                r.variant,
+                r.kernel,
+                *(
+                    str(x) if x is not None else "-"
+                    for x in (r.num_warps, r.num_stages, r.registers, r.shared_bytes, r.spill_bytes)
+                ),
+                r.tensor_cores if r.compiled else "-",
+                status,
+            ]
+        )
     widths = [min(max(len(row[i]) for row in rows), 56) for i in range(len(COLUMNS) - 1)]
     return "\n".join("  ".join(c[:w].ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows)
 
@@ -335,12 +355,18 @@ def table(results: list[Result], smem_limit: int) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("check", help="compile every production kernel variant ahead of time for a GPU architecture")
-    p.add_argument("--arch", default="sm_90", help=f"target architecture, one of {', '.join(SMEM_LIMIT)} (default sm_90)")
+    p.add_argument(
+        "--arch", default="sm_90", help=f"target architecture, one of {', '.join(SMEM_LIMIT)} (default sm_90)"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--file", action="append", metavar="NAME", help="only this kernel file (repeatable), e.g. attention")
     p.add_argument("--match", metavar="TEXT", help="only variants whose name contains TEXT")
-    p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
-                   help="compile in this many processes (default: the CPU count, at most 8)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="compile in this many processes (default: the CPU count, at most 8)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -353,11 +379,19 @@ def run(args: argparse.Namespace) -> int:
     print(table(results, limit))
     failed = [r for r in results if r.problems(limit)]
     wall = time.perf_counter() - t0
-    print(f"\n{len(results)} launches from {len({r.file for r in results})} kernel files for {args.arch} "
-          f"(triton {_triton_version()}) in {wall:.1f} s: {len(failed)} failed")
+    print(
+        f"\n{len(results)} launches from {len({r.file for r in results})} kernel files for {args.arch} "
+        f"(triton {_triton_version()}) in {wall:.1f} s: {len(failed)} failed"
+    )
     if out is not None:
-        report = {"arch": args.arch, "triton": _triton_version(), "torch": torch.__version__, "smem_limit": limit,
-                  "wall_s": round(wall, 1), "results": [asdict(r) | {"problems": r.problems(limit)} for r in results]}
+        report = {
+            "arch": args.arch,
+            "triton": _triton_version(),
+            "torch": torch.__version__,
+            "smem_limit": limit,
+            "wall_s": round(wall, 1),
+            "results": [asdict(r) | {"problems": r.problems(limit)} for r in results],
+        }
         out.write_text(json.dumps(report, indent=1))
         print(f"wrote {out}")
     return 1 if failed else 0

@@ -21,7 +21,9 @@ class DevicePeak:
     mem_gbps: float  # GB/s (1e9 bytes)
 
     def tflops(self, dtype: str) -> float:
-        return {"bf16": self.bf16_tflops, "fp16": self.bf16_tflops, "tf32": self.tf32_tflops, "fp32": self.fp32_tflops}[dtype]
+        return {"bf16": self.bf16_tflops, "fp16": self.bf16_tflops, "tf32": self.tf32_tflops, "fp32": self.fp32_tflops}[
+            dtype
+        ]
 
 
 # (substring that must appear in the device name, SM count or None for any) -> peak

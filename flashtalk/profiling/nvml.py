@@ -25,8 +25,15 @@ class NvmlSummary:
 
 
 _THROTTLE_NAMES = {
-    0x1: "gpu_idle", 0x2: "applications_clocks", 0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x10: "sync_boost",
-    0x20: "sw_thermal", 0x40: "hw_thermal", 0x80: "hw_power_brake", 0x100: "display_clocks",
+    0x1: "gpu_idle",
+    0x2: "applications_clocks",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal",
+    0x40: "hw_thermal",
+    0x80: "hw_power_brake",
+    0x100: "display_clocks",
 }
 
 
@@ -59,14 +66,16 @@ class NvmlSampler:
         while not self._stop.is_set():
             try:
                 util = n.nvmlDeviceGetUtilizationRates(h)
-                self._rows.append((
-                    n.nvmlDeviceGetPowerUsage(h) / 1000.0,
-                    float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)),
-                    float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM)),
-                    float(util.gpu),
-                    n.nvmlDeviceGetMemoryInfo(h).used / 2**30,
-                    float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
-                ))
+                self._rows.append(
+                    (
+                        n.nvmlDeviceGetPowerUsage(h) / 1000.0,
+                        float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)),
+                        float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM)),
+                        float(util.gpu),
+                        n.nvmlDeviceGetMemoryInfo(h).used / 2**30,
+                        float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU)),
+                    )
+                )
                 self._throttle |= int(n.nvmlDeviceGetCurrentClocksThrottleReasons(h))
             except Exception as exc:  # stop sampling on the first NVML failure, and say so
                 self.unavailable = f"NVML sampling failed: {exc}"
@@ -93,7 +102,16 @@ class NvmlSampler:
         mean = lambda c: sum(c) / len(c)  # noqa: E731
         reasons = [name for bit, name in _THROTTLE_NAMES.items() if self._throttle & bit and name != "gpu_idle"]
         return NvmlSummary(
-            True, self.unavailable or "", len(self._rows), mean(cols[0]), max(cols[0]), mean(cols[1]), mean(cols[2]),
-            mean(cols[3]), max(cols[4]), max(cols[5]), reasons, self._driver,
+            True,
+            self.unavailable or "",
+            len(self._rows),
+            mean(cols[0]),
+            max(cols[0]),
+            mean(cols[1]),
+            mean(cols[2]),
+            mean(cols[3]),
+            max(cols[4]),
+            max(cols[5]),
+            reasons,
+            self._driver,
         )
-

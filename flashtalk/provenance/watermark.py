@@ -199,17 +199,28 @@ class Detection:
         return f"{label} ({known[self.payload]})" if self.payload in known else label
 
     def to_dict(self) -> dict:
-        return {"found": self.found, "payload": self.payload, "payload_label": self.payload_label(),
-                "confidence": self.confidence, "score": self.score, "crc_ok": self.crc_ok,
-                "scale": list(self.scale), "shift": list(self.shift), "frames": self.frames}
+        return {
+            "found": self.found,
+            "payload": self.payload,
+            "payload_label": self.payload_label(),
+            "confidence": self.confidence,
+            "score": self.score,
+            "crc_ok": self.crc_ok,
+            "scale": list(self.scale),
+            "shift": list(self.shift),
+            "frames": self.frames,
+        }
 
 
 def _to_luma(frames) -> "torch.Tensor":
     """[F, H, W] fp32 BT.601 luma from uint8 RGB [F, H, W, 3] / [H, W, 3] or luma [F, H, W] (numpy/torch)."""
     import torch
 
-    x = torch.from_numpy(np.require(frames, requirements=['C', 'W'])) if isinstance(frames, np.ndarray) \
+    x = (
+        torch.from_numpy(np.require(frames, requirements=["C", "W"]))
+        if isinstance(frames, np.ndarray)
         else torch.as_tensor(frames)
+    )
     if x.dim() == 3 and x.shape[-1] == 3:
         x = x[None]
     if x.dim() == 4 and x.shape[-1] == 3:
@@ -217,8 +228,9 @@ def _to_luma(frames) -> "torch.Tensor":
         return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
     if x.dim() == 3 and not x.dtype.is_complex:
         return x.to(torch.float32)
-    raise FlashTalkError(f"watermark detect: frames must be RGB [N, H, W, 3], [H, W, 3] or luma [N, H, W]; "
-                         f"got {tuple(x.shape)}")
+    raise FlashTalkError(
+        f"watermark detect: frames must be RGB [N, H, W, 3], [H, W, 3] or luma [N, H, W]; got {tuple(x.shape)}"
+    )
 
 
 def _blur(x: "torch.Tensor", sigma: float) -> "torch.Tensor":
@@ -245,10 +257,10 @@ def _peak_lag(profile: "torch.Tensor", lo: int, hi: int) -> float | None:
     """Sub-pixel lag of the largest autocorrelation value in [lo, hi] (parabolic fit), or None."""
     if hi - lo < 4:
         return None
-    seg = profile[lo:hi + 1]
+    seg = profile[lo : hi + 1]
     i = int(seg.argmax())
     if 0 < i < len(seg) - 1:
-        a, b, c = (float(v) for v in seg[i - 1:i + 2])
+        a, b, c = (float(v) for v in seg[i - 1 : i + 2])
         den = a - 2 * b + c
         return lo + i + (0.5 * (a - c) / den if den < 0 else 0.0)
     return float(lo + i)
@@ -262,8 +274,8 @@ def _period_candidates(r: "torch.Tensor") -> list[tuple[float, float]]:
     spec = torch.fft.rfft2(r).abs().square().sum(0)
     acf = torch.fft.irfft2(spec, s=(H, W))
     lo = int(TILE * 0.45)
-    px = _peak_lag(acf[0, :W // 2], lo, min(int(TILE * 2.1), W // 2 - 1))
-    py = _peak_lag(acf[:H // 2, 0], lo, min(int(TILE * 2.1), H // 2 - 1))
+    px = _peak_lag(acf[0, : W // 2], lo, min(int(TILE * 2.1), W // 2 - 1))
+    py = _peak_lag(acf[: H // 2, 0], lo, min(int(TILE * 2.1), H // 2 - 1))
     found = [p for p in (px, py) if p is not None]
     cands = [(float(TILE), float(TILE))]
     if px is not None and py is not None:
@@ -303,15 +315,13 @@ def _sync_spectrum(key: bytes) -> "torch.Tensor":
 
 def _fold(r: "torch.Tensor", period: tuple[float, float]) -> "torch.Tensor":
     """Resample residuals r [F, H, W] so the tile is TILE pixels, and sum all tiles of all frames."""
-    import torch
     import torch.nn.functional as F
 
     _, H, W = r.shape
     px, py = period
     h, w = max(1, round(H * TILE / py)), max(1, round(W * TILE / px))
     if (h, w) != (H, W):
-        r = F.interpolate(r[:, None], size=(h, w), mode="bilinear", align_corners=False,
-                          antialias=h < H or w < W)[:, 0]
+        r = F.interpolate(r[:, None], size=(h, w), mode="bilinear", align_corners=False, antialias=h < H or w < W)[:, 0]
     r = F.pad(r, (0, -w % TILE, 0, -h % TILE))
     n, nh, nw = r.shape[0], r.shape[1] // TILE, r.shape[2] // TILE
     return r.reshape(n, nh, TILE, nw, TILE).sum(dim=(0, 1, 3))
@@ -357,7 +367,7 @@ def _confidence(z: float, crc_ok: bool, candidates: int) -> float:
     about (TILE / CELL)² independent shifts per candidate reaching z, times the chance that one of the
     CHASE_WORDS words tried passes the CRC (2^-16 each)."""
     tail = 0.5 * math.erfc(z / math.sqrt(2))
-    p = min(1.0, candidates * CELLS * CELLS * tail) * (min(1.0, CHASE_WORDS * 2.0 ** -CRC_BITS) if crc_ok else 1.0)
+    p = min(1.0, candidates * CELLS * CELLS * tail) * (min(1.0, CHASE_WORDS * 2.0**-CRC_BITS) if crc_ok else 1.0)
     return 1.0 - p
 
 
@@ -382,8 +392,9 @@ def detect_frames(frames, *, key: str | bytes = DEFAULT_KEY) -> Detection:
     found = ok and z >= Z_MIN
     scale = (period[0] / TILE, period[1] / TILE)
     orig_shift = (round(shift[0] * scale[0]) % TILE, round(shift[1] * scale[1]) % TILE)
-    return Detection(found, value if found else None, _confidence(z, ok, len(cands)), z, ok, scale,
-                     orig_shift, int(Y.shape[0]))
+    return Detection(
+        found, value if found else None, _confidence(z, ok, len(cands)), z, ok, scale, orig_shift, int(Y.shape[0])
+    )
 
 
 def _read_video_luma(path: Path, max_frames: int) -> np.ndarray:

@@ -1,1 +1,3 @@
-"""Runtime: the engine over animation backends (`engine`), the offline pipeline (`offline`)."""
+"""Runtime: ONE engine for offline and streaming. The backend interface and its two backends (`backends`),
+the engine (`engine`), the live sessions and their scheduler (`session`, `scheduler`), the finish step shared
+by both (`finish`), the offline writer (`offline`), CUDA graphs (`graphs`, `graphed_renderer`)."""

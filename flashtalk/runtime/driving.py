@@ -5,18 +5,19 @@ The video's decode (frames, times, audio) is `flashtalk.io.driving`."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flashtalk.controls.control_set import ControlSet as Controls
 from flashtalk.errors import FlashTalkError
 from flashtalk.io.driving import decoded_frames, video_frame_times
-from flashtalk.model.controls import ControlSet as Controls
-from flashtalk.model.keypoints import Motion, bins_to_degrees, rotation_from_degrees
-from flashtalk.model.renderer import SourceState
+from flashtalk.models.liveportrait.keypoints import Motion, bins_to_degrees, rotation_from_degrees
+from flashtalk.models.liveportrait.renderer import SourceState
 
 
 def with_source_ratios(c: Controls, ratios: Any) -> Controls:
@@ -31,18 +32,20 @@ class DrivingAnimation:
     """Video-driven clip: the motion extractor on each driving frame (resampled to 25 fps, nearest earlier
     frame), relative composition onto the source (liveportrait.md §10.4: full relative expression)."""
 
-    def __init__(self, backend: Any, source: SourceState, video: Path, controls: Controls,
-                 faces: Any = None) -> None:
+    def __init__(self, backend: Any, source: SourceState, video: Path, controls: Controls, faces: Any = None) -> None:
         self.backend, self.source, self.video, self.controls = backend, source, video, controls
         self.plan = None  # with LivePortrait's face models: its crop box and per-frame eye / lip ratios
         if faces is not None:
             from flashtalk.faces.pipeline import plan_driving
 
-            self.plan = plan_driving((f.to_ndarray(format="rgb24") for _, f in decoded_frames(video)), faces,
-                                     name=f"driving video {video}")
+            self.plan = plan_driving(
+                (f.to_ndarray(format="rgb24") for _, f in decoded_frames(video)), faces, name=f"driving video {video}"
+            )
         elif "driving" in (controls.eye_open, controls.lip_open):
-            raise FlashTalkError("eye_open / lip_open = driving need LivePortrait's face models beside the weights "
-                                 "(`flashtalk download`)")
+            raise FlashTalkError(
+                "eye_open / lip_open = driving need LivePortrait's face models beside the weights "
+                "(`flashtalk download`)"
+            )
         self._shown: list[int] = []  # driving frame index of each image yielded
         times = video_frame_times(video)
         self.start = times[0]
@@ -68,9 +71,10 @@ class DrivingAnimation:
             h, w = rgb.shape[:2]
             side = min(h, w)
             top, left = (h - side) // 2, (w - side) // 2
-            img = rgb[top:top + side, left:left + side].permute(2, 0, 1)[None].float().div(255)
-            last = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False,
-                                 antialias=side > size).clamp(0, 1)[0]
+            img = rgb[top : top + side, left : left + side].permute(2, 0, 1)[None].float().div(255)
+            last = F.interpolate(
+                img, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size
+            ).clamp(0, 1)[0]
         while last is not None and j < self._frames:
             self._shown.append(k)
             yield last
@@ -89,18 +93,23 @@ class DrivingAnimation:
         if self.plan is None:
             return self.controls
         idx = self._shown[start:stop]
-        return dataclasses.replace(self.controls, driving_eye=tuple(float(v) for v in self.plan.eye_ratio[idx, 0]),
-                                   driving_lip=tuple(float(v) for v in self.plan.lip_ratio[idx, 0]))
+        return dataclasses.replace(
+            self.controls,
+            driving_eye=tuple(float(v) for v in self.plan.eye_ratio[idx, 0]),
+            driving_lip=tuple(float(v) for v in self.plan.lip_ratio[idx, 0]),
+        )
 
     @torch.no_grad()
     def _motion(self, images: torch.Tensor) -> Motion:
         m = self.backend.nets.renderer.motion_extractor(images.to(self.backend.device))
         pitch, yaw, roll = (bins_to_degrees(m[k]) for k in ("pitch", "yaw", "roll"))
         n = images.shape[0]
-        return Motion(R=rotation_from_degrees(pitch, yaw, roll), exp=m["exp"].view(n, -1, 3), scale=m["scale"], t=m["t"])
+        return Motion(
+            R=rotation_from_degrees(pitch, yaw, roll), exp=m["exp"].view(n, -1, 3), scale=m["scale"], t=m["t"]
+        )
 
     def keypoints(self, chunk: int = 16) -> Iterator[torch.Tensor]:
-        from flashtalk.runtime.network import compose
+        from flashtalk.runtime.backends.network import compose
 
         reference, done = None, 0
         images = self._images()
@@ -114,18 +123,26 @@ class DrivingAnimation:
             frames = torch.arange(done, done + len(buf), device=motion.R.device)
             controls = self._controls_for(done, done + len(buf))
             done += len(buf)
-            yield compose(self.backend.nets.renderer, self.source, motion, reference, controls, lip_absolute=False,
-                          frames=frames, fps=self.backend.fps)
+            yield compose(
+                self.backend.nets.renderer,
+                self.source,
+                motion,
+                reference,
+                controls,
+                lip_absolute=False,
+                frames=frames,
+                fps=self.backend.fps,
+            )
 
     def _render(self, x_d: torch.Tensor) -> torch.Tensor:
         return self.backend.render_keypoints(self.source.f_s, self.source.x_s, x_d)
 
     def frames(self, batch_size: int) -> Iterator[torch.Tensor]:
-        from flashtalk.runtime.network import batches
+        from flashtalk.runtime.backends.network import batches
 
         return batches(self.keypoints(), batch_size, self._render)
 
     def frames_at(self, indices: list[int], batch_size: int) -> Iterator[torch.Tensor]:
-        from flashtalk.runtime.network import batches, select_rows
+        from flashtalk.runtime.backends.network import batches, select_rows
 
         return batches(select_rows(self.keypoints(), indices), batch_size, self._render)

@@ -18,28 +18,32 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from flashtalk.constants import MODEL_RATE
+from flashtalk.constants import WATERMARK_KEY as DEFAULT_WATERMARK_KEY
 from flashtalk.errors import FlashTalkError
-from flashtalk.runtime.protocol import DEFAULT_WATERMARK_KEY, MODEL_RATE
 
 if TYPE_CHECKING:
     import torch
 
+    from flashtalk.faces.portrait_crop import FaceCrop, Landmarks
     from flashtalk.io.audio import AudioClip
-    from flashtalk.io.facecrop import FaceCrop, Landmarks
 
 log = logging.getLogger(__name__)
 
 WATERMARK_MODULE = "flashtalk.provenance.watermark"
 PASTE_PIXELS_PER_CALL = 1 << 24  # paste-back sub-batches hold at most this many output pixels
-WEIGHTS_HELP = ("for the full network pass --weights DIR_OR_BUNDLE (LivePortrait + JoyVASA checkpoints or a "
-                "FlashTalk safetensors bundle)")
+WEIGHTS_HELP = (
+    "for the full network pass --weights DIR_OR_BUNDLE (LivePortrait + JoyVASA checkpoints or a "
+    "FlashTalk safetensors bundle)"
+)
 
 
 class Animation(Protocol):
@@ -60,31 +64,44 @@ class Backend(Protocol):
     fps: int  # frame rate of the content it generates
     device: "torch.device"
 
-    def prepare(self, crop: "torch.Tensor", audio16k: np.ndarray, *, seed: int, controls: Mapping[str, Any],
-                landmarks: "Landmarks | None") -> Animation:
+    def prepare(
+        self,
+        crop: "torch.Tensor",
+        audio16k: np.ndarray,
+        *,
+        seed: int,
+        controls: Mapping[str, Any],
+        landmarks: "Landmarks | None",
+    ) -> Animation:
         """crop [3, 512, 512] float in [0, 1] on `device`; audio16k float32 mono at 16 kHz; landmarks:
         eye / mouth hints found in the crop (None when not found), for backends that need them."""
         ...
 
 
 class PreviewBackend:
-    """The weights-free preview (`flashtalk.preview.PreviewAnimator`) behind the `Backend` protocol."""
+    """The weights-free preview (`flashtalk.models.preview.PreviewAnimator`) behind the `Backend` protocol."""
 
     name = "preview"
 
     def __init__(self, device: "torch.device") -> None:
-        from flashtalk.preview import FPS
+        from flashtalk.models.preview import FPS
 
         self.device = device
         self.fps = FPS
 
-    def prepare(self, crop: "torch.Tensor", audio16k: np.ndarray, *, seed: int, controls: Mapping[str, Any],
-                landmarks: "Landmarks | None") -> Animation:
-        from flashtalk.preview import FaceLayout, PreviewAnimator
+    def prepare(
+        self,
+        crop: "torch.Tensor",
+        audio16k: np.ndarray,
+        *,
+        seed: int,
+        controls: Mapping[str, Any],
+        landmarks: "Landmarks | None",
+    ) -> Animation:
+        from flashtalk.models.preview import FaceLayout, PreviewAnimator
 
         if controls:
-            raise FlashTalkError(f"the weights-free preview takes no controls; got {sorted(controls)}; "
-                                 + WEIGHTS_HELP)
+            raise FlashTalkError(f"the weights-free preview takes no controls; got {sorted(controls)}; " + WEIGHTS_HELP)
         layout = None
         if landmarks is not None:
             try:
@@ -138,9 +155,12 @@ class Clip:
         if self.paste_back:
             from flashtalk.kernels.paste_back import make_feather_mask, paste_back
 
-            paste = (paste_back, torch.tensor(self.photo, device=device)[None],
-                     torch.tensor(self.crop.photo_to_crop, dtype=torch.float32, device=device)[None],
-                     make_feather_mask(self.crop.image.shape[0], device=device))
+            paste = (
+                paste_back,
+                torch.tensor(self.photo, device=device)[None],
+                torch.tensor(self.crop.photo_to_crop, dtype=torch.float32, device=device)[None],
+                make_feather_mask(self.crop.image.shape[0], device=device),
+            )
         embed = _load_watermark() if self.watermark else None
         payload = f"FlashTalk {_version()}"
         content_fps = Fraction(self.engine.backend.fps)
@@ -156,15 +176,15 @@ class Clip:
             else:
                 fn, background, affine, mask = paste
                 step = max(1, PASTE_PIXELS_PER_CALL // (background.shape[1] * background.shape[2]))
-                out = torch.cat([fn(batch[i:i + step], background, affine, mask)
-                                 for i in range(0, len(batch), step)])
+                out = torch.cat([fn(batch[i : i + step], background, affine, mask) for i in range(0, len(batch), step)])
             if embed is not None:
                 out = embed(out, key=self.watermark_key, payload=payload)
             yield out.cpu().numpy()
 
 
-def retime(content: Iterator["torch.Tensor"], content_fps: float, out_fps: Fraction,
-           out_frames: int) -> Iterator["torch.Tensor"]:
+def retime(
+    content: Iterator["torch.Tensor"], content_fps: float, out_fps: Fraction, out_frames: int
+) -> Iterator["torch.Tensor"]:
     """Resample a stream of frame batches from content_fps to out_fps (nearest earlier frame), streaming.
 
     Output frame j shows content frame floor(j * content_fps / out_fps); yields out_frames frames.
@@ -237,7 +257,7 @@ class Engine:
     def from_pretrained(cls, revision: list[str] | None = None, **kwargs: Any) -> "Engine":
         """The full network from the files `flashtalk download` put in the Hugging Face cache (no network
         access; HF_HUB_OFFLINE=1 works). revision: `REPO=REV` overrides of the pinned revisions."""
-        from flashtalk.hub import resolve_cache
+        from flashtalk.weights.hub import resolve_cache
 
         return cls.from_weights(resolve_cache(revision), **kwargs)
 
@@ -247,15 +267,24 @@ class Engine:
         return cls(PreviewBackend(_default_device(device)))
 
     @classmethod
-    def from_weights(cls, path: "str | os.PathLike | None", *, seeded: bool = False, preset: str | None = None,
-                     device: "str | torch.device | None" = None, sampler: str = "dpmpp", steps: int | None = 10,
-                     cfg: float = 2.0, precision: str | None = None) -> "Engine":
+    def from_weights(
+        cls,
+        path: "str | os.PathLike | None",
+        *,
+        seeded: bool = False,
+        preset: str | None = None,
+        device: "str | torch.device | None" = None,
+        sampler: str = "dpmpp",
+        steps: int | None = 10,
+        cfg: float = 2.0,
+        precision: str | None = None,
+    ) -> "Engine":
         """The full network from a weights folder (published layout) or a FlashTalk safetensors bundle, or
         with `seeded` the golden seeded weights of `preset` ("liveportrait" default, or "tiny"): not a face.
         sampler ddim | dpmpp | ddpm with `steps` model calls per window and guidance scale `cfg`.
         precision: the renderer's fp32 | bf16 | fp16 (default bf16 on CUDA, fp32 on the CPU)."""
-        from flashtalk.model.bundle import load_networks, seeded_networks
-        from flashtalk.runtime.network import NetworkBackend, resolve_precision
+        from flashtalk.runtime.backends.network import NetworkBackend, resolve_precision
+        from flashtalk.weights.bundle import load_networks, seeded_networks
 
         dev = _default_device(device)
         resolve_precision(precision, dev)  # a bad precision fails before the weights load
@@ -271,12 +300,24 @@ class Engine:
             path = resolve_weights(path)
             nets = load_networks(path)
         faces = None if seeded else face_models(Path(path), dev)
-        return cls(NetworkBackend(nets, dev, sampler=sampler, steps=steps, cfg=cfg, seeded=seeded,
-                                  precision=precision), faces)
+        return cls(
+            NetworkBackend(nets, dev, sampler=sampler, steps=steps, cfg=cfg, seeded=seeded, precision=precision), faces
+        )
 
-    def prepare(self, image: Any, audio: Any, *, crop: Any = "auto", seed: int = 0, fps: float = 25,
-                paste_back: bool = False, watermark: bool = True, watermark_key: str = DEFAULT_WATERMARK_KEY,
-                driving: "str | os.PathLike | None" = None, **controls: Any) -> Clip:
+    def prepare(
+        self,
+        image: Any,
+        audio: Any,
+        *,
+        crop: Any = "auto",
+        seed: int = 0,
+        fps: float = 25,
+        paste_back: bool = False,
+        watermark: bool = True,
+        watermark_key: str = DEFAULT_WATERMARK_KEY,
+        driving: "str | os.PathLike | None" = None,
+        **controls: Any,
+    ) -> Clip:
         """Load and check the inputs, crop the face and prepare the backend; nothing is rendered yet.
 
         image: path, PIL image or RGB uint8 array. audio: path / bytes / file object (anything
@@ -286,15 +327,14 @@ class Engine:
         """
         import torch
 
-        from flashtalk.io.facecrop import face_crop
+        from flashtalk.faces.portrait_crop import face_crop
         from flashtalk.io.media import load_image
 
         if fps <= 0 or fps > 240:
             raise FlashTalkError(f"fps must be in (0, 240], got {fps}")
         out_fps = Fraction(fps).limit_denominator(1001)
         if driving is not None and not hasattr(self.backend, "prepare_driving"):
-            raise FlashTalkError(f"a driving video needs the network backend, not {self.backend.name}; "
-                                 + WEIGHTS_HELP)
+            raise FlashTalkError(f"a driving video needs the network backend, not {self.backend.name}; " + WEIGHTS_HELP)
         if driving is not None and audio is None:
             from flashtalk.io.driving import driving_audio
 
@@ -306,11 +346,11 @@ class Engine:
         fc = face_crop(photo, crop, name=name, faces=self.faces)
         crop_t = torch.from_numpy(fc.image).to(self.backend.device).permute(2, 0, 1).float().div_(255)
         if driving is not None:
-            animation = self.backend.prepare_driving(crop_t, driving, controls=controls, landmarks=fc.landmarks,
-                                                     faces=self.faces)
+            animation = self.backend.prepare_driving(
+                crop_t, driving, controls=controls, landmarks=fc.landmarks, faces=self.faces
+            )
         else:
-            animation = self.backend.prepare(crop_t, clip.samples, seed=seed, controls=controls,
-                                             landmarks=fc.landmarks)
+            animation = self.backend.prepare(crop_t, clip.samples, seed=seed, controls=controls, landmarks=fc.landmarks)
         if animation.num_frames() < 1:
             raise FlashTalkError(f"audio {clip.source} is too short for one frame ({clip.duration:.3f} s)")
         n = output_frames(animation.num_frames(), self.backend.fps, out_fps)
@@ -319,13 +359,24 @@ class Engine:
             log.warning("watermark module %s is not installed; frames are NOT watermarked", WATERMARK_MODULE)
         return Clip(self, animation, fc, photo, clip, out_fps, n, paste_back, marked, watermark_key)
 
-    def animate(self, image: Any, audio: Any, *, crop: Any = "auto", seed: int = 0, batch_size: int = 16,
-                paste_back: bool = False, watermark: bool = True, fps: float = 25,
-                **controls: Any) -> Iterator[np.ndarray]:
+    def animate(
+        self,
+        image: Any,
+        audio: Any,
+        *,
+        crop: Any = "auto",
+        seed: int = 0,
+        batch_size: int = 16,
+        paste_back: bool = False,
+        watermark: bool = True,
+        fps: float = 25,
+        **controls: Any,
+    ) -> Iterator[np.ndarray]:
         """The frames (uint8 [H, W, 3] RGB) of the talking portrait, one by one, rendered in batches as the
         iterator is consumed. Bad inputs raise `FlashTalkError` here, before the first frame."""
-        clip = self.prepare(image, audio, crop=crop, seed=seed, fps=fps, paste_back=paste_back,
-                            watermark=watermark, **controls)
+        clip = self.prepare(
+            image, audio, crop=crop, seed=seed, fps=fps, paste_back=paste_back, watermark=watermark, **controls
+        )
         return (frame for batch in clip.batches(batch_size) for frame in batch)
 
 
@@ -333,7 +384,7 @@ def resolve_weights(path: "str | os.PathLike") -> "str | os.PathLike":
     """A weights path as given, or for "hf" (when no such file exists) what `flashtalk download` put in the
     Hugging Face cache."""
     if str(path) == "hf" and not Path(path).exists():
-        from flashtalk.hub import resolve_cache
+        from flashtalk.weights.hub import resolve_cache
 
         return resolve_cache()
     return path
@@ -346,8 +397,11 @@ def face_models(path: Path, device: "torch.device") -> Any:
     folder, search = (path, True) if path.is_dir() else (path.parent, False)  # beside a bundle: published paths
     faces = load_if_present(folder, device=device.type, search=search)
     if faces is None and not find_files(folder, search=search):
-        log.warning("LivePortrait's face models (det_10g, 2d106det, landmark.onnx) are not in %s: --crop auto "
-                    "uses the Haar crop and assumed eye / lip ratios (`flashtalk download` fetches them)", folder)
+        log.warning(
+            "LivePortrait's face models (det_10g, 2d106det, landmark.onnx) are not in %s: --crop auto "
+            "uses the Haar crop and assumed eye / lip ratios (`flashtalk download` fetches them)",
+            folder,
+        )
     return faces
 
 

@@ -20,8 +20,9 @@ CPU, which exercises all the bucket / pad / copy / slice logic without a GPU.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -104,8 +105,15 @@ class CudaGraphBackend:
 
 
 class GraphRunner:
-    def __init__(self, fn: Callable[..., torch.Tensor], specs: Sequence[InputSpec], buckets: Sequence[int],
-                 device: torch.device | str, backend: CaptureBackend | None = None, debug: bool = False):
+    def __init__(
+        self,
+        fn: Callable[..., torch.Tensor],
+        specs: Sequence[InputSpec],
+        buckets: Sequence[int],
+        device: torch.device | str,
+        backend: CaptureBackend | None = None,
+        debug: bool = False,
+    ):
         if not specs or not any(s.batched for s in specs):
             raise FlashTalkError("GraphRunner: needs at least one batched input")
         if not buckets or any(int(b) != b or b < 1 for b in buckets):
@@ -113,11 +121,14 @@ class GraphRunner:
         self.fn, self.specs, self.debug = fn, tuple(specs), debug
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.device = torch.device(device)
-        self.backend = backend if backend is not None else (
-            CudaGraphBackend() if self.device.type == "cuda" else EagerBackend())
+        self.backend = (
+            backend if backend is not None else (CudaGraphBackend() if self.device.type == "cuda" else EagerBackend())
+        )
         top = self.buckets[-1]
-        self.static = [torch.zeros((top, *s.shape) if s.batched else s.shape, dtype=s.dtype, device=self.device)
-                       for s in self.specs]
+        self.static = [
+            torch.zeros((top, *s.shape) if s.batched else s.shape, dtype=s.dtype, device=self.device)
+            for s in self.specs
+        ]
         self._addresses = [t.data_ptr() for t in self.static]
         self._graphs: dict[int, tuple[Callable[[], None], torch.Tensor]] = {}
 
@@ -173,12 +184,13 @@ class GraphRunner:
         for b in reversed(self.buckets):
             try:
                 self._graphs[b] = self.backend.capture(lambda b=b: self.fn(*self._views(b)))
-            except Exception as e:  # noqa: BLE001 - re-raised with what to do about it
+            except Exception as e:
                 raise FlashTalkError(
                     f"GraphRunner: capturing bucket {b} failed ({type(e).__name__}: {e}). The captured function "
                     "must not synchronise with the host (.item(), .cpu(), printing tensors) nor allocate pinned "
                     "memory; kernels must be compiled and tuned before capture (the warm-up does this); to "
-                    "isolate a kernel, retry with FLASHTALK_KERNELS=reference") from e
+                    "isolate a kernel, retry with FLASHTALK_KERNELS=reference"
+                ) from e
         log.info("captured %d buckets %s on %s", len(self.buckets), self.buckets, self.device)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -188,8 +200,9 @@ class GraphRunner:
         if n > self.max_batch:
             outs = []
             for start in range(0, n, self.max_batch):
-                outs.append(self(*[t[start : start + self.max_batch] if s.batched else t
-                                   for t, s in zip(inputs, self.specs)]))
+                outs.append(
+                    self(*[t[start : start + self.max_batch] if s.batched else t for t, s in zip(inputs, self.specs)])
+                )
             return torch.cat(outs)
         if self.debug:
             moved = [i for i, (t, a) in enumerate(zip(self.static, self._addresses)) if t.data_ptr() != a]

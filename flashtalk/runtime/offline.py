@@ -115,8 +115,9 @@ class Progress:
             width = 24
             filled = int(width * self.done / max(self.total, 1))
             bar = "#" * filled + "-" * (width - filled)
-            self.stream.write(f"\r[{bar}] frames {self.done}/{self.total}  {fps:6.1f} fps  "
-                              f"ETA {int(eta) // 60}:{int(eta) % 60:02d} ")
+            self.stream.write(
+                f"\r[{bar}] frames {self.done}/{self.total}  {fps:6.1f} fps  ETA {int(eta) // 60}:{int(eta) % 60:02d} "
+            )
             self.stream.flush()
 
     def close(self) -> None:
@@ -125,8 +126,16 @@ class Progress:
             self.stream.flush()
 
 
-def render(clip: Clip, output: str | os.PathLike, *, frames_dir: bool = False, overwrite: bool = False,
-           batch_size: int = 16, queue_batches: int = 2, progress: bool | None = None) -> RenderStats:
+def render(
+    clip: Clip,
+    output: str | os.PathLike,
+    *,
+    frames_dir: bool = False,
+    overwrite: bool = False,
+    batch_size: int = 16,
+    queue_batches: int = 2,
+    progress: bool | None = None,
+) -> RenderStats:
     """Render `clip` to `output` (an MP4, or a folder of PNGs when `frames_dir`); returns frame count and
     wall time. `progress`: None = a progress bar when stderr is a TTY."""
     if batch_size < 1:
@@ -137,8 +146,7 @@ def render(clip: Clip, output: str | os.PathLike, *, frames_dir: bool = False, o
             sink: VideoWriter | PngWriter = PngWriter(tmp)
         else:
             width, height = clip.size
-            sink = VideoWriter(tmp, width=width, height=height, fps=clip.fps, audio=clip.audio,
-                               metadata=metadata(clip))
+            sink = VideoWriter(tmp, width=width, height=height, fps=clip.fps, audio=clip.audio, metadata=metadata(clip))
         writer = _Writer(sink, queue_batches)
         writer.start()
         bar = Progress(clip.num_frames, enabled=progress)
@@ -156,7 +164,7 @@ def render(clip: Clip, output: str | os.PathLike, *, frames_dir: bool = False, o
         finally:
             bar.close()
         if sink.frames_written != clip.num_frames:
-            raise FlashTalkError(f"backend {clip.engine.backend.name} produced {sink.frames_written} frames, "
-                                 f"expected {clip.num_frames}")
+            raise FlashTalkError(
+                f"backend {clip.engine.backend.name} produced {sink.frames_written} frames, expected {clip.num_frames}"
+            )
     return RenderStats(frames=sink.frames_written, seconds=time.perf_counter() - start)
-

@@ -22,14 +22,16 @@ import bisect
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flashtalk.constants import FPS
 from flashtalk.errors import FlashTalkError
+from flashtalk.runtime.backends import StreamingBackend
 from flashtalk.runtime.graphs import capture_sizes
-from flashtalk.runtime.protocol import FPS, StreamingBackend
 from flashtalk.runtime.session import Session
 
 if TYPE_CHECKING:
@@ -60,7 +62,7 @@ def finish_frames(images: "torch.Tensor", groups: Sequence[tuple[int, int, Any]]
             else:
                 runs.append([lo, n])
         for lo, n in runs:
-            out[lo:lo + n] = embed(out[lo:lo + n], key=key, payload=payload)
+            out[lo : lo + n] = embed(out[lo : lo + n], key=key, payload=payload)
     if out.device.type != "cuda":
         return out.numpy()
     host = torch.empty(out.shape, dtype=torch.uint8, pin_memory=True)
@@ -99,9 +101,15 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, backend: StreamingBackend, *, max_sessions: int = 16,
-                 buckets: Sequence[int] = DEFAULT_BUCKETS, clock: Callable[[], float] = time.monotonic,
-                 idle_interval_s: float = 1.0 / FPS) -> None:
+    def __init__(
+        self,
+        backend: StreamingBackend,
+        *,
+        max_sessions: int = 16,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        clock: Callable[[], float] = time.monotonic,
+        idle_interval_s: float = 1.0 / FPS,
+    ) -> None:
         if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
             raise FlashTalkError(f"max_sessions must be a positive integer; got {max_sessions!r}")
         buckets = sorted(set(buckets))
@@ -129,8 +137,9 @@ class Scheduler:
         with self._lock:
             if len(self._sessions) >= self.max_sessions:
                 self.stats.refused += 1
-                raise AdmissionError(f"server is full: {len(self._sessions)} of {self.max_sessions} sessions "
-                                     "are live; try again later")
+                raise AdmissionError(
+                    f"server is full: {len(self._sessions)} of {self.max_sessions} sessions are live; try again later"
+                )
             self._sessions.append(session)
             self.stats.admitted += 1
         self.wake()
@@ -177,7 +186,7 @@ class Scheduler:
             pixels = finish_frames(images, groups)
             done = self.clock()
             for (start, n, s), (_, parts) in zip(groups, takes):
-                s.finish(parts, pixels[start:start + n], done)
+                s.finish(parts, pixels[start : start + n], done)
             tick.render_frames, tick.render_sessions, tick.bucket = count, len(takes), bucket
             st = self.stats
             st.render_calls += 1

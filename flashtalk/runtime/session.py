@@ -1,6 +1,6 @@
 """Live streaming sessions: a portrait encoded once, PCM chunks in, timestamped 512x512 frames out.
 
-    backend = PreviewStreamingBackend(device)                # or flashtalk.runtime.network.NetworkBackend
+    backend = PreviewStreamingBackend(device)                # or flashtalk.runtime.backends.network.NetworkBackend
     portrait = encode_portrait(backend, "face.jpg")          # crop + encode, once; share it across sessions
     session = Session(backend, portrait, sample_rate=48000, sample_format="s16le", latency="low")
     scheduler = Scheduler(backend); scheduler.admit(session)  # flashtalk.runtime.scheduler
@@ -9,7 +9,7 @@
     for item in session.poll():                                # Frame (uint8 [512, 512, 3] + its audio) or Event
         ...
 
-The backend interface and the Frame / Event types are in `flashtalk.runtime.protocol`.
+The backend interface and the Frame / Event types are in `flashtalk.runtime.backends`.
 
 Threading: the client methods (`push_audio`, `end_speech`, `interrupt`, `set_controls`, `close`, `poll`)
 may be called from any one client thread; they only queue commands. The scheduler's thread calls the
@@ -26,19 +26,20 @@ import collections
 import math
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flashtalk.constants import LATENCY_MODES
+from flashtalk.constants import FPS, FRAME_SIZE, HOP, LATENCY_MODES, MODEL_RATE
+from flashtalk.constants import WATERMARK_KEY as DEFAULT_WATERMARK_KEY
 from flashtalk.errors import FlashTalkError
-from flashtalk.runtime.backends import PreviewStreamingBackend
-from flashtalk.runtime.protocol import (DEFAULT_WATERMARK_KEY, FPS, FRAME_SIZE, HOP, MODEL_RATE, EncodedPortrait,
-                                        Event, Frame, MotionChunk, StreamingBackend, encode_portrait)
+from flashtalk.runtime.backends import EncodedPortrait, Event, Frame, MotionChunk, StreamingBackend, encode_portrait
+from flashtalk.runtime.backends.preview import PreviewStreamingBackend
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 SAMPLE_FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 IDLE_SLACK_S = 0.2  # idle frames start once the wall clock is this far ahead of the media timeline
@@ -76,12 +77,25 @@ class Session:
     network backend's window schedule (`flashtalk.runtime.windows`); bad values raise FlashTalkError
     naming the value and its range. The preview has no look-ahead whatever the setting."""
 
-    def __init__(self, backend: StreamingBackend, portrait: EncodedPortrait | Any, *, seed: int = 0,
-                 sample_rate: int = MODEL_RATE, sample_format: str = "s16le",
-                 controls: Mapping[str, Any] | None = None, idle: bool = True, watermark: bool = True,
-                 watermark_key: str | None = None, clock: Callable[[], float] = time.monotonic,
-                 on_output: Callable[[], None] | None = None, crop: Any = "auto", latency: str = "exact",
-                 commit_frames: int | None = None, lookahead_frames: int | None = None) -> None:
+    def __init__(
+        self,
+        backend: StreamingBackend,
+        portrait: EncodedPortrait | Any,
+        *,
+        seed: int = 0,
+        sample_rate: int = MODEL_RATE,
+        sample_format: str = "s16le",
+        controls: Mapping[str, Any] | None = None,
+        idle: bool = True,
+        watermark: bool = True,
+        watermark_key: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_output: Callable[[], None] | None = None,
+        crop: Any = "auto",
+        latency: str = "exact",
+        commit_frames: int | None = None,
+        lookahead_frames: int | None = None,
+    ) -> None:
         from flashtalk.io.audio import StreamingResampler
         from flashtalk.runtime.engine import _load_watermark, _version
 
@@ -96,8 +110,7 @@ class Session:
         if not isinstance(portrait, EncodedPortrait):
             portrait = encode_portrait(backend, portrait, crop=crop)
         elif portrait.backend_name != backend.name:
-            raise FlashTalkError(f"portrait was encoded by the {portrait.backend_name} backend, "
-                                 f"not {backend.name}")
+            raise FlashTalkError(f"portrait was encoded by the {portrait.backend_name} backend, not {backend.name}")
         self.backend = backend
         self.portrait = portrait
         self.sample_rate, self.sample_format = sample_rate, sample_format
@@ -112,8 +125,9 @@ class Session:
         self.watermarked = self.embed is not None
         self.watermark_key, self.watermark_payload = watermark_key or DEFAULT_WATERMARK_KEY, f"FlashTalk {_version()}"
         self.latency = latency
-        self.stream = backend.open(portrait.state, seed=seed, latency=latency, commit_frames=commit_frames,
-                                   lookahead_frames=lookahead_frames)
+        self.stream = backend.open(
+            portrait.state, seed=seed, latency=latency, commit_frames=commit_frames, lookahead_frames=lookahead_frames
+        )
 
         self.epoch = 0  # bumped by interrupt() in the client thread; read by both
         self.closed = False
@@ -151,8 +165,10 @@ class Session:
         if self._resampler is not None:
             samples = self._resampler.push(samples)
         if self._queued + len(samples) > MAX_QUEUED_AUDIO_S * MODEL_RATE:
-            raise FlashTalkError(f"audio queue full: more than {MAX_QUEUED_AUDIO_S:g} s of audio is waiting; "
-                                 "send audio no faster than it can be animated")
+            raise FlashTalkError(
+                f"audio queue full: more than {MAX_QUEUED_AUDIO_S:g} s of audio is waiting; "
+                "send audio no faster than it can be animated"
+            )
         if len(samples):
             self._queued += len(samples)
             self._inbox.append(("audio", self.epoch, self._clock(), samples.astype(np.float32, copy=False)))
@@ -212,8 +228,10 @@ class Session:
         elif isinstance(pcm, (bytes, bytearray, memoryview)):
             data = bytes(pcm)
             if len(data) % self._dtype.itemsize:
-                raise FlashTalkError(f"PCM chunk of {len(data)} bytes is not a whole number of "
-                                     f"{self.sample_format} samples ({self._dtype.itemsize} bytes each)")
+                raise FlashTalkError(
+                    f"PCM chunk of {len(data)} bytes is not a whole number of "
+                    f"{self.sample_format} samples ({self._dtype.itemsize} bytes each)"
+                )
             raw = np.frombuffer(data, self._dtype)
             x = raw.astype(np.float32) / 32768.0 if self._dtype.kind == "i" else raw.astype(np.float32)
         else:
@@ -289,8 +307,9 @@ class Session:
         while start < made:
             audio, t, epoch = self._ready[0]
             n = min(len(audio) // HOP, made - start)
-            self._pending.append(_Pending(motion.slice(start, start + n), self._next_index, audio[:n * HOP], t, epoch,
-                                          idle=t is None))
+            self._pending.append(
+                _Pending(motion.slice(start, start + n), self._next_index, audio[: n * HOP], t, epoch, idle=t is None)
+            )
             self._next_index += n
             start += n
             if t is not None:
@@ -298,7 +317,7 @@ class Session:
             if n * HOP == len(audio):
                 self._ready.pop(0)
             else:
-                self._ready[0] = (audio[n * HOP:], t, epoch)
+                self._ready[0] = (audio[n * HOP :], t, epoch)
         self._held = sum(len(a) for a, _, _ in self._ready) // HOP
 
     def pending_frames(self) -> int:
@@ -331,8 +350,17 @@ class Session:
         for p, a, b in parts:
             for j in range(a, b):
                 latency = None if p.arrival is None else now - p.arrival
-                frames.append(Frame(p.first + j, (p.first + j) / FPS, pixels[row], p.audio[j * HOP:(j + 1) * HOP],
-                                    p.epoch, p.idle, latency))
+                frames.append(
+                    Frame(
+                        p.first + j,
+                        (p.first + j) / FPS,
+                        pixels[row],
+                        p.audio[j * HOP : (j + 1) * HOP],
+                        p.epoch,
+                        p.idle,
+                        latency,
+                    )
+                )
                 row += 1
         for f in frames:
             self.stats.frames_out += 1
@@ -364,5 +392,16 @@ class Session:
             self._on_output()
 
 
-__all__ = ["EncodedPortrait", "Event", "FPS", "FRAME_SIZE", "Frame", "HOP", "MODEL_RATE", "PreviewStreamingBackend",
-           "Session", "StreamingBackend", "encode_portrait"]
+__all__ = [
+    "EncodedPortrait",
+    "Event",
+    "FPS",
+    "FRAME_SIZE",
+    "Frame",
+    "HOP",
+    "MODEL_RATE",
+    "PreviewStreamingBackend",
+    "Session",
+    "StreamingBackend",
+    "encode_portrait",
+]

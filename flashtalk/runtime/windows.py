@@ -20,14 +20,15 @@ frames are due (end of speech, idle silence, stalled audio) the rest is flushed 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from flashtalk.constants import LATENCY_MODES
 from flashtalk.errors import FlashTalkError
-from flashtalk.model.motion_pipeline import LEAD_FRAMES, SamplerConfig, sample_window
+from flashtalk.models.joyvasa.pipeline import LEAD_FRAMES, SamplerConfig, sample_window
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ class Latency:
             raise FlashTalkError(f"commit_frames must be an integer in [1, {kmax}]; got {k!r}")
         r = min(LOW_LOOKAHEAD, kmax - k) if r is None else r
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= kmax - k:
-            raise FlashTalkError(f"lookahead_frames must be an integer in [0, {kmax - k}] with commit_frames {k}; "
-                                 f"got {r!r}")
+            raise FlashTalkError(
+                f"lookahead_frames must be an integer in [0, {kmax - k}] with commit_frames {k}; got {r!r}"
+            )
         return cls("low", k, r)
 
     @property
@@ -74,7 +76,7 @@ class Latency:
 class WindowState:
     """Per-stream state of the window sampler (and of the composition: reference frame, controls)."""
 
-    source: Any  # flashtalk.model.renderer.SourceState of the portrait (shared by its streams)
+    source: Any  # flashtalk.models.liveportrait.renderer.SourceState of the portrait (shared by its streams)
     seed: int
     latency: Latency
     generator: torch.Generator
@@ -85,7 +87,7 @@ class WindowState:
     reference: Any = None  # Motion of d_0, the first generated (silent lead) frame
     lead: int = LEAD_FRAMES  # silent frames still to put before the next window's audio
     frames: int = 0  # output frames committed so far (the cursor)
-    controls: Any = None  # flashtalk.model.controls.ControlSet
+    controls: Any = None  # flashtalk.controls.control_set.ControlSet
     controls_from: dict = field(default_factory=dict)  # the mapping `controls` was made from
 
 
@@ -125,8 +127,15 @@ class WindowSampler:
     capture fails it logs why once and samples eagerly from then on. `backend`: the runner's capture
     backend (EagerBackend for CPU tests)."""
 
-    def __init__(self, model: Any, sampler: SamplerConfig, *, graphs: bool | None = None, backend: Any = None,
-                 max_streams: int = SAMPLER_MAX_STREAMS) -> None:
+    def __init__(
+        self,
+        model: Any,
+        sampler: SamplerConfig,
+        *,
+        graphs: bool | None = None,
+        backend: Any = None,
+        max_streams: int = SAMPLER_MAX_STREAMS,
+    ) -> None:
         self.model, self.sampler, self.backend, self.max_streams = model, sampler, backend, max_streams
         self.device = next(model.parameters()).device
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
@@ -143,14 +152,22 @@ class WindowSampler:
         if not self.draws:
             return None
         x = states[0].x_T
-        return torch.cat([torch.randn((1, self.draws, *x.shape[1:]), generator=st.generator, device=x.device,
-                                      dtype=x.dtype) for st in states])
+        return torch.cat(
+            [
+                torch.randn((1, self.draws, *x.shape[1:]), generator=st.generator, device=x.device, dtype=x.dtype)
+                for st in states
+            ]
+        )
 
     @torch.no_grad()
     def __call__(self, states: Sequence[WindowState], audio: torch.Tensor) -> torch.Tensor:
         """Projected audio [B, W, d] of one window per stream -> normalised motion coef [B, W, 70]."""
-        inputs = [audio, torch.cat([st.prev_motion for st in states]), torch.cat([st.prev_audio for st in states]),
-                  torch.cat([st.x_T for st in states])]
+        inputs = [
+            audio,
+            torch.cat([st.prev_motion for st in states]),
+            torch.cat([st.prev_audio for st in states]),
+            torch.cat([st.x_T for st in states]),
+        ]
         noise = self.noise(states)
         if noise is not None:
             inputs.append(noise)

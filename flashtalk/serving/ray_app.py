@@ -154,11 +154,17 @@ def deployment(config: ServeConfig, options: RayOptions, backend: BackendSpec):
         replicas = max(1, int(ray.cluster_resources().get("GPU", 0))) if ray.is_initialized() else 1
     cls = type(DEPLOYMENT, (FlashTalkReplica,), {})
     # the multiplexed loader must sit under its own name on the class (Ray finds `self` by that name)
-    cls.load_portrait = serve.multiplexed(max_num_models_per_replica=config.max_portraits)(FlashTalkReplica.load_portrait)
+    cls.load_portrait = serve.multiplexed(max_num_models_per_replica=config.max_portraits)(
+        FlashTalkReplica.load_portrait
+    )
     dep = serve.deployment(
-        serve.ingress()(cls), name=DEPLOYMENT, num_replicas=replicas,
-        max_ongoing_requests=options.sessions + 1, max_queued_requests=options.max_queued,
-        graceful_shutdown_timeout_s=options.drain_timeout_s, graceful_shutdown_wait_loop_s=1.0,
+        serve.ingress()(cls),
+        name=DEPLOYMENT,
+        num_replicas=replicas,
+        max_ongoing_requests=options.sessions + 1,
+        max_queued_requests=options.max_queued,
+        graceful_shutdown_timeout_s=options.drain_timeout_s,
+        graceful_shutdown_wait_loop_s=1.0,
         ray_actor_options={"num_gpus": 1} if gpus else {"num_cpus": options.num_cpus},
     )
     fields = {k: v for k, v in asdict(config).items() if k not in ("host", "port", "replica")}
@@ -175,8 +181,10 @@ def app(args: dict[str, Any] | None = None):
     token = args.pop("token", None) or os.environ.get("FLASHTALK_TOKEN")
     upload = int(float(args.pop("max_upload_mb", 8)) * (1 << 20))
     if args:
-        raise FlashTalkError(f"unknown application args {sorted(args)} (known: sessions, replicas, backend, "
-                             "weights, token, max_upload_mb)")
+        raise FlashTalkError(
+            f"unknown application args {sorted(args)} (known: sessions, replicas, backend, "
+            "weights, token, max_upload_mb)"
+        )
     return deployment(ServeConfig(token=token, max_upload_bytes=upload), options, backend)
 
 
@@ -190,8 +198,14 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     here = os.path.dirname(os.path.dirname(os.path.abspath(flashtalk.__file__)))
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 configure_logging=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            configure_logging=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": path}},
+        )
 
 
 def run(config: ServeConfig, options: RayOptions, backend: BackendSpec, *, blocking: bool = True) -> str:
@@ -204,8 +218,11 @@ def run(config: ServeConfig, options: RayOptions, backend: BackendSpec, *, block
     _warm(url)
     if not blocking:
         return url
-    print(f"flashtalk serve --ray: {url}  ({options.replicas or 'one per GPU'} replicas, {options.sessions} "
-          f"sessions each{', token required' if config.token else ''})", flush=True)
+    print(
+        f"flashtalk serve --ray: {url}  ({options.replicas or 'one per GPU'} replicas, {options.sessions} "
+        f"sessions each{', token required' if config.token else ''})",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(1.0)

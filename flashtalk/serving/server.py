@@ -2,7 +2,7 @@
 by uvicorn here (`serve`) or as the ingress of a Ray Serve deployment (flashtalk.serving.ray_app).
 
 Routes: `GET /` (the web page, flashtalk/serving/static/), `GET /health`, `GET /metrics` (Prometheus text),
-`POST /portraits` (raw image body -> {"id": ...}), `WS /ws` (the protocol of `flashtalk.serving.protocol`),
+`POST /portraits` (raw image body -> {"id": ...}), `WS /ws` (the protocol of `flashtalk.serving.wire`),
 `GET /assets/portrait.jpg|speech.ogg` (the bundled demo inputs). With a token, every route but `/`,
 `/static/*`, `/assets/*` and `/health` needs `Authorization: Bearer T` (or `?token=T`, for browsers'
 WebSockets). A bad message closes that session with a reason; the server and the other sessions carry on.
@@ -16,8 +16,9 @@ import hmac
 import json
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
@@ -29,10 +30,20 @@ from starlette.websockets import WebSocket
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.session import PreviewStreamingBackend, StreamingBackend
-from flashtalk.serving.state import (ASSETS_DIR, DEMO_PORTRAIT_ID, DROP_REASONS, ServeConfig, ServerState, check_config, decode_image,
-                                     freeze_startup, heap_in_use_bytes, is_loopback)
-from flashtalk.serving.protocol import CLOSE_FULL
+from flashtalk.serving.state import (
+    ASSETS_DIR,
+    DEMO_PORTRAIT_ID,
+    DROP_REASONS,
+    ServeConfig,
+    ServerState,
+    check_config,
+    decode_image,
+    freeze_startup,
+    heap_in_use_bytes,
+    is_loopback,
+)
 from flashtalk.serving.stream import close_with_error, websocket_session
+from flashtalk.serving.wire import CLOSE_FULL
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +60,15 @@ def _state(request: Request | WebSocket) -> ServerState:
 
 async def _health(request: Request) -> Response:
     st = _state(request)
-    return JSONResponse({"status": "draining" if st.draining else "ok", "backend": st.backend.name,
-                         "replica": st.config.replica, "sessions": st.scheduler.sessions,
-                         "max_sessions": st.config.max_sessions})
+    return JSONResponse(
+        {
+            "status": "draining" if st.draining else "ok",
+            "backend": st.backend.name,
+            "replica": st.config.replica,
+            "sessions": st.scheduler.sessions,
+            "max_sessions": st.config.max_sessions,
+        }
+    )
 
 
 def _label(value: str) -> str:
@@ -64,26 +81,40 @@ async def _metrics(request: Request) -> Response:
     lines = [
         "# TYPE flashtalk_replica_info gauge",
         f'flashtalk_replica_info{{replica="{_label(st.config.replica)}",backend="{st.backend.name}"}} 1',
-        "# TYPE flashtalk_sessions gauge", f"flashtalk_sessions {st.scheduler.sessions}",
-        "# TYPE flashtalk_sessions_max gauge", f"flashtalk_sessions_max {st.config.max_sessions}",
-        "# TYPE flashtalk_sessions_total counter", f"flashtalk_sessions_total {st.sessions_total}",
-        "# TYPE flashtalk_sessions_refused_total counter", f"flashtalk_sessions_refused_total {st.sessions_refused}",
-        "# TYPE flashtalk_protocol_errors_total counter", f"flashtalk_protocol_errors_total {st.protocol_errors}",
-        "# TYPE flashtalk_internal_errors_total counter", f"flashtalk_internal_errors_total {st.internal_errors}",
-        "# TYPE flashtalk_portraits_encoded_total counter", f"flashtalk_portraits_encoded_total {st.portraits_encoded}",
-        "# TYPE flashtalk_frames_sent_total counter", f"flashtalk_frames_sent_total {st.frames_sent}",
-        "# TYPE flashtalk_frames_dropped_total counter", f"flashtalk_frames_dropped_total {st.frames_dropped}",
+        "# TYPE flashtalk_sessions gauge",
+        f"flashtalk_sessions {st.scheduler.sessions}",
+        "# TYPE flashtalk_sessions_max gauge",
+        f"flashtalk_sessions_max {st.config.max_sessions}",
+        "# TYPE flashtalk_sessions_total counter",
+        f"flashtalk_sessions_total {st.sessions_total}",
+        "# TYPE flashtalk_sessions_refused_total counter",
+        f"flashtalk_sessions_refused_total {st.sessions_refused}",
+        "# TYPE flashtalk_protocol_errors_total counter",
+        f"flashtalk_protocol_errors_total {st.protocol_errors}",
+        "# TYPE flashtalk_internal_errors_total counter",
+        f"flashtalk_internal_errors_total {st.internal_errors}",
+        "# TYPE flashtalk_portraits_encoded_total counter",
+        f"flashtalk_portraits_encoded_total {st.portraits_encoded}",
+        "# TYPE flashtalk_frames_sent_total counter",
+        f"flashtalk_frames_sent_total {st.frames_sent}",
+        "# TYPE flashtalk_frames_dropped_total counter",
+        f"flashtalk_frames_dropped_total {st.frames_dropped}",
         "# HELP flashtalk_frames_dropped_reason_total late: behind the realtime clock after a stall; "
         "slow_reader: the session's send queue was full; backlog: the runtime's output backlog was full",
         "# TYPE flashtalk_frames_dropped_reason_total counter",
     ]
     lines += [f'flashtalk_frames_dropped_reason_total{{reason="{r}"}} {st.dropped[r]}' for r in DROP_REASONS]
     lines += [
-        "# TYPE flashtalk_fps gauge", f"flashtalk_fps {st.fps():.3f}",
-        "# TYPE flashtalk_render_calls_total counter", f"flashtalk_render_calls_total {sched.render_calls}",
-        "# TYPE flashtalk_render_frames_total counter", f"flashtalk_render_frames_total {sched.frames}",
-        "# TYPE flashtalk_motion_calls_total counter", f"flashtalk_motion_calls_total {sched.motion_calls}",
-        "# TYPE flashtalk_scheduler_errors_total counter", f"flashtalk_scheduler_errors_total {sched.errors}",
+        "# TYPE flashtalk_fps gauge",
+        f"flashtalk_fps {st.fps():.3f}",
+        "# TYPE flashtalk_render_calls_total counter",
+        f"flashtalk_render_calls_total {sched.render_calls}",
+        "# TYPE flashtalk_render_frames_total counter",
+        f"flashtalk_render_frames_total {sched.frames}",
+        "# TYPE flashtalk_motion_calls_total counter",
+        f"flashtalk_motion_calls_total {sched.motion_calls}",
+        "# TYPE flashtalk_scheduler_errors_total counter",
+        f"flashtalk_scheduler_errors_total {sched.errors}",
         "# TYPE flashtalk_render_bucket_total counter",
     ]
     lines += [f'flashtalk_render_bucket_total{{bucket="{b}"}} {n}' for b, n in sorted(sched.bucket_counts.items())]
@@ -91,8 +122,11 @@ async def _metrics(request: Request) -> Response:
     lines += [ln.replace("{,", "{").replace("{}", "") for ln in st.latency.lines("flashtalk_frame_latency_seconds", "")]
     heap = heap_in_use_bytes()
     if heap is not None:
-        lines += ["# HELP flashtalk_heap_in_use_bytes C heap handed out and not freed (glibc mallinfo2)",
-                  "# TYPE flashtalk_heap_in_use_bytes gauge", f"flashtalk_heap_in_use_bytes {heap}"]
+        lines += [
+            "# HELP flashtalk_heap_in_use_bytes C heap handed out and not freed (glibc mallinfo2)",
+            "# TYPE flashtalk_heap_in_use_bytes gauge",
+            f"flashtalk_heap_in_use_bytes {heap}",
+        ]
     lines += _gpu_lines(st)
     return PlainTextResponse("\n".join(lines) + "\n", headers={"X-Content-Type-Options": "nosniff"})
 
@@ -101,11 +135,17 @@ def _gpu_lines(st: ServerState) -> list[str]:
     if st.nvml is None:
         return []
     s = st.nvml.summary()
-    lines = ["# TYPE flashtalk_gpu_telemetry_available gauge",
-             f'flashtalk_gpu_telemetry_available{{reason="{_label(s.reason or "")}"}} {int(s.available and s.samples > 0)}']
-    for name, value in (("power_watts_mean", s.power_w_mean), ("sm_clock_mhz_mean", s.sm_clock_mhz_mean),
-                        ("utilization_percent_mean", s.gpu_util_pct_mean), ("memory_used_gib_max", s.mem_used_gib_max),
-                        ("temperature_celsius_max", s.temperature_c_max)):
+    lines = [
+        "# TYPE flashtalk_gpu_telemetry_available gauge",
+        f'flashtalk_gpu_telemetry_available{{reason="{_label(s.reason or "")}"}} {int(s.available and s.samples > 0)}',
+    ]
+    for name, value in (
+        ("power_watts_mean", s.power_w_mean),
+        ("sm_clock_mhz_mean", s.sm_clock_mhz_mean),
+        ("utilization_percent_mean", s.gpu_util_pct_mean),
+        ("memory_used_gib_max", s.mem_used_gib_max),
+        ("temperature_celsius_max", s.temperature_c_max),
+    ):
         if value is not None:
             lines += [f"# TYPE flashtalk_gpu_{name} gauge", f"flashtalk_gpu_{name} {value:.3f}"]
     return lines
@@ -177,8 +217,11 @@ class _TokenGuard:
             path = scope["path"]
             if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES) and not self._ok(scope):
                 body = json.dumps({"error": "missing or wrong bearer token"}).encode()
-                headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-                           (b"content-length", str(len(body)).encode())]
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b"Bearer"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
                 if scope["type"] == "http":
                     await send({"type": "http.response.start", "status": 401, "headers": headers})
                     await send({"type": "http.response.body", "body": body})
@@ -198,8 +241,9 @@ class _TokenGuard:
         return hmac.compare_digest(given.encode(), self.token.encode())
 
 
-def create_app(config: ServeConfig, backend: StreamingBackend | None = None, state: ServerState | None = None,
-               faces: Any = None):
+def create_app(
+    config: ServeConfig, backend: StreamingBackend | None = None, state: ServerState | None = None, faces: Any = None
+):
     """The ASGI application (Starlette); the scheduler thread starts and stops with its lifespan.
     `app.state.flashtalk` is the ServerState (tests and the Ray deployment reach it there)."""
     check_config(config)
@@ -220,18 +264,29 @@ def create_app(config: ServeConfig, backend: StreamingBackend | None = None, sta
         finally:
             state.draining = True
             sockets = list(state.sockets.values())
-            await asyncio.gather(*(close_with_error(ws, CLOSE_FULL, f"replica {config.replica} is shutting down; "
-                                                    "start a new session") for ws in sockets))
+            await asyncio.gather(
+                *(
+                    close_with_error(ws, CLOSE_FULL, f"replica {config.replica} is shutting down; start a new session")
+                    for ws in sockets
+                )
+            )
             for session in list(state.sessions.values()):
                 state.scheduler.release(session)
             state.close()
             state.nvml.__exit__(None, None, None)
 
-    app = Starlette(routes=[
-        Route("/", _index), Route("/health", _health), Route("/metrics", _metrics),
-        Route("/portraits", _upload, methods=["POST"]), WebSocketRoute("/ws", _websocket),
-        Route("/assets/{name}", _asset), Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
-    ], lifespan=lifespan)
+    app = Starlette(
+        routes=[
+            Route("/", _index),
+            Route("/health", _health),
+            Route("/metrics", _metrics),
+            Route("/portraits", _upload, methods=["POST"]),
+            WebSocketRoute("/ws", _websocket),
+            Route("/assets/{name}", _asset),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        ],
+        lifespan=lifespan,
+    )
     app.state.flashtalk = state
     app.add_middleware(_TokenGuard, token=config.token)
     return app
@@ -240,8 +295,17 @@ def create_app(config: ServeConfig, backend: StreamingBackend | None = None, sta
 def uvicorn_config(app: Any, config: ServeConfig, **kw: Any):
     import uvicorn
 
-    return uvicorn.Config(app, host=config.host, port=config.port, ws_max_size=config.max_message_bytes + TRANSPORT_SLACK,
-                          ws_max_queue=8, log_level="warning", access_log=False, timeout_graceful_shutdown=10, **kw)
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        ws_max_size=config.max_message_bytes + TRANSPORT_SLACK,
+        ws_max_queue=8,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        **kw,
+    )
 
 
 def serve(config: ServeConfig, backend: StreamingBackend | None = None, faces: Any = None) -> None:
@@ -251,13 +315,18 @@ def serve(config: ServeConfig, backend: StreamingBackend | None = None, faces: A
     app = create_app(config, backend, faces=faces)
     freeze_startup()  # the process is the server's own: its start-up objects are never garbage
     name = app.state.flashtalk.backend.name
-    print(f"flashtalk serve: http://{config.host}:{config.port}/  (backend {name}, max {config.max_sessions} "
-          f"sessions{', token required' if config.token else ''})", flush=True)
+    print(
+        f"flashtalk serve: http://{config.host}:{config.port}/  (backend {name}, max {config.max_sessions} "
+        f"sessions{', token required' if config.token else ''})",
+        flush=True,
+    )
     uvicorn.Server(uvicorn_config(app, config)).run()
 
 
 @contextlib.asynccontextmanager
-async def serving(config: ServeConfig, backend: StreamingBackend | None = None) -> AsyncIterator[tuple[str, ServerState]]:
+async def serving(
+    config: ServeConfig, backend: StreamingBackend | None = None
+) -> AsyncIterator[tuple[str, ServerState]]:
     """Serve on this event loop (port 0 picks a free one) -> ("http://127.0.0.1:PORT", state); for tests,
     benchmarks and in-process use. Stopped (and every session closed) when the block ends."""
     import uvicorn
@@ -278,5 +347,14 @@ async def serving(config: ServeConfig, backend: StreamingBackend | None = None) 
         await task
 
 
-__all__ = ["ASSETS_DIR", "STATIC_DIR", "ServeConfig", "check_config", "create_app", "decode_image", "is_loopback",
-           "serve", "serving"]
+__all__ = [
+    "ASSETS_DIR",
+    "STATIC_DIR",
+    "ServeConfig",
+    "check_config",
+    "create_app",
+    "decode_image",
+    "is_loopback",
+    "serve",
+    "serving",
+]

@@ -11,14 +11,15 @@ import gc
 import io
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.serving.protocol import is_loopback
 from flashtalk.runtime.scheduler import Scheduler
 from flashtalk.runtime.session import EncodedPortrait, StreamingBackend, encode_portrait
+from flashtalk.serving.wire import is_loopback
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 DEMO_PORTRAIT_ID = "demo"
@@ -49,8 +50,10 @@ class ServeConfig:
 def check_config(config: ServeConfig) -> None:
     """Refuse unsafe or impossible settings with a clear message (before anything starts)."""
     if not is_loopback(config.host) and not config.token:
-        raise FlashTalkError(f"refusing to bind to {config.host}, which is not a loopback address, without a "
-                             "token: pass --token T (clients then send 'Authorization: Bearer T')")
+        raise FlashTalkError(
+            f"refusing to bind to {config.host}, which is not a loopback address, without a "
+            "token: pass --token T (clients then send 'Authorization: Bearer T')"
+        )
     if config.token is not None and len(config.token) < 8:
         raise FlashTalkError("--token must be at least 8 characters")
     if not 0 <= config.port <= 65535:
@@ -77,8 +80,11 @@ class Histogram:
     def lines(self, name: str, labels: str) -> list[str]:
         out = [f"# TYPE {name} histogram"]
         out += [f'{name}_bucket{{{labels},le="{b:g}"}} {c}' for b, c in zip(self.bounds, self.counts)]
-        out += [f'{name}_bucket{{{labels},le="+Inf"}} {self.count}', f"{name}_sum{{{labels}}} {self.sum:.6f}",
-                f"{name}_count{{{labels}}} {self.count}"]
+        out += [
+            f'{name}_bucket{{{labels},le="+Inf"}} {self.count}',
+            f"{name}_sum{{{labels}}} {self.sum:.6f}",
+            f"{name}_count{{{labels}}} {self.count}",
+        ]
         return out
 
 
@@ -119,10 +125,9 @@ def build_backend(spec: BackendSpec, device: str) -> StreamingBackend:
         raise FlashTalkError(f"backend must be 'preview' or 'network'; got {spec.kind!r}")
     if spec.weights is None and not spec.seeded:
         raise FlashTalkError("the network backend needs weights (a folder or a .safetensors bundle) or seeded=True")
-    from flashtalk.model.bundle import load_networks, seeded_networks
-    from flashtalk.runtime.network import NetworkBackend
-
+    from flashtalk.runtime.backends.network import NetworkBackend
     from flashtalk.runtime.engine import resolve_weights
+    from flashtalk.weights.bundle import load_networks, seeded_networks
 
     nets = seeded_networks(spec.preset) if spec.seeded else load_networks(resolve_weights(spec.weights))
     return NetworkBackend(nets, device, seeded=spec.seeded, precision=spec.precision)
@@ -150,9 +155,23 @@ def _glibc() -> tuple[Callable[[int], int] | None, Callable[[], Any] | None]:
         return None, None
     trim, info = getattr(libc, "malloc_trim", None), getattr(libc, "mallinfo2", None)
     if info is not None:
+
         class MallInfo2(ctypes.Structure):
-            _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                              "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+            _fields_ = [
+                (name, ctypes.c_size_t)
+                for name in (
+                    "arena",
+                    "ordblks",
+                    "smblks",
+                    "hblks",
+                    "hblkhd",
+                    "usmblks",
+                    "fsmblks",
+                    "uordblks",
+                    "fordblks",
+                    "keepcost",
+                )
+            ]
 
         info.restype = MallInfo2
     return trim, info
@@ -186,6 +205,8 @@ def freeze_startup() -> None:
     session's frames."""
     gc.collect()
     gc.freeze()
+
+
 PortraitLoader = Callable[[str], Awaitable[EncodedPortrait]]
 
 
@@ -289,5 +310,15 @@ class ServerState:
         self.frames.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["ASSETS_DIR", "BackendSpec", "DEMO_PORTRAIT_ID", "ServeConfig", "ServerState", "build_backend", "build_faces", "check_config",
-           "decode_image", "is_loopback"]
+__all__ = [
+    "ASSETS_DIR",
+    "BackendSpec",
+    "DEMO_PORTRAIT_ID",
+    "ServeConfig",
+    "ServerState",
+    "build_backend",
+    "build_faces",
+    "check_config",
+    "decode_image",
+    "is_loopback",
+]

@@ -1,4 +1,4 @@
-"""One WebSocket session of `flashtalk serve` (protocol: flashtalk.serving.protocol), over Starlette's
+"""One WebSocket session of `flashtalk serve` (protocol: flashtalk.serving.wire), over Starlette's
 WebSocket. Three tasks per session:
 
 - the receiver (this handler): reads messages, pushes PCM and commands into the runtime Session;
@@ -9,7 +9,7 @@ WebSocket. Three tasks per session:
   for a client that reads slower than frames are made, the oldest frames are dropped and counted
   (reason "slow_reader"), and no frame is encoded while it is full. Everything is freed on disconnect.
 
-Realtime catch-up: see protocol.LATE_S. Drops are counted per reason ("late", "slow_reader",
+Realtime catch-up: see wire.LATE_S. Drops are counted per reason ("late", "slow_reader",
 "backlog": the runtime's own output backlog) in /metrics and reported to the client in end / interrupted.
 """
 
@@ -30,9 +30,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.scheduler import AdmissionError
 from flashtalk.runtime.session import FPS, FRAME_SIZE, Event, Frame, Session
-from flashtalk.serving import protocol
-from flashtalk.serving.protocol import CLOSE_BAD_MESSAGE, CLOSE_FULL, CLOSE_INTERNAL, CLOSE_TOO_BIG, LATE_S
+from flashtalk.serving import wire
 from flashtalk.serving.state import ServerState, decode_image
+from flashtalk.serving.wire import CLOSE_BAD_MESSAGE, CLOSE_FULL, CLOSE_INTERNAL, CLOSE_TOO_BIG, LATE_S
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ BIG_TEXT = 1 << 16  # text messages larger than this are parsed on the setup poo
 SEND_ERRORS = (WebSocketDisconnect, OSError, RuntimeError)
 
 
-class TooBig(protocol.ProtocolError):
+class TooBig(wire.ProtocolError):
     """A message over its size limit (closed with 1009)."""
 
 
@@ -68,8 +68,9 @@ async def close_with_error(ws: WebSocket, code: int, reason: str) -> None:
         return
     try:
         await asyncio.wait_for(ws.send_text(json.dumps({"type": "error", "reason": reason})), CLOSE_TIMEOUT_S)
-        await asyncio.wait_for(ws.close(code=code, reason=reason.encode()[:120].decode(errors="ignore")),
-                               CLOSE_TIMEOUT_S)
+        await asyncio.wait_for(
+            ws.close(code=code, reason=reason.encode()[:120].decode(errors="ignore")), CLOSE_TIMEOUT_S
+        )
     except (asyncio.TimeoutError, *SEND_ERRORS):
         pass
 
@@ -118,8 +119,16 @@ class Outbox:
 class Stream:
     """The state of one live WebSocket session (see the module docstring)."""
 
-    def __init__(self, ws: WebSocket, st: ServerState, session: Session, start: protocol.Start, sid: str,
-                 wake: asyncio.Event, audio_pool: concurrent.futures.Executor | None) -> None:
+    def __init__(
+        self,
+        ws: WebSocket,
+        st: ServerState,
+        session: Session,
+        start: wire.Start,
+        sid: str,
+        wake: asyncio.Event,
+        audio_pool: concurrent.futures.Executor | None,
+    ) -> None:
         self.ws, self.st, self.session, self.start, self.sid, self.wake = ws, st, session, start, sid, wake
         self.audio_pool = audio_pool  # this session's own thread when it resamples, else None (inline)
         self.outbox = Outbox(st.config.max_send_queue_bytes)
@@ -148,14 +157,14 @@ class Stream:
             data, text = msg.get("bytes"), msg.get("text")
             try:
                 if data is not None:
-                    if len(data) > protocol.MAX_CHUNK_BYTES:
-                        raise TooBig(f"PCM chunk of {len(data)} bytes exceeds {protocol.MAX_CHUNK_BYTES} bytes")
+                    if len(data) > wire.MAX_CHUNK_BYTES:
+                        raise TooBig(f"PCM chunk of {len(data)} bytes exceeds {wire.MAX_CHUNK_BYTES} bytes")
                     await self._call(session.push_audio, data)
                     self.media_in += len(data) / self.sample_bytes / self.start.sample_rate
                 elif text is not None:
-                    if len(text) > protocol.MAX_COMMAND_BYTES:
-                        raise TooBig(f"command of {len(text)} characters exceeds {protocol.MAX_COMMAND_BYTES}")
-                    cmd = protocol.parse_command(text)
+                    if len(text) > wire.MAX_COMMAND_BYTES:
+                        raise TooBig(f"command of {len(text)} characters exceeds {wire.MAX_COMMAND_BYTES}")
+                    cmd = wire.parse_command(text)
                     if cmd.type == "end":
                         await self._call(session.end_speech)
                     elif cmd.type == "interrupt":
@@ -171,8 +180,7 @@ class Stream:
             except FlashTalkError as exc:
                 st.protocol_errors += 1
                 await self.stop_tasks()
-                await close_with_error(ws, CLOSE_TOO_BIG if isinstance(exc, TooBig) else CLOSE_BAD_MESSAGE,
-                                       str(exc))
+                await close_with_error(ws, CLOSE_TOO_BIG if isinstance(exc, TooBig) else CLOSE_BAD_MESSAGE, str(exc))
                 return
             st.scheduler.wake()
 
@@ -194,13 +202,15 @@ class Stream:
                     if item.kind == "interrupted":
                         self.t0 = None
                     reanchor = True
-                    self.outbox.put(json.dumps({"type": item.kind, "frames": item.frames,
-                                                "dropped": sum(self.dropped.values())}), frame=False)
+                    self.outbox.put(
+                        json.dumps({"type": item.kind, "frames": item.frames, "dropped": sum(self.dropped.values())}),
+                        frame=False,
+                    )
                     continue
                 if not item.idle:
                     self.media_out += 1.0 / FPS
                 if realtime:
-                    newer = any(isinstance(x, Frame) for x in items[i + 1:])
+                    newer = any(isinstance(x, Frame) for x in items[i + 1 :])
                     if not await self._due(item, newer, reanchor):
                         self.count_drop("late")
                         continue
@@ -210,11 +220,11 @@ class Stream:
                 if self.outbox.full:
                     self.count_drop("slow_reader")
                     continue
-                image = await loop.run_in_executor(self.st.frames, _encode_image, item, self.start.video,
-                                                   self.start.quality)
+                image = await loop.run_in_executor(
+                    self.st.frames, _encode_image, item, self.start.video, self.start.quality
+                )
                 before = self.outbox.dropped
-                self.outbox.put(protocol.pack_frame(item.index, item.pts, _pcm16(item.audio), image, item.idle),
-                                frame=True)
+                self.outbox.put(wire.pack_frame(item.index, item.pts, _pcm16(item.audio), image, item.idle), frame=True)
                 if self.outbox.dropped > before:
                     self.count_drop("slow_reader", self.outbox.dropped - before)
                 if item.latency_s is not None:
@@ -266,7 +276,7 @@ class Stream:
         for t in getattr(self, "tasks", []):
             try:
                 await t
-            except BaseException:  # noqa: BLE001 - cancelled, or already reported by _task_done
+            except BaseException:
                 pass
         self.tasks = []
 
@@ -274,26 +284,28 @@ class Stream:
 # ------------------------------------------------------------------------------------ the handler
 
 
-async def _first_message(ws: WebSocket, st: ServerState) -> protocol.Start:
+async def _first_message(ws: WebSocket, st: ServerState) -> wire.Start:
     try:
         msg = await asyncio.wait_for(ws.receive(), START_TIMEOUT_S)
     except asyncio.TimeoutError:
-        raise protocol.ProtocolError(f"no start message within {START_TIMEOUT_S:g} s") from None
+        raise wire.ProtocolError(f"no start message within {START_TIMEOUT_S:g} s") from None
     if msg["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(msg.get("code", 1000))
     text = msg.get("text")
     if text is None:
-        raise protocol.ProtocolError("the first message must be a JSON start message")
+        raise wire.ProtocolError("the first message must be a JSON start message")
     if len(text) > st.config.max_message_bytes:
         raise TooBig(f"start message of {len(text)} characters exceeds {st.config.max_message_bytes}")
     if len(text) <= BIG_TEXT:
-        return protocol.parse_start(text, st.config.max_upload_bytes)
-    return await asyncio.get_running_loop().run_in_executor(st.setup, protocol.parse_start, text,
-                                                            st.config.max_upload_bytes)
+        return wire.parse_start(text, st.config.max_upload_bytes)
+    return await asyncio.get_running_loop().run_in_executor(
+        st.setup, wire.parse_start, text, st.config.max_upload_bytes
+    )
 
 
-async def _open_session(st: ServerState, start: protocol.Start, loop, wake: asyncio.Event,
-                        audio_pool: concurrent.futures.Executor | None) -> Session:
+async def _open_session(
+    st: ServerState, start: wire.Start, loop, wake: asyncio.Event, audio_pool: concurrent.futures.Executor | None
+) -> Session:
     if start.portrait is not None:
         image = await loop.run_in_executor(st.setup, decode_image, start.portrait, st.config.max_image_side)
         portrait = await loop.run_in_executor(st.setup, st.encode, image)
@@ -301,11 +313,19 @@ async def _open_session(st: ServerState, start: protocol.Start, loop, wake: asyn
         portrait = await st.portrait(start.portrait_id)
 
     def build() -> Session:  # the resampler's filter bank is built here, off the event loop
-        return Session(st.backend, portrait, seed=start.seed, sample_rate=start.sample_rate,
-                       sample_format=start.format, controls=start.controls, idle=start.idle,
-                       on_output=lambda: loop.call_soon_threadsafe(wake.set),
-                       latency=start.latency or st.config.latency, commit_frames=start.commit_frames,
-                       lookahead_frames=start.lookahead_frames)
+        return Session(
+            st.backend,
+            portrait,
+            seed=start.seed,
+            sample_rate=start.sample_rate,
+            sample_format=start.format,
+            controls=start.controls,
+            idle=start.idle,
+            on_output=lambda: loop.call_soon_threadsafe(wake.set),
+            latency=start.latency or st.config.latency,
+            commit_frames=start.commit_frames,
+            lookahead_frames=start.lookahead_frames,
+        )
 
     return await loop.run_in_executor(audio_pool or st.setup, build)
 
@@ -322,9 +342,12 @@ async def websocket_session(ws: WebSocket, st: ServerState) -> None:
         try:
             start = await _first_message(ws, st)
             if st.draining or st.scheduler.sessions >= st.config.max_sessions:
-                raise AdmissionError(f"server is full: {st.scheduler.sessions} of {st.config.max_sessions} "
-                                     "sessions are live; try again later" if not st.draining else
-                                     f"replica {st.config.replica} is draining; try again later")
+                raise AdmissionError(
+                    f"server is full: {st.scheduler.sessions} of {st.config.max_sessions} "
+                    "sessions are live; try again later"
+                    if not st.draining
+                    else f"replica {st.config.replica} is draining; try again later"
+                )
             if start.sample_rate != 16000:
                 audio_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"flashtalk-{sid}")
             async with st.setup_slots:
@@ -340,12 +363,25 @@ async def websocket_session(ws: WebSocket, st: ServerState) -> None:
             return
         st.sessions[sid], st.sockets[sid] = session, ws
         st.sessions_total += 1
-        await ws.send_text(json.dumps({
-            "type": "ready", "session": sid, "fps": FPS, "width": FRAME_SIZE, "height": FRAME_SIZE,
-            "backend": st.backend.name, "replica": st.config.replica,
-            "lookahead_ms": round(session.lookahead_s * 1000, 3), "latency": session.latency,
-            "watermark": session.watermarked,
-            "controls": list(st.backend.controls), "video": start.video, "pace": start.pace}))
+        await ws.send_text(
+            json.dumps(
+                {
+                    "type": "ready",
+                    "session": sid,
+                    "fps": FPS,
+                    "width": FRAME_SIZE,
+                    "height": FRAME_SIZE,
+                    "backend": st.backend.name,
+                    "replica": st.config.replica,
+                    "lookahead_ms": round(session.lookahead_s * 1000, 3),
+                    "latency": session.latency,
+                    "watermark": session.watermarked,
+                    "controls": list(st.backend.controls),
+                    "video": start.video,
+                    "pace": start.pace,
+                }
+            )
+        )
         stream = Stream(ws, st, session, start, sid, wake, audio_pool)
         await stream.run()
     except (WebSocketDisconnect, asyncio.CancelledError, *SEND_ERRORS):

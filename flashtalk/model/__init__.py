@@ -1,1 +1,0 @@
-"""Networks (renderer, audio encoder, motion generator) as nn.Modules, and their checkpoint loaders."""
