@@ -6,7 +6,7 @@ Counts with `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions
 encoder and one window's whole sampling loop (DPM-Solver++(2M), guidance batched: 2 rows per model call),
 on seeded weights (FLOPs do not depend on the values). A window costs the same in both modes; `exact`
 commits W frames per window, `low` commits k (`flashtalk.runtime.windows.LOW_COMMIT`). The renderer's
-~1.23 TFLOP per 512² frame (DESIGN.md) is printed beside it for scale.
+~1.23 TFLOP per 512² frame (docs/architecture.md) is printed beside it for scale.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from flashtalk.runtime.backends.network import sampler_config
 from flashtalk.runtime.windows import LOW_COMMIT, LOW_LOOKAHEAD
 from flashtalk.weights.bundle import seeded_networks
 
-RENDERER_TFLOP = 1.23  # per 512² frame, DESIGN.md (warping ≈ 342 GFLOP + SPADE decoder ≈ 892 GFLOP)
+RENDERER_TFLOP = 1.23  # per 512² frame, docs/architecture.md (warping ≈ 342 GFLOP + SPADE decoder ≈ 892 GFLOP)
 
 
 @torch.no_grad()

@@ -7,4 +7,5 @@ FRAME_SIZE = 512  # output crop side in pixels
 WATERMARK_KEY = "flashtalk-public"  # the watermark key used unless told otherwise
 LATENCY_MODES = ("low", "exact")  # streaming window schedules (flashtalk.runtime.windows)
 SAMPLERS = ("dpmpp", "ddim", "ddpm")  # motion sampler names on the CLI / API (dpmpp = DPM-Solver++(2M))
+DEFAULT_SAMPLER = "dpmpp"
 PRESETS = ("liveportrait", "tiny")  # network sizes (flashtalk.weights.presets.Preset.from_name)

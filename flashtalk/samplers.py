@@ -40,7 +40,7 @@ class Schedule(NamedTuple):
 
 
 def cosine_schedule(n_steps: int, *, s: float = 0.008, device=None, dtype: torch.dtype = torch.float64) -> Schedule:
-    """The cosine schedule of spec §5.1, computed in float64 and returned on `device` in `dtype`."""
+    """The cosine schedule of docs/specs/joyvasa.md §5.1, computed in float64 and returned on `device` in `dtype`."""
     if n_steps < 1:
         raise FlashTalkError(f"a schedule needs at least 1 step, got {n_steps}")
     k = torch.arange(n_steps + 1, dtype=torch.float64) / n_steps
@@ -82,7 +82,7 @@ def ddpm_sample(
     generator: torch.Generator | None = None,
     trajectory: bool = False,
 ) -> torch.Tensor:
-    """JoyVASA's ancestral sampler over all T steps (spec §5.3): x_{t-1} = c0 x_t + c1 x0_hat + sigma_t z.
+    """JoyVASA's ancestral sampler over all T steps (docs/specs/joyvasa.md §5.3): x_{t-1} = c0 x_t + c1 x0_hat + sigma_t z.
 
     noise: [T - 1, *x_T.shape]; noise[j] is used at step t = T - j (t = T..2); t = 1 adds none.
     Returns x_0, or with `trajectory` the stack [T + 1, *x_T.shape] of x_T, x_{T-1}, ..., x_0.

@@ -58,7 +58,7 @@ def test_joyvasa_golden(jv_audio_weights, precision):
     state = {**weights, "audio_feature_map.weight": torch.zeros(256, 768)}
     enc = load_joyvasa_audio_encoder(state, dtype=dtype)
     n_params = sum(p.numel() for p in enc.parameters())
-    assert n_params == 94371712 - 768  # spec §4.4, less the training-only masked_spec_embed
+    assert n_params == 94371712 - 768  # docs/specs/joyvasa.md §4.4, less the training-only masked_spec_embed
     ref = np.load(folder / "audio_encoder.npz")
     gates = {g["array"]: g[precision] for g in json.loads((folder / "tolerances.json").read_text())["gates"]
              if g["file"] == "audio_encoder.npz"}  # fmt: skip

@@ -1,5 +1,5 @@
 """User controls on the keypoint motion (flashtalk.controls.control_set): each control moves exactly the keypoints and
-axes of specs/controls.md by the stated amounts; identity is bit for bit; tracks; guard; presets; live changes.
+axes of docs/specs/controls.md by the stated amounts; identity is bit for bit; tracks; guard; presets; live changes.
 
 Expected offsets are written out from the spec's table (1.2), not computed by the code under test."""
 
@@ -53,7 +53,7 @@ def _apply(scene, c, **kw):
 
 
 def _uncontrolled(scene, R_s=None, exp_override=None):
-    """joyvasa.md §3.6 written out: R = R_d R_ref^T R_s; δ = exp_s + exp_d − exp_ref, lips absolute."""
+    """docs/specs/joyvasa.md §3.6 written out: R = R_d R_ref^T R_s; δ = exp_s + exp_d − exp_ref, lips absolute."""
     src, gen, ref = scene
     R = gen.R @ ref.R.transpose(1, 2) @ (src.R if R_s is None else R_s)
     exp = (src.exp + (gen.exp - ref.exp)).clone()
@@ -92,7 +92,7 @@ def test_identity_is_bit_for_bit(scene):
     assert ControlSet().is_identity() and zeros.is_identity() and not ControlSet(smile=0.1).is_identity()
 
 
-# (control, value, {(keypoint, axis): change of δ}) from specs/controls.md table 1.2 times the value
+# (control, value, {(keypoint, axis): change of δ}) from docs/specs/controls.md table 1.2 times the value
 ROWS = [
     ("gaze_x", 5.0, {(11, 0): 0.0035, (15, 0): 0.005}),
     ("gaze_x", -4.0, {(11, 0): -0.004, (15, 0): -0.0028}),

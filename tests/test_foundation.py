@@ -112,18 +112,17 @@ def test_joyvasa_categories_match_manifest(jv_golden):
     assert w["start_audio_feat"].abs().max() <= 1 and w["start_audio_feat"].abs().max() > 0.9
 
 
-def test_kernel_op_attribute_stays_the_function_after_module_import():
+def test_load_op_returns_each_op_and_its_reference():
     import importlib
 
     from flashtalk import kernels
 
     for op, module in kernels.OPS.items():
-        first = getattr(kernels, op)
-        importlib.import_module(module)
-        import flashtalk.kernels as again
-
-        assert callable(first) and not isinstance(first, type(importlib))
-        assert getattr(again, op) is getattr(importlib.import_module(module), op), op
+        mod = importlib.import_module(module)
+        assert kernels.load_op(op) is getattr(mod, op), op
+        assert kernels.load_op(op, reference=True) is getattr(mod, f"{op}_ref"), op
+    with pytest.raises(KeyError, match="unknown kernel op 'nope'"):
+        kernels.load_op("nope")
 
 
 def test_jit_functions_pick_interpreter_or_compiler_per_launch(monkeypatch):

@@ -204,7 +204,7 @@ def test_tiny_presets_end_to_end():
 
 def test_tiny_warping_still_keypoints_give_identity_deformation():
     # x_d = x_s makes every sparse motion the identity grid, so Φ is the grid whatever the mask:
-    # G[d,h,w] = (x_w, y_h, z_d), corner-aligned linspace(-1, 1) per axis (spec §6.2).
+    # G[d,h,w] = (x_w, y_h, z_d), corner-aligned linspace(-1, 1) per axis (docs/specs/liveportrait.md §6.2).
     _, w = tiny_pair(torch.float64)
     f_s = torch.randn(1, 4, 8, 16, 8, dtype=torch.float64)
     kp, _ = keypoints(1)

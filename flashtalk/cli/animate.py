@@ -8,7 +8,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from flashtalk.constants import PRESETS, SAMPLERS
+from flashtalk.constants import DEFAULT_SAMPLER, PRESETS, SAMPLERS
 from flashtalk.errors import FlashTalkError
 
 DEMO_PORTRAIT = "portrait.jpg"
@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     net.add_argument(
         "--sampler",
         choices=SAMPLERS,
-        default="dpmpp",
+        default=DEFAULT_SAMPLER,
         help="motion sampler (default dpmpp: DPM-Solver++(2M); ddpm: the original 50 steps)",
     )
     net.add_argument("--steps", type=int, default=10, help="sampler steps per motion window (default 10)")

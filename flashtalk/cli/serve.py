@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from flashtalk.constants import PRESETS
+from flashtalk.constants import LATENCY_MODES, PRESETS
 from flashtalk.errors import FlashTalkError
 
 
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--latency",
-        choices=("low", "exact"),
+        choices=LATENCY_MODES,
         default="low",
         help="sessions' default streaming latency (default low: <= 160 ms of audio look-ahead; "
         "exact: JoyVASA's whole windows, offline-identical); a start message may choose",

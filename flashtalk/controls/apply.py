@@ -1,6 +1,6 @@
 """Applying a `ControlSet` (flashtalk.controls.control_set, whose docstring says what each control does) to the
 driving keypoints: `apply_controls` in three stages (pose, expression, scale and translation), the keypoint
-slider rows (specs/controls.md table 1.2), the automatic blink schedule, the head-distance guard and the
+slider rows (docs/specs/controls.md table 1.2), the automatic blink schedule, the head-distance guard and the
 eye / lip retargeting deltas.
 """
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 X, Y, Z = 0, 1, 2
 
-# (keypoint, axis, coefficient): δ[k, a] += coefficient · value (specs/controls.md table 1.2, LP convention)
+# (keypoint, axis, coefficient): δ[k, a] += coefficient · value (docs/specs/controls.md table 1.2, LP convention)
 KEYPOINT_ROWS: dict[str, tuple[tuple[int, int, float], ...]] = {
     "blink": ((11, Y, -0.001), (13, Y, 0.0003), (15, Y, -0.001), (16, Y, 0.0003), (1, Y, -0.00025), (2, Y, 0.00025)),
     "wink": ((11, Y, 0.001), (13, Y, -0.0003), (17, X, 0.0003), (17, Y, 0.0003), (3, Y, -0.0003)),
@@ -148,7 +148,7 @@ def apply_controls(
 
     source: the portrait's state (R, exp, scale, t, pitch, yaw, roll [1, 1], x_s); generated / reference:
     `Motion`s (R, exp, scale, t) of the N frames and of the reference frame d_0. The relative motion is
-    `flashtalk.models.liveportrait.keypoints.relative_motion` (joyvasa.md §3.6: R = R_d R_ref^T R_s, δ = exp_s + exp_d −
+    `flashtalk.models.liveportrait.keypoints.relative_motion` (docs/specs/joyvasa.md §3.6: R = R_d R_ref^T R_s, δ = exp_s + exp_d −
     exp_ref with the lips absolute when lip_absolute, scale = s_s s_d / s_ref, t = t_s + t_d − t_ref);
     the controls act on it in three stages: pose (`_pose_stage`), expression (`_expression_stage`), scale
     and translation (`_scale_stage`). frames: output frame indices [N] (for tracks and blinks, at `fps`);

@@ -1,4 +1,4 @@
-"""User controls on LivePortrait's keypoint motion, without retraining (specs/controls.md, joyvasa.md §3.6).
+"""User controls on LivePortrait's keypoint motion, without retraining (docs/specs/controls.md, docs/specs/joyvasa.md §3.6).
 
 One typed set, `ControlSet` (this module: its ranges, keyframed tracks and parsing), applied per frame by
 `flashtalk.controls.apply.apply_controls` after the motion model and before stitching, in

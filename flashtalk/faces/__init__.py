@@ -1,4 +1,4 @@
-"""LivePortrait's own face pipeline, re-implemented from `specs/faces.md`: SCRFD detection (det_10g), the
+"""LivePortrait's own face pipeline, re-implemented from `docs/specs/faces.md`: SCRFD detection (det_10g), the
 106-point landmarks (2d106det), the landmark-driven similarity crop, the 203-point refinement
 (landmark.onnx) and the eye / lip open ratios, each step a pure NumPy / OpenCV function of the raw model
 tensors so the ONNX sessions can be swapped for stored tensors (golden tests) or small synthetic models.

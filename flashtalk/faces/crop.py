@@ -1,4 +1,4 @@
-"""LivePortrait's landmark-driven crop (`specs/faces.md` §1.2, §4): the source size limit, the oriented
+"""LivePortrait's landmark-driven crop (`docs/specs/faces.md` §1.2, §4): the source size limit, the oriented
 square around a landmark set, the crop matrices and warps, and the driving-video boxes.
 
 Precision follows the reference: landmark arithmetic on float32 arrays, the scalar products that build a

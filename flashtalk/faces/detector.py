@@ -1,4 +1,4 @@
-"""SCRFD face detection as LivePortrait calls det_10g (`specs/faces.md` §2): letterbox, blob, anchor
+"""SCRFD face detection as LivePortrait calls det_10g (`docs/specs/faces.md` §2): letterbox, blob, anchor
 decoding, greedy NMS with the +1 convention, the optional max_num ranking and the face order.
 
 `detect(img_bgr, run)` takes the model as a callable `run(blob [1, 3, H, W] float32) -> 9 arrays` in the

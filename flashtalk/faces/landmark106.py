@@ -1,4 +1,4 @@
-"""insightface's 106-point landmark model (2d106det) as LivePortrait calls it (`specs/faces.md` §3):
+"""insightface's 106-point landmark model (2d106det) as LivePortrait calls it (`docs/specs/faces.md` §3):
 alignment around the detected box, the raw-pixel input blob, and decoding back to image pixels.
 
 `landmarks(img_bgr, box, run)` takes the model as a callable `run(blob [1, 3, 192, 192]) -> [1, 212]`.

@@ -1,4 +1,4 @@
-"""LivePortrait's 203-point landmark runner (landmark.onnx, `specs/faces.md` §5): a 224 crop around seed
+"""LivePortrait's 203-point landmark runner (landmark.onnx, `docs/specs/faces.md` §5): a 224 crop around seed
 landmarks (106 points from the detector, or the previous frame's 203 points when tracking), the input
 tensor, and the third output decoded to image pixels.
 

@@ -1,6 +1,6 @@
 """LivePortrait's three face ONNX files: where they sit in a weights folder, loading them with onnxruntime
 (the optional `faces` extra; CUDA provider when present, else CPU) and checking each model's inputs and
-outputs against the published signature on load (`specs/faces.md` §2.2, §3.1, §5.2-5.3).
+outputs against the published signature on load (`docs/specs/faces.md` §2.2, §3.1, §5.2-5.3).
 """
 
 from __future__ import annotations

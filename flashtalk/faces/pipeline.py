@@ -1,4 +1,4 @@
-"""The end-to-end flows of `specs/faces.md` §7 over three model callables (ONNX sessions, stored golden
+"""The end-to-end flows of `docs/specs/faces.md` §7 over three model callables (ONNX sessions, stored golden
 tensors or test stubs): the source image (detect -> 106 points on every face -> largest face -> 512 crop
 -> 203 points -> ratios) and the driving video (detect on the first frame with a face, then track with
 the 203 runner; one averaged box; unrotated crops; per-frame ratios).

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from flashtalk.constants import FRAME_SIZE
 from flashtalk.errors import FlashTalkError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CROP_SIZE = 512
+CROP_SIZE = FRAME_SIZE
 FACE_SCALE = 2.3  # crop side / face-box side
 FACE_SHIFT_UP = 0.14  # crop centre = face-box centre moved up by this fraction of the face box
 DETECT_MAX_SIDE = 640  # photos are downscaled to at most this for detection
@@ -274,7 +275,7 @@ def face_crop(
 def liveportrait_crop(
     photo: np.ndarray, faces: "FaceModels", *, name: str = "portrait", size: int = CROP_SIZE
 ) -> FaceCrop:
-    """LivePortrait's source crop (specs/faces.md §7.1) with its paste-back affine onto `photo`."""
+    """LivePortrait's source crop (docs/specs/faces.md §7.1) with its paste-back affine onto `photo`."""
     import cv2
 
     from flashtalk.faces.crop import resize_to_limit, resize_to_limit_shape, transform_points

@@ -1,4 +1,4 @@
-"""Eye and lip open ratios from 203 landmarks and the combined retargeting inputs (`specs/faces.md` §6)."""
+"""Eye and lip open ratios from 203 landmarks and the combined retargeting inputs (`docs/specs/faces.md` §6)."""
 
 from __future__ import annotations
 

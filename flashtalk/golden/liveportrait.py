@@ -1,6 +1,6 @@
 """Golden family "liveportrait": our outputs for every gated array of a LivePortrait golden folder.
 
-Weights come from the folder's `manifest.json` seed keys through the golden rule (spec §12.1) at the
+Weights come from the folder's `manifest.json` seed keys through the golden rule (docs/specs/liveportrait.md §12.1) at the
 folder's base_seed: gain √6 for the warping module, 1 elsewhere. Networks run in `dtype` (float32 with
 TF32 off, or float64), with the weights generated in float64 and cast once. The warping module runs twice
 (unless `published_only`): as published, and on the renderer's fast path with the fused warping tail (arrays

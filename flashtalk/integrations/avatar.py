@@ -26,11 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flashtalk.constants import FPS, HOP, MODEL_RATE
 from flashtalk.errors import FlashTalkError
-from flashtalk.integrations.engines import MODEL_RATE, EngineEvent, EngineFrame
+from flashtalk.integrations.engines import EngineEvent, EngineFrame
 
-FPS = 25
-HOP = MODEL_RATE // FPS  # 16-kHz samples per frame
 # push() waits while more than this much pushed audio has not yet come out as frames: below the engine's
 # own bounds (a Session keeps at most 250 unread frames = 10 s, and refuses more than 30 s of queued audio)
 MAX_AHEAD_S = 8.0

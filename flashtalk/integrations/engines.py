@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from flashtalk.constants import MODEL_RATE
 from flashtalk.errors import FlashTalkError
-
-MODEL_RATE = 16000
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,18 @@
-"""Triton kernels, each with its pure-PyTorch reference beside it (one op per file).
+"""Triton kernels, one op per file, each with its pure-PyTorch reference `<op>_ref` beside it.
 
-Ops are loaded on first access, so `import flashtalk.kernels` does not import triton:
+Import an op from its own module:
 
-    from flashtalk import kernels
-    out = kernels.attention(q, k, v)
+    from flashtalk.kernels.attention import attention
+    out = attention(q, k, v)
 
-`kernels.<op>` is always the op function, also after its module (of the same name) has been imported;
-reach the rest of a module with `from flashtalk.kernels.<op> import <name>`.
-
-`OPS` maps each public op to its module; `flashtalk info` walks it.
+`OPS` maps each public op to its module (`flashtalk info` walks it); `load_op` imports one by name.
+Importing this package does not import triton: only the dispatch (which backend runs, and why) is loaded.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
-from typing import Any
+from collections.abc import Callable
 
 from flashtalk.kernels.dispatch import Choice, choose, last_choice, mode, use_kernels
 
@@ -32,24 +28,12 @@ OPS: dict[str, str] = {
     "warp_tail": "flashtalk.kernels.warp_tail",
 }
 
-__all__ = ["OPS", "Choice", "choose", "last_choice", "mode", "use_kernels", *OPS]
+
+def load_op(name: str, *, reference: bool = False) -> Callable:
+    """The op function `name` (or its PyTorch reference), imported from its module."""
+    if name not in OPS:
+        raise KeyError(f"unknown kernel op {name!r} (known: {', '.join(OPS)})")
+    return getattr(importlib.import_module(OPS[name]), f"{name}_ref" if reference else name)
 
 
-def __getattr__(name: str) -> Any:
-    module = OPS.get(name) or OPS.get(name.removesuffix("_ref"))
-    if module is None:
-        raise AttributeError(f"module 'flashtalk.kernels' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-class _KernelsPackage(types.ModuleType):
-    """Importing `flashtalk.kernels.<op>` binds the submodule as a package attribute, which would shadow
-    the op function of the same name; keep op names resolving through `__getattr__` instead."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in OPS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _KernelsPackage
+__all__ = ["OPS", "Choice", "choose", "last_choice", "load_op", "mode", "use_kernels"]

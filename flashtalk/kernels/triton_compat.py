@@ -52,6 +52,13 @@ else:
             return _interpreter(self)(*args, **kwargs)
         return _compiled_call(self, *args, **kwargs)
 
+    # The one process-wide patch of Triton, kept on purpose: Triton's interpreter runs a kernel body as Python,
+    # and a call in it of a jit function that was decorated without the interpreter (triton.language's own
+    # `tl.max`, `tl.sum`, ..., decorated when triton is imported, and ours) reaches `JITFunction.__call__`,
+    # which raises "Cannot call @triton.jit'd outside of the scope of a kernel". `triton.jit` picks interpreted
+    # or compiled once, at decoration, from TRITON_INTERPRET (seen on triton 3.6.0 and 3.9.0); the patch lets
+    # that choice be made per launch instead, so tests switch the interpreter on for themselves only.
+    # Outside the interpreter the call behaves exactly as before.
     JITFunction.__call__ = _device_call
 
     def _jit(fn):

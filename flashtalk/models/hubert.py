@@ -1,6 +1,6 @@
 """HuBERT / wav2vec2 speech encoder (16 kHz waveform -> 50 Hz hidden states), and JoyVASA's frontend.
 
-Architecture (Hugging Face `HubertModel` / `Wav2Vec2Model`, eval mode; specs/joyvasa.md §2.2):
+Architecture (Hugging Face `HubertModel` / `Wav2Vec2Model`, eval mode; docs/specs/joyvasa.md §2.2):
   feature CNN: 7 Conv1d layers (512 ch, kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2 = 320 samples per
     frame), GELU after each; "group" norm = GroupNorm(512 groups) after the first conv only (base models),
     "layer" norm = LayerNorm over channels after every conv (large "stable layer norm" models);

@@ -30,7 +30,7 @@ def with_source_ratios(c: Controls, ratios: Any) -> Controls:
 
 class DrivingAnimation:
     """Video-driven clip: the motion extractor on each driving frame (resampled to 25 fps, nearest earlier
-    frame), relative composition onto the source (liveportrait.md §10.4: full relative expression)."""
+    frame), relative composition onto the source (docs/specs/liveportrait.md §10.4: full relative expression)."""
 
     def __init__(self, backend: Any, source: SourceState, video: Path, controls: Controls, faces: Any = None) -> None:
         self.backend, self.source, self.video, self.controls = backend, source, video, controls
@@ -81,7 +81,7 @@ class DrivingAnimation:
             j += 1
 
     def _liveportrait_crop(self, rgb: np.ndarray, size: int) -> torch.Tensor:
-        """specs/faces.md §4.6: the clip's one unrotated box, a 512 crop, bilinear to the motion input size."""
+        """docs/specs/faces.md §4.6: the clip's one unrotated box, a 512 crop, bilinear to the motion input size."""
         import cv2
 
         from flashtalk.faces.crop import driving_matrix, warp

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from flashtalk.constants import MODEL_RATE
+from flashtalk.constants import DEFAULT_SAMPLER, MODEL_RATE
 from flashtalk.constants import WATERMARK_KEY as DEFAULT_WATERMARK_KEY
 from flashtalk.errors import FlashTalkError
 
@@ -274,7 +274,7 @@ class Engine:
         seeded: bool = False,
         preset: str | None = None,
         device: "str | torch.device | None" = None,
-        sampler: str = "dpmpp",
+        sampler: str = DEFAULT_SAMPLER,
         steps: int | None = 10,
         cfg: float = 2.0,
         precision: str | None = None,

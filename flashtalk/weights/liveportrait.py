@@ -1,7 +1,7 @@
 """LivePortrait checkpoints: read the published files unchanged, check them against our modules, and
 convert a weights folder into one safetensors bundle.
 
-Published layout under a weights folder (spec §11):
+Published layout under a weights folder (docs/specs/liveportrait.md §11):
 
     liveportrait/base_models/{appearance_feature_extractor,motion_extractor,warping_module,spade_generator}.pth
     liveportrait/retargeting_models/stitching_retargeting_module.pth

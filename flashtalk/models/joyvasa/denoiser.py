@@ -1,6 +1,6 @@
 """JoyVASA motion generator: a diffusion transformer that predicts clean LivePortrait motion (70-d per
 frame: 63 expression deltas, scale, translation, pitch/yaw/roll; normalised) for a window of frames from
-audio features, conditioned on the previous window's motion and audio (spec joyvasa.md §4).
+audio features, conditioned on the previous window's motion and audio (docs/specs/joyvasa.md §4).
 
 State-dict keys follow the released checkpoint (`golden/joyvasa/manifest.json`) minus `audio_encoder.*`
 (the HuBERT lives in `audio_encoder.py`) and minus `denoising_net.TE.pe`, which the official loader also
@@ -30,13 +30,13 @@ from flashtalk.samplers import Schedule, cosine_schedule
 PE_MODES = ("buggy", "fixed")
 CROSS_ATTENTION_MODES = ("diagonal", "masked")
 
-# Checkpoint args the official constructor reads; everything else in the config is hard-coded there (spec §4.1).
+# Checkpoint args the official constructor reads; everything else in the config is hard-coded there (docs/specs/joyvasa.md §4.1).
 ARGS_READ = ("motion_feat_dim", "n_motions", "n_prev_motions", "feature_dim", "n_diff_steps", "fps", "pad_mode")
 
 
 @dataclass(frozen=True)
 class MotionGeneratorConfig:
-    """JoyVASA's diffusion transformer over windows of LivePortrait motion (spec §4).
+    """JoyVASA's diffusion transformer over windows of LivePortrait motion (docs/specs/joyvasa.md §4).
 
     pe_mode "buggy" adds the single sinusoid row `pe[L]` to every token (the code the released checkpoint
     was trained with, the default); "fixed" adds rows 0..L-1 per position (JoyVASA HEAD since 2025-12-09).
@@ -104,7 +104,7 @@ class MotionGeneratorConfig:
         cls, args: Any, base: "MotionGeneratorConfig | None" = None, **overrides: Any
     ) -> "MotionGeneratorConfig":
         """Config from a checkpoint's training args (argparse.Namespace or dict). Only the fields the
-        official constructor reads are taken (spec §4.1); the rest (layers, heads, FFN, ...) come from
+        official constructor reads are taken (docs/specs/joyvasa.md §4.1); the rest (layers, heads, FFN, ...) come from
         `base` (the released architecture by default), whatever the args say."""
         values: Mapping[str, Any] = args if isinstance(args, Mapping) else vars(args)
         base = base or cls()
@@ -249,7 +249,7 @@ class _Layers(nn.Module):
 
 
 class DenoisingNetwork(nn.Module):
-    """x0 prediction for [prev motion ; noisy window] given [prev audio ; window audio] and the step (spec §4.3)."""
+    """x0 prediction for [prev motion ; noisy window] given [prev audio ; window audio] and the step (docs/specs/joyvasa.md §4.3)."""
 
     def __init__(self, cfg: MotionGeneratorConfig, device=None, dtype=None) -> None:
         super().__init__()

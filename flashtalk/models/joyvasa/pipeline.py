@@ -1,4 +1,4 @@
-"""Audio features -> LivePortrait motion with the JoyVASA motion generator (spec joyvasa.md §1, §3, §5.3).
+"""Audio features -> LivePortrait motion with the JoyVASA motion generator (docs/specs/joyvasa.md §1, §3, §5.3).
 
 * `MotionStream`: window-by-window generation. Each window of `n_motions` frames is sampled with the
   previous window's last `n_prev_motions` frames of motion and audio as context (the learned start tokens
@@ -142,7 +142,7 @@ def motion_to_renderer(
 def relative_driving(
     x_c: torch.Tensor, source: Motion, generated: Motion, reference: Motion, lip_absolute: bool = True
 ) -> torch.Tensor:
-    """Driving keypoints of JoyVASA's human pipeline (spec §3.6) for B generated frames -> [B, 21, 3]:
+    """Driving keypoints of JoyVASA's human pipeline (docs/specs/joyvasa.md §3.6) for B generated frames -> [B, 21, 3]:
     `flashtalk.models.liveportrait.keypoints.compose_relative` with the lip keypoints absolute when `lip_absolute`."""
     return compose_relative(x_c, source, generated, reference, lips_absolute=lip_absolute)
 
@@ -297,7 +297,7 @@ class MotionStream:
 
 
 def clip_layout(n_samples: int, samples_per_frame: int, n_motions: int) -> tuple[int, int]:
-    """(frames, windows) of a clip of n_samples after the leading/trailing silence (spec §1)."""
+    """(frames, windows) of a clip of n_samples after the leading/trailing silence (docs/specs/joyvasa.md §1)."""
     n_frames = (n_samples + (LEAD_FRAMES + TRAIL_FRAMES) * samples_per_frame) // samples_per_frame
     return n_frames, 1 if n_frames <= n_motions else math.ceil(n_frames / n_motions)
 

@@ -1,5 +1,5 @@
 """LivePortrait appearance feature extractor F: RGB crop in [0,1] → 3-D appearance volume f_s
-(spec liveportrait.md §3). Computed once per source portrait.
+(docs/specs/liveportrait.md §3). Computed once per source portrait.
 
     image [B,3,256,256] → first (conv3 BN ReLU) → down_blocks (conv3 BN ReLU avgpool2) ×2
       → second (conv 1×1 to reshape_channel·reshape_depth) → view [B,32,16,64,64] (channel c·16+d → (c,d))

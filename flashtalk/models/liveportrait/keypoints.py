@@ -1,4 +1,4 @@
-"""Implicit-keypoint math of the LivePortrait renderer (spec §4.1, §5, §10.4), batched torch functions.
+"""Implicit-keypoint math of the LivePortrait renderer (docs/specs/liveportrait.md §4.1, §5, §10.4), batched torch functions.
 
 Conventions: angles in degrees; `R` is the transposed rotation (Rz·Ry·Rx)ᵀ used as `x @ R` on row-vector
 keypoints; keypoints are [B, 21, 3]; scale [B, 1]; translation [B, 3] whose z component is ignored.
@@ -90,7 +90,7 @@ def keypoint_mask(keys: tuple[int, ...], device: torch.device | str) -> torch.Te
 
 
 def relative_motion(source: Motion, driving: Motion, reference: Motion, *, lips_absolute: bool = False) -> Motion:
-    """THE relative motion (liveportrait.md §10.4, joyvasa.md §3.6): the source's motion plus the driving
+    """THE relative motion (docs/specs/liveportrait.md §10.4, docs/specs/joyvasa.md §3.6): the source's motion plus the driving
     frames' change from the reference frame d0, broadcast over the N driving frames. The returned R is the
     rotation change R_di·R_d0ᵀ (compose with the source's: `R @ source.R`); exp = exp_s + exp_di − exp_d0
     (the lip keypoints exp_di when `lips_absolute`), s = s_s·s_di/s_d0, t = t_s + t_di − t_d0."""

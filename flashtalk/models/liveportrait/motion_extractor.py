@@ -1,4 +1,4 @@
-"""Motion extractor M of the LivePortrait renderer (spec §4): a ConvNeXt-V2 backbone and seven linear
+"""Motion extractor M of the LivePortrait renderer (docs/specs/liveportrait.md §4): a ConvNeXt-V2 backbone and seven linear
 heads. Input RGB in [0, 1], no mean/std normalisation. Keys live under `detector.` as in the checkpoint.
 """
 

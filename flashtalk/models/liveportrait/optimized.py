@@ -9,7 +9,7 @@ Rewrites (each exact in real arithmetic; fp32 results equal the reference to rou
 * The SPADE blocks' spectral norm is folded once: plain convs with W_orig / σ.
 * `fuse`: the SPADE decoder becomes `FastSPADEDecoder`: per resolution, the `mlp_shared` convs of all its
   SPADE layers run as one conv on φ (they all read the same resized map), at 128² / 256² computed exactly
-  on the 64² map with per-phase 2×2 kernels (spec §7 compute note: 4/9 of the MACs); `mlp_gamma` and
+  on the 64² map with per-phase 2×2 kernels (docs/specs/liveportrait.md §7 compute note: 4/9 of the MACs); `mlp_gamma` and
   `mlp_beta` of a layer run as one conv; normalisation + modulation + leaky ReLU is the fused
   `spade_norm` op (fp32 statistics).
 * `channels_last` for the 2-D convs of the decoder, and channels-last-3d through the whole warping

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flashtalk.constants import PRESETS
 from flashtalk.errors import FlashTalkError
 from flashtalk.models.liveportrait import keypoints as kpm
 from flashtalk.models.liveportrait.appearance import AppearanceConfig, AppearanceFeatureExtractor
@@ -49,7 +50,7 @@ class RendererConfig:
                 SPADEConfig.tiny(),
                 StitchingConfig.tiny(),
             )
-        raise FlashTalkError(f"unknown renderer preset {name!r} (known: liveportrait, tiny)")
+        raise FlashTalkError(f"unknown renderer preset {name!r} (known: {', '.join(PRESETS)})")
 
 
 # the renderer's networks, by the names of LivePortrait's published files (and of the weights bundle)

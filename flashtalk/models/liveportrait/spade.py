@@ -1,4 +1,4 @@
-"""SPADE decoder G of the LivePortrait renderer (spec §7): feature φ [B, 256, 64, 64] -> RGB [B, 3, 512, 512]
+"""SPADE decoder G of the LivePortrait renderer (docs/specs/liveportrait.md §7): feature φ [B, 256, 64, 64] -> RGB [B, 3, 512, 512]
 in (0, 1). φ is also the SPADE "segmentation map" of every normalisation layer.
 
 The residual convs keep the checkpoint's spectral-norm triplets (`weight_orig`, `weight_u`, `weight_v`);

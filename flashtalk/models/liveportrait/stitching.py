@@ -1,4 +1,4 @@
-"""Stitching and eye / lip retargeting MLPs of the LivePortrait renderer (spec §8), and the pipeline
+"""Stitching and eye / lip retargeting MLPs of the LivePortrait renderer (docs/specs/liveportrait.md §8), and the pipeline
 helpers that apply them to keypoints.
 
 `StitchingRetargeting` holds the three MLPs under the checkpoint's sub-dict names, so its state-dict keys

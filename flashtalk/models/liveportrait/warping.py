@@ -1,5 +1,5 @@
 """LivePortrait warping module W: moves the source appearance volume f_s from the source keypoints to the
-driving keypoints and projects it to the 2-D feature map the decoder reads (spec liveportrait.md §6).
+driving keypoints and projects it to the 2-D feature map the decoder reads (docs/specs/liveportrait.md §6).
 
     dense motion network (`dense_motion_network.*`):
       c = ReLU(norm(compress(f_s)))                              [B,4,16,64,64]

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from flashtalk import kernels
+from flashtalk.constants import FRAME_SIZE
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.warp2d import warp2d
 from flashtalk.models.preview.motion import PreviewMotion
 
-CROP_SIZE = 512
+CROP_SIZE = FRAME_SIZE
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ class PreviewRenderer:
             cell[..., 1] += vy
             overlays.append((rows, cols, lash))
 
-        frames = kernels.warp2d(self.image.expand(count, -1, -1, -1), grid, padding="border")
+        frames = warp2d(self.image.expand(count, -1, -1, -1), grid, padding="border")
         rows, cols, dark = overlays[0]
         frames[:, :, rows, cols] = torch.lerp(
             frames[:, :, rows, cols], self.mouth_color, self.MOUTH_OPACITY * dark.unsqueeze(1)

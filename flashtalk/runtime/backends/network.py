@@ -15,12 +15,12 @@ The steps of a tick (`motion`, then `render`):
 3. advance each stream's window state (`flashtalk.models.joyvasa.pipeline.advance_window`: context, pose
    EMA) and its cursor -> `NetworkMotion` (generated motion + frame numbers);
 4. at render, compose the driving keypoints with the stream's controls of the moment (`compose`:
-   joyvasa.md §3.6 relative mapping + `flashtalk.controls.control_set`), gather the per-frame source features
+   docs/specs/joyvasa.md §3.6 relative mapping + `flashtalk.controls.control_set`), gather the per-frame source features
    of all streams (sessions with different portraits share one call), and run THE render-and-resize
    (`render_keypoints`): stitching, warping, decoder, 512² resize, clamp.
 
 Offline (`prepare` -> `SpeechAnimation`) is a one-stream driver of the same calls, with larger batches:
-2 frames of leading and 1 of trailing silence (joyvasa.md §1); the two leading frames are generated (d_0
+2 frames of leading and 1 of trailing silence (docs/specs/joyvasa.md §1); the two leading frames are generated (d_0
 of the relative mapping) but not shown, so frame i starts at audio time i / 25 s.
 
 Precision (`resolve_precision`): fp32 on the CPU renders with the reference renderer; any other precision,
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flashtalk.constants import FPS, FRAME_SIZE, HOP
+from flashtalk.constants import DEFAULT_SAMPLER, FPS, FRAME_SIZE, HOP
 from flashtalk.controls.apply import apply_controls
 from flashtalk.controls.control_set import ControlSet
 from flashtalk.errors import FlashTalkError
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 OUT_SIZE = FRAME_SIZE
 SAMPLER_NAMES = {"ddim": "ddim", "dpmpp": "dpmpp_2m", "ddpm": "ddpm"}
-DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_CFG = "dpmpp", 10, 2.0
+DEFAULT_STEPS, DEFAULT_CFG = 10, 2.0
 DEFAULT_POSE_SMOOTHING = 0.99  # JoyVASA's EMA alpha 0.01
 # The user's controls: `flashtalk.controls.control_set.ControlSet` (pose offsets / gains, expression scale,
 # intensity, head distance, gaze, eyes, mouth, emotion offset, regions, keyframed tracks).
@@ -86,7 +86,7 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
 
 
 def clip_frames(n_samples: int, samples_per_frame: int) -> int:
-    """Output frames of a clip of n_samples (joyvasa.md §1 layout without the two leading silent frames)."""
+    """Output frames of a clip of n_samples (docs/specs/joyvasa.md §1 layout without the two leading silent frames)."""
     return (n_samples + (LEAD_FRAMES + TRAIL_FRAMES) * samples_per_frame) // samples_per_frame - LEAD_FRAMES
 
 
@@ -102,8 +102,8 @@ def compose(
     fps: float = 25.0,
     seed: int = 0,
 ) -> torch.Tensor:
-    """THE motion composition: driving keypoints [N, 21, 3] (before stitching): joyvasa.md §3.6 /
-    liveportrait.md §10.4 relative mapping (lips absolute for audio-driven motion) with the controls
+    """THE motion composition: driving keypoints [N, 21, 3] (before stitching): docs/specs/joyvasa.md §3.6 /
+    docs/specs/liveportrait.md §10.4 relative mapping (lips absolute for audio-driven motion) with the controls
     (`flashtalk.controls.control_set`); `frames`: the output frame indices (keyframed controls, automatic blinks)."""
     return apply_controls(
         controls,
