@@ -71,11 +71,11 @@ def on_kernel_device(kernel_device):
     if kernel_device == "cpu":  # already the default: no device mode pushed
         yield kernel_device
         return
-    torch.set_default_device(kernel_device)
+    torch.setdefault_device(kernel_device)
     try:
         yield kernel_device
     finally:
-        torch.set_default_device(None)
+        torch.setdefault_device(None)
 
 
 @pytest.fixture

@@ -371,10 +371,13 @@ def test_bad_presets(tmp_path):
 
 def test_controls_changed_mid_stream_take_effect_on_the_next_frame():
     from flashtalk.cli.animate import demo_assets
+    from flashtalk.constants import HOP
+    from flashtalk.runtime.backends import encode_portrait
+    from flashtalk.runtime.backends.preview import PreviewBackend
     from flashtalk.runtime.scheduler import Scheduler
-    from flashtalk.runtime.session import HOP, PreviewStreamingBackend, Session, encode_portrait
+    from flashtalk.runtime.session import Session
 
-    backend = PreviewStreamingBackend("cpu")
+    backend = PreviewBackend("cpu")
     portrait = encode_portrait(backend, demo_assets()[0])
     audio = (np.random.default_rng(1).standard_normal(4 * HOP) * 0.05).astype(np.float32)
     sessions = [Session(backend, portrait, idle=False, watermark=False) for _ in range(2)]

@@ -199,13 +199,13 @@ def test_the_106_model_normalisation_follows_insightfaces_rule(models, tmp_path)
 def test_serve_crops_with_the_face_models_beside_its_weights(models_dir):
     """`flashtalk serve --weights DIR` finds the face models in DIR (as `animate` does) and its portraits get
     LivePortrait's crop, not the Haar one."""
-    from flashtalk.runtime.session import PreviewStreamingBackend
+    from flashtalk.runtime.backends.preview import PreviewBackend
     from flashtalk.serving.state import BackendSpec, ServeConfig, ServerState, build_faces
 
     assert build_faces(BackendSpec(), "cpu") is None  # the preview has no weights folder
     faces = build_faces(BackendSpec("network", weights=str(models_dir)), "cpu")
     assert faces is not None
-    state = ServerState(ServeConfig(), PreviewStreamingBackend("cpu"), faces)
+    state = ServerState(ServeConfig(), PreviewBackend("cpu"), faces)
     try:
         got = state.encode(face_image()).crop
     finally:

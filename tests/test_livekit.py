@@ -23,7 +23,8 @@ from livekit.agents import AgentSession
 from livekit.agents.voice.avatar import AudioSegmentEnd
 
 from flashtalk.integrations.livekit import FlashTalkVideoGenerator, avatar_options, start_in_process_avatar
-from flashtalk.runtime.session import PreviewStreamingBackend, encode_portrait
+from flashtalk.runtime.backends import encode_portrait
+from flashtalk.runtime.backends.preview import PreviewBackend
 from tests.serve_process import ASSETS
 
 WAIT_S = 60.0
@@ -31,7 +32,7 @@ WAIT_S = 60.0
 
 @pytest.fixture(scope="module")
 def preview():
-    backend = PreviewStreamingBackend("cpu")
+    backend = PreviewBackend("cpu")
     return backend, encode_portrait(backend, ASSETS / "portrait.jpg")
 
 

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from flashtalk.constants import HOP
 from flashtalk.errors import FlashTalkError
+from flashtalk.runtime.backends import encode_portrait
 from flashtalk.runtime.backends.network import NetworkBackend
 from flashtalk.runtime.scheduler import Scheduler
-from flashtalk.runtime.session import HOP, Event, Frame, Session, encode_portrait
+from flashtalk.runtime.session import Event, Frame, Session
 from flashtalk.runtime.windows import LOW_COMMIT, LOW_LOOKAHEAD, MAX_LOOKAHEAD_MS
 from flashtalk.weights.bundle import seeded_networks
 

@@ -21,6 +21,7 @@ from flashtalk.runtime.backends.network import Controls, compose
 from flashtalk.runtime.engine import Engine
 from flashtalk.weights.bundle import discover, load_folder, seeded_networks, write_bundle
 from flashtalk.weights.liveportrait import NETWORKS
+from tests.utils import speech_keypoints
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def engine():
 
 def _keypoints(engine, audio, seed=0, **controls) -> torch.Tensor:
     clip = engine.prepare(demo_assets()[0], audio, seed=seed, watermark=False, **controls)
-    return torch.cat(list(clip.animation.keypoints()))
+    return speech_keypoints(clip.animation)
 
 
 def _video(path):
@@ -92,7 +93,7 @@ def test_frame_count_and_sync(engine, speech):
     clip = engine.prepare(demo_assets()[0], speech[0], watermark=False)
     # 32000 samples + 1 trailing silent frame, the 2 leading silent frames dropped: 51 frames from t = 0
     assert clip.num_frames == 51
-    assert len(torch.cat(list(clip.animation.keypoints()))) == 51
+    assert len(speech_keypoints(clip.animation)) == 51
 
 
 def test_seed_reproducible(engine, speech):

@@ -29,7 +29,8 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from flashtalk.integrations.pipecat import FlashTalkVideoService
-from flashtalk.runtime.session import PreviewStreamingBackend, encode_portrait
+from flashtalk.runtime.backends import encode_portrait
+from flashtalk.runtime.backends.preview import PreviewBackend
 from tests.serve_process import ASSETS, flashtalk_serve
 
 WAIT_S = 60.0
@@ -37,7 +38,7 @@ WAIT_S = 60.0
 
 @pytest.fixture(scope="module")
 def preview():
-    backend = PreviewStreamingBackend("cpu")
+    backend = PreviewBackend("cpu")
     return backend, encode_portrait(backend, ASSETS / "portrait.jpg")
 
 

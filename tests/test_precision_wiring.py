@@ -22,7 +22,7 @@ from flashtalk.runtime.backends.network import NetworkBackend
 from flashtalk.runtime.engine import Engine
 from flashtalk.runtime.graphs import EagerBackend
 from flashtalk.weights.bundle import seeded_networks
-from tests.utils import assert_close
+from tests.utils import assert_close, speech_keypoints
 
 BF16_CPU_PSNR_DB = 30.0  # measured ~44 dB on the tiny preset with seeded weights (warping fp32 on the CPU)
 
@@ -49,7 +49,7 @@ def fp32_engine():
 def driving(fp32_engine, short_speech):
     """(source, driving keypoints [2, 21, 3]) of the short clip."""
     clip = fp32_engine.prepare(demo_assets()[0], short_speech, watermark=False)
-    return clip.animation.source, torch.cat(list(clip.animation.keypoints()))
+    return clip.animation.portrait, speech_keypoints(clip.animation)
 
 
 def test_default_on_cpu_is_fp32_on_the_reference_renderer(fp32_engine, driving):

@@ -15,12 +15,13 @@ from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice
 from flashtalk.models.preview import (
     FaceLayout,
-    PreviewAnimator,
     PreviewMotion,
     PreviewMotionStream,
     PreviewRenderer,
     preview_motion,
 )
+from flashtalk.runtime.animation import SpeechAnimation
+from flashtalk.runtime.backends.preview import PreviewBackend
 
 SR, FPS, HOP = 16000, 25, 640
 CLIP_S = 10.0
@@ -168,7 +169,7 @@ def test_motion_frame_count_and_ranges():
     audio = audio[: 2 * SR - 100]  # a partial last frame
     motion = preview_motion(audio)
     assert len(motion) == -(-len(audio) // HOP) == 50
-    assert PreviewAnimator.num_frames(audio) == 50
+    assert PreviewBackend().clip_frames(len(audio)) == 50
     assert 0 <= motion.jaw.min() and motion.jaw.max() <= 1 and motion.jaw.max() > 0.5
     assert 0 <= motion.blink.min() and motion.blink.max() <= 1
     assert np.abs(motion.lip_width).max() <= 1 and 0 <= motion.lip_round.min() and motion.lip_round.max() <= 1
@@ -297,23 +298,28 @@ def test_render_deterministic_and_uses_warp2d():
     audio, _ = speech_like(1.0)
     audio = audio[: 9 * HOP]
     crop = portrait()
-    a = PreviewAnimator(crop, seed=5)
-    first = torch.cat(list(a.frames(audio, batch_size=4)))
+    first = torch.cat(list(_clip(crop, audio, seed=5).frames(batch_size=4)))
     assert last_choice("warp2d") is not None
-    again = torch.cat(list(PreviewAnimator(crop, seed=5).frames(audio, batch_size=9)))
-    other = torch.cat(list(PreviewAnimator(crop, seed=6).frames(audio, batch_size=9)))
+    again = torch.cat(list(_clip(crop, audio, seed=5).frames(batch_size=9)))
+    other = torch.cat(list(_clip(crop, audio, seed=6).frames(batch_size=9)))
     assert first.shape == (9, 3, 512, 512)
     assert torch.equal(first, again)
     assert (first - other).abs().amax((1, 2, 3)).max() > 0.05
 
 
-def test_animator_batches():
+def _clip(crop, audio, seed=0) -> SpeechAnimation:
+    """An offline preview clip, driven as `Engine` drives it: the backend interface, one stream."""
+    backend = PreviewBackend()
+    return SpeechAnimation(backend, backend.encode(crop, None), audio, seed, {})
+
+
+def test_clip_batches():
     audio, _ = speech_like(1.0)
     audio = audio[: 7 * HOP - 5]
-    animator = PreviewAnimator(portrait())
-    shapes = [tuple(f.shape) for f in animator.frames(audio, batch_size=3)]
+    clip = _clip(portrait(), audio)
+    shapes = [tuple(f.shape) for f in clip.frames(batch_size=3)]
     assert shapes == [(3, 3, 512, 512), (3, 3, 512, 512), (1, 3, 512, 512)]
-    assert animator.num_frames(audio) == 7
+    assert clip.num_frames() == 7
 
 
 def test_custom_layout_moves_the_mouth():
@@ -353,9 +359,9 @@ def test_bad_layout_range_and_batch_raise():
     with pytest.raises(FlashTalkError, match="frame range"):
         renderer.render(PreviewMotion.still(3), 2, 5)
     with pytest.raises(FlashTalkError, match="batch_size"):
-        next(PreviewAnimator(portrait()).frames(np.zeros(1600, np.float32), batch_size=0))
+        next(_clip(portrait(), np.zeros(1600, np.float32)).frames(batch_size=0))
     with pytest.raises(FlashTalkError, match="empty"):
-        next(PreviewAnimator(portrait()).frames(np.zeros(0, np.float32)))
+        preview_motion(np.zeros(0, np.float32))
 
 
 def _dark_centroid(frames: torch.Tensor, rows: slice, threshold: float) -> np.ndarray:

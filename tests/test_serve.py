@@ -22,13 +22,15 @@ from PIL import Image  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from flashtalk import cli  # noqa: E402
+from flashtalk.constants import HOP  # noqa: E402
 from flashtalk.errors import FlashTalkError  # noqa: E402
-from flashtalk.runtime.session import HOP, PreviewStreamingBackend, Session, SessionStats  # noqa: E402
+from flashtalk.runtime.backends.preview import PreviewBackend  # noqa: E402
+from flashtalk.runtime.session import Session, SessionStats  # noqa: E402
 from flashtalk.serving import wire  # noqa: E402
 from flashtalk.serving.server import ASSETS_DIR, ServeConfig, check_config, serving  # noqa: E402
 
 
-class SpyBackend(PreviewStreamingBackend):
+class SpyBackend(PreviewBackend):
     """The preview, recording which sessions each batched render call held."""
 
     def __init__(self) -> None:
@@ -325,7 +327,7 @@ def test_token_required_off_loopback_and_checked():
 # ------------------------------------------------------------------------------------ hardening
 
 
-class FastBackend(PreviewStreamingBackend):
+class FastBackend(PreviewBackend):
     """The preview's motion with a flat grey render: fast enough for real time on a loaded CPU."""
 
     def __init__(self) -> None:
@@ -508,7 +510,7 @@ def test_realtime_pacing_catches_up_after_a_stall(case):
     lag = 0.05  # the producer's normal latency
 
     async def main():
-        st = ServerState(ServeConfig(), PreviewStreamingBackend("cpu"))
+        st = ServerState(ServeConfig(), PreviewBackend("cpu"))
         session, ws, wake = _FakeSession(), _FakeSocket(), asyncio.Event()
         start_msg = wire.Start(portrait=None, portrait_id="demo", quality=10)
         stream = Stream(ws, st, session, start_msg, "s1", wake, None)

@@ -7,16 +7,19 @@ import numpy as np
 import pytest
 import torch
 
+from flashtalk.constants import HOP
 from flashtalk.errors import FlashTalkError
-from flashtalk.models.preview import PreviewAnimator
+from flashtalk.models.preview import PreviewRenderer, preview_motion
+from flashtalk.runtime.backends import encode_portrait
+from flashtalk.runtime.backends.preview import PreviewBackend
 from flashtalk.runtime.scheduler import AdmissionError, Scheduler
-from flashtalk.runtime.session import HOP, Event, Frame, PreviewStreamingBackend, Session, encode_portrait
+from flashtalk.runtime.session import Event, Frame, Session
 from flashtalk.serving.server import ASSETS_DIR
 
 
 @pytest.fixture(scope="module")
 def backend():
-    return PreviewStreamingBackend("cpu")
+    return PreviewBackend("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def test_chunked_stream_equals_offline_preview(backend, portrait):
     assert all(f.latency_s is not None and f.latency_s >= 0 and not f.idle for f in frames)
     np.testing.assert_array_equal(np.concatenate([f.audio for f in frames])[: len(audio)], audio)
     crop = torch.from_numpy(portrait.crop).permute(2, 0, 1).float().div(255)
-    offline = torch.cat(list(PreviewAnimator(crop, seed=5, layout=portrait.state.layout).frames(audio)))
+    offline = PreviewRenderer(crop, layout=portrait.state.layout).render(preview_motion(audio, seed=5))
     expected = (offline.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(np.stack([f.image for f in frames]), expected)
     assert scheduler.stats.bucket_counts == {4: 1, 2: 1}  # 6 frames: a full bucket of 4, then 2
@@ -68,7 +71,7 @@ def test_chunked_stream_equals_offline_preview(backend, portrait):
 def test_sessions_share_render_calls_fairly(backend, portrait):
     calls = []
 
-    class Spy(PreviewStreamingBackend):
+    class Spy(PreviewBackend):
         def render(self, items, bucket):
             calls.append([sum(len(c) for c in chunks) for _, chunks in items])
             return torch.full((sum(calls[-1]), 3, 512, 512), 0.5)  # scheduling only: skip the warp

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from flashtalk.constants import HOP
 from flashtalk.errors import FlashTalkError
+from flashtalk.runtime.animation import SpeechAnimation
+from flashtalk.runtime.backends import encode_portrait
 from flashtalk.runtime.backends.network import NetworkBackend
 from flashtalk.runtime.scheduler import Scheduler
-from flashtalk.runtime.session import HOP, STALL_FLUSH_S, Event, Frame, Session, encode_portrait
+from flashtalk.runtime.session import STALL_FLUSH_S, Event, Frame, Session
 from flashtalk.weights.bundle import seeded_networks
-from tests.utils import TOLERANCES, assert_close
+from tests.utils import TOLERANCES, assert_close, speech_keypoints
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +53,10 @@ def crop_tensor(portrait) -> torch.Tensor:
 
 
 def offline_keypoints(nets, portrait, audio, seed, controls=None) -> torch.Tensor:
-    anim = NetworkBackend(nets, torch.device("cpu"), seeded=True).prepare(
-        crop_tensor(portrait), audio, seed=seed, controls=controls or {}
-    )
-    return torch.cat(list(anim.keypoints()))
+    backend = NetworkBackend(nets, torch.device("cpu"), seeded=True)
+    source = backend.encode(crop_tensor(portrait))
+    anim = SpeechAnimation(backend, source, audio, seed, backend.clip_controls(source, controls or {}))
+    return speech_keypoints(anim)
 
 
 def test_streamed_motion_matches_offline_and_batches_sessions(nets, backend, portraits):

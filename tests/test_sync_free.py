@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from flashtalk.constants import HOP
+from flashtalk.runtime.backends import encode_portrait
 from flashtalk.runtime.backends.network import NetworkBackend
 from flashtalk.runtime.scheduler import Scheduler
-from flashtalk.runtime.session import HOP, Frame, Session, encode_portrait
+from flashtalk.runtime.session import Frame, Session
 from flashtalk.weights.bundle import seeded_networks
 
 # device -> host (or host-blocking) entry points, and host-data tensor creation (a host -> device copy on CUDA)

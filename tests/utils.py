@@ -67,3 +67,12 @@ def rebatch_atol(reference_a: torch.Tensor, reference_b: torch.Tensor) -> float:
     """The REBATCH rule's absolute tolerance from the reference computed both ways (same values expected)."""
     ulp = torch.finfo(reference_a.dtype).eps * reference_a.abs().max().item()
     return REBATCH_FACTOR * max_err(reference_a, reference_b) + REBATCH_FLOOR_ULPS * ulp
+
+
+def speech_keypoints(animation) -> "torch.Tensor":
+    """Driving keypoints [n, 21, 3] (before stitching) of an audio-driven clip on the network backend, window by
+    window through the clip's one-stream driver (`flashtalk.runtime.animation.SpeechAnimation`)."""
+    import torch
+
+    backend = animation.backend
+    return torch.cat([backend.driving_keypoints(animation.stream, m) for m in animation.motion()])

@@ -13,11 +13,11 @@ from flashtalk.bench.cases import ASSETS, BenchCase, Built, Provider, Setup, net
 
 
 def _stream_backends(setup: Setup) -> dict[str, object]:
-    """Streaming backends in this checkout: the preview always; the network one when it exists (hook)."""
-    from flashtalk.runtime import session
-
-    out: dict[str, object] = {"preview-backend": session.PreviewStreamingBackend(setup.device)}
+    """The two backends: the preview and the network (at the setup's preset)."""
     from flashtalk.runtime.backends.network import NetworkBackend
+    from flashtalk.runtime.backends.preview import PreviewBackend
+
+    out: dict[str, object] = {"preview-backend": PreviewBackend(setup.device)}
 
     out["network-backend"] = NetworkBackend(networks(setup.preset, setup.device), torch.device(setup.device))
     return out
@@ -27,7 +27,7 @@ def _stream_providers(setup: Setup, make_run) -> dict[str, "Provider | str"]:
     """One provider per streaming backend and latency mode: `make_run(backend, portrait, latency)` with the
     bundled portrait encoded once. The preview has no look-ahead, so it runs once ("exact"); a quick run
     measures the network in serve's default mode ("low") only. An unavailable backend stays its reason."""
-    from flashtalk.runtime.session import encode_portrait
+    from flashtalk.runtime.backends import encode_portrait
 
     provs: dict[str, Provider | str] = {}
     for name, backend in _stream_backends(setup).items():
@@ -48,9 +48,10 @@ def first_frame_latency(setup: Setup) -> Built:
     look-ahead is the audio that had to arrive first; it rides along in the samples' notes."""
     import numpy as np
 
+    from flashtalk.constants import HOP
     from flashtalk.io.audio import load_audio
     from flashtalk.runtime.scheduler import Scheduler
-    from flashtalk.runtime.session import HOP, Frame, Session
+    from flashtalk.runtime.session import Frame, Session
 
     speech = load_audio(ASSETS / "speech.ogg", target_rate=16000).samples
     max_chunks = (len(speech) - HOP) // HOP
@@ -93,9 +94,10 @@ def aggregate_fps(setup: Setup) -> Built:
     """N sessions each push the same amount of speech at once; aggregate FPS and per-frame latency."""
     import numpy as np
 
+    from flashtalk.constants import FPS, HOP
     from flashtalk.io.audio import load_audio
     from flashtalk.runtime.scheduler import Scheduler
-    from flashtalk.runtime.session import FPS, HOP, Frame, Session
+    from flashtalk.runtime.session import Frame, Session
 
     seconds = 2.0 if setup.cuda else 0.2
     speech = load_audio(ASSETS / "speech.ogg", target_rate=16000).samples

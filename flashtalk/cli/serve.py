@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 "flashtalk serve needs starlette and uvicorn: pip install 'flashtalk[serve]'"
             ) from None
         raise
-    from flashtalk.runtime.engine import _default_device
+    from flashtalk.runtime.engine import default_device
 
     if not 0 < args.max_upload_mb <= 64:
         raise FlashTalkError(f"--max-upload-mb must be in (0, 64]; got {args.max_upload_mb}")
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
         ray_app.run(config, ray_app.RayOptions(replicas=args.replicas, sessions=args.max_sessions), spec)
         return 0
-    device = str(_default_device(args.device))
+    device = str(default_device(args.device))
     if spec.kind == "network":
         import torch
 

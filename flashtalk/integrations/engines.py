@@ -81,11 +81,13 @@ class LocalEngine:
         return 0.0 if self.session is None else self.session.lookahead_s * 1000
 
     async def start(self) -> None:
+        from flashtalk.runtime.backends import EncodedPortrait, encode_portrait
+        from flashtalk.runtime.backends.preview import PreviewBackend
         from flashtalk.runtime.scheduler import Scheduler
-        from flashtalk.runtime.session import EncodedPortrait, PreviewStreamingBackend, Session, encode_portrait
+        from flashtalk.runtime.session import Session
 
         loop = asyncio.get_running_loop()
-        backend = self._backend if self._backend is not None else PreviewStreamingBackend(self._device)
+        backend = self._backend if self._backend is not None else PreviewBackend(self._device)
         portrait = self._portrait
         if not isinstance(portrait, EncodedPortrait):
             portrait = await loop.run_in_executor(None, encode_portrait, backend, portrait)

@@ -138,11 +138,11 @@ class DrivingAnimation:
         return self.backend.render_keypoints(self.source.f_s, self.source.x_s, x_d)
 
     def frames(self, batch_size: int) -> Iterator[torch.Tensor]:
-        from flashtalk.runtime.backends.network import batches
+        from flashtalk.runtime.animation import batches
 
         return batches(self.keypoints(), batch_size, self._render)
 
     def frames_at(self, indices: list[int], batch_size: int) -> Iterator[torch.Tensor]:
-        from flashtalk.runtime.backends.network import batches, select_rows
+        from flashtalk.runtime.animation import batches, select_rows
 
         return batches(select_rows(self.keypoints(), indices), batch_size, self._render)

@@ -1,44 +1,44 @@
-"""`Engine`: portrait + speech -> frames, over a pluggable animation backend.
+"""`Engine`: portrait + speech -> frames, over one backend (`flashtalk.runtime.backends.Backend`: the
+weights-free preview or the full network).
 
-A backend turns one face crop and 16-kHz speech into rendered crops. It follows two small protocols so
-that the weights-free preview and the full network drop into the same pipeline:
-
-    backend = SomeBackend(...)                       # holds weights / device; reused across clips
-    animation = backend.prepare(crop, audio16k, seed=0, controls={}, landmarks=None)
-    animation.num_frames()                           # frames at backend.fps for this audio
-    for batch in animation.frames(batch_size):       # [N, 3, 512, 512] float in [0, 1], in order
+    engine = Engine.preview()                        # or Engine.from_weights(path) / Engine.from_pretrained()
+    clip = engine.prepare("face.jpg", "speech.wav")  # inputs checked, face cropped, portrait encoded
+    for batch in clip.batches(16):                   # uint8 [N, H, W, 3], num_frames in total
         ...
 
-The engine does the rest, batch by batch: retiming to the output frame rate, paste-back into the photo,
-conversion to uint8 and the provenance watermark.
+A clip's frames come from a one-stream driver of the backend's calls (`flashtalk.runtime.animation`), the
+same calls the scheduler makes for live sessions. The engine does the rest, batch by batch: retiming to the
+output frame rate, paste-back into the photo, and THE finish step (`flashtalk.runtime.finish`: uint8, the
+provenance watermark, the copy out) that live sessions use too.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from flashtalk.constants import DEFAULT_SAMPLER, MODEL_RATE
 from flashtalk.constants import WATERMARK_KEY as DEFAULT_WATERMARK_KEY
 from flashtalk.errors import FlashTalkError
+from flashtalk.runtime.animation import SpeechAnimation
+from flashtalk.runtime.backends import Backend
+from flashtalk.runtime.finish import WATERMARK_MODULE, Mark, finish, load_watermark, watermark_payload
 
 if TYPE_CHECKING:
     import torch
 
-    from flashtalk.faces.portrait_crop import FaceCrop, Landmarks
+    from flashtalk.faces.portrait_crop import FaceCrop
     from flashtalk.io.audio import AudioClip
 
 log = logging.getLogger(__name__)
 
-WATERMARK_MODULE = "flashtalk.provenance.watermark"
 PASTE_PIXELS_PER_CALL = 1 << 24  # paste-back sub-batches hold at most this many output pixels
 WEIGHTS_HELP = (
     "for the full network pass --weights DIR_OR_BUNDLE (LivePortrait + JoyVASA checkpoints or a "
@@ -46,96 +46,19 @@ WEIGHTS_HELP = (
 )
 
 
-class Animation(Protocol):
-    """One prepared clip: a fixed number of frames, produced in order, batch by batch. An animation may
-    also offer `frames_at(indices, batch_size)`: only the listed frames (sorted, repeats allowed)."""
-
-    def num_frames(self) -> int: ...
-
-    def frames(self, batch_size: int) -> Iterator["torch.Tensor"]:
-        """Yield [N <= batch_size, 3, 512, 512] float tensors in [0, 1], num_frames() in total."""
-        ...
-
-
-class Backend(Protocol):
-    """Turns a face crop and speech into an `Animation`."""
-
-    name: str  # short label for logs and metadata, e.g. "preview"
-    fps: int  # frame rate of the content it generates
-    device: "torch.device"
-
-    def prepare(
-        self,
-        crop: "torch.Tensor",
-        audio16k: np.ndarray,
-        *,
-        seed: int,
-        controls: Mapping[str, Any],
-        landmarks: "Landmarks | None",
-    ) -> Animation:
-        """crop [3, 512, 512] float in [0, 1] on `device`; audio16k float32 mono at 16 kHz; landmarks:
-        eye / mouth hints found in the crop (None when not found), for backends that need them."""
-        ...
-
-
-class PreviewBackend:
-    """The weights-free preview (`flashtalk.models.preview.PreviewAnimator`) behind the `Backend` protocol."""
-
-    name = "preview"
-
-    def __init__(self, device: "torch.device") -> None:
-        from flashtalk.models.preview import FPS
-
-        self.device = device
-        self.fps = FPS
-
-    def prepare(
-        self,
-        crop: "torch.Tensor",
-        audio16k: np.ndarray,
-        *,
-        seed: int,
-        controls: Mapping[str, Any],
-        landmarks: "Landmarks | None",
-    ) -> Animation:
-        from flashtalk.models.preview import FaceLayout, PreviewAnimator
-
-        if controls:
-            raise FlashTalkError(f"the weights-free preview takes no controls; got {sorted(controls)}; " + WEIGHTS_HELP)
-        layout = None
-        if landmarks is not None:
-            try:
-                layout = FaceLayout(landmarks.left_eye, landmarks.right_eye, landmarks.mouth)
-            except FlashTalkError as exc:
-                log.info("face landmarks not usable for the preview (%s); using the default layout", exc)
-        return _PreviewAnimation(PreviewAnimator(crop, seed, self.device, layout=layout), audio16k)
-
-
-class _PreviewAnimation:
-    def __init__(self, animator: Any, audio16k: np.ndarray) -> None:
-        self._animator, self._audio = animator, audio16k
-
-    def num_frames(self) -> int:
-        return int(self._animator.num_frames(self._audio))
-
-    def frames(self, batch_size: int) -> Iterator["torch.Tensor"]:
-        return self._animator.frames(self._audio, batch_size)
-
-
 @dataclass
 class Clip:
     """A prepared clip: what it will produce, and `batches()` to produce it."""
 
     engine: "Engine"
-    animation: Animation
+    animation: Any  # SpeechAnimation, or DrivingAnimation for a video-driven clip
     crop: "FaceCrop"
     photo: np.ndarray  # [H, W, 3] uint8
     audio: "AudioClip"  # 16 kHz mono, the audio the frames follow
     fps: Fraction  # output frame rate
     num_frames: int  # output frames
     paste_back: bool
-    watermark: bool  # True when a watermark is actually embedded
-    watermark_key: str
+    mark: Mark | None  # how the frames are watermarked (None: not at all)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -161,8 +84,6 @@ class Clip:
                 torch.tensor(self.crop.photo_to_crop, dtype=torch.float32, device=device)[None],
                 make_feather_mask(self.crop.image.shape[0], device=device),
             )
-        embed = _load_watermark() if self.watermark else None
-        payload = f"FlashTalk {_version()}"
         content_fps = Fraction(self.engine.backend.fps)
         if content_fps > self.fps and hasattr(self.animation, "frames_at"):
             # a lower output rate: the backend renders only the content frames that are shown
@@ -171,15 +92,18 @@ class Clip:
         else:
             frames = retime(self.animation.frames(batch_size), content_fps, self.fps, self.num_frames)
         for batch in frames:
-            if paste is None:
-                out = (batch.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-            else:
+            if paste is not None:
                 fn, background, affine, mask = paste
                 step = max(1, PASTE_PIXELS_PER_CALL // (background.shape[1] * background.shape[2]))
-                out = torch.cat([fn(batch[i : i + step], background, affine, mask) for i in range(0, len(batch), step)])
-            if embed is not None:
-                out = embed(out, key=self.watermark_key, payload=payload)
-            yield out.cpu().numpy()
+                batch = torch.cat(
+                    [fn(batch[i : i + step], background, affine, mask) for i in range(0, len(batch), step)]
+                )
+            yield finish(batch, [(0, len(batch), self.mark)])
+
+    @property
+    def watermark(self) -> bool:
+        """True when the frames carry the watermark."""
+        return self.mark is not None
 
 
 def retime(
@@ -212,27 +136,7 @@ def output_frames(content_frames: int, content_fps: float, out_fps: Fraction) ->
     return max(1, int(Fraction(content_frames) * out_fps / Fraction(content_fps)))
 
 
-def _version() -> str:
-    from flashtalk import __version__
-
-    return __version__
-
-
-def _load_watermark():
-    try:
-        module = importlib.import_module(WATERMARK_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not WATERMARK_MODULE.startswith(exc.name):
-            raise
-        return None
-    return module.embed
-
-
-def watermark_available() -> bool:
-    return _load_watermark() is not None
-
-
-def _default_device(device: "str | torch.device | None") -> "torch.device":
+def default_device(device: "str | torch.device | None") -> "torch.device":
     import torch
 
     if device is None:
@@ -264,7 +168,9 @@ class Engine:
     @classmethod
     def preview(cls, device: "str | torch.device | None" = None) -> "Engine":
         """The weights-free procedural preview: runs anywhere, no download."""
-        return cls(PreviewBackend(_default_device(device)))
+        from flashtalk.runtime.backends.preview import PreviewBackend
+
+        return cls(PreviewBackend(default_device(device)))
 
     @classmethod
     def from_weights(
@@ -286,7 +192,7 @@ class Engine:
         from flashtalk.runtime.backends.network import NetworkBackend, resolve_precision
         from flashtalk.weights.bundle import load_networks, seeded_networks
 
-        dev = _default_device(device)
+        dev = default_device(device)
         resolve_precision(precision, dev)  # a bad precision fails before the weights load
         if seeded:
             if path is not None:
@@ -350,14 +256,17 @@ class Engine:
                 crop_t, driving, controls=controls, landmarks=fc.landmarks, faces=self.faces
             )
         else:
-            animation = self.backend.prepare(crop_t, clip.samples, seed=seed, controls=controls, landmarks=fc.landmarks)
+            portrait = self.backend.encode(crop_t, fc.landmarks)
+            checked = self.backend.clip_controls(portrait, controls)
+            animation = SpeechAnimation(self.backend, portrait, clip.samples, seed, checked)
         if animation.num_frames() < 1:
             raise FlashTalkError(f"audio {clip.source} is too short for one frame ({clip.duration:.3f} s)")
         n = output_frames(animation.num_frames(), self.backend.fps, out_fps)
-        marked = watermark and watermark_available()
-        if watermark and not marked:
+        embed = load_watermark() if watermark else None
+        if watermark and embed is None:
             log.warning("watermark module %s is not installed; frames are NOT watermarked", WATERMARK_MODULE)
-        return Clip(self, animation, fc, photo, clip, out_fps, n, paste_back, marked, watermark_key)
+        mark = (embed, watermark_key, watermark_payload()) if embed is not None else None
+        return Clip(self, animation, fc, photo, clip, out_fps, n, paste_back, mark)
 
     def animate(
         self,

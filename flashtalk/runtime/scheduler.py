@@ -11,7 +11,8 @@ audio (or idle silence) go to `backend.motion` together; then up to `buckets[-1]
 taken round-robin, one frame per session per round, sessions whose oldest pending audio arrived first
 going first (so a session with a long backlog cannot starve the others), and rendered by one
 `backend.render` call at the smallest bucket that holds them. Then one batched finish for all frames of
-the tick (`finish_frames`: one uint8 conversion, one watermark call per watermark key, one pinned
+the tick (`flashtalk.runtime.finish.finish`: one uint8 conversion, one watermark call per run of sessions with
+the same mark, one pinned
 asynchronous device-to-host copy on CUDA) and the frames are handed back to their sessions in order.
 The scheduler talks to sessions through their public worker methods only.
 """
@@ -24,53 +25,21 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from flashtalk.constants import FPS
 from flashtalk.errors import FlashTalkError
-from flashtalk.runtime.backends import StreamingBackend
+from flashtalk.runtime.backends import Backend
+from flashtalk.runtime.finish import finish
 from flashtalk.runtime.graphs import capture_sizes
 from flashtalk.runtime.session import Session
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = capture_sizes(32)  # render batches of a tick: the one bucket list, up to 32 frames
-
-
-def finish_frames(images: "torch.Tensor", groups: Sequence[tuple[int, int, Any]]) -> np.ndarray:
-    """The frames of a whole tick: images [N, 3, 512, 512] float in [0, 1] -> uint8 [N, 512, 512, 3] on
-    the host. `groups`: (first row, rows, session) in order; the sessions' watermarks are embedded with
-    one call per distinct (embed, key, payload) (one call when they agree, the usual case). On CUDA the
-    copy out goes through pinned memory, asynchronously, and is waited for once (the tick's one sync)."""
-    import torch
-
-    out = images.clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-    marks: dict[tuple, list[tuple[int, int]]] = {}
-    for start, n, s in groups:
-        if s.embed is not None:
-            marks.setdefault((s.embed, s.watermark_key, s.watermark_payload), []).append((start, n))
-    for (embed, key, payload), spans in marks.items():
-        runs = [list(spans[0])]
-        for lo, n in spans[1:]:  # adjacent sessions with the same mark: one call
-            if lo == runs[-1][0] + runs[-1][1]:
-                runs[-1][1] += n
-            else:
-                runs.append([lo, n])
-        for lo, n in runs:
-            out[lo : lo + n] = embed(out[lo : lo + n], key=key, payload=payload)
-    if out.device.type != "cuda":
-        return out.numpy()
-    host = torch.empty(out.shape, dtype=torch.uint8, pin_memory=True)
-    host.copy_(out, non_blocking=True)
-    done = torch.cuda.Event()
-    done.record()
-    done.synchronize()
-    return host.numpy()
 
 
 class AdmissionError(FlashTalkError):
@@ -103,7 +72,7 @@ class SchedulerStats:
 class Scheduler:
     def __init__(
         self,
-        backend: StreamingBackend,
+        backend: Backend,
         *,
         max_sessions: int = 16,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
@@ -181,11 +150,11 @@ class Scheduler:
             groups, row = [], 0
             for s, parts in takes:
                 n = sum(b - a for _, a, b in parts)
-                groups.append((row, n, s))
+                groups.append((row, n, s.mark))
                 row += n
-            pixels = finish_frames(images, groups)
+            pixels = finish(images, groups)
             done = self.clock()
-            for (start, n, s), (_, parts) in zip(groups, takes):
+            for (start, n, _), (s, parts) in zip(groups, takes):
                 s.finish(parts, pixels[start : start + n], done)
             tick.render_frames, tick.render_sessions, tick.bucket = count, len(takes), bucket
             st = self.stats
@@ -245,4 +214,4 @@ class Scheduler:
                 self._wake.set()  # more may be pending: go again without waiting
 
 
-__all__ = ["AdmissionError", "DEFAULT_BUCKETS", "Scheduler", "SchedulerStats", "TickStats", "finish_frames"]
+__all__ = ["AdmissionError", "DEFAULT_BUCKETS", "Scheduler", "SchedulerStats", "TickStats"]

@@ -1,6 +1,6 @@
 """Live streaming sessions: a portrait encoded once, PCM chunks in, timestamped 512x512 frames out.
 
-    backend = PreviewStreamingBackend(device)                # or flashtalk.runtime.backends.network.NetworkBackend
+    backend = PreviewBackend(device)                         # or flashtalk.runtime.backends.network.NetworkBackend
     portrait = encode_portrait(backend, "face.jpg")          # crop + encode, once; share it across sessions
     session = Session(backend, portrait, sample_rate=48000, sample_format="s16le", latency="low")
     scheduler = Scheduler(backend); scheduler.admit(session)  # flashtalk.runtime.scheduler
@@ -9,7 +9,7 @@
     for item in session.poll():                                # Frame (uint8 [512, 512, 3] + its audio) or Event
         ...
 
-The backend interface and the Frame / Event types are in `flashtalk.runtime.backends`.
+The backend interface is `flashtalk.runtime.backends.Backend`; a session hands out `Frame`s and `Event`s.
 
 Threading: the client methods (`push_audio`, `end_speech`, `interrupt`, `set_controls`, `close`, `poll`)
 may be called from any one client thread; they only queue commands. The scheduler's thread calls the
@@ -28,18 +28,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from flashtalk.constants import FPS, FRAME_SIZE, HOP, LATENCY_MODES, MODEL_RATE
+from flashtalk.constants import FPS, HOP, LATENCY_MODES, MODEL_RATE
 from flashtalk.constants import WATERMARK_KEY as DEFAULT_WATERMARK_KEY
 from flashtalk.errors import FlashTalkError
-from flashtalk.runtime.backends import EncodedPortrait, Event, Frame, MotionChunk, StreamingBackend, encode_portrait
-from flashtalk.runtime.backends.preview import PreviewStreamingBackend
-
-if TYPE_CHECKING:
-    pass
+from flashtalk.runtime.backends import Backend, EncodedPortrait, MotionChunk, encode_portrait
+from flashtalk.runtime.finish import load_watermark, watermark_payload
 
 SAMPLE_FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 IDLE_SLACK_S = 0.2  # idle frames start once the wall clock is this far ahead of the media timeline
@@ -47,6 +44,24 @@ MAX_IDLE_FRAMES_PER_STEP = 5
 STALL_FLUSH_S = 0.5  # audio waiting for a backend's look-ahead is made into frames after this long without more
 MAX_QUEUED_AUDIO_S = 30.0  # push_audio refuses audio beyond this much not yet turned into motion
 MAX_OUTPUT_BACKLOG = 250  # frames not yet polled; older ones are dropped (and counted) beyond this
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # frame number on the session's media timeline
+    pts: float  # seconds, index / fps
+    image: np.ndarray  # [512, 512, 3] uint8 RGB, watermarked when the watermark module is installed
+    audio: np.ndarray  # the 16-kHz float32 samples that drove this frame (HOP of them; silence when idle)
+    epoch: int  # interrupt generation the audio belonged to
+    idle: bool  # driven by silence filled in while no audio arrived
+    latency_s: float | None  # audio complete -> frame ready (None for idle frames)
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "end" (all frames of the speech ended by end_speech() are out) | "interrupted"
+    frames: int  # frames on the timeline so far
+    epoch: int
 
 
 @dataclass
@@ -79,7 +94,7 @@ class Session:
 
     def __init__(
         self,
-        backend: StreamingBackend,
+        backend: Backend,
         portrait: EncodedPortrait | Any,
         *,
         seed: int = 0,
@@ -97,7 +112,6 @@ class Session:
         lookahead_frames: int | None = None,
     ) -> None:
         from flashtalk.io.audio import StreamingResampler
-        from flashtalk.runtime.engine import _load_watermark, _version
 
         if sample_format not in SAMPLE_FORMATS:
             raise FlashTalkError(f"sample_format must be one of {sorted(SAMPLE_FORMATS)}; got {sample_format!r}")
@@ -121,9 +135,9 @@ class Session:
         self.idle = idle
         self._clock = clock
         self._on_output = on_output
-        self.embed = _load_watermark() if watermark else None  # the scheduler watermarks a tick's frames
-        self.watermarked = self.embed is not None
-        self.watermark_key, self.watermark_payload = watermark_key or DEFAULT_WATERMARK_KEY, f"FlashTalk {_version()}"
+        embed = load_watermark() if watermark else None  # the scheduler watermarks a tick's frames
+        self.watermarked = embed is not None
+        self.mark = (embed, watermark_key or DEFAULT_WATERMARK_KEY, watermark_payload()) if embed else None
         self.latency = latency
         self.stream = backend.open(
             portrait.state, seed=seed, latency=latency, commit_frames=commit_frames, lookahead_frames=lookahead_frames
@@ -345,7 +359,7 @@ class Session:
 
     def finish(self, parts: list[tuple[_Pending, int, int]], pixels: np.ndarray, now: float) -> None:
         """Worker: `pixels` [N, 512, 512, 3] uint8 (watermarked: the scheduler converts and marks the frames
-        of a whole tick at once, `flashtalk.runtime.scheduler.finish_frames`) for `parts`: queue as Frames."""
+        of a whole tick at once, `flashtalk.runtime.finish.finish`) for `parts`: queue as Frames."""
         frames, row = [], 0
         for p, a, b in parts:
             for j in range(a, b):
@@ -392,16 +406,4 @@ class Session:
             self._on_output()
 
 
-__all__ = [
-    "EncodedPortrait",
-    "Event",
-    "FPS",
-    "FRAME_SIZE",
-    "Frame",
-    "HOP",
-    "MODEL_RATE",
-    "PreviewStreamingBackend",
-    "Session",
-    "StreamingBackend",
-    "encode_portrait",
-]
+__all__ = ["Event", "Frame", "Session"]

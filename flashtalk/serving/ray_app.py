@@ -96,13 +96,13 @@ class FlashTalkReplica:
     async def __init__(self, config: dict, backend: dict) -> None:
         from ray import serve
 
-        from flashtalk.runtime.engine import _default_device
+        from flashtalk.runtime.engine import default_device
         from flashtalk.serving.server import create_app
         from flashtalk.serving.state import ServerState, decode_image, freeze_startup
 
         ctx = serve.get_replica_context()
         replica = getattr(ctx.replica_id, "unique_id", None) or str(ctx.replica_id)
-        device = str(_default_device(config.get("device")))
+        device = str(default_device(config.get("device")))
         self.config = ServeConfig(**{**config, "replica": replica, "device": device})
         spec = BackendSpec(**backend)
         self.state = ServerState(self.config, build_backend(spec, device), build_faces(spec, device))

@@ -29,7 +29,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.runtime.session import PreviewStreamingBackend, StreamingBackend
+from flashtalk.runtime.backends import Backend
+from flashtalk.runtime.backends.preview import PreviewBackend
 from flashtalk.serving.state import (
     ASSETS_DIR,
     DEMO_PORTRAIT_ID,
@@ -242,13 +243,13 @@ class _TokenGuard:
 
 
 def create_app(
-    config: ServeConfig, backend: StreamingBackend | None = None, state: ServerState | None = None, faces: Any = None
+    config: ServeConfig, backend: Backend | None = None, state: ServerState | None = None, faces: Any = None
 ):
     """The ASGI application (Starlette); the scheduler thread starts and stops with its lifespan.
     `app.state.flashtalk` is the ServerState (tests and the Ray deployment reach it there)."""
     check_config(config)
     if state is None:
-        state = ServerState(config, backend if backend is not None else PreviewStreamingBackend(config.device), faces)
+        state = ServerState(config, backend if backend is not None else PreviewBackend(config.device), faces)
 
     @contextlib.asynccontextmanager
     async def lifespan(app) -> AsyncIterator[None]:
@@ -308,7 +309,7 @@ def uvicorn_config(app: Any, config: ServeConfig, **kw: Any):
     )
 
 
-def serve(config: ServeConfig, backend: StreamingBackend | None = None, faces: Any = None) -> None:
+def serve(config: ServeConfig, backend: Backend | None = None, faces: Any = None) -> None:
     """Run until interrupted (the CLI's `flashtalk serve`). faces: LivePortrait's face models (build_faces)."""
     import uvicorn
 
@@ -324,9 +325,7 @@ def serve(config: ServeConfig, backend: StreamingBackend | None = None, faces: A
 
 
 @contextlib.asynccontextmanager
-async def serving(
-    config: ServeConfig, backend: StreamingBackend | None = None
-) -> AsyncIterator[tuple[str, ServerState]]:
+async def serving(config: ServeConfig, backend: Backend | None = None) -> AsyncIterator[tuple[str, ServerState]]:
     """Serve on this event loop (port 0 picks a free one) -> ("http://127.0.0.1:PORT", state); for tests,
     benchmarks and in-process use. Stopped (and every session closed) when the block ends."""
     import uvicorn

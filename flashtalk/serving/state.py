@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.runtime.backends import Backend, EncodedPortrait, encode_portrait
 from flashtalk.runtime.scheduler import Scheduler
-from flashtalk.runtime.session import EncodedPortrait, StreamingBackend, encode_portrait
 from flashtalk.serving.wire import is_loopback
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
@@ -116,11 +116,11 @@ class BackendSpec:
     precision: str | None = None
 
 
-def build_backend(spec: BackendSpec, device: str) -> StreamingBackend:
-    from flashtalk.runtime.session import PreviewStreamingBackend
+def build_backend(spec: BackendSpec, device: str) -> Backend:
+    from flashtalk.runtime.backends.preview import PreviewBackend
 
     if spec.kind == "preview":
-        return PreviewStreamingBackend(device)
+        return PreviewBackend(device)
     if spec.kind != "network":
         raise FlashTalkError(f"backend must be 'preview' or 'network'; got {spec.kind!r}")
     if spec.weights is None and not spec.seeded:
@@ -215,7 +215,7 @@ class ServerState:
     construction with its resampler) is separate from `frames` (JPEG encode of live frames), so slow
     or hostile session starts never hold up the frames of running sessions."""
 
-    def __init__(self, config: ServeConfig, backend: StreamingBackend, faces: Any = None) -> None:
+    def __init__(self, config: ServeConfig, backend: Backend, faces: Any = None) -> None:
         self.config = config
         self.backend = backend
         self.faces = faces  # LivePortrait's face models (build_faces), or None: the Haar crop

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from flashtalk.constants import FPS, FRAME_SIZE
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.scheduler import AdmissionError
-from flashtalk.runtime.session import FPS, FRAME_SIZE, Event, Frame, Session
+from flashtalk.runtime.session import Event, Frame, Session
 from flashtalk.serving import wire
 from flashtalk.serving.state import ServerState, decode_image
 from flashtalk.serving.wire import CLOSE_BAD_MESSAGE, CLOSE_FULL, CLOSE_INTERNAL, CLOSE_TOO_BIG, LATE_S

@@ -97,6 +97,10 @@ class PreviewMotion:
     def slice(self, start: int, stop: int) -> "PreviewMotion":
         return PreviewMotion(**{n: getattr(self, n)[start:stop] for n in MOTION_FIELDS}, fps=self.fps)
 
+    def select(self, rows: list[int]) -> "PreviewMotion":
+        """The frames `rows` (any order, repeats allowed)."""
+        return PreviewMotion(**{n: getattr(self, n)[rows] for n in MOTION_FIELDS}, fps=self.fps)
+
     @staticmethod
     def concat(parts: list["PreviewMotion"], fps: int = 25) -> "PreviewMotion":
         if parts:

@@ -1,10 +1,11 @@
 """The one backend interface of the engine (`Backend`), and the encoded portrait it works on.
 
-A backend (the weights-free preview, the full network) follows `StreamingBackend`: per-portrait
-`encode`, per-stream `open`, and two batched calls, `motion` (whole frames of 16-kHz audio of many
-streams -> per-frame motion) and `render` (motion frames of many streams -> images in one call). The
-scheduler calls them once per tick for every live session (`flashtalk.runtime.scheduler`); offline
-`animate` drives the same calls for one stream (`flashtalk.runtime.backends.network.SpeechAnimation`).
+A backend (the weights-free preview in `preview`, the full network in `network`) encodes a portrait once
+(`encode`), opens a stream over it (`open`), and makes frames with two batched calls: `motion` (whole frames
+of 16-kHz audio of many streams -> per-frame motion) and `render` (motion frames of many streams -> images in
+one call). The scheduler calls them once per tick for every live session (`flashtalk.runtime.scheduler`);
+offline `animate` drives the same calls for one stream (`flashtalk.runtime.animation.SpeechAnimation`).
+Both finish the images the same way (`flashtalk.runtime.finish`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,15 @@ class MotionChunk(Protocol):
 
     def slice(self, start: int, stop: int) -> "MotionChunk": ...
 
+    def select(self, rows: list[int]) -> "MotionChunk":
+        """The frames `rows` (sorted, repeats allowed)."""
+        ...
 
-class StreamingBackend(Protocol):
+    @staticmethod
+    def concat(chunks: Sequence["MotionChunk"]) -> "MotionChunk": ...
+
+
+class Backend(Protocol):
     name: str
     fps: int
     device: "torch.device"
@@ -52,6 +60,15 @@ class StreamingBackend(Protocol):
 
     def check_controls(self, controls: Mapping[str, Any]) -> dict[str, Any]:
         """Validated controls, or FlashTalkError naming the bad key / value."""
+        ...
+
+    def clip_controls(self, portrait: Any, controls: Mapping[str, Any]) -> Any:
+        """The controls of an offline clip over `portrait` (they may hold keyframe tracks and files), checked
+        and in the form `motion` takes; FlashTalkError naming the bad key / value."""
+        ...
+
+    def clip_frames(self, samples: int) -> int:
+        """Frames an offline clip of `samples` 16-kHz samples makes."""
         ...
 
     def lookahead_samples(self, stream: Any = None) -> int:
@@ -80,7 +97,7 @@ class EncodedPortrait:
     crop: np.ndarray  # [512, 512, 3] uint8, the face crop
 
 
-def encode_portrait(backend: StreamingBackend, image: Any, *, crop: Any = "auto", faces: Any = None) -> EncodedPortrait:
+def encode_portrait(backend: Backend, image: Any, *, crop: Any = "auto", faces: Any = None) -> EncodedPortrait:
     """Load `image` (path, PIL image or RGB uint8 array), crop the face and encode it with `backend`.
     `faces`: LivePortrait's face models (flashtalk.faces); with them `auto` is LivePortrait's crop."""
     import torch
@@ -92,21 +109,3 @@ def encode_portrait(backend: StreamingBackend, image: Any, *, crop: Any = "auto"
     fc = face_crop(photo, crop, faces=faces)
     tensor = torch.from_numpy(fc.image).to(backend.device).permute(2, 0, 1).float().div_(255)
     return EncodedPortrait(backend.name, backend.encode(tensor, fc.landmarks), fc.image)
-
-
-@dataclass(frozen=True)
-class Frame:
-    index: int  # frame number on the session's media timeline
-    pts: float  # seconds, index / fps
-    image: np.ndarray  # [512, 512, 3] uint8 RGB, watermarked when the watermark module is installed
-    audio: np.ndarray  # the 16-kHz float32 samples that drove this frame (HOP of them; silence when idle)
-    epoch: int  # interrupt generation the audio belonged to
-    idle: bool  # driven by silence filled in while no audio arrived
-    latency_s: float | None  # audio complete -> frame ready (None for idle frames)
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: str  # "end" (all frames of the speech ended by end_speech() are out) | "interrupted"
-    frames: int  # frames on the timeline so far
-    epoch: int

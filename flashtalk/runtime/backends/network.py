@@ -1,5 +1,5 @@
 """The full-network backend: LivePortrait renderer + HuBERT audio encoder + JoyVASA motion generator
-behind the one backend interface (`flashtalk.runtime.backends.StreamingBackend`), for offline and
+behind the one backend interface (`flashtalk.runtime.backends.Backend`), for offline and
 streaming alike.
 
     backend = NetworkBackend(nets, device)
@@ -19,7 +19,7 @@ The steps of a tick (`motion`, then `render`):
    of all streams (sessions with different portraits share one call), and run THE render-and-resize
    (`render_keypoints`): stitching, warping, decoder, 512² resize, clamp.
 
-Offline (`prepare` -> `SpeechAnimation`) is a one-stream driver of the same calls, with larger batches:
+Offline (`flashtalk.runtime.animation.SpeechAnimation`) is a one-stream driver of the same calls:
 2 frames of leading and 1 of trailing silence (docs/specs/joyvasa.md §1); the two leading frames are generated (d_0
 of the relative mapping) but not shown, so frame i starts at audio time i / 25 s.
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -384,15 +384,16 @@ class NetworkBackend:
             ) from None
 
     # ---- offline
-    def prepare(
-        self, crop: torch.Tensor, audio16k: np.ndarray, *, seed: int, controls: Mapping[str, Any], landmarks: Any = None
-    ) -> "SpeechAnimation":
-        source = self.encode(crop, landmarks)
-        c = with_source_ratios(
-            Controls.from_mapping(controls, expression_of=lambda path: self.expression_offset(path, source)),
-            source.ratios,
+    def clip_controls(self, portrait: SourceState, controls: Mapping[str, Any]) -> ControlSet:
+        """An offline clip's full control set (keyframe tracks, an emotion photo or file), with the
+        portrait's measured eye / lip ratios."""
+        return with_source_ratios(
+            Controls.from_mapping(controls, expression_of=lambda path: self.expression_offset(path, portrait)),
+            portrait.ratios,
         )
-        return SpeechAnimation(self, source, np.asarray(audio16k, dtype=np.float32), seed, c)
+
+    def clip_frames(self, samples: int) -> int:
+        return clip_frames(samples, self.cfg.samples_per_frame)
 
     def expression_offset(self, image: str | Path, neutral: SourceState | None = None) -> torch.Tensor:
         """A photo's expression [21, 3] relative to `neutral`'s (the portrait being animated), or on its
@@ -428,92 +429,3 @@ class NetworkBackend:
         if c.pose_smoothing != DEFAULT_POSE_SMOOTHING:
             raise FlashTalkError("pose_smoothing applies to audio-driven motion, not to a driving video")
         return DrivingAnimation(self, source, Path(video), c, faces)
-
-
-def batches(x_d_chunks: Iterator[Any], batch_size: int, render) -> Iterator[torch.Tensor]:
-    """Regroup a stream of frame chunks (anything with len, slicing and `concat`) into render batches of
-    batch_size (the last may be shorter)."""
-    pending: list[Any] = []
-    held = 0
-    for chunk in x_d_chunks:
-        pending.append(chunk)
-        held += len(chunk)
-        while held >= batch_size:
-            flat = _cat(pending)
-            yield render(_rows(flat, 0, batch_size))
-            rest = _rows(flat, batch_size, held)
-            pending, held = ([rest] if len(rest) else []), len(rest)
-    if held:
-        yield render(_cat(pending))
-
-
-def _cat(chunks: list[Any]) -> Any:
-    return torch.cat(chunks) if torch.is_tensor(chunks[0]) else NetworkMotion.concat(chunks)
-
-
-def _rows(x: Any, a: int, b: int) -> Any:
-    return x[a:b] if torch.is_tensor(x) else x.slice(a, b)
-
-
-def select_rows(chunks: Iterator[Any], indices: list[int]) -> Iterator[Any]:
-    """The rows `indices` (sorted, repeats allowed) of the concatenation of `chunks`, chunk by chunk."""
-    if any(b < a for a, b in zip(indices, indices[1:])):
-        raise FlashTalkError("frames_at: indices must be sorted")
-    offset, k = 0, 0
-    for chunk in chunks:
-        end = offset + len(chunk)
-        take = []
-        while k < len(indices) and indices[k] < end:
-            take.append(indices[k] - offset)
-            k += 1
-        if take:
-            rows = torch.tensor(take)
-            yield chunk[rows] if torch.is_tensor(chunk) else chunk.select(rows.to(chunk.frames.device))
-        offset = end
-        if k == len(indices):
-            return
-
-
-class SpeechAnimation:
-    """One audio-driven clip: the one-stream driver of the backend's `open` / `motion` / `render` (the
-    calls the scheduler makes for live sessions), a window at a time as `frames` is consumed, so memory
-    does not grow with the audio's length."""
-
-    def __init__(
-        self, backend: NetworkBackend, source: SourceState, audio: np.ndarray, seed: int, controls: Controls
-    ) -> None:
-        self.backend, self.source, self.audio, self.seed, self.controls = backend, source, audio, seed, controls
-        self.cfg = backend.cfg
-        self.stream: WindowState | None = None
-
-    def num_frames(self) -> int:
-        return clip_frames(len(self.audio), self.cfg.samples_per_frame)
-
-    def motion(self) -> Iterator[NetworkMotion]:
-        """The clip's motion, window by window: the audio zero-padded to whole frames (the trailing silence
-        and the partial last frame), all of it due (the clip is complete)."""
-        n = self.num_frames()
-        audio = np.zeros(n * HOP, np.float32)
-        audio[: min(len(self.audio), n * HOP)] = self.audio[: n * HOP]
-        self.stream = stream = self.backend.open(self.source, seed=self.seed)
-        W, done = self.cfg.n_motions, 0
-        while done < n:
-            take = min(W - stream.lead, n - done)  # one window's worth: all of it is due
-            chunk = audio[done * HOP : (done + take) * HOP]
-            (m,) = self.backend.motion([(stream, chunk, self.controls, take)])
-            done += len(m)
-            yield m
-
-    def keypoints(self) -> Iterator[torch.Tensor]:
-        """Driving keypoints [n, 21, 3] of consecutive output frames, one window at a time (unstitched)."""
-        for m in self.motion():
-            yield self.backend.driving_keypoints(self.stream, m)
-
-    def _render(self, m: NetworkMotion) -> torch.Tensor:
-        return self.backend.render([(self.stream, [m])], len(m))
-
-    def frames(self, batch_size: int) -> Iterator[torch.Tensor]:
-        return batches(self.motion(), batch_size, self._render)
-
-    def frames_at(self, indices: list[int], batch_size: int) -> Iterator[torch.Tensor]:
-        return batches(select_rows(self.motion(), indices), batch_size, self._render)

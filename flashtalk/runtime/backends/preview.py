@@ -1,4 +1,4 @@
-"""The weights-free preview behind the one backend interface (`flashtalk.runtime.backends.StreamingBackend`);
+"""The weights-free preview behind the one backend interface (`flashtalk.runtime.backends.Backend`);
 the full network's is `flashtalk.runtime.backends.network.NetworkBackend`."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flashtalk.constants import FPS
+from flashtalk.constants import FPS, HOP
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.backends import MotionChunk
 
@@ -23,7 +23,7 @@ class PreviewStream:
     motion: Any  # flashtalk.models.preview.PreviewMotionStream of this stream
 
 
-class PreviewStreamingBackend:
+class PreviewBackend:
     """The weights-free preview. Controls (`flashtalk.models.preview.controls`): yaw / pitch / roll offsets in
     degrees (within ±30), expression_scale in [0, 2] (scales mouth opening and lip shape), head_distance
     (scale), mouth_open and blink. Its motion is causal: no look-ahead, every frame made at once."""
@@ -60,6 +60,12 @@ class PreviewStreamingBackend:
         from flashtalk.models.preview.controls import check_preview_controls
 
         return check_preview_controls(controls, self.name)
+
+    def clip_controls(self, portrait: Any, controls: Mapping[str, Any]) -> dict[str, float]:
+        return self.check_controls(controls)
+
+    def clip_frames(self, samples: int) -> int:
+        return -(-samples // HOP)  # the partial last frame is zero-padded
 
     def lookahead_samples(self, stream: Any = None) -> int:
         return 0  # causal: a frame needs only its own audio and what came before
