@@ -5,6 +5,6 @@ warp and streaming cases in `attention_cases` / `warp_cases` / `streaming_cases`
 
 from __future__ import annotations
 
-from flashtalk.bench.harness import SCHEMA, add_arguments, compare, run, validate
+from flashtalk.bench.harness import SCHEMA, compare, run, validate
 
-__all__ = ["SCHEMA", "add_arguments", "compare", "run", "validate"]
+__all__ = ["SCHEMA", "compare", "run", "validate"]

@@ -110,36 +110,15 @@ SCHEMA: dict = {
         "records": {"type": "array", "items": RECORD_SCHEMA},
     },
 }
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
-def validate(instance: Any, schema: dict = SCHEMA, where: str = "$") -> list[str]:
-    """Errors of `instance` against a JSON-Schema subset (type, enum, required, properties, items); [] if valid."""
-    errors: list[str] = []
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else types
+def validate(instance: Any, schema: dict = SCHEMA) -> list[str]:
+    """Errors of `instance` against a JSON Schema (by `jsonschema`), one line each: where, then what; []
+    if valid."""
+    from jsonschema import Draft202012Validator
 
-        def fits(t: str) -> bool:
-            if t == "number":
-                return isinstance(instance, (int, float)) and not isinstance(instance, bool)
-            if t == "integer":
-                return isinstance(instance, int) and not isinstance(instance, bool)
-            return isinstance(instance, _TYPES[t])
-
-        if not any(fits(t) for t in types):
-            return [f"{where}: expected {' or '.join(types)}, got {type(instance).__name__} {instance!r:.60}"]
-    if "enum" in schema and instance not in schema["enum"]:
-        errors.append(f"{where}: {instance!r} is not one of {schema['enum']}")
-    if isinstance(instance, dict):
-        errors += [f"{where}: missing key {k!r}" for k in schema.get("required", []) if k not in instance]
-        for k, sub in schema.get("properties", {}).items():
-            if k in instance:
-                errors += validate(instance[k], sub, f"{where}.{k}")
-    if isinstance(instance, list) and "items" in schema:
-        for i, item in enumerate(instance):
-            errors += validate(item, schema["items"], f"{where}[{i}]")
-    return errors
+    errors = sorted(Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    return [f"{e.json_path}: {e.message}" for e in errors]
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -563,51 +542,6 @@ def compare(records: list[dict], old: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a short run: fewer cases and iterations")
-    parser.add_argument(
-        "--only",
-        action="append",
-        choices=["kernel", "stage", "renderer", "pipeline", "stream"],
-        help="case group(s) to run (default: all)",
-    )
-    parser.add_argument("--case", action="append", metavar="TEXT", help="only cases whose name contains TEXT")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="dtype of the attention / warp kernel cases")
-    parser.add_argument(
-        "--compile",
-        dest="compile",
-        action="store_true",
-        default=None,
-        help="measure torch.compile providers (default: on, except --quick)",
-    )
-    parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--iters", type=int, help="timed calls per provider (default 20 on GPU, 3 on CPU; quick fewer)")
-    parser.add_argument("--sessions", type=int, help="concurrent sessions of the aggregate streaming case")
-    parser.add_argument("--json", metavar="PATH", help="write one record per case and provider as JSON")
-    parser.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
-    parser.add_argument("--plot", metavar="PATH", help="write PNG charts (speed-up, FPS vs batch, latency CDF)")
-    parser.add_argument("--compare", metavar="OLD.json", help="print the ratio against an earlier --json report")
-    parser.add_argument(
-        "--suite",
-        choices=["gpu"],
-        help="the one-call GPU suite: gpu tests, then the headline benchmarks, within --budget-s, written under --out",
-    )
-    parser.add_argument("--out", metavar="DIR", help="--suite: folder for results.json, summary.md and plots")
-    parser.add_argument(
-        "--budget-s",
-        type=float,
-        help="stop before this many seconds, naming what did not fit (default: 480 for --suite, none otherwise)",
-    )
-    parser.add_argument("--smoke", action="store_true", help="--suite on the CPU at tiny sizes (CI)")
-    parser.add_argument(
-        "--tests",
-        metavar="DIR",
-        help="--suite: the checkout's tests/ folder (found by itself "
-        "in a checkout; a wheel install needs it to run the gpu tests)",
-    )
 
 
 def command_argv(args: argparse.Namespace) -> list[str]:

@@ -1,8 +1,7 @@
 """The `flashtalk` command line.
 
-Each subcommand lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`:
-the commands in this package (`animate`, `serve`, `info`, `emotion`, `detect`, `profile`, `download`), and
-the few that live beside the code they drive (`bench`, `verify-golden`, `kernels check`, `convert-weights`).
+Each subcommand lives in its own module of this package, which provides `add_arguments(parser)` and
+`run(args) -> int`; the code it drives lives in the package below (`runtime`, `bench`, `golden`, `kernels`, ...).
 A module is imported only when its subcommand runs, so `flashtalk --help` stays fast.
 """
 
@@ -18,13 +17,19 @@ from flashtalk.errors import FlashTalkError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("flashtalk.cli.info", "print the environment and which kernel backend each op uses, and why"),
-    "verify-golden": ("flashtalk.golden.verify", "check our networks against a folder of golden tensors"),
+    "verify-golden": ("flashtalk.cli.verify_golden", "check our networks against a folder of golden tensors"),
     "animate": ("flashtalk.cli.animate", "turn a portrait photo and a speech file into a talking-head video"),
     "detect": ("flashtalk.cli.detect", "look for FlashTalk's invisible watermark in a video or an image"),
-    "convert-weights": ("flashtalk.weights.bundle", "convert a LivePortrait + JoyVASA weights folder into one bundle"),
-    "bench": ("flashtalk.bench", "measure kernels, stages, renderer, pipeline and streaming against eager / compile"),
+    "convert-weights": (
+        "flashtalk.cli.convert_weights",
+        "convert a LivePortrait + JoyVASA weights folder into one bundle",
+    ),
+    "bench": (
+        "flashtalk.cli.bench",
+        "measure kernels, stages, renderer, pipeline and streaming against eager / compile",
+    ),
     "kernels": (
-        "flashtalk.kernels.check",
+        "flashtalk.cli.kernels",
         "kernels check: compile every kernel variant ahead of time for a GPU arch (sm_90)",
     ),
     "profile": ("flashtalk.cli.profile", "write a torch-profiler trace of a few rendered frames"),

@@ -22,18 +22,15 @@ alternative: it must compile, but it may spill or exceed the shared memory (it i
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import io
-import json
 import os
 import pkgutil
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
@@ -153,7 +150,7 @@ def _specialise(kernel, args: tuple, kwargs: dict, target, result: Result) -> tu
 
     if not hasattr(jit, "create_function_from_signature") or not hasattr(kernel, "_pack_args"):
         raise FlashTalkError(
-            f"this triton ({_triton_version()}) lacks the JITFunction internals the compile "
+            f"this triton ({triton_version()}) lacks the JITFunction internals the compile "
             "check uses (create_function_from_signature, _pack_args): it supports triton 3.6 to 3.9"
         )
     backend = make_backend(target)
@@ -206,7 +203,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1][:200] if lines else ''}"
 
 
-def _triton_version() -> str:
+def triton_version() -> str:
     import triton
 
     return triton.__version__
@@ -350,48 +347,3 @@ def table(results: list[Result], smem_limit: int) -> str:
         )
     widths = [min(max(len(row[i]) for row in rows), 56) for i in range(len(COLUMNS) - 1)]
     return "\n".join("  ".join(c[:w].ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = sub.add_parser("check", help="compile every production kernel variant ahead of time for a GPU architecture")
-    p.add_argument(
-        "--arch", default="sm_90", help=f"target architecture, one of {', '.join(SMEM_LIMIT)} (default sm_90)"
-    )
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--file", action="append", metavar="NAME", help="only this kernel file (repeatable), e.g. attention")
-    p.add_argument("--match", metavar="TEXT", help="only variants whose name contains TEXT")
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=min(8, os.cpu_count() or 1),
-        help="compile in this many processes (default: the CPU count, at most 8)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    out = Path(args.json) if args.json else None
-    if out is not None and (out.is_dir() or not out.parent.is_dir()):
-        raise FlashTalkError(f"--json {args.json}: {'is a folder' if out.is_dir() else 'its folder does not exist'}")
-    t0 = time.perf_counter()
-    results = check(args.arch, args.file, args.match, args.jobs)
-    limit = SMEM_LIMIT[args.arch]
-    print(table(results, limit))
-    failed = [r for r in results if r.problems(limit)]
-    wall = time.perf_counter() - t0
-    print(
-        f"\n{len(results)} launches from {len({r.file for r in results})} kernel files for {args.arch} "
-        f"(triton {_triton_version()}) in {wall:.1f} s: {len(failed)} failed"
-    )
-    if out is not None:
-        report = {
-            "arch": args.arch,
-            "triton": _triton_version(),
-            "torch": torch.__version__,
-            "smem_limit": limit,
-            "wall_s": round(wall, 1),
-            "results": [asdict(r) | {"problems": r.problems(limit)} for r in results],
-        }
-        out.write_text(json.dumps(report, indent=1))
-        print(f"wrote {out}")
-    return 1 if failed else 0
