@@ -5,6 +5,7 @@ warp and streaming cases in `attention_cases` / `warp_cases` / `streaming_cases`
 
 from __future__ import annotations
 
-from flashtalk.bench.harness import SCHEMA, compare, run, validate
+from flashtalk.bench.harness import SCHEMA, run, validate
+from flashtalk.bench.report import compare
 
 __all__ = ["SCHEMA", "compare", "run", "validate"]

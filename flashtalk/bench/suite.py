@@ -244,6 +244,7 @@ def run_suite(args: argparse.Namespace) -> int:
     import torch
 
     from flashtalk.bench import harness, registry
+    from flashtalk.bench import report as reporting
 
     if not args.out:
         raise FlashTalkError("--suite gpu needs --out DIR")
@@ -260,7 +261,7 @@ def run_suite(args: argparse.Namespace) -> int:
     end = start + budget - RESERVE_S
     env = harness.environment(device, harness.command_argv(args))
     env["suite"] = "gpu-smoke" if smoke else "gpu"
-    for line in harness.header_lines(env):
+    for line in reporting.header_lines(env):
         print(line)
     steps: list[dict] = []
 
@@ -312,7 +313,7 @@ def run_suite(args: argparse.Namespace) -> int:
     records: list[dict] = []
 
     def emit(rec: dict) -> None:
-        print(harness.terminal_table([rec]).splitlines()[1], flush=True)
+        print(reporting.terminal_table([rec]).splitlines()[1], flush=True)
 
     for step in STEPS:
         names = [
@@ -369,7 +370,7 @@ def run_suite(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(report, indent=1))
     (out / "summary.md").write_text(summary_markdown(env, steps, tests_summary, records))
     try:
-        harness.plot(records, str(out / "plots.png"), env)
+        reporting.plot(records, str(out / "plots.png"), env)
     except ImportError:
         print("plots.png not written: matplotlib is missing (pip install 'flashtalk[bench]')")
     print(f"\nwrote {out / 'results.json'}, {out / 'summary.md'}, {out / 'plots.png'}")
@@ -378,12 +379,12 @@ def run_suite(args: argparse.Namespace) -> int:
 
 
 def summary_markdown(env: dict, steps: list[dict], tests: dict | None, records: list[dict]) -> str:
-    from flashtalk.bench import harness
+    from flashtalk.bench import report as reporting
 
     lines = [
         "# FlashTalk GPU suite" + (" (smoke, CPU)" if env["cpu_only"] else ""),
         "",
-        *[f"- {line}" for line in harness.header_lines(env)],
+        *[f"- {line}" for line in reporting.header_lines(env)],
         f"- CUDA {env.get('cuda')}, wall {env['wall_s']} s",
         "",
         "## Steps",
@@ -394,14 +395,14 @@ def summary_markdown(env: dict, steps: list[dict], tests: dict | None, records: 
     lines += [f"| {s['step']} | {s['status']} | {s.get('wall_s', '-')} | {s.get('reason', '')} |" for s in steps]
     if tests and tests["failures"]:
         lines += ["", "## Failed gpu tests", "", *[f"- `{f}`" for f in tests["failures"]]]
-    full = harness.markdown(env, records)
+    full = reporting.markdown(env, records)
     body = full[full.find("\n## ") :] if "\n## " in full else ""  # its tables, without its title and header
     return "\n".join(lines) + "\n" + body + "\n"
 
 
 def short_table(steps: list[dict], records: list[dict]) -> str:
     """The last thing printed: each step's status, then the headline figure of each case per provider."""
-    from flashtalk.bench import harness
+    from flashtalk.bench import report as reporting
 
     lines = [f"{s['step']:<32} {s['status']:<8} {s.get('reason', '')}" for s in steps]
     headline = [r for r in records if r["status"] == "ok"]
@@ -410,9 +411,9 @@ def short_table(steps: list[dict], records: list[dict]) -> str:
             [
                 r["case"],
                 r["provider"],
-                harness.fmt(r["value"], 4),
+                reporting.fmt(r["value"], 4),
                 r["unit"],
-                (harness.fmt(r.get("speedup_vs_eager")) + "x") if r.get("speedup_vs_eager") else "",
+                (reporting.fmt(r.get("speedup_vs_eager")) + "x") if r.get("speedup_vs_eager") else "",
             ]
             for r in headline
         ]

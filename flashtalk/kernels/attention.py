@@ -77,10 +77,7 @@ _SHORT: dict[int, dict[str, int]] = {  # fp16 / bf16
     128: dict(BM=64, num_warps=8),
 }
 _SHORT_FP32: dict[int, dict[str, int]] = {  # unmasked, D <= 32 only by default (64 / 128: when asked for)
-    16: dict(BM=16, num_warps=4),
-    32: dict(BM=16, num_warps=4),
-    64: dict(BM=16, num_warps=4),
-    128: dict(BM=16, num_warps=8),
+    16: dict(BM=16, num_warps=4), 32: dict(BM=16, num_warps=4), 64: dict(BM=16, num_warps=4), 128: dict(BM=16, num_warps=8),
 }
 SHORT_FP32_MAX_D = 32  # fp32 with a wider head (or a mask) runs tiled: the one-tile kernel would spill
 # The pruned alternatives `bench_attention.py --sweep` times (fp16 / bf16 tiled variant; for the short one
@@ -120,26 +117,9 @@ if triton is not None:
 
     @_jit
     def _score_tile(
-        b_q,
-        p_k,
-        s_kn,
-        s_kd,
-        p_am,
-        s_am,
-        s_an,
-        p_kpm,
-        s_pn,
-        o_m,
-        o_n,
-        o_d,
-        Lq,
-        Lk,
-        qk_scale,
-        diag,
-        MASK_KIND: tl.constexpr,
-        HAS_KPM: tl.constexpr,
-        CAUSAL: tl.constexpr,
-        EDGE: tl.constexpr,
+        b_q, p_k, s_kn, s_kd, p_am, s_am, s_an, p_kpm, s_pn,
+        o_m, o_n, o_d, Lq, Lk, qk_scale, diag,
+        MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr, CAUSAL: tl.constexpr, EDGE: tl.constexpr,
         INTERP_BF16: tl.constexpr,
     ):
         """Scores of one [BM, BN] tile in log2 units (scale·log2(e) folded in), -inf where not allowed."""
@@ -167,119 +147,42 @@ if triton is not None:
 
     @_jit
     def _online_softmax_steps(
-        acc,
-        m_i,
-        l_i,
-        b_q,
-        lo,
-        hi,
-        p_k,
-        s_kn,
-        s_kd,
-        p_v,
-        s_vn,
-        s_vd,
-        p_am,
-        s_am,
-        s_an,
-        p_kpm,
-        s_pn,
-        o_m,
-        o_d,
-        Lq,
-        Lk,
-        qk_scale,
-        diag,
-        BN: tl.constexpr,
-        MASK_KIND: tl.constexpr,
-        HAS_KPM: tl.constexpr,
-        CAUSAL: tl.constexpr,
-        EDGE: tl.constexpr,
-        INTERP_BF16: tl.constexpr,
+        acc, m_i, l_i, b_q, lo, hi,
+        p_k, s_kn, s_kd, p_v, s_vn, s_vd, p_am, s_am, s_an, p_kpm, s_pn,
+        o_m, o_d, Lq, Lk, qk_scale, diag,
+        BN: tl.constexpr, MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr, CAUSAL: tl.constexpr,
+        EDGE: tl.constexpr, INTERP_BF16: tl.constexpr,
     ):
         """Fold the key tiles [lo, hi) into the running output `acc`, row max `m_i` and row sum `l_i`."""
         for start_n in range(lo, hi, BN):
             o_n = start_n + tl.arange(0, BN).to(tl.int64)
             b_s = _score_tile(
-                b_q,
-                p_k,
-                s_kn,
-                s_kd,
-                p_am,
-                s_am,
-                s_an,
-                p_kpm,
-                s_pn,
-                o_m,
-                o_n,
-                o_d,
-                Lq,
-                Lk,
-                qk_scale,
-                diag,
-                MASK_KIND,
-                HAS_KPM,
-                CAUSAL,
-                EDGE,
-                INTERP_BF16,
+                b_q, p_k, s_kn, s_kd, p_am, s_am, s_an, p_kpm, s_pn, o_m, o_n, o_d, Lq, Lk, qk_scale, diag,
+                MASK_KIND, HAS_KPM, CAUSAL, EDGE, INTERP_BF16,
             )  # [BM, BN]
             m_new = tl.maximum(m_i, tl.max(b_s, 1))  # [BM]
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet stays at 0
             b_p = tl.math.exp2(b_s - m_use[:, None])  # [BM, BN]
             alpha = tl.math.exp2(m_i - m_use)  # [BM]
             l_i = l_i * alpha + tl.sum(b_p, 1)
-            b_v = tl.load(
-                p_v + o_n[:, None] * s_vn + o_d[None, :] * s_vd, mask=(o_n < Lk)[:, None], other=0.0
-            )  # [BN, BD]
+            b_v = tl.load(p_v + o_n[:, None] * s_vn + o_d[None, :] * s_vd, mask=(o_n < Lk)[:, None], other=0.0)  # [BN, BD]
             if INTERP_BF16:
                 b_v = b_v.to(tl.float32)
-            acc = acc * alpha[:, None] + tl.dot(
-                b_p.to(b_v.dtype), b_v, input_precision="ieee"
-            )  # [BM, BN] @ [BN, BD] -> [BM, BD]
+            acc = acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision="ieee")  # [BM, BN] @ [BN, BD] -> [BM, BD]
             m_i = m_new
         return acc, m_i, l_i
 
     @_jit
     def _attn_fwd_tiled(
-        p_q,
-        s_qb,
-        s_qh,
-        s_qm,
-        s_qd,
-        p_k,
-        s_kb,
-        s_kh,
-        s_kn,
-        s_kd,
-        p_v,
-        s_vb,
-        s_vh,
-        s_vn,
-        s_vd,
-        p_am,
-        s_ab,
-        s_ah,
-        s_am,
-        s_an,
-        p_kpm,
-        s_pb,
-        s_pn,
-        p_o,
-        s_ob,
-        s_oh,
-        s_om,
-        s_od,
-        H,
-        Lq,
-        Lk,
-        qk_scale,
-        BM: tl.constexpr,
-        BN: tl.constexpr,
-        BD: tl.constexpr,
-        MASK_KIND: tl.constexpr,
-        HAS_KPM: tl.constexpr,
-        CAUSAL: tl.constexpr,
-        INTERP_BF16: tl.constexpr,
+        p_q, s_qb, s_qh, s_qm, s_qd,
+        p_k, s_kb, s_kh, s_kn, s_kd,
+        p_v, s_vb, s_vh, s_vn, s_vd,
+        p_am, s_ab, s_ah, s_am, s_an,
+        p_kpm, s_pb, s_pn,
+        p_o, s_ob, s_oh, s_om, s_od,
+        H, Lq, Lk, qk_scale,
+        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+        MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr, CAUSAL: tl.constexpr, INTERP_BF16: tl.constexpr,
     ):
         tl.static_assert(BM % BN == 0 or BN % BM == 0, "BM and BN must divide one another")
         tl.static_assert(BD >= 16 and BN >= 16, "tl.dot needs tiles of at least 16")
@@ -314,111 +217,29 @@ if triton is not None:
             full_hi = tl.minimum(full_hi, (tl.maximum(start_m + diag + 1, 0) // BN) * BN)
             hi = tl.minimum(Lk, tl.maximum(start_m + BM + diag, 0))
         acc, m_i, l_i = _online_softmax_steps(
-            acc,
-            m_i,
-            l_i,
-            b_q,
-            0,
-            full_hi,
-            p_k,
-            s_kn,
-            s_kd,
-            p_v,
-            s_vn,
-            s_vd,
-            p_am,
-            s_am,
-            s_an,
-            p_kpm,
-            s_pn,
-            o_m,
-            o_d,
-            Lq,
-            Lk,
-            qk_scale,
-            diag,
-            BN,
-            MASK_KIND,
-            HAS_KPM,
-            CAUSAL,
-            False,
-            INTERP_BF16,
+            acc, m_i, l_i, b_q, 0, full_hi,
+            p_k, s_kn, s_kd, p_v, s_vn, s_vd, p_am, s_am, s_an, p_kpm, s_pn,
+            o_m, o_d, Lq, Lk, qk_scale, diag, BN, MASK_KIND, HAS_KPM, CAUSAL, False, INTERP_BF16,
         )
         acc, m_i, l_i = _online_softmax_steps(
-            acc,
-            m_i,
-            l_i,
-            b_q,
-            full_hi,
-            hi,
-            p_k,
-            s_kn,
-            s_kd,
-            p_v,
-            s_vn,
-            s_vd,
-            p_am,
-            s_am,
-            s_an,
-            p_kpm,
-            s_pn,
-            o_m,
-            o_d,
-            Lq,
-            Lk,
-            qk_scale,
-            diag,
-            BN,
-            MASK_KIND,
-            HAS_KPM,
-            CAUSAL,
-            True,
-            INTERP_BF16,
+            acc, m_i, l_i, b_q, full_hi, hi,
+            p_k, s_kn, s_kd, p_v, s_vn, s_vd, p_am, s_am, s_an, p_kpm, s_pn,
+            o_m, o_d, Lq, Lk, qk_scale, diag, BN, MASK_KIND, HAS_KPM, CAUSAL, True, INTERP_BF16,
         )
         b_o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # [BM, BD]; rows with no allowed key stay 0
         tl.store(p_o + o_m[:, None] * s_om + o_d[None, :] * s_od, _to_output(b_o, p_o, INTERP_BF16), mask=m_m[:, None])
 
     @_jit
     def _attn_fwd_short(
-        p_q,
-        s_qb,
-        s_qh,
-        s_qm,
-        s_qd,
-        p_k,
-        s_kb,
-        s_kh,
-        s_kn,
-        s_kd,
-        p_v,
-        s_vb,
-        s_vh,
-        s_vn,
-        s_vd,
-        p_am,
-        s_ab,
-        s_ah,
-        s_am,
-        s_an,
-        p_kpm,
-        s_pb,
-        s_pn,
-        p_o,
-        s_ob,
-        s_oh,
-        s_om,
-        s_od,
-        H,
-        Lq,
-        Lk,
-        qk_scale,
-        BM: tl.constexpr,
-        BN: tl.constexpr,
-        BD: tl.constexpr,
-        MASK_KIND: tl.constexpr,
-        HAS_KPM: tl.constexpr,
-        CAUSAL: tl.constexpr,
-        INTERP_BF16: tl.constexpr,
+        p_q, s_qb, s_qh, s_qm, s_qd,
+        p_k, s_kb, s_kh, s_kn, s_kd,
+        p_v, s_vb, s_vh, s_vn, s_vd,
+        p_am, s_ab, s_ah, s_am, s_an,
+        p_kpm, s_pb, s_pn,
+        p_o, s_ob, s_oh, s_om, s_od,
+        H, Lq, Lk, qk_scale,
+        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+        MASK_KIND: tl.constexpr, HAS_KPM: tl.constexpr, CAUSAL: tl.constexpr, INTERP_BF16: tl.constexpr,
     ):
         """All of a head's keys in one [BN] tile (the launcher guarantees Lk <= BN): one pass, no rescaling."""
         tl.static_assert(BD >= 16 and BN >= 16 and BM >= 16, "tl.dot needs tiles of at least 16")
@@ -441,27 +262,8 @@ if triton is not None:
         if INTERP_BF16:
             b_q = b_q.to(tl.float32)
         b_s = _score_tile(
-            b_q,
-            p_k,
-            s_kn,
-            s_kd,
-            p_am,
-            s_am,
-            s_an,
-            p_kpm,
-            s_pn,
-            o_m,
-            o_n,
-            o_d,
-            Lq,
-            Lk,
-            qk_scale,
-            Lk - Lq,
-            MASK_KIND,
-            HAS_KPM,
-            CAUSAL,
-            True,
-            INTERP_BF16,
+            b_q, p_k, s_kn, s_kd, p_am, s_am, s_an, p_kpm, s_pn, o_m, o_n, o_d, Lq, Lk, qk_scale, Lk - Lq,
+            MASK_KIND, HAS_KPM, CAUSAL, True, INTERP_BF16,
         )  # [BM, BN]
         m_row = tl.max(b_s, 1)  # [BM]
         b_p = tl.math.exp2(b_s - tl.where(m_row == float("-inf"), 0.0, m_row)[:, None])  # [BM, BN]
@@ -495,7 +297,9 @@ def _unsupported(q, k, v, attn_mask, key_padding_mask) -> str | None:
         return f"an empty dimension (B={B}, H={H}, Lq={Lq}, Lk={Lk})"
     if B * H > _MAX_GRID_Y:
         return f"B*H={B * H} exceeds the grid limit {_MAX_GRID_Y}"
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, attn_mask)):
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, attn_mask)
+    ):
         return "the kernel is forward-only and an input requires grad"
     return None
 
@@ -554,27 +358,14 @@ def _launch(
     BM = cfg.pop("BM")
     grid = (triton.cdiv(Lq, BM), B * H)
     kernel[grid](
-        q,
-        *q.stride(),
-        k,
-        *k.stride(),
-        v,
-        *v.stride(),
-        am,
-        *am_strides,
-        kpm,
-        *kpm_strides,
-        out,
-        *out.stride(),
-        H,
-        Lq,
-        Lk,
-        scale * _LOG2E,
-        BM=BM,
-        BN=BN,
-        BD=D,
-        **flags,
-        **cfg,
+        q, *q.stride(),
+        k, *k.stride(),
+        v, *v.stride(),
+        am, *am_strides,
+        kpm, *kpm_strides,
+        out, *out.stride(),
+        H, Lq, Lk, scale * _LOG2E,
+        BM=BM, BN=BN, BD=D, **flags, **cfg,
     )
     return out
 
@@ -608,21 +399,14 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask, key_pad
             f"attention shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
             "(need equal B, H, D and k.shape == v.shape)"
         )
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (
-        torch.float16,
-        torch.bfloat16,
-        torch.float32,
-        torch.float64,
-    ):
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise FlashTalkError(f"attention needs q, k, v of one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     devices = {t.device for t in (q, k, v, attn_mask, key_padding_mask) if t is not None}
     if len(devices) > 1:
         raise FlashTalkError(f"attention inputs are on different devices: {sorted(map(str, devices))}")
     B, _, Lq, _ = q.shape
     Lk = k.shape[2]
-    if key_padding_mask is not None and (
-        key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (B, Lk)
-    ):
+    if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (B, Lk)):
         raise FlashTalkError(
             f"key_padding_mask must be bool [B, Lk] = [{B}, {Lk}]; got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
         )
@@ -714,31 +498,19 @@ def compile_variants():
         q, k, v = proj(B, Lq, H, D, dtype), proj(B, Lk, H, D, dtype), proj(B, Lk, H, D, dtype)
         am = meta(Lq, Lk, dtype=torch.bool) if mask else None
         kpm = meta(B, Lk, dtype=torch.bool) if padded else None
-        return lambda: _launch(q, k, v, am, kpm, False, D**-0.5, config=config)
+        return lambda: _launch(q, k, v, am, kpm, False, D ** -0.5, config=config)
 
     out = []
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         for B in (2, 64):  # guidance-batched window of 1 stream / 32 streams
             out.append(Variant(f"motion self-attention B{B} H8 L110 D32 {name}", call(B, 8, 110, 110, 32, dtype)))
-            out.append(
-                Variant(
-                    f"motion cross-attention (masked) B{B} H8 L110 D32 {name}",
-                    call(B, 8, 110, 110, 32, dtype, mask=True),
-                )
-            )
+            out.append(Variant(f"motion cross-attention (masked) B{B} H8 L110 D32 {name}",
+                               call(B, 8, 110, 110, 32, dtype, mask=True)))
         for B in (1, 32):  # one window (2 x 110 frames at 50 Hz) of 1 / 32 streams, padded batches
-            out.append(
-                Variant(
-                    f"audio-encoder attention B{B} H12 L220 D64 {name}", call(B, 12, 220, 220, 64, dtype, padded=B > 1)
-                )
-            )
+            out.append(Variant(f"audio-encoder attention B{B} H12 L220 D64 {name}",
+                               call(B, 12, 220, 220, 64, dtype, padded=B > 1)))
     for cfg in _SWEEP:
         tag = " ".join(f"{k}={v}" for k, v in cfg.items())
-        out.append(
-            Variant(
-                f"sweep audio B32 H12 L220 D64 fp16 {tag}",
-                call(32, 12, 220, 220, 64, torch.float16, padded=True, config=cfg),
-                production=False,
-            )
-        )
+        out.append(Variant(f"sweep audio B32 H12 L220 D64 fp16 {tag}",
+                           call(32, 12, 220, 220, 64, torch.float16, padded=True, config=cfg), production=False))
     return out

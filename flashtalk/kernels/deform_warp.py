@@ -83,46 +83,14 @@ def deform_warp_ref(
 
 @_jit
 def _deform_warp_kernel(
-    l_ptr,
-    ks_ptr,
-    kd_ptr,
-    f_ptr,
-    out_ptr,
-    phi_ptr,
-    K,
-    C,
-    D,
-    H,
-    W,
-    Df,
-    Hf,
-    Wf,
-    s_lb,
-    s_lk,
-    s_ld,
-    s_lh,
-    s_lw,
-    s_ksb,
-    s_ksk,
-    s_ksx,
-    s_kdb,
-    s_kdk,
-    s_kdx,
-    s_fb,
-    s_fc,
-    s_fd,
-    s_fh,
-    s_fw,
-    s_ob,
-    s_oc,
-    s_od,
-    s_oh,
-    s_ow,
-    s_pb,
-    s_pd,
-    s_ph,
-    s_pw,
-    s_px,
+    l_ptr, ks_ptr, kd_ptr, f_ptr, out_ptr, phi_ptr,
+    K, C, D, H, W, Df, Hf, Wf,
+    s_lb, s_lk, s_ld, s_lh, s_lw,
+    s_ksb, s_ksk, s_ksx,
+    s_kdb, s_kdk, s_kdx,
+    s_fb, s_fc, s_fd, s_fh, s_fw,
+    s_ob, s_oc, s_od, s_oh, s_ow,
+    s_pb, s_pd, s_ph, s_pw, s_px,
     BV: tl.constexpr,
     WRITE_PHI: tl.constexpr,
 ):
@@ -166,73 +134,30 @@ def _deform_warp_kernel(
         tl.store(p_p, phx, mask=m_v)
         tl.store(p_p + s_px, phy, mask=m_v)
         tl.store(p_p + 2 * s_px, phz, mask=m_v)
-    o000, o001, o010, o011, o100, o101, o110, o111, w000, w001, w010, w011, w100, w101, w110, w111 = trilinear_corners(
-        phx, phy, phz, Df, Hf, Wf, s_fd, s_fh, s_fw
-    )
+    o000, o001, o010, o011, o100, o101, o110, o111, w000, w001, w010, w011, w100, w101, w110, w111 = \
+        trilinear_corners(phx, phy, phz, Df, Hf, Wf, s_fd, s_fh, s_fw)
     p_f = f_ptr + i_b * s_fb
     p_o = out_ptr + i_b * s_ob + i_d * s_od + i_h * s_oh + i_w * s_ow
     for i_c in range(C):
-        b_v = trilinear_gather(
-            p_f + i_c * s_fc,
-            m_v,
-            o000,
-            o001,
-            o010,
-            o011,
-            o100,
-            o101,
-            o110,
-            o111,
-            w000,
-            w001,
-            w010,
-            w011,
-            w100,
-            w101,
-            w110,
-            w111,
-        )  # [BV]
+        b_v = trilinear_gather(p_f + i_c * s_fc, m_v, o000, o001, o010, o011, o100, o101, o110, o111,
+                               w000, w001, w010, w011, w100, w101, w110, w111)  # [BV]
         p_oc = p_o + i_c * s_oc
         tl.store(p_oc, to_element(b_v, p_oc), mask=m_v)
 
 
-def _launch(
-    mask_logits: torch.Tensor,
-    kp_source: torch.Tensor,
-    kp_driving: torch.Tensor,
-    feature: torch.Tensor,
-    out: torch.Tensor,
-    phi: torch.Tensor | None,
-) -> None:
+def _launch(mask_logits: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor, feature: torch.Tensor,
+            out: torch.Tensor, phi: torch.Tensor | None) -> None:
     """Run the kernel into `out` [B, C, D, H, W] and, when given, `phi` [B, D, H, W, 3] fp32 (any strides)."""
     B, K1, D, H, W = mask_logits.shape
     C, Df, Hf, Wf = feature.shape[1:]
     BV = block_size(D * H * W)
     grid = (triton.cdiv(D * H * W, BV), B)
     _deform_warp_kernel[grid](
-        mask_logits,
-        kp_source,
-        kp_driving,
-        feature,
-        out,
-        out if phi is None else phi,
-        K1 - 1,
-        C,
-        D,
-        H,
-        W,
-        Df,
-        Hf,
-        Wf,
-        *mask_logits.stride(),
-        *kp_source.stride(),
-        *kp_driving.stride(),
-        *feature.stride(),
-        *out.stride(),
+        mask_logits, kp_source, kp_driving, feature, out, out if phi is None else phi,
+        K1 - 1, C, D, H, W, Df, Hf, Wf,
+        *mask_logits.stride(), *kp_source.stride(), *kp_driving.stride(), *feature.stride(), *out.stride(),
         *((0,) * 5 if phi is None else phi.stride()),
-        BV=BV,
-        WRITE_PHI=phi is not None,
-        num_warps=4,
+        BV=BV, WRITE_PHI=phi is not None, num_warps=4,
     )
 
 
@@ -242,13 +167,8 @@ def _output_shapes(mask_logits: torch.Tensor, feature: torch.Tensor, return_defo
 
 
 @torch.library.custom_op("flashtalk::deform_warp", mutates_args=())
-def _deform_warp_op(
-    mask_logits: torch.Tensor,
-    kp_source: torch.Tensor,
-    kp_driving: torch.Tensor,
-    feature: torch.Tensor,
-    return_deformation: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _deform_warp_op(mask_logits: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor,
+                    feature: torch.Tensor, return_deformation: bool) -> tuple[torch.Tensor, torch.Tensor]:
     out_shape, phi_shape = _output_shapes(mask_logits, feature, return_deformation)
     out = torch.empty(out_shape, dtype=feature.dtype, device=feature.device, memory_format=volume_format(mask_logits))
     phi = torch.empty(phi_shape, dtype=torch.float32, device=feature.device)
@@ -276,9 +196,7 @@ def deform_warp(
     fp32 (fp64 for fp64 inputs), or None unless asked)."""
     _check(mask_logits, kp_source, kp_driving, feature)
     tensors = (mask_logits, kp_source, kp_driving, feature)
-    unsupported = (
-        "float64 inputs (the kernel computes in fp32)" if any(t.dtype == torch.float64 for t in tensors) else None
-    )
+    unsupported = "float64 inputs (the kernel computes in fp32)" if any(t.dtype == torch.float64 for t in tensors) else None
     if choose("deform_warp", mask_logits.device, unsupported).use_triton:
         out, phi = _deform_warp_op(mask_logits, kp_source, kp_driving, feature, return_deformation)
         return out, (phi if return_deformation else None)
@@ -296,9 +214,6 @@ def compile_variants():
         phi = meta(B, 16, 64, 64, 3, dtype=dtype) if with_phi else None
         return lambda: _launch(logits, xs, xd, feature, out, phi)
 
-    return [
-        Variant(f"warping deform+sample B{B} 32x16x64x64{' +phi' if phi else ''} {name}", call(B, dtype, phi))
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))
-        for B in (1, 32)
-        for phi in (False, True)
-    ]
+    return [Variant(f"warping deform+sample B{B} 32x16x64x64{' +phi' if phi else ''} {name}", call(B, dtype, phi))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))
+            for B in (1, 32) for phi in (False, True)]

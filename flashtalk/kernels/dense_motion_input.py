@@ -83,9 +83,8 @@ def dense_motion_input_ref(compressed: torch.Tensor, kp_source: torch.Tensor, kp
     xs, xd = kp_source.to(compute), kp_driving.to(compute)
     S = sparse_motions(G, xs, xd)  # [B, K+1, D, H, W, 3]
     volume = compressed.to(compute)[:, None].expand(B, K + 1, C, D, H, W).reshape(B * (K + 1), C, D, H, W)
-    deformed = F.grid_sample(
-        volume, S.reshape(B * (K + 1), D, H, W, 3), mode="bilinear", padding_mode="zeros", align_corners=False
-    ).view(B, K + 1, C, D, H, W)
+    deformed = F.grid_sample(volume, S.reshape(B * (K + 1), D, H, W, 3), mode="bilinear", padding_mode="zeros",
+                             align_corners=False).view(B, K + 1, C, D, H, W)
     g = G[None, None]
     heat_d = torch.exp(-0.5 * ((g - xd[:, :, None, None, None, :]) ** 2).sum(-1) / KP_VARIANCE)
     heat_s = torch.exp(-0.5 * ((g - xs[:, :, None, None, None, :]) ** 2).sum(-1) / KP_VARIANCE)
@@ -116,30 +115,15 @@ def trilinear_corners(gx, gy, gz, D, H, W, s_d, s_h, s_w):
     oy1 = y1.to(tl.int64) * s_h
     oz0 = z0.to(tl.int64) * s_d
     oz1 = z1.to(tl.int64) * s_d
-    return (
-        oz0 + oy0 + ox0,
-        oz0 + oy0 + ox1,
-        oz0 + oy1 + ox0,
-        oz0 + oy1 + ox1,
-        oz1 + oy0 + ox0,
-        oz1 + oy0 + ox1,
-        oz1 + oy1 + ox0,
-        oz1 + oy1 + ox1,
-        wz0 * wy0 * wx0,
-        wz0 * wy0 * wx1,
-        wz0 * wy1 * wx0,
-        wz0 * wy1 * wx1,
-        wz1 * wy0 * wx0,
-        wz1 * wy0 * wx1,
-        wz1 * wy1 * wx0,
-        wz1 * wy1 * wx1,
-    )
+    return (oz0 + oy0 + ox0, oz0 + oy0 + ox1, oz0 + oy1 + ox0, oz0 + oy1 + ox1,
+            oz1 + oy0 + ox0, oz1 + oy0 + ox1, oz1 + oy1 + ox0, oz1 + oy1 + ox1,
+            wz0 * wy0 * wx0, wz0 * wy0 * wx1, wz0 * wy1 * wx0, wz0 * wy1 * wx1,
+            wz1 * wy0 * wx0, wz1 * wy0 * wx1, wz1 * wy1 * wx0, wz1 * wy1 * wx1)
 
 
 @_jit
-def trilinear_gather(
-    p, m, o000, o001, o010, o011, o100, o101, o110, o111, w000, w001, w010, w011, w100, w101, w110, w111
-):
+def trilinear_gather(p, m, o000, o001, o010, o011, o100, o101, o110, o111,
+                     w000, w001, w010, w011, w100, w101, w110, w111):
     """Σ over the 8 corners of weight · value at pointer p + offset (fp32); a zero weight skips the load."""
     acc = w000 * tl.load(p + o000, mask=m & (w000 != 0.0), other=0.0).to(tl.float32)
     acc += w001 * tl.load(p + o001, mask=m & (w001 != 0.0), other=0.0).to(tl.float32)
@@ -153,65 +137,27 @@ def trilinear_gather(
 
 
 @_jit
-def _motion_channels(p_c, p_o, m_v, gx, gy, gz, heat, C, D, H, W, s_cc, s_cd, s_ch, s_cw, s_oc):
+def _motion_channels(p_c, p_o, m_v, gx, gy, gz, heat, C, D, H, W,
+                     s_cc, s_cd, s_ch, s_cw, s_oc):
     """Write the heatmap and the C trilinear samples of c at (gx, gy, gz) to channels 0..C from p_o."""
-    o000, o001, o010, o011, o100, o101, o110, o111, w000, w001, w010, w011, w100, w101, w110, w111 = trilinear_corners(
-        gx, gy, gz, D, H, W, s_cd, s_ch, s_cw
-    )
+    o000, o001, o010, o011, o100, o101, o110, o111, w000, w001, w010, w011, w100, w101, w110, w111 = \
+        trilinear_corners(gx, gy, gz, D, H, W, s_cd, s_ch, s_cw)
     tl.store(p_o, to_element(heat, p_o), mask=m_v)
     for i_c in range(C):
-        b_v = trilinear_gather(
-            p_c + i_c * s_cc,
-            m_v,
-            o000,
-            o001,
-            o010,
-            o011,
-            o100,
-            o101,
-            o110,
-            o111,
-            w000,
-            w001,
-            w010,
-            w011,
-            w100,
-            w101,
-            w110,
-            w111,
-        )  # [BV]
+        b_v = trilinear_gather(p_c + i_c * s_cc, m_v, o000, o001, o010, o011, o100, o101, o110, o111,
+                               w000, w001, w010, w011, w100, w101, w110, w111)  # [BV]
         p_oc = p_o + (i_c + 1) * s_oc
         tl.store(p_oc, to_element(b_v, p_oc), mask=m_v)
 
 
 @_jit
 def _dense_motion_input_kernel(
-    c_ptr,
-    ks_ptr,
-    kd_ptr,
-    out_ptr,
-    K,
-    C,
-    D,
-    H,
-    W,
-    inv_var,
-    s_cb,
-    s_cc,
-    s_cd,
-    s_ch,
-    s_cw,
-    s_ksb,
-    s_ksk,
-    s_ksx,
-    s_kdb,
-    s_kdk,
-    s_kdx,
-    s_ob,
-    s_oc,
-    s_od,
-    s_oh,
-    s_ow,
+    c_ptr, ks_ptr, kd_ptr, out_ptr,
+    K, C, D, H, W, inv_var,
+    s_cb, s_cc, s_cd, s_ch, s_cw,
+    s_ksb, s_ksk, s_ksx,
+    s_kdb, s_kdk, s_kdx,
+    s_ob, s_oc, s_od, s_oh, s_ow,
     BV: tl.constexpr,
 ):
     i_v = tl.program_id(0)
@@ -227,9 +173,8 @@ def _dense_motion_input_kernel(
     p_c = c_ptr + i_b * s_cb
     p_o = out_ptr + i_b * s_ob + i_d.to(tl.int64) * s_od + i_h.to(tl.int64) * s_oh + i_w.to(tl.int64) * s_ow
     # background: identity motion, zero heatmap
-    _motion_channels(
-        p_c, p_o, m_v, gx, gy, gz, tl.zeros([BV], dtype=tl.float32), C, D, H, W, s_cc, s_cd, s_ch, s_cw, s_oc
-    )
+    _motion_channels(p_c, p_o, m_v, gx, gy, gz, tl.zeros([BV], dtype=tl.float32), C, D, H, W,
+                     s_cc, s_cd, s_ch, s_cw, s_oc)
     for i_k in range(K):
         p_s = ks_ptr + i_b * s_ksb + i_k * s_ksk
         p_d = kd_ptr + i_b * s_kdb + i_k * s_kdk
@@ -245,54 +190,22 @@ def _dense_motion_input_kernel(
         ex = gx - xs
         ey = gy - ys
         ez = gz - zs
-        heat = tl.exp(-0.5 * (dx * dx + dy * dy + dz * dz) * inv_var) - tl.exp(
-            -0.5 * (ex * ex + ey * ey + ez * ez) * inv_var
-        )
-        _motion_channels(
-            p_c,
-            p_o + (i_k + 1) * (C + 1) * s_oc,
-            m_v,
-            dx + xs,
-            dy + ys,
-            dz + zs,
-            heat,
-            C,
-            D,
-            H,
-            W,
-            s_cc,
-            s_cd,
-            s_ch,
-            s_cw,
-            s_oc,
-        )
+        heat = tl.exp(-0.5 * (dx * dx + dy * dy + dz * dz) * inv_var) - tl.exp(-0.5 * (ex * ex + ey * ey + ez * ez) * inv_var)
+        _motion_channels(p_c, p_o + (i_k + 1) * (C + 1) * s_oc, m_v, dx + xs, dy + ys, dz + zs, heat, C, D, H, W,
+                         s_cc, s_cd, s_ch, s_cw, s_oc)
 
 
-def _launch(
-    compressed: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
+def _launch(compressed: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Run the kernel into `out` [B, (K+1)·(C+1), D, H, W] (any strides)."""
     B, C, D, H, W = compressed.shape
     K = kp_source.shape[1]
     BV = block_size(D * H * W)
     grid = (triton.cdiv(D * H * W, BV), B)
     _dense_motion_input_kernel[grid](
-        compressed,
-        kp_source,
-        kp_driving,
-        out,
-        K,
-        C,
-        D,
-        H,
-        W,
-        1.0 / KP_VARIANCE,
-        *compressed.stride(),
-        *kp_source.stride(),
-        *kp_driving.stride(),
-        *out.stride(),
-        BV=BV,
-        num_warps=4,
+        compressed, kp_source, kp_driving, out,
+        K, C, D, H, W, 1.0 / KP_VARIANCE,
+        *compressed.stride(), *kp_source.stride(), *kp_driving.stride(), *out.stride(),
+        BV=BV, num_warps=4,
     )
     return out
 
@@ -306,12 +219,8 @@ def volume_format(x: torch.Tensor) -> torch.memory_format:
 
 def _output(compressed: torch.Tensor, kp_source: torch.Tensor) -> torch.Tensor:
     B, C, D, H, W = compressed.shape
-    return torch.empty(
-        (B, (kp_source.shape[1] + 1) * (C + 1), D, H, W),
-        dtype=compressed.dtype,
-        device=compressed.device,
-        memory_format=volume_format(compressed),
-    )
+    return torch.empty((B, (kp_source.shape[1] + 1) * (C + 1), D, H, W), dtype=compressed.dtype,
+                       device=compressed.device, memory_format=volume_format(compressed))
 
 
 @torch.library.custom_op("flashtalk::dense_motion_input", mutates_args=())
@@ -348,8 +257,6 @@ def compile_variants():
         c, xs, xd = meta(B, 4, 16, 64, 64, dtype=dtype), meta(B, 21, 3), meta(B, 21, 3)
         return lambda: _launch(c, xs, xd, meta(B, 22 * 5, 16, 64, 64, dtype=dtype))
 
-    return [
-        Variant(f"warping dense-motion input B{B} volume 16x64x64 {name}", call(B, dtype))
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))
-        for B in (1, 32)
-    ]
+    return [Variant(f"warping dense-motion input B{B} volume 16x64x64 {name}", call(B, dtype))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))
+            for B in (1, 32)]

@@ -59,12 +59,7 @@ def _check(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, m
     if crop.dtype not in FLOAT_DTYPES:
         raise FlashTalkError(f"paste_back: crop must be floating point in [0, 1]; got {crop.dtype}")
     B, _, h, w = crop.shape
-    if (
-        background.dim() != 4
-        or background.shape[3] != 3
-        or background.shape[0] not in (1, B)
-        or min(background.shape) < 1
-    ):
+    if background.dim() != 4 or background.shape[3] != 3 or background.shape[0] not in (1, B) or min(background.shape) < 1:
         raise FlashTalkError(f"paste_back: background must be [B={B} or 1, Hb, Wb, 3]; got {tuple(background.shape)}")
     if background.dtype != torch.uint8:
         raise FlashTalkError(f"paste_back: background must be uint8; got {background.dtype}")
@@ -73,35 +68,27 @@ def _check(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, m
     if affine.dtype not in FLOAT_DTYPES:
         raise FlashTalkError(f"paste_back: affine must be floating point; got {affine.dtype}")
     if tuple(mask.shape) != (h, w) or mask.dtype not in FLOAT_DTYPES:
-        raise FlashTalkError(
-            f"paste_back: mask must be float [h, w] = [{h}, {w}]; got {mask.dtype} {tuple(mask.shape)}"
-        )
+        raise FlashTalkError(f"paste_back: mask must be float [h, w] = [{h}, {w}]; got {mask.dtype} {tuple(mask.shape)}")
     for name, t in (("background", background), ("affine", affine), ("mask", mask)):
         if t.device != crop.device:
             raise FlashTalkError(f"paste_back: {name} is on {t.device}, crop on {crop.device}")
     return B
 
 
-def paste_back_ref(
-    crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
+def paste_back_ref(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The paste-back with F.grid_sample, in fp32; see the module docstring."""
     B, _, h, w = crop.shape
     Hb, Wb = background.shape[1:3]
     dev = crop.device
     A = affine.to(torch.float32).expand(B, 2, 3)
-    Y, X = torch.meshgrid(
-        torch.arange(Hb, dtype=torch.float32, device=dev),
-        torch.arange(Wb, dtype=torch.float32, device=dev),
-        indexing="ij",
-    )
+    Y, X = torch.meshgrid(torch.arange(Hb, dtype=torch.float32, device=dev),
+                          torch.arange(Wb, dtype=torch.float32, device=dev), indexing="ij")
     u = A[:, 0, 0, None, None] * X + A[:, 0, 1, None, None] * Y + A[:, 0, 2, None, None]  # [B, Hb, Wb]
     v = A[:, 1, 0, None, None] * X + A[:, 1, 1, None, None] * Y + A[:, 1, 2, None, None]
     grid = torch.stack([(2 * u + 1) / w - 1, (2 * v + 1) / h - 1], dim=-1)  # align_corners=False normalisation
     rgb = F.grid_sample(crop.to(torch.float32), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    m = F.grid_sample(
-        mask.to(torch.float32).expand(B, 1, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
+    m = F.grid_sample(mask.to(torch.float32).expand(B, 1, h, w), grid, mode="bilinear", padding_mode="zeros",
+                      align_corners=False)
     bg = background.expand(B, Hb, Wb, 3).permute(0, 3, 1, 2).to(torch.float32)
     out = m * (rgb * 255.0) + (1 - m) * bg
     return torch.floor(out + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
@@ -112,32 +99,13 @@ def paste_back_ref(
 
 @_jit
 def _paste_back_kernel(
-    c_ptr,
-    bg_ptr,
-    a_ptr,
-    m_ptr,
-    out_ptr,
-    h,
-    w,
-    Hb,
-    Wb,
-    s_cb,
-    s_cc,
-    s_ch,
-    s_cw,
-    s_bb,
-    s_bh,
-    s_bw,
-    s_bc,
-    s_ab,
-    s_ar,
-    s_ac,
-    s_mh,
-    s_mw,
-    s_ob,
-    s_oh,
-    s_ow,
-    s_oc,
+    c_ptr, bg_ptr, a_ptr, m_ptr, out_ptr,
+    h, w, Hb, Wb,
+    s_cb, s_cc, s_ch, s_cw,
+    s_bb, s_bh, s_bw, s_bc,
+    s_ab, s_ar, s_ac,
+    s_mh, s_mw,
+    s_ob, s_oh, s_ow, s_oc,
     BP: tl.constexpr,
 ):
     i_p = tl.program_id(0)
@@ -149,33 +117,15 @@ def _paste_back_kernel(
     X = i_x.to(tl.float32)
     Y = i_y.to(tl.float32)
     p_a = a_ptr + i_b * s_ab
-    u = (
-        tl.load(p_a).to(tl.float32) * X
-        + tl.load(p_a + s_ac).to(tl.float32) * Y
-        + tl.load(p_a + 2 * s_ac).to(tl.float32)
-    )
+    u = tl.load(p_a).to(tl.float32) * X + tl.load(p_a + s_ac).to(tl.float32) * Y + tl.load(p_a + 2 * s_ac).to(tl.float32)
     p_a += s_ar
-    v = (
-        tl.load(p_a).to(tl.float32) * X
-        + tl.load(p_a + s_ac).to(tl.float32) * Y
-        + tl.load(p_a + 2 * s_ac).to(tl.float32)
-    )
+    v = tl.load(p_a).to(tl.float32) * X + tl.load(p_a + s_ac).to(tl.float32) * Y + tl.load(p_a + 2 * s_ac).to(tl.float32)
     # mask: zeros outside the crop
     x0, x1, wx0, wx1 = axis_corners(u, w, False)
     y0, y1, wy0, wy1 = axis_corners(v, h, False)
     x0, x1, y0, y1 = x0.to(tl.int64), x1.to(tl.int64), y0.to(tl.int64), y1.to(tl.int64)
-    b_m = bilinear_gather(
-        m_ptr,
-        m_p,
-        y0 * s_mh + x0 * s_mw,
-        y0 * s_mh + x1 * s_mw,
-        y1 * s_mh + x0 * s_mw,
-        y1 * s_mh + x1 * s_mw,
-        wy0 * wx0,
-        wy0 * wx1,
-        wy1 * wx0,
-        wy1 * wx1,
-    )  # [BP]
+    b_m = bilinear_gather(m_ptr, m_p, y0 * s_mh + x0 * s_mw, y0 * s_mh + x1 * s_mw, y1 * s_mh + x0 * s_mw,
+                          y1 * s_mh + x1 * s_mw, wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1)  # [BP]
     # colour: edge pixels repeat
     x0, x1, wx0, wx1 = axis_corners(u, w, True)
     y0, y1, wy0, wy1 = axis_corners(v, h, True)
@@ -195,9 +145,8 @@ def _paste_back_kernel(
         tl.store(p_o + i_c * s_oc, b_o.to(tl.uint8), mask=m_p)
 
 
-def _launch(
-    crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
+def _launch(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor,
+            out: torch.Tensor) -> torch.Tensor:
     """Run the kernel into `out` [B, Hb, Wb, 3] uint8 (any strides); background / affine of batch 1 are
     broadcast through a zero batch stride."""
     B, _, h, w = crop.shape
@@ -206,32 +155,16 @@ def _launch(
     s_a = affine.stride()
     BP = block_size(Hb * Wb)
     _paste_back_kernel[(triton.cdiv(Hb * Wb, BP), B)](
-        crop,
-        background,
-        affine,
-        mask,
-        out,
-        h,
-        w,
-        Hb,
-        Wb,
-        *crop.stride(),
-        0 if background.shape[0] == 1 else s_bg[0],
-        *s_bg[1:],
-        0 if affine.shape[0] == 1 else s_a[0],
-        *s_a[1:],
-        *mask.stride(),
-        *out.stride(),
-        BP=BP,
-        num_warps=4,
+        crop, background, affine, mask, out, h, w, Hb, Wb,
+        *crop.stride(), 0 if background.shape[0] == 1 else s_bg[0], *s_bg[1:],
+        0 if affine.shape[0] == 1 else s_a[0], *s_a[1:], *mask.stride(), *out.stride(),
+        BP=BP, num_warps=4,
     )
     return out
 
 
 @torch.library.custom_op("flashtalk::paste_back", mutates_args=())
-def _paste_back_op(
-    crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
+def _paste_back_op(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     out = torch.empty((crop.shape[0], *background.shape[1:]), dtype=torch.uint8, device=crop.device)
     return _launch(crop, background, affine, mask, out)
 
@@ -260,8 +193,5 @@ def compile_variants():
         affine, mask = meta(1, 2, 3), meta(512, 512)
         return lambda: _launch(crop, bg, affine, mask, meta(B, 1080, 1920, 3, dtype=torch.uint8))
 
-    return [
-        Variant(f"paste-back B{B} 512² -> 1920x1080 {name}", call(B, dtype))
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-        for B in (1, 16)
-    ]
+    return [Variant(f"paste-back B{B} 512² -> 1920x1080 {name}", call(B, dtype))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)) for B in (1, 16)]

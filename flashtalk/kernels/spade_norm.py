@@ -48,9 +48,8 @@ def _check(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> None:
             raise FlashTalkError(f"spade_norm: {name} must have x's shape {tuple(x.shape)}; got {tuple(t.shape)}")
 
 
-def spade_norm_ref(
-    x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None = None, eps: float = IN_EPS
-) -> torch.Tensor:
+def spade_norm_ref(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None = None,
+                   eps: float = IN_EPS) -> torch.Tensor:
     """InstanceNorm(x) (no affine, fp32 statistics) · (1 + γ) + β, then leaky ReLU if `negative_slope`."""
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = F.instance_norm(x.to(compute), eps=eps) * (1 + gamma.to(compute)) + beta.to(compute)
@@ -70,20 +69,10 @@ def _tile_offsets(o_p, W, s_h, s_w):
 
 @_jit
 def _spade_stats_kernel(
-    x_ptr,
-    mean_ptr,
-    m2_ptr,
-    C,
-    HW,
-    W,
-    CHUNK,
-    NS,
-    s_xb,
-    s_xc,
-    s_xh,
-    s_xw,
-    BP: tl.constexpr,
-    BC: tl.constexpr,
+    x_ptr, mean_ptr, m2_ptr,
+    C, HW, W, CHUNK, NS,
+    s_xb, s_xc, s_xh, s_xw,
+    BP: tl.constexpr, BC: tl.constexpr,
 ):
     """Per (sample, BC channels, chunk of CHUNK pixels): the chunk's mean and centred sum of squares (two
     passes over the chunk, fp32) -> mean / m2 [B, C, NS]."""
@@ -97,9 +86,7 @@ def _spade_stats_kernel(
     p_x = x_ptr + i_b * s_xb + o_c[None, :] * s_xc  # [1, BC]
     # shifted sum: Σ(x − x_first) keeps the partial sums small when |mean| >> std
     o_first = tl.full([1], 0, tl.int32) + lo
-    b_shift = tl.sum(
-        tl.load(p_x + _tile_offsets(o_first, W, s_xh, s_xw), mask=m_c[None, :], other=0.0).to(tl.float32), axis=0
-    )
+    b_shift = tl.sum(tl.load(p_x + _tile_offsets(o_first, W, s_xh, s_xw), mask=m_c[None, :], other=0.0).to(tl.float32), axis=0)
     b_sum = tl.zeros([BC], dtype=tl.float32)
     for start in range(lo, hi, BP):
         o_p = start + tl.arange(0, BP)  # [BP]
@@ -121,39 +108,13 @@ def _spade_stats_kernel(
 
 @_jit
 def _spade_apply_kernel(
-    x_ptr,
-    g_ptr,
-    b_ptr,
-    out_ptr,
-    mean_ptr,
-    m2_ptr,
-    C,
-    HW,
-    W,
-    CHUNK,
-    NS,
-    eps,
-    slope,
-    s_xb,
-    s_xc,
-    s_xh,
-    s_xw,
-    s_gb,
-    s_gc,
-    s_gh,
-    s_gw,
-    s_bb,
-    s_bc,
-    s_bh,
-    s_bw,
-    s_ob,
-    s_oc,
-    s_oh,
-    s_ow,
-    ACT: tl.constexpr,
-    BP: tl.constexpr,
-    BC: tl.constexpr,
-    BS: tl.constexpr,
+    x_ptr, g_ptr, b_ptr, out_ptr, mean_ptr, m2_ptr,
+    C, HW, W, CHUNK, NS, eps, slope,
+    s_xb, s_xc, s_xh, s_xw,
+    s_gb, s_gc, s_gh, s_gw,
+    s_bb, s_bc, s_bh, s_bw,
+    s_ob, s_oc, s_oh, s_ow,
+    ACT: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
 ):
     """Per (sample, BC channels, chunk): merge the NS chunk statistics (Chan et al.: M2 = Σ M2_s +
     n_s·(mean_s − mean)²), then normalise, modulate and activate the chunk."""
@@ -179,9 +140,7 @@ def _spade_apply_kernel(
         m = (o_s < NS)[:, None] & m_c[None, :]
         n_s = (tl.minimum(o_s * CHUNK + CHUNK, HW) - o_s * CHUNK).to(tl.float32)[:, None]
         b_d = tl.load(mean_ptr + p_st + o_s[:, None], mask=m, other=0.0) - b_mean[None, :]  # [BS, BC]
-        b_m2 += tl.sum(
-            tl.where(m, tl.load(m2_ptr + p_st + o_s[:, None], mask=m, other=0.0) + n_s * b_d * b_d, 0.0), axis=0
-        )
+        b_m2 += tl.sum(tl.where(m, tl.load(m2_ptr + p_st + o_s[:, None], mask=m, other=0.0) + n_s * b_d * b_d, 0.0), axis=0)
     rstd = 1.0 / tl.sqrt(b_m2 / n_tot + eps)  # [BC]
     lo = i_s * CHUNK
     hi = tl.minimum(lo + CHUNK, HW)
@@ -227,15 +186,8 @@ def chunk_size(B: int, C: int, HW: int, sms: int = DEFAULT_SMS) -> int:
     return max(MIN_CHUNK, min(MAX_CHUNK, chunk))
 
 
-def _launch(
-    x: torch.Tensor,
-    gamma: torch.Tensor,
-    beta: torch.Tensor,
-    negative_slope: float | None,
-    eps: float,
-    out: torch.Tensor,
-    chunk: int | None = None,
-) -> torch.Tensor:
+def _launch(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None, eps: float,
+            out: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Run the two kernels into `out` (x's shape, any strides); `chunk` pixels per program (default
     `chunk_size` for this device; tests use small chunks to exercise the merge of many partial statistics)."""
     B, C, H, W = x.shape
@@ -248,58 +200,33 @@ def _launch(
     grid = (B, triton.cdiv(C, BC), ns)
     _spade_stats_kernel[grid](x, mean, m2, C, H * W, W, chunk, ns, *x.stride(), BP=BP, BC=BC, num_warps=4)
     _spade_apply_kernel[grid](
-        x,
-        gamma,
-        beta,
-        out,
-        mean,
-        m2,
-        C,
-        H * W,
-        W,
-        chunk,
-        ns,
-        eps,
-        0.0 if negative_slope is None else negative_slope,
-        *x.stride(),
-        *gamma.stride(),
-        *beta.stride(),
-        *out.stride(),
-        ACT=negative_slope is not None,
-        BP=BP,
-        BC=BC,
-        BS=BS,
-        num_warps=8,
+        x, gamma, beta, out, mean, m2, C, H * W, W, chunk, ns, eps, 0.0 if negative_slope is None else negative_slope,
+        *x.stride(), *gamma.stride(), *beta.stride(), *out.stride(),
+        ACT=negative_slope is not None, BP=BP, BC=BC, BS=BS, num_warps=8,
     )
     return out
 
 
 def _empty_like_x(x: torch.Tensor) -> torch.Tensor:
-    fmt = (
-        torch.channels_last
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else torch.contiguous_format
-    )
     return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 @torch.library.custom_op("flashtalk::spade_norm", mutates_args=())
-def _spade_norm_op(
-    x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None, eps: float
-) -> torch.Tensor:
+def _spade_norm_op(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None,
+                   eps: float) -> torch.Tensor:
     return _launch(x, gamma, beta, negative_slope, eps, _empty_like_x(x))
 
 
 @_spade_norm_op.register_fake
-def _(
-    x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None, eps: float
-) -> torch.Tensor:
+def _(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None,
+      eps: float) -> torch.Tensor:
     return _empty_like_x(x)
 
 
-def spade_norm(
-    x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None = None, eps: float = IN_EPS
-) -> torch.Tensor:
+def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None = None,
+               eps: float = IN_EPS) -> torch.Tensor:
     """Fused SPADE normalisation of x [B, C, H, W] with modulation maps γ, β of x's shape; see the module
     docstring. Returns x's dtype and memory format."""
     _check(x, gamma, beta)
@@ -321,10 +248,6 @@ def compile_variants():
         x, g, b, out = (cl(B, C, S, dtype) for _ in range(4))
         return lambda: _launch(x, g, b, slope, IN_EPS, out)
 
-    return [
-        Variant(f"SPADE norm B{B} C{C} {S}² {'lrelu' if slope else 'plain'} {name}", call(B, C, S, dtype, slope))
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))
-        for B in (1, 32)
-        for C, S in ((512, 64), (256, 128), (128, 256), (64, 512))
-        for slope in (0.2, None)
-    ]
+    return [Variant(f"SPADE norm B{B} C{C} {S}² {'lrelu' if slope else 'plain'} {name}", call(B, C, S, dtype, slope))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16))
+            for B in (1, 32) for C, S in ((512, 64), (256, 128), (128, 256), (64, 512)) for slope in (0.2, None)]

@@ -57,26 +57,11 @@ def bilinear_gather(p, m, o00, o01, o10, o11, w00, w01, w10, w11):
 
 @_jit
 def _warp2d_kernel(
-    x_ptr,
-    g_ptr,
-    out_ptr,
-    C,
-    H,
-    W,
-    Ho,
-    Wo,
-    s_xb,
-    s_xc,
-    s_xh,
-    s_xw,
-    s_gb,
-    s_gh,
-    s_gw,
-    s_gx,
-    s_ob,
-    s_oc,
-    s_oh,
-    s_ow,
+    x_ptr, g_ptr, out_ptr,
+    C, H, W, Ho, Wo,
+    s_xb, s_xc, s_xh, s_xw,
+    s_gb, s_gh, s_gw, s_gx,
+    s_ob, s_oc, s_oh, s_ow,
     BP: tl.constexpr,
     BORDER: tl.constexpr,
 ):
@@ -98,18 +83,8 @@ def _warp2d_kernel(
     p_x = x_ptr + i_b * s_xb
     p_o = out_ptr + i_b * s_ob + i_h * s_oh + i_w * s_ow
     for i_c in range(C):
-        b_v = bilinear_gather(
-            p_x + i_c * s_xc,
-            m_p,
-            oy0 + ox0,
-            oy0 + ox1,
-            oy1 + ox0,
-            oy1 + ox1,
-            wy0 * wx0,
-            wy0 * wx1,
-            wy1 * wx0,
-            wy1 * wx1,
-        )  # [BP]
+        b_v = bilinear_gather(p_x + i_c * s_xc, m_p, oy0 + ox0, oy0 + ox1, oy1 + ox0, oy1 + ox1,
+                              wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1)  # [BP]
         p_oc = p_o + i_c * s_oc
         tl.store(p_oc, to_element(b_v, p_oc), mask=m_p)
 
@@ -120,29 +95,16 @@ def _launch(image: torch.Tensor, grid: torch.Tensor, out: torch.Tensor, padding:
     Ho, Wo = grid.shape[1:3]
     BP = block_size(Ho * Wo)
     _warp2d_kernel[(triton.cdiv(Ho * Wo, BP), B)](
-        image,
-        grid,
-        out,
-        C,
-        H,
-        W,
-        Ho,
-        Wo,
-        *image.stride(),
-        *grid.stride(),
-        *out.stride(),
-        BP=BP,
-        BORDER=padding == "border",
-        num_warps=4,
+        image, grid, out, C, H, W, Ho, Wo,
+        *image.stride(), *grid.stride(), *out.stride(),
+        BP=BP, BORDER=padding == "border", num_warps=4,
     )
     return out
 
 
 @torch.library.custom_op("flashtalk::warp2d", mutates_args=())
 def _warp2d_op(image: torch.Tensor, grid: torch.Tensor, padding: str) -> torch.Tensor:
-    out = torch.empty(
-        (image.shape[0], image.shape[1], grid.shape[1], grid.shape[2]), dtype=image.dtype, device=image.device
-    )
+    out = torch.empty((image.shape[0], image.shape[1], grid.shape[1], grid.shape[2]), dtype=image.dtype, device=image.device)
     return _launch(image, grid, out, padding)
 
 
@@ -170,9 +132,6 @@ def compile_variants():
         grid = meta(B, 2, 512, 512, dtype=dtype).permute(0, 2, 3, 1)
         return lambda: _launch(image, grid, meta(B, 3, 512, 512, dtype=dtype), padding)
 
-    return [
-        Variant(f"preview warp B{B} 512² {padding} {name}", call(B, dtype, padding))
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-        for B in (1, 32)
-        for padding in ("border", "zeros")
-    ]
+    return [Variant(f"preview warp B{B} 512² {padding} {name}", call(B, dtype, padding))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+            for B in (1, 32) for padding in ("border", "zeros")]

@@ -60,29 +60,21 @@ def pack_mask_weight(weight: torch.Tensor, bk: int = BK) -> torch.Tensor:
     if k1 > BN:
         raise FlashTalkError(f"warp_tail: at most {BN} mask channels, got {k1}")
     cin_pad = -(-cin // bk) * bk
-    packed = weight.new_zeros(ks**3, cin_pad, BN)
-    packed[:, :cin, :k1] = weight.permute(2, 3, 4, 1, 0).reshape(ks**3, cin, k1)
+    packed = weight.new_zeros(ks ** 3, cin_pad, BN)
+    packed[:, :cin, :k1] = weight.permute(2, 3, 4, 1, 0).reshape(ks ** 3, cin, k1)
     return packed
 
 
 def _check(prediction, weight, bias, kp_source, kp_driving, feature) -> None:
-    for name, t in (
-        ("prediction", prediction),
-        ("weight", weight),
-        ("bias", bias),
-        ("kp_source", kp_source),
-        ("kp_driving", kp_driving),
-        ("feature", feature),
-    ):
+    for name, t in (("prediction", prediction), ("weight", weight), ("bias", bias), ("kp_source", kp_source),
+                    ("kp_driving", kp_driving), ("feature", feature)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
             raise FlashTalkError(f"warp_tail: {name} must be a floating tensor, got {got}")
         if t.device != prediction.device:
             raise FlashTalkError(f"warp_tail: {name} is on {t.device}, prediction on {prediction.device}")
     if prediction.dim() != 5 or min(prediction.shape) < 1:
-        raise FlashTalkError(
-            f"warp_tail: prediction must be a non-empty [B, Cin, D, H, W], got {tuple(prediction.shape)}"
-        )
+        raise FlashTalkError(f"warp_tail: prediction must be a non-empty [B, Cin, D, H, W], got {tuple(prediction.shape)}")
     B, cin = prediction.shape[:2]
     if weight.dim() != 5 or weight.shape[1] != cin or len(set(weight.shape[2:])) != 1 or weight.shape[2] % 2 == 0:
         raise FlashTalkError(f"warp_tail: weight must be [K+1, {cin}, k, k, k] with k odd, got {tuple(weight.shape)}")
@@ -90,21 +82,14 @@ def _check(prediction, weight, bias, kp_source, kp_driving, feature) -> None:
         raise FlashTalkError(f"warp_tail: bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
     check_keypoints("warp_tail", B, kp_source, kp_driving)
     if kp_source.shape[1] + 1 != weight.shape[0]:
-        raise FlashTalkError(
-            f"warp_tail: {weight.shape[0]} mask channels need {weight.shape[0] - 1} keypoints, got {kp_source.shape[1]}"
-        )
+        raise FlashTalkError(f"warp_tail: {weight.shape[0]} mask channels need {weight.shape[0] - 1} keypoints, "
+                             f"got {kp_source.shape[1]}")
     if feature.dim() != 5 or feature.shape[0] != B or min(feature.shape) < 1:
         raise FlashTalkError(f"warp_tail: feature must be [B={B}, C, Df, Hf, Wf], got {tuple(feature.shape)}")
 
 
-def warp_tail_ref(
-    prediction: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    kp_source: torch.Tensor,
-    kp_driving: torch.Tensor,
-    feature: torch.Tensor,
-) -> torch.Tensor:
+def warp_tail_ref(prediction: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kp_source: torch.Tensor,
+                  kp_driving: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
     """The unfused modules: mask logits = conv3d(prediction) (in prediction's dtype, as cuDNN would), then
     `deform_warp_ref` (softmax, Φ and the sample in fp32). Returns warped [B, C, D, H, W] in feature's dtype."""
     logits = F.conv3d(prediction, weight.to(prediction.dtype), bias.to(prediction.dtype), padding=weight.shape[2] // 2)
@@ -116,27 +101,9 @@ def warp_tail_ref(
 
 @_jit
 def _mask_logits_tile(
-    x_ptr,
-    w_ptr,
-    i_b,
-    i_d,
-    i_h,
-    i_w,
-    m_v,
-    CIN,
-    D,
-    H,
-    W,
-    s_xb,
-    s_xc,
-    s_xd,
-    s_xh,
-    s_xw,
-    KS: tl.constexpr,
-    CIN_PAD: tl.constexpr,
-    BM: tl.constexpr,
-    BK: tl.constexpr,
-    BN: tl.constexpr,
+    x_ptr, w_ptr, i_b, i_d, i_h, i_w, m_v, CIN, D, H, W,
+    s_xb, s_xc, s_xd, s_xh, s_xw,
+    KS: tl.constexpr, CIN_PAD: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """Implicit GEMM: Σ over KS³ taps and CIN_PAD / BK channel chunks of x[voxel + tap, chunk] @ w[tap, chunk]."""
@@ -163,52 +130,15 @@ def _mask_logits_tile(
 
 @_jit
 def _warp_tail_kernel(
-    x_ptr,
-    w_ptr,
-    bias_ptr,
-    ks_ptr,
-    kd_ptr,
-    f_ptr,
-    out_ptr,
-    K,
-    CIN,
-    C,
-    D,
-    H,
-    W,
-    Df,
-    Hf,
-    Wf,
-    V0,
-    V1,
-    s_xb,
-    s_xc,
-    s_xd,
-    s_xh,
-    s_xw,
-    s_ksb,
-    s_ksk,
-    s_ksx,
-    s_kdb,
-    s_kdk,
-    s_kdx,
-    s_fb,
-    s_fc,
-    s_fd,
-    s_fh,
-    s_fw,
-    s_ob,
-    s_oc,
-    s_od,
-    s_oh,
-    s_ow,
-    KS: tl.constexpr,
-    CIN_PAD: tl.constexpr,
-    BM: tl.constexpr,
-    BK: tl.constexpr,
-    BN: tl.constexpr,
-    BC: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    x_ptr, w_ptr, bias_ptr, ks_ptr, kd_ptr, f_ptr, out_ptr,
+    K, CIN, C, D, H, W, Df, Hf, Wf, V0, V1,
+    s_xb, s_xc, s_xd, s_xh, s_xw,
+    s_ksb, s_ksk, s_ksx,
+    s_kdb, s_kdk, s_kdx,
+    s_fb, s_fc, s_fd, s_fh, s_fw,
+    s_ob, s_oc, s_od, s_oh, s_ow,
+    KS: tl.constexpr, CIN_PAD: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
+    BC: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     tl.static_assert(BN >= 16 and BK >= 16 and BM >= 16, "tl.dot needs tiles of at least 16")
     tl.static_assert(CIN_PAD % BK == 0, "the packed weights are padded to whole BK chunks")
@@ -219,30 +149,8 @@ def _warp_tail_kernel(
     i_w = o_v % W
     i_h = (o_v // W) % H
     i_d = o_v // (W * H)
-    acc = _mask_logits_tile(
-        x_ptr,
-        w_ptr,
-        i_b,
-        i_d,
-        i_h,
-        i_w,
-        m_v,
-        CIN,
-        D,
-        H,
-        W,
-        s_xb,
-        s_xc,
-        s_xd,
-        s_xh,
-        s_xw,
-        KS,
-        CIN_PAD,
-        BM,
-        BK,
-        BN,
-        DOT_FP32,
-    )  # [BM, BN] fp32 logits (no bias yet)
+    acc = _mask_logits_tile(x_ptr, w_ptr, i_b, i_d, i_h, i_w, m_v, CIN, D, H, W, s_xb, s_xc, s_xd, s_xh, s_xw,
+                            KS, CIN_PAD, BM, BK, BN, DOT_FP32)  # [BM, BN] fp32 logits (no bias yet)
 
     # epilogue 1: softmax over the K+1 valid columns and Φ = G + Σ_k M_k (x_s[k] - x_d[k]), all fp32
     o_n = tl.arange(0, BN)
@@ -256,63 +164,30 @@ def _warp_tail_kernel(
     p_s = ks_ptr + i_b * s_ksb + o_kp * s_ksk
     p_d = kd_ptr + i_b * s_kdb + o_kp * s_kdk
     dx = tl.load(p_s, mask=m_kp, other=0.0).to(tl.float32) - tl.load(p_d, mask=m_kp, other=0.0).to(tl.float32)
-    dy = tl.load(p_s + s_ksx, mask=m_kp, other=0.0).to(tl.float32) - tl.load(p_d + s_kdx, mask=m_kp, other=0.0).to(
-        tl.float32
-    )
-    dz = tl.load(p_s + 2 * s_ksx, mask=m_kp, other=0.0).to(tl.float32) - tl.load(
-        p_d + 2 * s_kdx, mask=m_kp, other=0.0
-    ).to(tl.float32)
+    dy = tl.load(p_s + s_ksx, mask=m_kp, other=0.0).to(tl.float32) - tl.load(p_d + s_kdx, mask=m_kp, other=0.0).to(tl.float32)
+    dz = tl.load(p_s + 2 * s_ksx, mask=m_kp, other=0.0).to(tl.float32) - tl.load(p_d + 2 * s_kdx, mask=m_kp, other=0.0).to(tl.float32)
     phx = grid_axis(i_w, W) + tl.sum(b_e * dx[None, :], 1) / b_s  # [BM]
     phy = grid_axis(i_h, H) + tl.sum(b_e * dy[None, :], 1) / b_s
     phz = grid_axis(i_d, D) + tl.sum(b_e * dz[None, :], 1) / b_s
 
     # epilogue 2: the trilinear sample of the C feature channels at Φ, one [BM, BC] tile
-    o000, o001, o010, o011, o100, o101, o110, o111, w000, w001, w010, w011, w100, w101, w110, w111 = trilinear_corners(
-        phx, phy, phz, Df, Hf, Wf, s_fd, s_fh, s_fw
-    )
+    o000, o001, o010, o011, o100, o101, o110, o111, w000, w001, w010, w011, w100, w101, w110, w111 = \
+        trilinear_corners(phx, phy, phz, Df, Hf, Wf, s_fd, s_fh, s_fw)
     o_c = tl.arange(0, BC).to(tl.int64)
     m_vc = m_v[:, None] & (o_c < C)[None, :]  # [BM, BC]
-    b_v = trilinear_gather(
-        f_ptr + i_b * s_fb + o_c[None, :] * s_fc,
-        m_vc,
-        o000[:, None],
-        o001[:, None],
-        o010[:, None],
-        o011[:, None],
-        o100[:, None],
-        o101[:, None],
-        o110[:, None],
-        o111[:, None],
-        w000[:, None],
-        w001[:, None],
-        w010[:, None],
-        w011[:, None],
-        w100[:, None],
-        w101[:, None],
-        w110[:, None],
-        w111[:, None],
-    )  # [BM, BC]
-    p_o = (
-        out_ptr
-        + i_b * s_ob
-        + (i_d.to(tl.int64) * s_od + i_h.to(tl.int64) * s_oh + i_w.to(tl.int64) * s_ow)[:, None]
-        + o_c[None, :] * s_oc
-    )
+    b_v = trilinear_gather(f_ptr + i_b * s_fb + o_c[None, :] * s_fc, m_vc,
+                           o000[:, None], o001[:, None], o010[:, None], o011[:, None],
+                           o100[:, None], o101[:, None], o110[:, None], o111[:, None],
+                           w000[:, None], w001[:, None], w010[:, None], w011[:, None],
+                           w100[:, None], w101[:, None], w110[:, None], w111[:, None])  # [BM, BC]
+    p_o = (out_ptr + i_b * s_ob + (i_d.to(tl.int64) * s_od + i_h.to(tl.int64) * s_oh + i_w.to(tl.int64) * s_ow)[:, None]
+           + o_c[None, :] * s_oc)
     tl.store(p_o, to_element(b_v, out_ptr), mask=m_vc)
 
 
-def _launch(
-    prediction: torch.Tensor,
-    packed: torch.Tensor,
-    bias: torch.Tensor,
-    kp_source: torch.Tensor,
-    kp_driving: torch.Tensor,
-    feature: torch.Tensor,
-    out: torch.Tensor,
-    ks: int,
-    bm: int | None = None,
-    voxels: tuple[int, int] | None = None,
-) -> torch.Tensor:
+def _launch(prediction: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, kp_source: torch.Tensor,
+            kp_driving: torch.Tensor, feature: torch.Tensor, out: torch.Tensor, ks: int,
+            bm: int | None = None, voxels: tuple[int, int] | None = None) -> torch.Tensor:
     """One launch; `bm`: output voxels per program (default `tile_m`); `voxels`: only the flat output voxels
     [first, end) of D·H·W are written (default all)."""
     B, cin, D, H, W = prediction.shape
@@ -324,62 +199,25 @@ def _launch(
     bm = bm or tile_m(v1 - v0, max(BN, BK, bc))
     grid = (triton.cdiv(v1 - v0, bm), B)
     _warp_tail_kernel[grid](
-        prediction,
-        packed,
-        bias,
-        kp_source,
-        kp_driving,
-        feature,
-        out,
-        kp_source.shape[1],
-        cin,
-        C,
-        D,
-        H,
-        W,
-        Df,
-        Hf,
-        Wf,
-        v0,
-        v1,
-        *prediction.stride(),
-        *kp_source.stride(),
-        *kp_driving.stride(),
-        *feature.stride(),
-        *out.stride(),
-        KS=ks,
-        CIN_PAD=packed.shape[1],
-        BM=bm,
-        BK=BK,
-        BN=BN,
-        BC=bc,
+        prediction, packed, bias, kp_source, kp_driving, feature, out,
+        kp_source.shape[1], cin, C, D, H, W, Df, Hf, Wf, v0, v1,
+        *prediction.stride(), *kp_source.stride(), *kp_driving.stride(), *feature.stride(), *out.stride(),
+        KS=ks, CIN_PAD=packed.shape[1], BM=bm, BK=BK, BN=BN, BC=bc,
         DOT_FP32=prediction.dtype == torch.bfloat16 and interpreter_enabled(),
-        num_warps=NUM_WARPS,
-        num_stages=NUM_STAGES,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return out
 
 
 def _output(prediction: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
     B, _, D, H, W = prediction.shape
-    return torch.empty(
-        (B, feature.shape[1], D, H, W),
-        dtype=feature.dtype,
-        device=feature.device,
-        memory_format=volume_format(prediction),
-    )
+    return torch.empty((B, feature.shape[1], D, H, W), dtype=feature.dtype, device=feature.device,
+                       memory_format=volume_format(prediction))
 
 
 @torch.library.custom_op("flashtalk::warp_tail", mutates_args=())
-def _warp_tail_op(
-    prediction: torch.Tensor,
-    packed: torch.Tensor,
-    bias: torch.Tensor,
-    kp_source: torch.Tensor,
-    kp_driving: torch.Tensor,
-    feature: torch.Tensor,
-    ks: int,
-) -> torch.Tensor:
+def _warp_tail_op(prediction: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, kp_source: torch.Tensor,
+                  kp_driving: torch.Tensor, feature: torch.Tensor, ks: int) -> torch.Tensor:
     return _launch(prediction, packed, bias, kp_source, kp_driving, feature, _output(prediction, feature), ks)
 
 
@@ -388,15 +226,8 @@ def _(prediction, packed, bias, kp_source, kp_driving, feature, ks):
     return _output(prediction, feature)
 
 
-def warp_tail(
-    prediction: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    kp_source: torch.Tensor,
-    kp_driving: torch.Tensor,
-    feature: torch.Tensor,
-    packed: torch.Tensor | None = None,
-) -> torch.Tensor:
+def warp_tail(prediction: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kp_source: torch.Tensor,
+              kp_driving: torch.Tensor, feature: torch.Tensor, packed: torch.Tensor | None = None) -> torch.Tensor:
     """warped [B, C, D, H, W] (feature's dtype, prediction's memory format) = deform_warp(conv3d(prediction,
     weight, bias), x_s, x_d, feature) without materialising the logits or Φ; see the module docstring.
     `packed`: `pack_mask_weight(weight)` made once (packed per call when None)."""
@@ -410,9 +241,8 @@ def warp_tail(
     if choose("warp_tail", prediction.device, unsupported).use_triton:
         if packed is None:
             packed = pack_mask_weight(weight.to(prediction.dtype))
-        return _warp_tail_op(
-            prediction, packed.to(prediction.dtype), bias.float(), kp_source, kp_driving, feature, weight.shape[2]
-        )
+        return _warp_tail_op(prediction, packed.to(prediction.dtype), bias.float(), kp_source, kp_driving, feature,
+                             weight.shape[2])
     return warp_tail_ref(prediction, weight, bias, kp_source, kp_driving, feature)
 
 
@@ -431,8 +261,5 @@ def compile_variants():
         kps = meta(B, 21, 3)
         return lambda: _launch(pred, packed, meta(BN), kps, kps, feature, out, 7)
 
-    return [
-        Variant(f"warping tail (fused, off by default) B{B} 142->22 7x7x7 16x64x64 {name}", call(B, dtype))
-        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))
-        for B in (1, 32)
-    ]
+    return [Variant(f"warping tail (fused, off by default) B{B} 142->22 7x7x7 16x64x64 {name}", call(B, dtype))
+            for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)) for B in (1, 32)]

@@ -39,8 +39,7 @@ def _check(frames: torch.Tensor, table: torch.Tensor, cell: int) -> None:
         raise FlashTalkError(f"watermark_embed: frames must be uint8; got {frames.dtype}")
     if table.dim() != 2 or table.shape[0] != table.shape[1] or table.shape[0] < 1 or table.dtype != torch.float32:
         raise FlashTalkError(
-            f"watermark_embed: table must be a square fp32 [M, M]; got {table.dtype} {tuple(table.shape)}"
-        )
+            f"watermark_embed: table must be a square fp32 [M, M]; got {table.dtype} {tuple(table.shape)}")
     if table.device != frames.device:
         raise FlashTalkError(f"watermark_embed: table is on {table.device}, frames on {frames.device}")
     if cell < 1:
@@ -67,9 +66,8 @@ def pattern_ref(table: torch.Tensor, cell: int, height: int, width: int) -> torc
     return top * (1.0 - ty[:, None]) + bottom * ty[:, None]
 
 
-def watermark_embed_ref(
-    frames: torch.Tensor, table: torch.Tensor, *, cell: int, base: float, gain: float, act_ref: float
-) -> torch.Tensor:
+def watermark_embed_ref(frames: torch.Tensor, table: torch.Tensor, *, cell: int, base: float, gain: float,
+                        act_ref: float) -> torch.Tensor:
     """The embed in PyTorch (fp32); see the module docstring."""
     _check(frames, table, cell)
     N, H, W, _ = frames.shape
@@ -107,26 +105,11 @@ def _cell_axis(x, cell, M):
 
 @_jit
 def _watermark_embed_kernel(
-    x_ptr,
-    t_ptr,
-    out_ptr,
-    H,
-    W,
-    M,
-    cell,
-    base,
-    gain,
-    act_ref,
-    s_xn,
-    s_xh,
-    s_xw,
-    s_xc,
-    s_th,
-    s_tw,
-    s_on,
-    s_oh,
-    s_ow,
-    s_oc,
+    x_ptr, t_ptr, out_ptr,
+    H, W, M, cell, base, gain, act_ref,
+    s_xn, s_xh, s_xw, s_xc,
+    s_th, s_tw,
+    s_on, s_oh, s_ow, s_oc,
     BP: tl.constexpr,
 ):
     i_p = tl.program_id(0)
@@ -165,35 +148,20 @@ def _watermark_embed_kernel(
         tl.store(p_o + i_c * s_oc, b_o.to(tl.uint8), mask=m_p)
 
 
-def _launch(
-    frames: torch.Tensor, table: torch.Tensor, cell: int, base: float, gain: float, act_ref: float, out: torch.Tensor
-) -> torch.Tensor:
+def _launch(frames: torch.Tensor, table: torch.Tensor, cell: int, base: float, gain: float, act_ref: float,
+            out: torch.Tensor) -> torch.Tensor:
     N, H, W, _ = frames.shape
     BP = block_size(H * W)
     _watermark_embed_kernel[(triton.cdiv(H * W, BP), N)](
-        frames,
-        table,
-        out,
-        H,
-        W,
-        table.shape[0],
-        cell,
-        base,
-        gain,
-        act_ref,
-        *frames.stride(),
-        *table.stride(),
-        *out.stride(),
-        BP=BP,
-        num_warps=4,
+        frames, table, out, H, W, table.shape[0], cell, base, gain, act_ref,
+        *frames.stride(), *table.stride(), *out.stride(), BP=BP, num_warps=4,
     )
     return out
 
 
 @torch.library.custom_op("flashtalk::watermark_embed", mutates_args=())
-def _watermark_embed_op(
-    frames: torch.Tensor, table: torch.Tensor, cell: int, base: float, gain: float, act_ref: float
-) -> torch.Tensor:
+def _watermark_embed_op(frames: torch.Tensor, table: torch.Tensor, cell: int, base: float, gain: float,
+                        act_ref: float) -> torch.Tensor:
     out = torch.empty(frames.shape, dtype=torch.uint8, device=frames.device)
     return _launch(frames, table, cell, base, gain, act_ref, out)
 
@@ -203,9 +171,8 @@ def _(frames: torch.Tensor, table: torch.Tensor, cell: int, base: float, gain: f
     return frames.new_empty(frames.shape)
 
 
-def watermark_embed(
-    frames: torch.Tensor, table: torch.Tensor, *, cell: int, base: float, gain: float, act_ref: float
-) -> torch.Tensor:
+def watermark_embed(frames: torch.Tensor, table: torch.Tensor, *, cell: int, base: float, gain: float,
+                    act_ref: float) -> torch.Tensor:
     """Add the contrast-masked pattern of cell table `table` [M, M] to frames [N, H, W, 3] uint8; returns a
     new uint8 tensor of the same shape (module docstring)."""
     _check(frames, table, cell)
