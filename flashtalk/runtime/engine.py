@@ -29,7 +29,7 @@ from flashtalk.constants import WATERMARK_KEY as DEFAULT_WATERMARK_KEY
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.animation import SpeechAnimation
 from flashtalk.runtime.backends import Backend
-from flashtalk.runtime.finish import WATERMARK_MODULE, Mark, finish, load_watermark, watermark_payload
+from flashtalk.runtime.finish import Mark, finish, watermark_mark
 
 if TYPE_CHECKING:
     import torch
@@ -262,10 +262,7 @@ class Engine:
         if animation.num_frames() < 1:
             raise FlashTalkError(f"audio {clip.source} is too short for one frame ({clip.duration:.3f} s)")
         n = output_frames(animation.num_frames(), self.backend.fps, out_fps)
-        embed = load_watermark() if watermark else None
-        if watermark and embed is None:
-            log.warning("watermark module %s is not installed; frames are NOT watermarked", WATERMARK_MODULE)
-        mark = (embed, watermark_key, watermark_payload()) if embed is not None else None
+        mark = watermark_mark(watermark_key) if watermark else None
         return Clip(self, animation, fc, photo, clip, out_fps, n, paste_back, mark)
 
     def animate(

@@ -5,6 +5,7 @@ span of rows, and the copy out to host memory (on CUDA through pinned memory, wa
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 WATERMARK_MODULE = "flashtalk.provenance.watermark"
 
@@ -35,6 +38,16 @@ def watermark_payload() -> str:
     from flashtalk import __version__
 
     return f"FlashTalk {__version__}"
+
+
+def watermark_mark(key: str) -> Mark | None:
+    """How frames are marked with `key` (embed, key, payload), or None when the watermark module is not
+    installed (then said once in the log)."""
+    embed = load_watermark()
+    if embed is None:
+        log.warning("watermark module %s is not installed; frames are NOT watermarked", WATERMARK_MODULE)
+        return None
+    return embed, key, watermark_payload()
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from flashtalk.constants import FPS, HOP, LATENCY_MODES, MODEL_RATE
 from flashtalk.constants import WATERMARK_KEY as DEFAULT_WATERMARK_KEY
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.backends import Backend, EncodedPortrait, MotionChunk, encode_portrait
-from flashtalk.runtime.finish import load_watermark, watermark_payload
+from flashtalk.runtime.finish import watermark_mark
 
 SAMPLE_FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 IDLE_SLACK_S = 0.2  # idle frames start once the wall clock is this far ahead of the media timeline
@@ -135,9 +135,9 @@ class Session:
         self.idle = idle
         self._clock = clock
         self._on_output = on_output
-        embed = load_watermark() if watermark else None  # the scheduler watermarks a tick's frames
-        self.watermarked = embed is not None
-        self.mark = (embed, watermark_key or DEFAULT_WATERMARK_KEY, watermark_payload()) if embed else None
+        # the scheduler watermarks a tick's frames
+        self.mark = watermark_mark(watermark_key or DEFAULT_WATERMARK_KEY) if watermark else None
+        self.watermarked = self.mark is not None
         self.latency = latency
         self.stream = backend.open(
             portrait.state, seed=seed, latency=latency, commit_frames=commit_frames, lookahead_frames=lookahead_frames
