@@ -28,4 +28,4 @@ bench:              ## the quick benchmark, tables in the terminal
 	flashtalk bench --quick
 
 docs:               ## the documentation site, strict (a broken link or a page outside the nav fails)
-	$(PY) -m mkdocs build --strict -d site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
