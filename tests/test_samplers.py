@@ -40,6 +40,7 @@ def test_schedule_matches_golden_and_spec(jv_golden):
     assert_close(cosine_schedule(5).alpha_bars, _t(g5["sched_alpha_bars"], torch.float64), 1e-15)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", ["fixed", "buggy"])
 def test_ddpm_t5_matches_golden(models, dtype, mode):
@@ -79,6 +80,7 @@ def test_sampler_purity_and_generators():
         ddpm_sample(x0_fn, x_T, sched, noise=torch.zeros(2, 2))
 
 
+@pytest.mark.slow
 def test_ddim_eta1_all_steps_is_ddpm(models):
     """DDIM with eta = 1 over all T steps and the same per-step noise is the ancestral sampler (exactly,
     up to round-off): checked against the golden T = 5 trajectory's end point."""

@@ -49,6 +49,7 @@ def quick_run(tmp_path_factory):
     return rc, paths
 
 
+@pytest.mark.slow
 def test_quick_run_writes_a_valid_report(quick_run):
     rc, paths = quick_run
     assert rc == 0
@@ -94,6 +95,7 @@ def test_quick_run_writes_a_valid_report(quick_run):
     assert comp and all(r["status"] == "skipped" and "torch.compile" in r["reason"] for r in comp)
 
 
+@pytest.mark.slow
 def test_markdown_and_plot(quick_run):
     _, paths = quick_run
     md = paths["md"].read_text()
@@ -104,6 +106,7 @@ def test_markdown_and_plot(quick_run):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_schema_rejects_broken_records(quick_run):
     _, paths = quick_run
     report = json.loads(paths["json"].read_text())
@@ -122,6 +125,7 @@ def test_schema_rejects_broken_records(quick_run):
     assert validate([], SCHEMA) == ["$: expected object, got list []"]
 
 
+@pytest.mark.slow
 def test_compare_ratios(quick_run):
     _, paths = quick_run
     report = json.loads(paths["json"].read_text())
@@ -136,6 +140,7 @@ def test_compare_ratios(quick_run):
     assert fps and all("x0.500 worse" in ln for ln in fps)
 
 
+@pytest.mark.slow
 def test_compare_on_the_command_line(quick_run, capsys):
     _, paths = quick_run
     rc = main(

@@ -70,6 +70,7 @@ def test_smoke_suite_writes_its_outputs(tmp_path, fake_tests, capsys):
     assert last[-1].startswith("attention/cpu-B2-H2-L37-D16-keypad")  # the short table comes last
 
 
+@pytest.mark.slow
 def test_gpu_tests_stop_at_their_share(tmp_path, fake_tests):
     (fake_tests / "test_b.py").write_text(
         "import time\nimport pytest\n\n@pytest.mark.gpu\ndef test_slow():\n    time.sleep(60)\n"

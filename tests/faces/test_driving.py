@@ -56,6 +56,7 @@ def _write(path, frames):
             c.mux(p)
 
 
+@pytest.mark.slow
 def test_eye_and_lip_open_follow_the_driving_frames(models, tmp_path):
     import torch
 

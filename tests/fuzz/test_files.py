@@ -56,6 +56,7 @@ def raises(arg):
     raise KeyError(arg)
 
 
+@pytest.mark.slow
 def test_the_runner_counts_hangs_crashes_and_errors_and_recovers():
     me = "tests.fuzz.test_files"
     cases = [

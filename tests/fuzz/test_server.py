@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("starlette", reason="flashtalk serve needs starlette + uvicorn: pip install 'flashtalk[serve]'")
 pytest.importorskip("websockets", reason="the fuzz clients talk WebSocket with websockets")
 pytest.importorskip("psutil", reason="the campaign reads the server's memory with psutil")

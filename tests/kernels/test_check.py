@@ -29,6 +29,7 @@ def report(tmp_path_factory):
     return rc, data
 
 
+@pytest.mark.slow
 def test_every_kernel_file_declares_and_compiles_its_variants(report):
     _, data = report
     results = data["results"]
@@ -44,6 +45,7 @@ def test_every_kernel_file_declares_and_compiles_its_variants(report):
         assert r["shared_bytes"] is not None and r["spill_bytes"] is not None, r
 
 
+@pytest.mark.slow
 def test_production_variants_fit_sm90_without_spills(report):
     rc, data = report
     prod = [r for r in data["results"] if r["production"]]
@@ -61,6 +63,7 @@ def test_production_variants_fit_sm90_without_spills(report):
     assert rc == 0
 
 
+@pytest.mark.slow
 def test_low_precision_attention_uses_tensor_cores(report):
     _, data = report
     attn = [r for r in data["results"] if r["file"] == "attention" and r["production"]]

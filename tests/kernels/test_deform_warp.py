@@ -131,6 +131,7 @@ def test_golden_grid_sample_5d(lp_golden):
         assert_close(sample_at_grid(inp[b], grid[b]), expected[b], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_golden_warping_module_real_size(lp_golden):
     """Real size (1, 32, 16, 64, 64), 21 keypoints, against the fp64 golden, with the same rule as above
     (PyTorch fp32's own error from the same fp32 inputs): the golden warped feature at depth 8 from the

@@ -102,6 +102,7 @@ def encoded_clips():
     return out
 
 
+@pytest.mark.slow
 def test_detects_h264_crf28_clips_with_exact_payload(encoded_clips):
     """12 of 12 marked clips found with the exact payload (the >= 99% claim at this sample size)."""
     missed = [
@@ -112,6 +113,7 @@ def test_detects_h264_crf28_clips_with_exact_payload(encoded_clips):
     assert not missed, missed
 
 
+@pytest.mark.slow
 def test_no_false_positive_on_unmarked_or_wrong_key_clips(encoded_clips):
     """The first clip of each kind unmarked, and marked but looked at with another key."""
     false = [kind for kind, _, raw in encoded_clips if raw is not None and wm.detect_frames(raw, key=KEY).found]
@@ -143,6 +145,7 @@ def _augmented_frames(base: np.ndarray, rng: np.random.Generator):
         yield f
 
 
+@pytest.mark.slow
 def test_false_positive_rate_on_1008_unmarked_frames():
     rng = np.random.default_rng(1234)
     scores, false = [], 0
@@ -160,6 +163,7 @@ def test_false_positive_rate_on_1008_unmarked_frames():
 # ------------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_detect(tmp_path, capsys, encoded_clips):
     import av
 

@@ -90,6 +90,7 @@ class _Counter:
         monkeypatch.setattr(owner, name, counted)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "controls", [{}, {"auto_blink": True, "yaw": 5.0, "emotion_weight": 0.5}], ids=["plain", "blinks-pose-emotion"]
 )

@@ -75,6 +75,7 @@ def _serve_frames(port: int, pcm: np.ndarray, seed: int) -> tuple[list[np.ndarra
     return [f for _, f in sorted(frames, key=lambda x: x[0])], ready
 
 
+@pytest.mark.slow
 def test_animate_frames_equal_a_serve_session(server, tmp_path):
     pcm, seed = _speech(), 3
     wav = tmp_path / "speech.wav"

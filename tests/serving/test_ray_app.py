@@ -26,6 +26,8 @@ from websockets.asyncio.client import connect  # noqa: E402
 from flashtalk.serving import ray_app, wire  # noqa: E402
 from flashtalk.serving.state import ASSETS_DIR, BackendSpec, ServeConfig  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 SESSIONS, REPLICAS = 2, 2
 
 

@@ -494,6 +494,7 @@ class _FakeSocket:
         pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["backlog at once", "renderer behind", "client paused"])
 def test_realtime_pacing_catches_up_after_a_stall(case):
     """The pacer alone (real Stream.pace / Outbox / writer), fed on a schedule: 2 s on time, then a 1.5-s

@@ -58,6 +58,7 @@ def _assert_same(got: dict, expected: dict, what: str) -> None:
         assert got[k].dtype == v.dtype and got[k].shape == v.shape and torch.equal(got[k], v), f"{what}: {k}"
 
 
+@pytest.mark.slow
 def test_published_folder_loads_and_bundles(weights_dir, tmp_path, monkeypatch):
     root, expected, _ = weights_dir
     states = lpw.read_folder(root)
@@ -111,6 +112,7 @@ def test_bundle_keeps_other_networks(tmp_path):
         load_renderer(path)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_network(weights_dir):
     root, _, _ = weights_dir
     wrong = lpw.read_checkpoint(root / lpw.NETWORKS["motion_extractor"][0], "appearance_feature_extractor")
@@ -122,6 +124,7 @@ def test_checkpoint_of_another_network(weights_dir):
         lpw.read_checkpoint(root / lpw.NETWORKS["stitching_retargeting_module"][0], "spade_generator")
 
 
+@pytest.mark.slow
 def test_missing_num_batches_tracked_is_tolerated(weights_dir):
     root, expected, _ = weights_dir
     state = lpw.read_checkpoint(root / lpw.NETWORKS["appearance_feature_extractor"][0], "appearance_feature_extractor")
@@ -133,6 +136,7 @@ def test_missing_num_batches_tracked_is_tolerated(weights_dir):
         assert torch.equal(v, expected["appearance_feature_extractor"][k]), k
 
 
+@pytest.mark.slow
 def test_misshaped_key(weights_dir, tmp_path):
     root, _, _ = weights_dir
     obj = torch.load(root / lpw.NETWORKS["stitching_retargeting_module"][0], weights_only=True)
@@ -150,6 +154,7 @@ def test_misshaped_key(weights_dir, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_truncated_file(weights_dir, tmp_path):
     root, _, _ = weights_dir
     data = (root / lpw.NETWORKS["stitching_retargeting_module"][0]).read_bytes()

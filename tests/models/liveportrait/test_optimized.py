@@ -155,6 +155,7 @@ def test_bad_inputs(tiny):
         FastRenderer(r, "fp32").render(src, x_d[:, :20])
 
 
+@pytest.mark.slow
 def test_full_size_spade_golden_fused_fp32(lp_golden):
     """The full-size decoder after spectral folding + fusion + channels-last, once, against golden."""
     with np.load(lp_golden / "spade_generator.npz") as npz:

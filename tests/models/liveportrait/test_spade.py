@@ -3,6 +3,7 @@ SpectralNormConv2d equal to torch's spectral_norm in eval mode."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from flashtalk.models.liveportrait.spade import SpectralNormConv2d
@@ -10,6 +11,7 @@ from tests.models.liveportrait.helpers import _load, _seeded
 from tests.utils import assert_close
 
 
+@pytest.mark.slow
 def test_spade_generator_golden_fp32(lp_golden):
     """Full-size G once in fp32 (the fp64 run is part of test_verify_golden)."""
     d = _load(lp_golden, "spade_generator.npz", torch.float32)
@@ -20,6 +22,7 @@ def test_spade_generator_golden_fp32(lp_golden):
     assert_close(out, d["out_image"], 1e-5)
 
 
+@pytest.mark.slow
 def test_spectral_norm_sigma_golden_fp64(lp_golden):
     g = _seeded(lp_golden, "spade_generator", torch.float64)
     d = _load(lp_golden, "spade_generator.npz", torch.float64)
