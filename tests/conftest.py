@@ -1,12 +1,14 @@
 """Shared fixtures. Kernel tests take the `kernel_device` fixture (or `on_kernel_device`, which also makes it
 the default device): each runs once on the CPU under the Triton interpreter and once on CUDA with compiled
 Triton (that copy carries the `gpu` marker and skips, with the reason, where no GPU is visible).
-`TRITON_INTERPRET` is set for that one test only."""
+`TRITON_INTERPRET` is set for that one test only. `clips` and `raw_frames` (speech excerpts and the preview
+engine's frames of one) serve the offline-rendering tests of tests/cli/ and tests/runtime/."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,11 +73,11 @@ def on_kernel_device(kernel_device):
     if kernel_device == "cpu":  # already the default: no device mode pushed
         yield kernel_device
         return
-    torch.setdefault_device(kernel_device)
+    torch.set_default_device(kernel_device)
     try:
         yield kernel_device
     finally:
-        torch.setdefault_device(None)
+        torch.set_default_device(None)
 
 
 @pytest.fixture
@@ -87,3 +89,32 @@ def interpreter(monkeypatch) -> None:
 def triton_backend(device: str) -> str:
     """The dispatch backend a kernel reports on `device` in a `kernel_device` test."""
     return "triton-interpreter" if device == "cpu" else "triton"
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """2 s and 0.4 s WAV excerpts of the bundled speech (16 kHz), and a 44.1-kHz stereo 0.4 s one."""
+    import soundfile as sf
+
+    from flashtalk.cli.animate import demo_assets
+    from flashtalk.io.audio import load_audio
+
+    folder = tmp_path_factory.mktemp("clips")
+    speech = load_audio(demo_assets()[1]).samples
+    out = {}
+    for name, start, seconds in (("2s", 0.0, 2.0), ("short", 1.0, 0.4)):
+        path = folder / f"{name}.wav"
+        sf.write(path, speech[int(start * 16000) : int((start + seconds) * 16000)], 16000)
+        out[name] = path
+    return out
+
+
+@pytest.fixture(scope="module")
+def raw_frames(clips) -> np.ndarray:
+    """Frames of the short clip (seed 0) straight from the engine, before encoding."""
+    from flashtalk.cli.animate import demo_assets
+    from flashtalk.runtime.engine import Engine
+
+    clip = Engine.preview("cpu").prepare(demo_assets()[0], clips["short"], seed=0, watermark=False)
+    assert clip.num_frames == 10
+    return np.concatenate(list(clip.batches(4)))

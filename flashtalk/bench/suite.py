@@ -73,22 +73,23 @@ STEPS = (
 
 
 def find_tests(given: str | None) -> Path | None:
-    """The tests/ folder: --tests, else ./tests, else the one beside the package's source checkout."""
+    """The tests/ folder: --tests, else ./tests, else the one beside the package's source checkout (recognised by
+    its conftest.py and kernels/test_check.py)."""
     if given:
         path = Path(given)
         if not (path / "conftest.py").is_file():
             raise FlashTalkError(f"--tests {given}: no conftest.py there (give the checkout's tests/ folder)")
         return path.resolve()
     for path in (Path.cwd() / "tests", Path(__file__).resolve().parents[2] / "tests"):
-        if (path / "conftest.py").is_file() and (path / "test_kernel_check.py").is_file():
+        if (path / "conftest.py").is_file() and (path / "kernels" / "test_check.py").is_file():
             return path
     return None
 
 
 def gpu_test_files(tests: Path) -> list[Path]:
-    """Test files with GPU tests: those using the kernel_device fixture or the gpu marker."""
+    """Test files with GPU tests, in every folder of tests/: those using the kernel_device fixture or the gpu marker."""
     return sorted(
-        p for p in tests.glob("test_*.py") if "kernel_device" in (text := p.read_text()) or "mark.gpu" in text
+        p for p in tests.rglob("test_*.py") if "kernel_device" in (text := p.read_text()) or "mark.gpu" in text
     )
 
 
@@ -153,18 +154,18 @@ def run_gpu_tests(tests: Path, out: Path, seconds: float, parallel: int) -> dict
             if proc.poll() is None and time.perf_counter() > deadline:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                killed += [g for g in _file_names(group) if g not in killed]
+                killed += [g for g in _file_names(group, tests) if g not in killed]
             if proc.poll() is not None:
                 log.close()
                 running.remove(item)
                 results.append(_junit(xml))
         if time.perf_counter() > deadline and pending:
-            killed += [g for _, grp in pending for g in _file_names(grp) if g not in killed]
+            killed += [g for _, grp in pending for g in _file_names(grp, tests) if g not in killed]
             pending = []
     summary = {k: sum(r[k] for r in results) for k in ("passed", "failed", "skipped")}
     summary.update(
         failures=[f for r in results for f in r["failures"]],
-        files=[f.name for f in files],
+        files=[f.relative_to(tests).as_posix() for f in files],
         not_finished=killed,
         wall_s=round(time.perf_counter() - t0, 1),
         logs=str(log_dir.name),
@@ -172,8 +173,11 @@ def run_gpu_tests(tests: Path, out: Path, seconds: float, parallel: int) -> dict
     return summary
 
 
-def _file_names(group: list[str]) -> list[str]:
-    return list(dict.fromkeys(Path(g.split("::")[0]).name for g in group))
+def _file_names(group: list[str], tests: Path) -> list[str]:
+    """The test files of `group`, relative to the tests/ folder (tests/models/ and tests/weights/ both have a
+    test_hubert.py)."""
+    paths = (Path(g.split("::")[0]) for g in group)
+    return list(dict.fromkeys(p.relative_to(tests).as_posix() if p.is_relative_to(tests) else p.name for p in paths))
 
 
 def _shards(files: list[Path], tests: Path, out: Path, env: dict, parallel: int, seconds: float) -> list[list[str]]:
