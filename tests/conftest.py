@@ -5,13 +5,15 @@ Triton (that copy carries the `gpu` marker and skips, with the reason, where no 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "golden"
+# $FLASHTALK_GOLDEN: another golden folder, e.g. the subset `flashtalk lease prepare` carries to a lent GPU
+GOLDEN = Path(os.environ["FLASHTALK_GOLDEN"]) if os.environ.get("FLASHTALK_GOLDEN") else SHARED / "golden"
 
 
 def golden_dir(family: str) -> Path:
@@ -54,6 +56,53 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _triton_below(major: int, minor: int) -> bool:
+    try:
+        import triton
+    except ImportError:
+        return False
+    return tuple(int(p) for p in triton.__version__.split(".")[:2]) < (major, minor)
+
+
+INTERPRETER_BUG = (
+    "triton < 3.7's interpreter fails here with numpy >= 2.5 (TypeError: only 0-dimensional arrays can be "
+    "converted to Python scalars, in triton/runtime/interpreter.py; fixed in later Triton): an interpreter bug, "
+    "not one of the compiled kernels, whose CUDA copy of this test runs"
+)
+
+
+def _interpreter_bug(item, exc: BaseException) -> bool:
+    """The known triton < 3.7 interpreter failure, in a CPU (interpreter) copy of a kernel_device test."""
+    callspec = getattr(item, "callspec", None)
+    if not isinstance(exc, TypeError) or "only 0-dimensional arrays can be converted" not in str(exc):
+        return False
+    if callspec is None or callspec.params.get("kernel_device") != "cpu" or not _triton_below(3, 7):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.replace(os.sep, "/").endswith("triton/runtime/interpreter.py"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Two known absences become skips with their reason, nothing else: the triton < 3.7 interpreter bug (CPU
+    copies only; CUDA copies never skip), and a golden file left out of a carried subset (FLASHTALK_GOLDEN)."""
+    try:
+        return (yield)
+    except TypeError as exc:
+        if _interpreter_bug(item, exc):
+            pytest.skip(INTERPRETER_BUG)
+        raise
+    except FileNotFoundError as exc:
+        subset = GOLDEN / "SUBSET"
+        if subset.is_file() and exc.filename and Path(exc.filename).resolve().is_relative_to(GOLDEN.resolve()):
+            pytest.skip(f"{exc.filename} is not in the carried golden subset ({subset} lists what is)")
+        raise
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

@@ -1,0 +1,44 @@
+"""The conftest turns exactly one failure into a skip: triton < 3.7's interpreter bug (numpy >= 2.5), raised
+inside triton/runtime/interpreter.py, in the CPU copy of a kernel_device test. Anything else still fails."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from tests import conftest
+
+MESSAGE = "only 0-dimensional arrays can be converted to Python scalars"
+
+
+def _raised_in(filename: str, message: str = MESSAGE) -> TypeError:
+    code = compile(f"raise TypeError({message!r})", filename, "exec")
+    try:
+        exec(code, {})
+    except TypeError as exc:
+        return exc
+    raise AssertionError("not raised")
+
+
+def _item(device: str | None):
+    return types.SimpleNamespace(callspec=types.SimpleNamespace(params={"kernel_device": device}) if device else None)
+
+
+INTERPRETER = "/site-packages/triton/runtime/interpreter.py"
+
+
+@pytest.mark.parametrize(
+    "device, filename, message, old_triton, skips",
+    [
+        pytest.param("cpu", INTERPRETER, MESSAGE, True, True, id="the-bug"),
+        pytest.param("cuda", INTERPRETER, MESSAGE, True, False, id="cuda-copy-never-skips"),
+        pytest.param("cpu", INTERPRETER, MESSAGE, False, False, id="triton-3.7-or-later"),
+        pytest.param("cpu", "/repo/flashtalk/kernels/attention.py", MESSAGE, True, False, id="our-code"),
+        pytest.param("cpu", INTERPRETER, "another TypeError", True, False, id="another-error"),
+        pytest.param(None, INTERPRETER, MESSAGE, True, False, id="not-a-kernel_device-test"),
+    ],
+)
+def test_only_the_interpreter_bug_skips(device, filename, message, old_triton, skips, monkeypatch):
+    monkeypatch.setattr(conftest, "_triton_below", lambda major, minor: old_triton)
+    assert conftest._interpreter_bug(_item(device), _raised_in(filename, message)) is skips
