@@ -289,7 +289,7 @@ def sample_at_grid(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 def on_device(a: np.ndarray) -> torch.Tensor:
     """A golden array on this test's kernel device."""
-    return torch.from_numpy(a).to(torch.getdefault_device())
+    return torch.from_numpy(a).to(torch.get_default_device())
 
 
 def test_golden_grid_sample_5d(lp_golden):

@@ -24,7 +24,7 @@ DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.floa
 
 
 def _make(shape, layout, dtype, seed):
-    g = torch.Generator(torch.getdefault_device()).manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     if layout == "sliced":  # a non-contiguous view: every other column of a wider tensor
         b, c, h, w = shape
         return (3 * torch.randn(b, c, h, 2 * w, generator=g) + 1.5)[..., ::2].to(dtype)
@@ -78,7 +78,7 @@ def test_channels_last_output_keeps_format():
 
 def test_fp16_large_activations_stay_finite():
     """Values of 3e3 square to 9e6 (> fp16 max 65504): fp16 statistics would overflow; fp32 ones do not."""
-    g = torch.Generator(torch.getdefault_device()).manual_seed(8)
+    g = torch.Generator(torch.get_default_device()).manual_seed(8)
     x = (3000 * torch.randn(1, 4, 16, 16, generator=g) + 2000).half()
     gamma, beta = torch.zeros_like(x), torch.zeros_like(x)
     with use_kernels("triton"):

@@ -108,7 +108,7 @@ def choose(op: str, device: torch.device | str, unsupported: str | None = None) 
             )
         choice = Choice("reference", f"{device.type} tensors: Triton needs CUDA (or TRITON_INTERPRET=1 for tests)")
     previous = _last.get(op)
-    if previous != choice:
+    if previous != choice and not torch.compiler.is_compiling():  # torch.compile cannot trace logging calls
         log.debug("%s -> %s (%s)", op, choice.backend, choice.reason)
     _last[op] = choice
     return choice
