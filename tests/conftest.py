@@ -69,15 +69,17 @@ def _triton_below(major: int, minor: int) -> bool:
 INTERPRETER_BUG = (
     "triton < 3.7's interpreter fails here with recent numpy (TypeError: only 0-dimensional arrays can be "
     "converted to Python scalars, from int() of a 1-element array in triton/runtime/interpreter.py; fixed in "
-    "later Triton): an interpreter bug, not one of the compiled kernels, whose CUDA copy of this test runs"
+    "later Triton): an interpreter bug, not one of the compiled kernels (CUDA copies of kernel tests never skip)"
 )
 
 
 def _interpreter_bug(item, exc: BaseException) -> bool:
     """The known triton < 3.7 interpreter failure (raised in triton/runtime/interpreter.py, possibly wrapped
-    by Triton's InterpreterError or torch's opcheck) in the CPU (interpreter) copy of a kernel_device test."""
-    callspec = getattr(item, "callspec", None)
-    if callspec is None or callspec.params.get("kernel_device") != "cpu" or not _triton_below(3, 7):
+    by Triton's InterpreterError or torch's opcheck) in a test on the interpreter: the CPU copy of a
+    kernel_device test, or a test taking the `interpreter` fixture."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    on_interpreter = params.get("kernel_device") == "cpu" or "interpreter" in getattr(item, "fixturenames", ())
+    if not on_interpreter or not _triton_below(3, 7):
         return False
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:

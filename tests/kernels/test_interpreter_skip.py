@@ -1,5 +1,6 @@
-"""The conftest turns exactly one failure into a skip: triton < 3.7's interpreter bug (numpy >= 2.5), raised
-inside triton/runtime/interpreter.py, in the CPU copy of a kernel_device test. Anything else still fails."""
+"""The conftest turns exactly one failure into a skip: triton < 3.7's interpreter bug (recent numpy), raised
+inside triton/runtime/interpreter.py, in a test on the interpreter (the CPU copy of a kernel_device test, or one
+taking the `interpreter` fixture). Anything else still fails; a CUDA copy never skips."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ def _raised_in(filename: str, message: str = MESSAGE) -> TypeError:
 
 
 def _item(device: str | None):
-    return types.SimpleNamespace(callspec=types.SimpleNamespace(params={"kernel_device": device}) if device else None)
+    """A kernel_device test's copy on `device`; "interpreter": a CPU test taking the `interpreter` fixture."""
+    if device == "interpreter":
+        return types.SimpleNamespace(fixturenames=["interpreter", "tmp_path"])
+    callspec = types.SimpleNamespace(params={"kernel_device": device}) if device else None
+    return types.SimpleNamespace(callspec=callspec, fixturenames=["kernel_device"] if device else [])
 
 
 INTERPRETER = "/site-packages/triton/runtime/interpreter.py"
@@ -32,6 +37,7 @@ INTERPRETER = "/site-packages/triton/runtime/interpreter.py"
     "device, filename, message, old_triton, skips",
     [
         pytest.param("cpu", INTERPRETER, MESSAGE, True, True, id="the-bug"),
+        pytest.param("interpreter", INTERPRETER, MESSAGE, True, True, id="interpreter-fixture"),
         pytest.param("cuda", INTERPRETER, MESSAGE, True, False, id="cuda-copy-never-skips"),
         pytest.param("cpu", INTERPRETER, MESSAGE, False, False, id="triton-3.7-or-later"),
         pytest.param("cpu", "/repo/flashtalk/kernels/attention.py", MESSAGE, True, False, id="our-code"),
