@@ -212,6 +212,16 @@ def _install(wheels: Path, target: Path, log) -> None:
     files = sorted(str(w) for w in wheels.glob("*.whl"))
     if not files:
         raise FlashTalkError(f"no wheels in {wheels}: run `flashtalk lease prepare` first and carry {WHEELS}")
+    import importlib.util
+
+    if importlib.util.find_spec("pip") is None:  # a wheel is a zip of what --target would hold
+        import zipfile
+
+        for f in files:
+            with zipfile.ZipFile(f) as z:
+                z.extractall(target)
+        log(f"unpacked {len(files)} wheels into {target} (this Python has no pip)")
+        return
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
     cmd += ["--no-cache-dir", "--upgrade", "--disable-pip-version-check", "--target", str(target), *files]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PIP_NO_INDEX": "1"})
