@@ -6,6 +6,7 @@ engine's frames of one) serve the offline-rendering tests of tests/cli/ and test
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "golden"
+# $FLASHTALK_GOLDEN: another golden folder, e.g. the subset `flashtalk lease prepare` carries to a lent GPU
+GOLDEN = Path(os.environ["FLASHTALK_GOLDEN"]) if os.environ.get("FLASHTALK_GOLDEN") else SHARED / "golden"
 
 
 def golden_dir(family: str) -> Path:
@@ -56,6 +58,59 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _triton_below(major: int, minor: int) -> bool:
+    try:
+        import triton
+    except ImportError:
+        return False
+    return tuple(int(p) for p in triton.__version__.split(".")[:2]) < (major, minor)
+
+
+INTERPRETER_BUG = (
+    "triton < 3.7's interpreter fails here with recent numpy (TypeError: only 0-dimensional arrays can be "
+    "converted to Python scalars, from int() of a 1-element array in triton/runtime/interpreter.py; fixed in "
+    "later Triton): an interpreter bug, not one of the compiled kernels (CUDA copies of kernel tests never skip)"
+)
+
+
+def _interpreter_bug(item, exc: BaseException) -> bool:
+    """The known triton < 3.7 interpreter failure (raised in triton/runtime/interpreter.py, possibly wrapped
+    by Triton's InterpreterError or torch's opcheck) in a test on the interpreter: the CPU copy of a
+    kernel_device test, or a test taking the `interpreter` fixture."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    on_interpreter = params.get("kernel_device") == "cpu" or "interpreter" in getattr(item, "fixturenames", ())
+    if not on_interpreter or not _triton_below(3, 7):
+        return False
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TypeError) and "only 0-dimensional arrays can be converted" in str(exc):
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next  # the frame that raised it
+            name = tb.tb_frame.f_code.co_filename.replace(os.sep, "/") if tb is not None else ""
+            return name.endswith("triton/runtime/interpreter.py")
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Two known absences become skips with their reason, nothing else: the triton < 3.7 interpreter bug (CPU
+    copies only; CUDA copies never skip), and a golden file left out of a carried subset (FLASHTALK_GOLDEN)."""
+    try:
+        return (yield)
+    except FileNotFoundError as exc:
+        subset = GOLDEN / "SUBSET"
+        if subset.is_file() and exc.filename and Path(exc.filename).resolve().is_relative_to(GOLDEN.resolve()):
+            pytest.skip(f"{exc.filename} is not in the carried golden subset ({subset} lists what is)")
+        raise
+    except Exception as exc:
+        if _interpreter_bug(item, exc):
+            pytest.skip(INTERPRETER_BUG)
+        raise
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

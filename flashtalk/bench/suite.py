@@ -158,7 +158,13 @@ def run_gpu_tests(tests: Path, out: Path, seconds: float, parallel: int) -> dict
             if proc.poll() is not None:
                 log.close()
                 running.remove(item)
-                results.append(_junit(xml))
+                result = _junit(xml)
+                if "note" in result and not any(g in killed for g in _file_names(group, tests)):
+                    result.update(  # pytest ended by itself without a report: a failure, never a silent "ok"
+                        failed=1,
+                        failures=[f"{', '.join(_file_names(group, tests))}: pytest exited {proc.returncode} without a report"],
+                    )
+                results.append(result)
         if time.perf_counter() > deadline and pending:
             killed += [g for _, grp in pending for g in _file_names(grp, tests) if g not in killed]
             pending = []
@@ -353,11 +359,7 @@ def run_suite(args: argparse.Namespace) -> int:
                     )
             records += recs
             done.append(name)
-        status = "ok" if not skipped else "partial" if done else "skipped"
-        row = {"step": step.name, "status": status, "wall_s": round(time.perf_counter() - t0, 1), "cases": done}
-        if skipped:
-            row["reason"] = f"did not fit in the budget: {', '.join(skipped)}"
-        steps.append(row)
+        steps.append(step_row(step.name, done, skipped, records, round(time.perf_counter() - t0, 1)))
     env["wall_s"] = round(time.perf_counter() - start, 1)
     for rec in records:
         rec.setdefault("cuda", env.get("cuda"))
@@ -379,7 +381,27 @@ def run_suite(args: argparse.Namespace) -> int:
         print("plots.png not written: matplotlib is missing (pip install 'flashtalk[bench]')")
     print(f"\nwrote {out / 'results.json'}, {out / 'summary.md'}, {out / 'plots.png'}")
     print("\n" + short_table(steps, records))
-    return 1 if tests_summary and tests_summary["failed"] else 0
+    return 1 if any(s["status"] == "failed" for s in steps) else 0
+
+
+def step_row(name: str, done: list[str], skipped: list[str], records: list[dict], wall_s: float) -> dict:
+    """A benchmark step's row: "failed" when any record of its cases failed (`failures` says which and why, one
+    line each), else "ok" / "partial" / "skipped" by what fit in the budget."""
+    failures = [
+        f"{r['case']} / {r['provider']}: {r.get('reason', 'failed')}"
+        for r in records
+        if r["case"] in done and r["status"] == "failed"
+    ]
+    status = "failed" if failures else "ok" if not skipped else "partial" if done else "skipped"
+    row = {"step": name, "status": status, "wall_s": wall_s, "cases": done}
+    reasons = [f"{len(failures)} failed"] if failures else []
+    if skipped:
+        reasons.append(f"did not fit in the budget: {', '.join(skipped)}")
+    if reasons:
+        row["reason"] = "; ".join(reasons)
+    if failures:
+        row["failures"] = failures
+    return row
 
 
 def summary_markdown(env: dict, steps: list[dict], tests: dict | None, records: list[dict]) -> str:
@@ -399,6 +421,9 @@ def summary_markdown(env: dict, steps: list[dict], tests: dict | None, records: 
     lines += [f"| {s['step']} | {s['status']} | {s.get('wall_s', '-')} | {s.get('reason', '')} |" for s in steps]
     if tests and tests["failures"]:
         lines += ["", "## Failed gpu tests", "", *[f"- `{f}`" for f in tests["failures"]]]
+    failed = [f for s in steps for f in s.get("failures", [])]
+    if failed:
+        lines += ["", "## Failed cases", "", *[f"- {f}" for f in failed]]
     full = reporting.markdown(env, records)
     body = full[full.find("\n## ") :] if "\n## " in full else ""  # its tables, without its title and header
     return "\n".join(lines) + "\n" + body + "\n"
@@ -408,7 +433,10 @@ def short_table(steps: list[dict], records: list[dict]) -> str:
     """The last thing printed: each step's status, then the headline figure of each case per provider."""
     from flashtalk.bench import report as reporting
 
-    lines = [f"{s['step']:<32} {s['status']:<8} {s.get('reason', '')}" for s in steps]
+    lines = []
+    for s in steps:
+        lines.append(f"{s['step']:<32} {s['status']:<8} {s.get('reason', '')}")
+        lines += [f"{'':<32} FAILED   {f}" for f in s.get("failures", [])]
     headline = [r for r in records if r["status"] == "ok"]
     if headline:
         rows = [
@@ -423,4 +451,6 @@ def short_table(steps: list[dict], records: list[dict]) -> str:
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines += [""] + ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    failed = [s["step"] for s in steps if s["status"] == "failed"]
+    lines.append(f"RESULT: FAILED ({', '.join(failed)}; exit status 1)" if failed else "RESULT: no failures")
     return "\n".join(lines)

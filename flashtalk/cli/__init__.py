@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("flashtalk.cli.serve", "stream talking heads over WebSocket/HTTP, with a web page to try it"),
     "emotion": ("flashtalk.cli.emotion", "save a reference photo's expression as an emotion preset (or show one)"),
     "preset": ("flashtalk.cli.emotion", "the former name of `emotion` (kept so scripts keep working)"),
+    "lease": (
+        "flashtalk.cli.lease",
+        "a lent GPU in one call: `lease prepare` here (wheels, golden subset), `lease run` there",
+    ),
     "download": (
         "flashtalk.cli.download",
         "fetch the published LivePortrait / JoyVASA / HuBERT weights (Hugging Face)",

@@ -36,6 +36,43 @@ def _load_check(folder: Path, say) -> None:
     say("loaded the LivePortrait renderer, the JoyVASA motion generator and the audio encoder")
 
 
+def _dry_run(hub, revs: dict[str, str], target: Path | None) -> int:
+    """List what `download` would fetch; with the hub, sizes and licences; without it (HF_HUB_OFFLINE, or
+    no network), where each file would go and which are already there."""
+    offline = "HF_HUB_OFFLINE is set" if hub.offline() else None
+    if offline is None:
+        try:
+            pl = hub.plan(revs, query=True)
+        except hub.HubUnreachable as exc:
+            offline = str(exc)
+    if offline is not None:
+        pl = hub.plan(revs, query=False)
+        where = target if target is not None else hub.cache_dir()
+        print(f"offline ({offline}): sizes, checksums and licences need the hub")
+        print(f"files go to {where}" + ("" if target is not None else " (the Hugging Face cache)"))
+        print(f"{'repo':<36} {'revision':<40} {'here?':>8}  file")
+        for f in pl.files:
+            have = "present" if hub.local_copy(f, target) else "missing"
+            print(
+                f"{f.repo.repo_id:<36} {f.revision:<40} {have:>8}  {f.path}" + ("  (if needed)" if f.optional else "")
+            )
+        print(hub.INSIGHTFACE_NOTICE)
+        return 0
+    print(f"{'repo':<36} {'revision':<40} {'size':>10}  file")
+    for f in pl.files:
+        print(
+            f"{f.repo.repo_id:<36} {f.revision:<40} {hub._size(f.size):>10}  {f.path}"
+            + ("  (if needed)" if f.optional else "")
+        )
+    known = [f.size for f in pl.files if f.size is not None and not f.optional]
+    print(f"total {hub._size(sum(known))} (without the files marked 'if needed')")
+    for r in hub.REPOS:
+        note = f" ({r.note})" if r.note else ""
+        print(f"licence of {r.repo_id}: {pl.licences.get(r.repo_id, 'unknown')}{note}")
+    print(hub.INSIGHTFACE_NOTICE)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from flashtalk.weights import hub
 
@@ -44,22 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     revs = hub.revisions(args.revision)
     if args.dry_run:
-        query = not hub.offline()
-        pl = hub.plan(revs, query=query)
-        print(f"{'repo':<36} {'revision':<40} {'size':>10}  file")
-        for f in pl.files:
-            size = hub._size(f.size) if query else "offline"
-            print(
-                f"{f.repo.repo_id:<36} {f.revision:<40} {size:>10}  {f.path}" + ("  (if needed)" if f.optional else "")
-            )
-        known = [f.size for f in pl.files if f.size is not None and not f.optional]
-        if query:
-            print(f"total {hub._size(sum(known))} (without the files marked 'if needed')")
-        for r in hub.REPOS:
-            note = f" ({r.note})" if r.note else ""
-            print(f"licence of {r.repo_id}: {pl.licences.get(r.repo_id, 'unknown offline')}{note}")
-        print(hub.INSIGHTFACE_NOTICE)
-        return 0
+        return _dry_run(hub, revs, Path(args.dir) if args.dir else None)
     if hub.offline():
         raise FlashTalkError(
             "HF_HUB_OFFLINE is set: downloading needs the hub (unset it; `--weights hf` reads the cache offline)"

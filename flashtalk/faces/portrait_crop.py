@@ -1,7 +1,8 @@
 """The square face crop the renderer expects, and the affine that maps it back onto the photo.
 
 `--crop auto` finds the largest frontal face with OpenCV's Haar cascade (the XML ships inside the
-`opencv-python-headless` 4.x wheel; nothing is downloaded) and places it the way LivePortrait's landmark
+`opencv-python-headless` 4.x wheel; nothing is downloaded; OpenCV 5.x has no Haar cascade, and there `auto`
+needs LivePortrait's face models) and places it the way LivePortrait's landmark
 crop does (side 2.3 x the landmark box, centre moved up by 0.125 x the side). The Haar box is about as
 wide as LivePortrait's 106-landmark box and its centre sits ~0.15 box sides higher, so from the Haar box:
 side = 2.3 x box, centre = box centre moved up by 0.14 x box. The face keeps that canonical place even
@@ -9,8 +10,9 @@ at the photo's borders: parts of the square outside the photo repeat the border 
 only uses the face region). `center` takes the largest centred square; `X,Y,W,H` a box in photo
 pixels, squared around its centre.
 
-The eyes (a second Haar cascade, inside the face) and an estimate of the mouth are located in the crop
-as hints for renderers that need a face layout (the weights-free preview); None when not found.
+With `auto`, the eyes (a second Haar cascade, inside the face) and an estimate of the mouth are located in
+the crop as hints for renderers that need a face layout (the weights-free preview); None when not found.
+`center` and a box never run a detector (their landmarks are None: the preview keeps its canonical layout).
 
 With LivePortrait's face models (`flashtalk.faces`, `faces=` below) `auto` is LivePortrait's own crop
 instead: detection, 106 landmarks, the rotated landmark crop of the size-limited photo, and the 203-point
@@ -112,9 +114,22 @@ def _check_box(box) -> tuple[float, float, float, float]:
     return (x, y, w, h)
 
 
+def haar_available() -> bool:
+    """Whether this OpenCV has the Haar cascade detector and its bundled XML files (4.x wheels; not 5.x)."""
+    import cv2
+
+    return hasattr(cv2, "CascadeClassifier") and hasattr(getattr(cv2, "data", None), "haarcascades")
+
+
 def _cascade(name: str):
     import cv2
 
+    if not haar_available():
+        raise FlashTalkError(
+            f"--crop auto needs LivePortrait's face models (`flashtalk download` fetches them) or OpenCV's Haar "
+            f"cascade, which OpenCV {cv2.__version__} does not have (4.x wheels do); "
+            "or pass --crop center / X,Y,W,H"
+        )
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + name)
     if cascade.empty():
         raise FlashTalkError(
@@ -267,7 +282,7 @@ def face_crop(
         image=image,
         box=box,
         crop_to_photo=crop_affine(box, size),
-        landmarks=find_landmarks(image),
+        landmarks=find_landmarks(image) if kind == "auto" else None,
         method="haar" if kind == "auto" else kind,
     )
 

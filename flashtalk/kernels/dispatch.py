@@ -67,8 +67,13 @@ def use_kernels(m: str) -> Iterator[None]:
         stack.pop()
 
 
+# Looked up once, at import (find_spec imports nothing): torch.compile cannot trace importlib, and an op
+# calls `choose` inside compiled regions (torch 2.11 raises Unsupported on find_spec; 2.13 skips it).
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def interpreter_enabled() -> bool:
@@ -103,7 +108,7 @@ def choose(op: str, device: torch.device | str, unsupported: str | None = None) 
             )
         choice = Choice("reference", f"{device.type} tensors: Triton needs CUDA (or TRITON_INTERPRET=1 for tests)")
     previous = _last.get(op)
-    if previous != choice:
+    if previous != choice and not torch.compiler.is_compiling():  # torch.compile cannot trace logging calls
         log.debug("%s -> %s (%s)", op, choice.backend, choice.reason)
     _last[op] = choice
     return choice

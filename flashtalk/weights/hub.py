@@ -168,9 +168,16 @@ def plan(revs: dict[str, str], *, query: bool = True) -> Plan:
     return out
 
 
+class HubUnreachable(FlashTalkError):
+    """The hub could not be reached at all (no network, DNS, refused): nothing was learnt from it."""
+
+
 def _hub_error(exc: Exception, repo: str, rev: str, path: str | None) -> FlashTalkError:
     name = type(exc).__name__
     what = f"{repo}@{rev[:12]}" + (f": {path}" if path else "")
+    if isinstance(exc, _transport_errors()) or "ConnectError" in name or "ConnectionError" in name:
+        first = (str(exc).strip().splitlines() or [name])[0][:200]
+        return HubUnreachable(f"{endpoint()} could not be reached ({name}: {first})")
     if path and ("EntryNotFound" in name or "404" in str(exc)[:200]):
         return FlashTalkError(f"{what}: no such file on {endpoint()} (404); check --revision")
     if "RevisionNotFound" in name:
@@ -304,6 +311,22 @@ def fetch(p: Planned, target: Path | None) -> Path:
         return _place_in_cache(p, part)
     os.replace(part, final)
     return final
+
+
+def local_copy(p: Planned, target: Path | None) -> Path | None:
+    """Where `p` already is, without the network: target/<repo folder>/<path>, or the HF cache's copy of
+    the pinned revision (None when absent, or when huggingface_hub is missing to read the cache)."""
+    if target is not None:
+        path = target / p.repo.folder / p.path
+        return path if path.is_file() else None
+    try:
+        import huggingface_hub
+    except ModuleNotFoundError:
+        return None
+    hit = huggingface_hub.try_to_load_from_cache(
+        p.repo.repo_id, p.path, cache_dir=str(cache_dir()), revision=p.revision
+    )
+    return Path(hit) if isinstance(hit, str) else None
 
 
 def needs_hubert_weights(motion_checkpoint: Path) -> bool:

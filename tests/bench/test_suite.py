@@ -67,7 +67,8 @@ def test_smoke_suite_writes_its_outputs(tmp_path, fake_tests, capsys):
     assert "## Steps" in md and "| gpu tests | failed |" in md and "tests.test_a::test_bad" in md and "## kernel" in md
     assert (out / "plots.png").read_bytes()[:4] == b"\x89PNG"
     last = printed.strip().splitlines()
-    assert last[-1].startswith("attention/cpu-B2-H2-L37-D16-keypad")  # the short table comes last
+    assert last[-2].startswith("attention/cpu-B2-H2-L37-D16-keypad")  # the short table comes last
+    assert last[-1] == "RESULT: FAILED (gpu tests; exit status 1)"
 
 
 @pytest.mark.slow

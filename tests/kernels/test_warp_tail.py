@@ -145,7 +145,7 @@ def test_golden_size_and_weights_at_one_depth(lp_golden, kernel_device):
 
     from flashtalk.models.liveportrait.optimized import fold_batchnorms
     from flashtalk.models.liveportrait.warping_channels_last import FastWarpingNetwork
-    from tests.test_kernels_warp import check_rule
+    from tests.kernels.helpers import check_rule
     from tests.test_model_appearance_warping import seeded
 
     z = np.load(lp_golden / "warping_module.npz")

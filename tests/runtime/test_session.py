@@ -14,7 +14,7 @@ from flashtalk.runtime.backends import encode_portrait
 from flashtalk.runtime.backends.preview import PreviewBackend
 from flashtalk.runtime.scheduler import AdmissionError, Scheduler
 from flashtalk.runtime.session import Event, Frame, Session
-from flashtalk.serving.server import ASSETS_DIR
+from flashtalk.serving.state import ASSETS_DIR  # not .server: starlette is not needed to collect
 
 
 @pytest.fixture(scope="module")
