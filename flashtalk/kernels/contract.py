@@ -79,8 +79,10 @@ def output_problem(contract: OpContract, out, args: tuple, kwargs: dict) -> str 
             return f"{where} is {type(o).__name__}, not a tensor"
         shape, dtype = spec
         if tuple(o.shape) != tuple(shape) or o.dtype != dtype:
-            return f"{where} is {str(o.dtype).removeprefix('torch.')} {list(o.shape)}, the contract says " \
-                   f"{str(dtype).removeprefix('torch.')} {list(shape)}"
+            return (
+                f"{where} is {str(o.dtype).removeprefix('torch.')} {list(o.shape)}, the contract says "
+                f"{str(dtype).removeprefix('torch.')} {list(shape)}"
+            )
         if device is not None and o.device != device:
             return f"{where} is on {o.device}, the inputs on {device}"
     return None

@@ -107,8 +107,9 @@ def _load_entry_points() -> dict[str, dict[str, Impl]]:
         for ep in importlib.metadata.entry_points(group=GROUP):
             op, _, name = ep.name.partition(".")
             dist = getattr(ep, "dist", None)
-            impl = Impl(op, name, ep.value, "entry point", None, dist.name if dist else None,
-                        dist.version if dist else None)
+            impl = Impl(
+                op, name, ep.value, "entry point", None, dist.name if dist else None, dist.version if dist else None
+            )
             if op not in OPS or not name:
                 impl.error = f"entry point {ep.name!r} is not OP.NAME with OP one of {', '.join(OPS)}"
             found.setdefault(op, {})[name or ep.name] = impl
