@@ -36,6 +36,7 @@ class Row:
     passed: bool
     note: str = ""
     seconds: float = 0.0
+    unit: str = ""  # "dB": max_error holds a PSNR and bound its minimum
 
     @property
     def verdict(self) -> str:

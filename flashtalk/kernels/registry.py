@@ -140,11 +140,20 @@ def _import(target: str) -> Callable:
     return obj
 
 
+_builtins: dict[tuple[str, str], Impl] = {}
+
+
 def _builtin(op: str, name: str) -> Impl:
-    if name == "flashtalk":
-        return Impl(op, name, f"{OPS[op]}:{op}", "flashtalk")
-    module = OPS[op]
-    return Impl(op, name, f"{module}:{op}_ref", "flashtalk", getattr(importlib.import_module(module), f"{op}_ref"))
+    """Ours ("flashtalk") or the reference of `op` (one object each, so their call counts add up)."""
+    key = (op, name)
+    if key not in _builtins:
+        module = OPS[op]
+        if name == "flashtalk":
+            _builtins[key] = Impl(op, name, f"{module}:{op}", "flashtalk")
+        else:
+            ref = getattr(importlib.import_module(module), f"{op}_ref")
+            _builtins[key] = Impl(op, name, f"{module}:{op}_ref", "flashtalk", ref)
+    return _builtins[key]
 
 
 def implementations(op: str | None = None, *, load: bool = True) -> list[Impl]:
