@@ -244,6 +244,7 @@ def run_suite(args: argparse.Namespace) -> int:
     import torch
 
     from flashtalk.bench import harness, registry
+    from flashtalk.bench import impls as bench_impls
     from flashtalk.bench import report as reporting
 
     if not args.out:
@@ -310,6 +311,7 @@ def run_suite(args: argparse.Namespace) -> int:
     setup = registry.Setup.for_device(device, quick=smoke, compile=False, sessions=1 if smoke else None)
     iters, warmup = (1, 1) if smoke else (20, 3)
     cases = {c.name: c for c in registry.all_cases()}
+    impls = bench_impls.resolve_impls(args.impl)  # --impl: every case also runs with each implementation
     records: list[dict] = []
 
     def emit(rec: dict) -> None:
@@ -335,7 +337,7 @@ def run_suite(args: argparse.Namespace) -> int:
             case_setup = replace(setup, compile=compile_ok)
             try:
                 with _hard_stop(left):
-                    recs = harness.run_case(cases[name], case_setup, env, iters, warmup, emit, deadline=end)
+                    recs = harness.run_case(cases[name], case_setup, env, iters, warmup, emit, end, impls)
             except BudgetExceeded:  # stopped outside a provider (building or cleaning up the case)
                 skipped.append(name)
                 continue

@@ -36,7 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compile in this many processes (default: the CPU count, at most 8)",
     )
 
-
     p = sub.add_parser("list", help="the ops, their contracts and every registered implementation")
     p.add_argument("--op", action="append", metavar="OP", help="only this op (repeatable)")
     p.add_argument("--contracts", action="store_true", help="print each op's full contract (Markdown)")
