@@ -9,14 +9,14 @@ dtype, as the original network runs under autocast) plus a tiny floor."""
 from __future__ import annotations
 
 import importlib
-import math
 
 import numpy as np
 import pytest
 import torch
 
 from flashtalk.errors import FlashTalkError
-from flashtalk.kernels import dispatch
+from flashtalk.kernels import cases, dispatch
+from flashtalk.kernels.cases import grid2d, keypoints, noncontig, rotation_affine
 from flashtalk.kernels.deform_warp import deform_warp, deform_warp_ref
 from flashtalk.kernels.dense_motion_input import dense_motion_input, dense_motion_input_ref
 from flashtalk.kernels.paste_back import make_feather_mask, paste_back, paste_back_ref
@@ -51,34 +51,9 @@ def check_rule(kernel: torch.Tensor, ours_ref: torch.Tensor, ref64: torch.Tensor
     assert k_err <= 2 * t_err + FLOOR, f"{what}: kernel error {k_err:.3e} > 2 x PyTorch's {t_err:.3e} + {FLOOR:g}"
 
 
-def keypoints(B: int, K: int, spread: float = 1.2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source keypoints up to ±spread and driving ones moved by up to ±0.3, so some motions leave [-1, 1]
-    (|g| up to ~1.5), plus exact hits: keypoint 0 does not move (S = G), keypoint 1 shifts by exactly one
-    half-volume (S lands on the corners ±1 and the centre 0)."""
-    xs = (torch.rand(B, K, 3) * 2 - 1) * spread
-    xd = xs + (torch.rand(B, K, 3) * 2 - 1) * 0.3
-    xd[:, 0] = xs[:, 0]
-    if K > 1:
-        xs[:, 1], xd[:, 1] = 0.5, -0.5
-    return xs, xd
-
-
-def noncontig(t: torch.Tensor) -> torch.Tensor:
-    """The same values with other strides: a channels-last copy viewed back, i.e. permuted memory."""
-    perm = [0, *range(2, t.dim()), 1]
-    inv = [0, t.dim() - 1, *range(1, t.dim() - 1)]
-    out = t.permute(perm).contiguous().permute(inv)
-    assert not out.is_contiguous() and torch.equal(out, t)
-    return out
-
-
 # ------------------------------------------------------------------------------ dense_motion_input
 
-DMI_CASES = [
-    pytest.param(1, 1, 4, (1, 1, 1), False, id="B1-K1-C4-D1H1W1"),
-    pytest.param(2, 5, 4, (3, 5, 7), False, id="B2-K5-C4-D3H5W7"),
-    pytest.param(3, 3, 2, (4, 6, 5), True, id="B3-K3-C2-D4H6W5-strided"),
-]
+DMI_CASES = [pytest.param(*c[:-1], id=c[-1]) for c in cases.DMI_CASES]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -113,11 +88,7 @@ def test_dense_motion_input_writes_every_element():
 
 # ------------------------------------------------------------------------------ deform_warp
 
-DW_CASES = [
-    pytest.param(1, 1, 3, (1, 1, 1), (2, 3, 2), False, id="B1-K1-C3-D1H1W1-feat2x3x2"),
-    pytest.param(2, 5, 6, (3, 5, 7), (3, 5, 7), False, id="B2-K5-C6-D3H5W7"),
-    pytest.param(2, 4, 5, (4, 3, 5), (5, 6, 3), True, id="B2-K4-C5-D4H3W5-feat5x6x3-strided"),
-]
+DW_CASES = [pytest.param(*c[:-1], id=c[-1]) for c in cases.DW_CASES]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -153,19 +124,7 @@ def test_deform_warp_saturated_softmax():
 
 # ------------------------------------------------------------------------------ warp2d
 
-W2_CASES = [
-    pytest.param(1, 1, (1, 1), (2, 3), False, id="B1-C1-H1W1-out2x3"),
-    pytest.param(2, 3, (7, 9), (5, 6), False, id="B2-C3-H7W9-out5x6"),
-    pytest.param(3, 4, (6, 5), (7, 3), True, id="B3-C4-H6W5-out7x3-strided"),
-]
-
-
-def grid2d(B: int, Ho: int, Wo: int) -> torch.Tensor:
-    g = (torch.rand(B, Ho, Wo, 2) * 2 - 1) * 1.5
-    special = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [1.0, -1.0], [1.5, 0.2], [-1.2, 1.4]])
-    n = min(len(special), Ho * Wo)
-    g.view(B, -1, 2)[:, :n] = special[:n].to(g.device)
-    return g
+W2_CASES = [pytest.param(*c[:-1], id=c[-1]) for c in cases.W2_CASES]
 
 
 @pytest.mark.parametrize("padding", ["zeros", "border"])
@@ -183,11 +142,6 @@ def test_warp2d(B, C, size, osize, strided, dtype, padding):
 
 
 # ------------------------------------------------------------------------------ paste_back
-
-
-def rotation_affine(angle: float, scale: float, tx: float, ty: float) -> list[list[float]]:
-    c, s = scale * math.cos(angle), scale * math.sin(angle)
-    return [[c, -s, tx], [s, c, ty]]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
