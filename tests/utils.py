@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import torch
 
-# (atol, rtol) for comparing a kernel's output with an fp64 reference of the same math, per input dtype.
-TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
-}
+from flashtalk.kernels.tolerance import TOLERANCES  # noqa: F401  the one table, shared with `kernels verify`
+
 # The same computation batched or laid out differently (a CUDA-graph bucket padding 3 frames to 4, channels-last
 # vs NCHW): rows are independent, but the backend may pick another algorithm per shape and round differently.
 # Rule: at most REBATCH_FACTOR x the difference the reference itself shows between the two batchings / layouts,

@@ -94,6 +94,11 @@ RECORD_SCHEMA: dict = {
         "frames": {"type": ["integer", "null"]},
         "note": _STR,
         "samples_ms": {"type": "array", "items": {"type": "number"}},
+        "impl": _STR,  # --impl records: the implementation, its package and version
+        "impl_package": {"type": ["string", "null"]},
+        "impl_version": {"type": ["string", "null"]},
+        "correct": {"type": ["boolean", "null"]},
+        "speedup_vs_flashtalk": _NUM,
         "telemetry": {"type": "object", "required": ["available"], "properties": {"available": {"type": "boolean"}}},
     },
 }
@@ -252,11 +257,15 @@ def measure_provider(fn, built, setup, iters: int, warmup: int) -> dict:
     return out
 
 
-def run_case(case, setup, env: dict, iters: int, warmup: int, emit, deadline: float | None = None) -> list[dict]:
+def run_case(
+    case, setup, env: dict, iters: int, warmup: int, emit, deadline: float | None = None, impls: list | None = None
+) -> list[dict]:
     """Build a case and measure each provider; returns its records (speed-ups filled in). A provider whose
-    turn comes after `deadline` (perf_counter seconds) is skipped, saying so."""
+    turn comes after `deadline` (perf_counter seconds) is skipped, saying so. `impls`: other implementations
+    of kernel ops measured beside ours (`flashtalk.bench.impls`)."""
     import torch
 
+    from flashtalk.bench import impls as bench_impls
     from flashtalk.kernels import last_choice
 
     base = {k: env[k] for k in ("device", "driver", "torch", "triton", "cuda", "commit", "command", "timestamp")}
@@ -278,6 +287,8 @@ def run_case(case, setup, env: dict, iters: int, warmup: int, emit, deadline: fl
         emit(rec)
         return [rec]
     records = []
+    added = bench_impls.add_providers(case, built, impls or [])
+    calls_before = {name: impl.calls for name, impl in added.items()}
     pipeline = case.group in ("pipeline", "renderer")
     if case.group in ("pipeline", "stream"):  # whole clips / sessions per call: a few calls say enough
         iters, warmup = min(iters, 3), 1
@@ -307,6 +318,7 @@ def run_case(case, setup, env: dict, iters: int, warmup: int, emit, deadline: fl
                         torch.cuda.empty_cache()
             _derive(rec, built, env, pipeline)
             records.append(rec)
+        bench_impls.annotate(records, added, built, calls_before)
     finally:
         cleanup = built.extra.get("cleanup")
         if cleanup:
@@ -417,7 +429,12 @@ def run(args: argparse.Namespace) -> int:
     env = environment(device, command_argv(args))
     for line in header_lines(env):
         print(line)
+    from flashtalk.bench import impls as bench_impls
+
+    impls = bench_impls.resolve_impls(args.impl)
     cases = registry.select(setup, args.only, args.case)
+    if impls and not args.only and not args.case:
+        cases = bench_impls.select(cases, impls, cuda)
     if not cases:
         raise FlashTalkError("no case matches --only / --case")
     records: list[dict] = []
@@ -429,11 +446,19 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     deadline = start + args.budget_s if args.budget_s else None
     for case in cases:
-        records += run_case(case, setup, env, iters, warmup, emit, deadline)
+        records += run_case(case, setup, env, iters, warmup, emit, deadline, impls)
     env["wall_s"] = time.perf_counter() - start
     print(f"\n{len(records)} records from {len(cases)} cases in {env['wall_s']:.1f} s")
     print(terminal_table(records))
     report = {"format": FORMAT, "version": VERSION, "environment": env, "records": records}
+    if impls:
+        report["impls"] = bench_impls.summary(records, impls)
+        for row in report["impls"]:
+            shares = ", ".join(f"{k} {v:.0%}" for k, v in row.items() if k.startswith("fast_") and v is not None)
+            print(
+                f"{row['op']}={row['impl']} ({row['package'] or row['target']} {row['version'] or ''}): "
+                f"{row['correct']}/{row['kernel_cases']} kernel cases correct; {shares or 'no kernel case'}"
+            )
     errors = validate(report)
     if errors:  # a bug here, not the user's: say so plainly
         raise FlashTalkError(f"internal error: the report does not match its schema: {errors[:3]}")

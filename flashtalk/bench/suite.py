@@ -162,7 +162,9 @@ def run_gpu_tests(tests: Path, out: Path, seconds: float, parallel: int) -> dict
                 if "note" in result and not any(g in killed for g in _file_names(group, tests)):
                     result.update(  # pytest ended by itself without a report: a failure, never a silent "ok"
                         failed=1,
-                        failures=[f"{', '.join(_file_names(group, tests))}: pytest exited {proc.returncode} without a report"],
+                        failures=[
+                            f"{', '.join(_file_names(group, tests))}: pytest exited {proc.returncode} without a report"
+                        ],
                     )
                 results.append(result)
         if time.perf_counter() > deadline and pending:
@@ -254,6 +256,7 @@ def run_suite(args: argparse.Namespace) -> int:
     import torch
 
     from flashtalk.bench import harness, registry
+    from flashtalk.bench import impls as bench_impls
     from flashtalk.bench import report as reporting
 
     if not args.out:
@@ -320,6 +323,7 @@ def run_suite(args: argparse.Namespace) -> int:
     setup = registry.Setup.for_device(device, quick=smoke, compile=False, sessions=1 if smoke else None)
     iters, warmup = (1, 1) if smoke else (20, 3)
     cases = {c.name: c for c in registry.all_cases()}
+    impls = bench_impls.resolve_impls(args.impl)  # --impl: every case also runs with each implementation
     records: list[dict] = []
 
     def emit(rec: dict) -> None:
@@ -345,7 +349,7 @@ def run_suite(args: argparse.Namespace) -> int:
             case_setup = replace(setup, compile=compile_ok)
             try:
                 with _hard_stop(left):
-                    recs = harness.run_case(cases[name], case_setup, env, iters, warmup, emit, deadline=end)
+                    recs = harness.run_case(cases[name], case_setup, env, iters, warmup, emit, end, impls)
             except BudgetExceeded:  # stopped outside a provider (building or cleaning up the case)
                 skipped.append(name)
                 continue

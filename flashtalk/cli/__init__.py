@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from flashtalk import __version__
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     try:
+        if "=" in os.environ.get("FLASHTALK_KERNELS", ""):  # OP=IMPL items: a typo fails here, before any work
+            from flashtalk.kernels.registry import check_environment
+
+            check_environment()
         return int(module.run(args) or 0)
     except FlashTalkError as exc:
         print(f"flashtalk {name}: error: {exc}", file=sys.stderr)

@@ -34,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="write one record per case and provider as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
     parser.add_argument("--plot", metavar="PATH", help="write PNG charts (speed-up, FPS vs batch, latency CDF)")
+    parser.add_argument(
+        "--impl",
+        action="append",
+        metavar="OP=IMPL[,IMPL...]",
+        help="measure other implementations of a kernel op beside ours (registered NAME or module:function): "
+        "the op's cases, then renderer / offline / streaming with each swapped in",
+    )
     parser.add_argument("--compare", metavar="OLD.json", help="print the ratio against an earlier --json report")
     parser.add_argument(
         "--suite",

@@ -1,4 +1,5 @@
-"""`flashtalk info`: versions, device, and the backend each kernel op would use here, with the reason."""
+"""`flashtalk info`: versions, device, and the implementation and backend each kernel op would use here, with
+the reason."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def collect(device: str | None = None) -> dict:
 
     from flashtalk import __version__
     from flashtalk.kernels import OPS
-    from flashtalk.kernels.dispatch import choose, interpreter_enabled, mode, triton_installed
+    from flashtalk.kernels.dispatch import choose, env_impls, interpreter_enabled, last_choice, mode, triton_installed
+    from flashtalk.kernels.registry import selected
 
     cuda = torch.cuda.is_available()
     dev = torch.device(device or ("cuda" if cuda else "cpu"))
@@ -53,10 +55,18 @@ def collect(device: str | None = None) -> dict:
         info["triton"] = importlib.import_module("triton").__version__
     for op in OPS:
         try:
+            impl = selected(op)
+            if impl is not None:
+                how = "use_impl" if env_impls().get(op) is None else "FLASHTALK_KERNELS"
+                info["ops"][op] = {"impl": impl.label, "backend": "impl", "reason": f"{how}: {impl.target}"}
+                continue
             choice = choose(op, dev)
-            info["ops"][op] = {"backend": choice.backend, "reason": choice.reason}
+            info["ops"][op] = {"impl": "flashtalk", "backend": choice.backend, "reason": choice.reason}
         except ValueError as exc:
-            info["ops"][op] = {"backend": "error", "reason": str(exc)}
+            info["ops"][op] = {"impl": "flashtalk", "backend": "error", "reason": str(exc)}
+        last = last_choice(op)
+        if last is not None and last.impl != "flashtalk":  # what actually ran here, when it differs
+            info["ops"][op]["last_call"] = {"impl": last.impl, "backend": last.backend, "reason": last.reason}
     return info
 
 
@@ -73,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in info.items():
         if key != "ops":
             print(f"{key:<20} {value}")
-    print("kernel ops (backend on this device, and why):")
+    print("kernel ops (implementation, backend on this device, and why):")
     for op, c in info["ops"].items():
-        print(f"  {op:<22} {c['backend']:<19} {c['reason']}")
+        print(f"  {op:<22} {c['impl']:<12} {c['backend']:<19} {c['reason']}")
     return 0

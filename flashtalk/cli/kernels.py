@@ -1,5 +1,11 @@
-"""`flashtalk kernels check`: compile every production kernel variant ahead of time for a GPU architecture
-(`flashtalk.kernels.check`), and report registers, shared memory, spills and tensor-core instructions."""
+"""`flashtalk kernels ACTION`:
+
+* `check`: compile every production kernel variant ahead of time for a GPU architecture
+  (`flashtalk.kernels.check`), and report registers, shared memory, spills and tensor-core instructions;
+* `list`: the ops, their contracts and every registered implementation (a broken entry point named);
+* `verify OP=IMPL ...`: an implementation against the op's conformance cases and fp64 reference, then the
+  golden networks and frames with it swapped in (`flashtalk.kernels.conformance`, `flashtalk.golden.impl_check`);
+  exit status 0 only when every row passes."""
 
 from __future__ import annotations
 
@@ -30,8 +36,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compile in this many processes (default: the CPU count, at most 8)",
     )
 
+    p = sub.add_parser("list", help="the ops, their contracts and every registered implementation")
+    p.add_argument("--op", action="append", metavar="OP", help="only this op (repeatable)")
+    p.add_argument("--contracts", action="store_true", help="print each op's full contract (Markdown)")
+    p = sub.add_parser("verify", help="an implementation against the conformance cases, golden rows and frames")
+    p.add_argument("impls", nargs="+", metavar="OP=IMPL", help="IMPL: a registered NAME or module:function")
+    p.add_argument("--full", action="store_true", help="every conformance case and golden file (slow on a CPU)")
+    p.add_argument("--no-golden", action="store_true", help="only the conformance cases")
+    p.add_argument("--golden", metavar="DIR", help="golden folder (default: ../shared/golden beside the checkout)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per conformance case (default 30)")
+    p.add_argument("--match", metavar="TEXT", help="only conformance cases whose id contains TEXT")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        from flashtalk.cli.kernels_verify import list_impls
+
+        return list_impls(args)
+    if args.action == "verify":
+        from flashtalk.cli.kernels_verify import verify
+
+        return verify(args)
     out = Path(args.json) if args.json else None
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise FlashTalkError(f"--json {args.json}: {'is a folder' if out.is_dir() else 'its folder does not exist'}")

@@ -5,7 +5,10 @@ Import an op from its own module:
     from flashtalk.kernels.attention import attention
     out = attention(q, k, v)
 
-`OPS` maps each public op to its module (`flashtalk info` walks it); `load_op` imports one by name.
+`OPS` maps each public op to its module (`flashtalk info` walks it); `load_op` imports one by name; each op
+module's `CONTRACT` says what any implementation of the op must do (`flashtalk.kernels.contract`).
+Other implementations: `register(op, name, fn)`, the `flashtalk.kernels` entry-point group, `use_impl(op, name)`
+or `FLASHTALK_KERNELS=OP=IMPL` (`flashtalk.kernels.registry`).
 Importing this package does not import triton: only the dispatch (which backend runs, and why) is loaded.
 """
 
@@ -36,4 +39,25 @@ def load_op(name: str, *, reference: bool = False) -> Callable:
     return getattr(importlib.import_module(OPS[name]), f"{name}_ref" if reference else name)
 
 
-__all__ = ["OPS", "Choice", "choose", "last_choice", "load_op", "mode", "use_kernels"]
+def op_contract(name: str):
+    """The `OpContract` of op `name`."""
+    return load_op(name).contract
+
+
+from flashtalk.kernels.registry import Unsupported, implementations, register, resolve, use_impl  # noqa: E402
+
+__all__ = [
+    "OPS",
+    "Choice",
+    "Unsupported",
+    "choose",
+    "op_contract",
+    "implementations",
+    "last_choice",
+    "load_op",
+    "mode",
+    "register",
+    "resolve",
+    "use_impl",
+    "use_kernels",
+]

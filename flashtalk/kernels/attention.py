@@ -28,6 +28,7 @@ import math
 import torch
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.contract import OpContract, dispatched
 from flashtalk.kernels.dispatch import choose, interpreter_enabled
 from flashtalk.kernels.triton_compat import _jit
 
@@ -465,6 +466,30 @@ def attention_ref(
     return out.to(q.dtype)
 
 
+CONTRACT = OpContract(
+    op="attention",
+    signature="q, k, v, *, attn_mask=None, key_padding_mask=None, causal=False, scale=None",
+    accepts=(
+        "q [B, H, Lq, D], k and v [B, H, Lk, D] of one dtype: fp32, fp16, bf16 (fp64: the reference runs)",
+        "any B, H, Lq, Lk >= 0 and D (odd lengths, Lq != Lk, a single query or key), any strides: "
+        "transposed ([B, L, H, D] storage), sliced views, stride-0 broadcast dimensions",
+        "attn_mask: bool (True = may attend) or an additive float bias (-inf allowed), broadcastable to "
+        "[B, H, Lq, Lk] (e.g. [Lq, Lk], [B, 1, 1, Lk]), any strides",
+        "key_padding_mask: bool [B, Lk], True = padding to ignore",
+        "causal: key j allowed for query i when j <= i + (Lk - Lq) (bottom-right aligned); combines with both masks",
+        "scale: a float, or None for 1/sqrt(D)",
+    ),
+    returns="[B, H, Lq, D] in q's dtype; a query row whose keys are all masked is exactly 0 (not NaN)",
+    may_refuse="our kernel serves D in 16/32/64/128, fp16/bf16/fp32, no grad, non-empty, B*H <= 65535 (else the "
+    "reference runs, with the reason)",
+    check=lambda q, k, v, *, attn_mask=None, key_padding_mask=None, causal=False, scale=None: _check(
+        q, k, v, attn_mask, key_padding_mask),
+    outputs=lambda q, k, v, **_: [(tuple(q.shape), q.dtype)],
+    reference=attention_ref,
+)
+
+
+@dispatched(CONTRACT)
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.contract import OpContract, dispatched
 from flashtalk.kernels.dense_motion_input import (
     FLOAT_DTYPES,
     check_keypoints,
@@ -183,6 +184,30 @@ def _(mask_logits, kp_source, kp_driving, feature, return_deformation):
     return out, feature.new_empty(phi_shape, dtype=torch.float32)
 
 
+CONTRACT = OpContract(
+    op="deform_warp",
+    signature="mask_logits, kp_source, kp_driving, feature, *, return_deformation=False",
+    accepts=(
+        "mask_logits [B, K+1, D, H, W] (channel 0 = background), feature [B, C, Df, Hf, Wf] (its own spatial "
+        "size), kp_source and kp_driving [B, K, 3] (x, y, z in [-1, 1] and beyond)",
+        "float dtypes fp32, fp16, bf16 (fp64: the reference runs); keypoints in any float dtype",
+        "any strides: channels-last-3d, permuted, sliced views; odd sizes down to 1x1x1",
+        "sample points outside the volume (zeros padding per corner, align_corners=False)",
+    ),
+    returns="(warped [B, C, D, H, W] in feature's dtype, Φ [B, D, H, W, 3] fp32 (fp64 for fp64 inputs) or None "
+    "unless return_deformation)",
+    may_refuse="our kernel refuses fp64 inputs (the reference runs)",
+    check=lambda mask_logits, kp_source, kp_driving, feature, **_: _check(mask_logits, kp_source, kp_driving, feature),
+    outputs=lambda mask_logits, kp_source, kp_driving, feature, *, return_deformation=False: [
+        ((mask_logits.shape[0], feature.shape[1], *mask_logits.shape[2:]), feature.dtype),
+        ((mask_logits.shape[0], *mask_logits.shape[2:], 3), _compute_dtype(mask_logits, feature))
+        if return_deformation else None,
+    ],
+    reference=deform_warp_ref,
+)
+
+
+@dispatched(CONTRACT)
 def deform_warp(
     mask_logits: torch.Tensor,
     kp_source: torch.Tensor,

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.contract import OpContract, dispatched
 from flashtalk.kernels.dispatch import choose
 from flashtalk.kernels.triton_compat import _jit, block_size, grid_corners, tl, to_element, triton
 
@@ -239,6 +240,26 @@ def _unsupported(*tensors: torch.Tensor) -> str | None:
     return None
 
 
+CONTRACT = OpContract(
+    op="dense_motion_input",
+    signature="compressed, kp_source, kp_driving",
+    accepts=(
+        "compressed [B, C, D, H, W] fp32, fp16, bf16 (fp64: the reference runs), any strides, odd sizes down "
+        "to 1x1x1",
+        "kp_source, kp_driving [B, K, 3], any float dtype and strides; motions that leave the volume",
+    ),
+    returns="[B, (K+1)·(C+1), D, H, W] in compressed's dtype: per motion k the heatmap, then the C sampled channels",
+    may_refuse="our kernel refuses fp64 inputs (the reference runs)",
+    check=lambda compressed, kp_source, kp_driving: _check(compressed, kp_source, kp_driving),
+    outputs=lambda compressed, kp_source, kp_driving: [
+        ((compressed.shape[0], (kp_source.shape[1] + 1) * (compressed.shape[1] + 1), *compressed.shape[2:]),
+         compressed.dtype)
+    ],
+    reference=dense_motion_input_ref,
+)
+
+
+@dispatched(CONTRACT)
 def dense_motion_input(compressed: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
     """Hourglass input [B, (K+1)·(C+1), D, H, W] from the compressed volume [B, C, D, H, W] and the
     source / driving keypoints [B, K, 3] (normalised (x, y, z)); see the module docstring."""

@@ -1,7 +1,9 @@
 """Which implementation runs an op: Triton on CUDA, the Triton interpreter on CPU when asked, the
 PyTorch reference otherwise, and why.
 
-Mode, from the innermost `use_kernels(...)` block, else the `FLASHTALK_KERNELS` environment variable:
+Mode, from the innermost `use_kernels(...)` block, else the `FLASHTALK_KERNELS` environment variable
+(a comma-separated list: one mode word, and `OP=IMPL` items that pick another implementation of an op for the
+whole process, e.g. `FLASHTALK_KERNELS=triton,attention=byo.sdpa`; see `flashtalk.kernels.registry`):
 
 * ``auto`` (default): Triton for CUDA tensors when triton is importable; the reference on CPU.
 * ``triton``: Triton wherever it can run: CUDA, or CPU under the interpreter (`TRITON_INTERPRET=1`, read
@@ -38,20 +40,41 @@ _last: dict[str, "Choice"] = {}
 
 @dataclass(frozen=True)
 class Choice:
-    backend: str  # "triton" | "triton-interpreter" | "reference"
+    backend: str  # "triton" | "triton-interpreter" | "reference" | "impl" (a registered implementation ran)
     reason: str
+    impl: str = "flashtalk"  # the implementation that served the call (ours, or a registered one)
 
     @property
     def use_triton(self) -> bool:
         return self.backend != "reference"
 
 
+def parse_env(value: str) -> tuple[str, dict[str, str]]:
+    """(mode, {op: implementation}) of a `FLASHTALK_KERNELS` value such as "triton,attention=sdpa"."""
+    m, impls = "auto", {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        if "=" in item:
+            op, _, impl = item.partition("=")
+            if not op.strip() or not impl.strip():
+                raise FlashTalkError(f"{ENV_MODE}: {item!r} is not OP=IMPL")
+            impls[op.strip()] = impl.strip()
+        elif item.lower() in MODES:
+            m = item.lower()
+        else:
+            raise FlashTalkError(f"{ENV_MODE}={value!r}: {item!r} is neither one of {', '.join(MODES)} nor OP=IMPL")
+    return m, impls
+
+
+def env_impls() -> dict[str, str]:
+    """The `OP=IMPL` items of `FLASHTALK_KERNELS` (implementation chosen per op by the environment)."""
+    return parse_env(os.environ.get(ENV_MODE, ""))[1]
+
+
 def mode() -> str:
     stack = getattr(_local, "stack", None)
-    m = stack[-1] if stack else os.environ.get(ENV_MODE, "auto").strip().lower() or "auto"
-    if m not in MODES:
-        raise FlashTalkError(f"{ENV_MODE}={m!r} is not one of {', '.join(MODES)}")
-    return m
+    return stack[-1] if stack else parse_env(os.environ.get(ENV_MODE, ""))[0]
 
 
 @contextlib.contextmanager
@@ -107,9 +130,13 @@ def choose(op: str, device: torch.device | str, unsupported: str | None = None) 
                 "the CPU under the interpreter (set TRITON_INTERPRET=1 before starting Python)"
             )
         choice = Choice("reference", f"{device.type} tensors: Triton needs CUDA (or TRITON_INTERPRET=1 for tests)")
-    previous = _last.get(op)
-    if previous != choice and not torch.compiler.is_compiling():  # torch.compile cannot trace logging calls
-        log.debug("%s -> %s (%s)", op, choice.backend, choice.reason)
+    return record(op, choice)
+
+
+def record(op: str, choice: Choice) -> Choice:
+    """Remember `choice` as the one the latest call of `op` used (and log a change)."""
+    if _last.get(op) != choice and not torch.compiler.is_compiling():  # torch.compile cannot trace logging calls
+        log.debug("%s -> %s %s (%s)", op, choice.impl, choice.backend, choice.reason)
     _last[op] = choice
     return choice
 

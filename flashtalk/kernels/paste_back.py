@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.contract import OpContract, dispatched
 from flashtalk.kernels.dispatch import choose
 from flashtalk.kernels.triton_compat import _jit, axis_corners, block_size, tl, triton
 from flashtalk.kernels.warp2d import bilinear_gather
@@ -174,6 +175,25 @@ def _(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: 
     return background.new_empty((crop.shape[0], *background.shape[1:]))
 
 
+CONTRACT = OpContract(
+    op="paste_back",
+    signature="crop, background, affine, mask",
+    accepts=(
+        "crop [B, 3, h, w] float in [0, 1] (fp32, fp16, bf16, fp64), any strides",
+        "background [B or 1, Hb, Wb, 3] uint8 (broadcast over B), affine [B or 1, 2, 3] (original -> crop "
+        "pixels), mask [h, w] float in [0, 1]",
+        "crops that reach past the frame's edges, rotations, scales",
+    ),
+    returns="[B, Hb, Wb, 3] uint8",
+    may_refuse="our kernel serves every valid call",
+    check=lambda crop, background, affine, mask: _check(crop, background, affine, mask),
+    outputs=lambda crop, background, affine, mask: [((crop.shape[0], *background.shape[1:]), torch.uint8)],
+    reference=paste_back_ref,
+    rule="uint8",
+)
+
+
+@dispatched(CONTRACT)
 def paste_back(crop: torch.Tensor, background: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Blend crop [B, 3, h, w] into background [B or 1, Hb, Wb, 3] uint8 through `mask` [h, w], with the
     crop matrix `affine` [B or 1, 2, 3] (original -> crop pixels); returns [B, Hb, Wb, 3] uint8."""

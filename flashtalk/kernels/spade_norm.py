@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.contract import OpContract, dispatched
 from flashtalk.kernels.dispatch import choose
 from flashtalk.kernels.triton_compat import _jit, tl, to_element, triton
 
@@ -225,6 +226,24 @@ def _(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: 
     return _empty_like_x(x)
 
 
+CONTRACT = OpContract(
+    op="spade_norm",
+    signature="x, gamma, beta, negative_slope=None, eps=1e-5",
+    accepts=(
+        "x, gamma, beta [B, C, H, W] of one float dtype: fp32, fp16, bf16 (fp64: the reference runs)",
+        "any strides and mixed layouts across the three: NCHW, channels-last, sliced views; odd C, H, W",
+        "negative_slope: None (no activation) or a float (leaky ReLU); activations with a large mean or "
+        "|x| ~ 3e3 in fp16 (statistics must stay fp32)",
+    ),
+    returns="[B, C, H, W] in x's dtype (x's memory format preferred, any accepted)",
+    may_refuse="our kernel refuses fp64 inputs (the reference runs)",
+    check=lambda x, gamma, beta, negative_slope=None, eps=IN_EPS: _check(x, gamma, beta),
+    outputs=lambda x, *_, **__: [(tuple(x.shape), x.dtype)],
+    reference=spade_norm_ref,
+)
+
+
+@dispatched(CONTRACT)
 def spade_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, negative_slope: float | None = None,
                eps: float = IN_EPS) -> torch.Tensor:
     """Fused SPADE normalisation of x [B, C, H, W] with modulation maps γ, β of x's shape; see the module

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.contract import OpContract, dispatched
 from flashtalk.kernels.dispatch import choose
 from flashtalk.kernels.triton_compat import _jit, block_size, grid_corners, tl, to_element, triton
 
@@ -113,6 +114,23 @@ def _(image: torch.Tensor, grid: torch.Tensor, padding: str) -> torch.Tensor:
     return image.new_empty((image.shape[0], image.shape[1], grid.shape[1], grid.shape[2]))
 
 
+CONTRACT = OpContract(
+    op="warp2d",
+    signature="image, grid, *, padding='zeros'",
+    accepts=(
+        "image [B, C, H, W] fp32, fp16, bf16 (fp64: the reference runs), any strides, sizes down to 1x1",
+        "grid [B, Ho, Wo, 2] normalised (x, y), any float dtype and strides; points on and past the edges",
+        "padding 'zeros' or 'border' (F.grid_sample, bilinear, align_corners=False)",
+    ),
+    returns="[B, C, Ho, Wo] in image's dtype",
+    may_refuse="our kernel refuses fp64 inputs (the reference runs)",
+    check=lambda image, grid, *, padding="zeros": _check(image, grid, padding),
+    outputs=lambda image, grid, **_: [((image.shape[0], image.shape[1], *grid.shape[1:3]), image.dtype)],
+    reference=warp2d_ref,
+)
+
+
+@dispatched(CONTRACT)
 def warp2d(image: torch.Tensor, grid: torch.Tensor, *, padding: str = "zeros") -> torch.Tensor:
     """Bilinear sample of image [B, C, H, W] at grid [B, Ho, Wo, 2] -> [B, C, Ho, Wo] (image's dtype)."""
     _check(image, grid, padding)

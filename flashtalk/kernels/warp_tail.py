@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.contract import OpContract, dispatched
 from flashtalk.kernels.deform_warp import deform_warp_ref
 from flashtalk.kernels.dense_motion_input import (
     check_keypoints,
@@ -226,6 +227,28 @@ def _(prediction, packed, bias, kp_source, kp_driving, feature, ks):
     return _output(prediction, feature)
 
 
+CONTRACT = OpContract(
+    op="warp_tail",
+    signature="prediction, weight, bias, kp_source, kp_driving, feature, packed=None",
+    accepts=(
+        "prediction [B, Cin, D, H, W], weight [K+1, Cin, ks, ks, ks] (odd ks), bias [K+1], kp_source and "
+        "kp_driving [B, K, 3], feature [B, C, Df, Hf, Wf]; fp32, fp16, bf16 (fp64: the reference runs)",
+        "any strides: channels-last-3d, sliced channels; odd sizes; samples past the volume's edges",
+        "packed: our kernel's pre-packed weight (another implementation may ignore it)",
+    ),
+    returns="warped [B, C, D, H, W] in feature's dtype (= deform_warp(conv3d(prediction, weight, bias)))",
+    may_refuse=f"our kernel refuses fp64 inputs and more than {BN} mask channels (the reference runs)",
+    check=lambda prediction, weight, bias, kp_source, kp_driving, feature, packed=None: _check(
+        prediction, weight, bias, kp_source, kp_driving, feature),
+    outputs=lambda prediction, weight, bias, kp_source, kp_driving, feature, packed=None: [
+        ((prediction.shape[0], feature.shape[1], *prediction.shape[2:]), feature.dtype)
+    ],
+    reference=lambda prediction, weight, bias, kp_source, kp_driving, feature, packed=None: warp_tail_ref(
+        prediction, weight, bias, kp_source, kp_driving, feature),
+)
+
+
+@dispatched(CONTRACT)
 def warp_tail(prediction: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kp_source: torch.Tensor,
               kp_driving: torch.Tensor, feature: torch.Tensor, packed: torch.Tensor | None = None) -> torch.Tensor:
     """warped [B, C, D, H, W] (feature's dtype, prediction's memory format) = deform_warp(conv3d(prediction,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.contract import OpContract, dispatched
 from flashtalk.kernels.dispatch import choose
 from flashtalk.kernels.triton_compat import _jit, block_size, tl, triton
 
@@ -171,13 +172,35 @@ def _(frames: torch.Tensor, table: torch.Tensor, cell: int, base: float, gain: f
     return frames.new_empty(frames.shape)
 
 
+def _check_call(frames, table, *, cell, base, gain, act_ref) -> None:
+    _check(frames, table, cell)
+    if act_ref <= 0:
+        raise FlashTalkError(f"watermark_embed: act_ref must be > 0; got {act_ref}")
+
+
+CONTRACT = OpContract(
+    op="watermark_embed",
+    signature="frames, table, *, cell, base, gain, act_ref",
+    accepts=(
+        "frames [N, H, W, 3] uint8, any strides (channel-planar storage, every other frame), sizes down to 1x1",
+        "table [M, M] fp32 cell table (M need not divide H or W: the pattern wraps), cell >= 1 pixel",
+        "saturated pixels (0 and 255: the result is clamped)",
+    ),
+    returns="[N, H, W, 3] uint8, a new tensor",
+    may_refuse="our kernel serves every valid call",
+    check=_check_call,
+    outputs=lambda frames, table, **_: [(tuple(frames.shape), torch.uint8)],
+    reference=watermark_embed_ref,
+    rule="exact",
+)
+
+
+@dispatched(CONTRACT)
 def watermark_embed(frames: torch.Tensor, table: torch.Tensor, *, cell: int, base: float, gain: float,
                     act_ref: float) -> torch.Tensor:
     """Add the contrast-masked pattern of cell table `table` [M, M] to frames [N, H, W, 3] uint8; returns a
     new uint8 tensor of the same shape (module docstring)."""
-    _check(frames, table, cell)
-    if act_ref <= 0:
-        raise FlashTalkError(f"watermark_embed: act_ref must be > 0; got {act_ref}")
+    _check_call(frames, table, cell=cell, base=base, gain=gain, act_ref=act_ref)
     if choose("watermark_embed", frames.device).use_triton:
         return _watermark_embed_op(frames, table, int(cell), float(base), float(gain), float(act_ref))
     return watermark_embed_ref(frames, table, cell=cell, base=base, gain=gain, act_ref=act_ref)

@@ -36,8 +36,10 @@ class RenderStats:
 
 
 def metadata(clip: Clip) -> dict[str, str]:
-    """Container tags that label the clip as synthetic and say whether it carries the watermark."""
+    """Container tags that label the clip as synthetic, say whether it carries the watermark, and name the
+    implementation serving each kernel op (`flashtalk_kernels`: op=impl, ...)."""
     from flashtalk import __version__
+    from flashtalk.kernels.registry import in_use
 
     mark = "on" if clip.watermark else "off"
     backend = clip.engine.backend.name
@@ -52,6 +54,7 @@ def metadata(clip: Clip) -> dict[str, str]:
     }
     if precision is not None:
         tags["flashtalk_precision"] = precision
+    tags["flashtalk_kernels"] = ",".join(f"{op}={impl}" for op, impl in in_use().items())
     return tags
 
 

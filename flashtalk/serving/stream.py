@@ -29,6 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from flashtalk.constants import FPS, FRAME_SIZE
 from flashtalk.errors import FlashTalkError
+from flashtalk.kernels.registry import in_use
 from flashtalk.runtime.scheduler import AdmissionError
 from flashtalk.runtime.session import Event, Frame, Session
 from flashtalk.serving import wire
@@ -380,6 +381,7 @@ async def websocket_session(ws: WebSocket, st: ServerState) -> None:
                     "controls": list(st.backend.controls),
                     "video": start.video,
                     "pace": start.pace,
+                    "kernels": in_use(),
                 }
             )
         )

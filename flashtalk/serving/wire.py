@@ -14,7 +14,8 @@ Client -> server
   text  {"type": "stop"}                 close the session (or just close the socket)
 Server -> client
   text  {"type": "ready", "session": id, "fps": 25, "width": 512, "height": 512, "backend": "preview",
-         "replica": name, "lookahead_ms": x, "watermark": bool, "controls": [...], "video": ..., "pace": ...}
+         "replica": name, "lookahead_ms": x, "watermark": bool, "controls": [...], "video": ..., "pace": ...,
+         "kernels": {op: implementation serving it (ours: "flashtalk"), ...}}
   binary  one frame: FRAME_HEADER (little-endian: magic b"FTF1", u32 index, f64 pts seconds, u32 audio bytes,
           u32 image bytes, u32 flags (1 = idle frame)), then the audio that drove the frame (s16le, 16 kHz,
           640 samples), then the image (JPEG, or raw RGB 512x512x3 uint8)

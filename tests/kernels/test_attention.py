@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice, use_kernels
 from flashtalk.kernels.attention import _launch, _variant, attention, attention_ref
+from flashtalk.kernels.cases import ATTENTION_LENGTHS as LENGTHS
+from flashtalk.kernels.cases import MASK_KINDS
+from flashtalk.kernels.cases import attention_inputs as _make
+from flashtalk.kernels.cases import attention_masks as _masks
 from tests.conftest import triton_backend
 from tests.utils import assert_close, max_err
 
@@ -24,25 +28,6 @@ pytestmark = pytest.mark.usefixtures("on_kernel_device")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
-
-
-def _make(B, H, Lq, Lk, D, dtype, layout="contiguous"):
-    """q, k, v with a given memory layout: contiguous; "transposed" (stored [B, L, H, D], as a projection
-    writes them); "sliced" (every other row of a longer buffer and the first D of a wider one, unit
-    stride along neither L nor D for k); "dmajor" (stored [B, H, D, L], so D has a non-unit stride)."""
-
-    def one(L):
-        if layout == "contiguous":
-            return torch.randn(B, H, L, D, dtype=dtype)
-        if layout == "transposed":
-            return torch.randn(B, L, H, D, dtype=dtype).transpose(1, 2)
-        if layout == "sliced":
-            return torch.randn(B, H, 2 * L, D + 8, dtype=dtype)[:, :, ::2, :D]
-        if layout == "dmajor":
-            return torch.randn(B, H, D, L, dtype=dtype).transpose(2, 3)
-        raise AssertionError(layout)
-
-    return one(Lq), one(Lk), one(Lk)
 
 
 def _sdpa(q, k, v, attn_mask, key_padding_mask, causal, scale):
@@ -90,9 +75,6 @@ def _check(q, k, v, *, attn_mask=None, key_padding_mask=None, causal=False, scal
     return out
 
 
-LENGTHS = [(1, 1), (7, 7), (63, 63), (110, 110), (111, 111), (257, 257), (7, 110), (111, 63), (1, 257), (257, 7)]
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("D", [16, 32])
 @pytest.mark.parametrize("Lq,Lk", [pytest.param(*c, id=f"Lq{c[0]}-Lk{c[1]}") for c in LENGTHS])
@@ -116,53 +98,6 @@ def test_tiled_variant_on_short_lengths(Lq, Lk, dtype):
     q, k, v = _make(2, 1, Lq, Lk, 32, dtype)
     _check(q, k, v, variant="tiled")
     _check(q, k, v, causal=True, variant="tiled", scale=0.3)
-
-
-def _masks(kind, B, H, Lq, Lk, dtype):
-    """(attn_mask, key_padding_mask, causal) for a named mask case."""
-    if kind == "bool-LqLk":
-        return torch.rand(Lq, Lk) < 0.7, None, False
-    if kind == "bool-B1LqLk-allmasked-rows":
-        m = torch.rand(B, 1, Lq, Lk) < 0.7
-        m[0, 0, 3] = False
-        m[-1, 0, -1] = False
-        return m, None, False
-    if kind == "bool-transposed":
-        return (torch.rand(B, H, Lk, Lq) < 0.7).transpose(2, 3), None, False
-    if kind == "additive-BHLqLk":
-        return torch.randn(B, H, Lq, Lk, dtype=dtype) * 2, None, False
-    if kind == "additive-neginf-B11Lk":
-        m = torch.randn(B, 1, 1, Lk, dtype=dtype)
-        m[..., ::3] = float("-inf")
-        return m, None, False
-    if kind == "keypad":
-        kpm = torch.rand(B, Lk) < 0.3
-        kpm[-1] = True  # the whole last batch element is padding: every row of it is all-masked
-        return None, kpm, False
-    if kind == "causal":
-        return None, None, True
-    if kind == "causal-keypad-bool":
-        kpm = torch.zeros(B, Lk, dtype=torch.bool)
-        kpm[0, -5:] = True
-        return torch.rand(Lq, Lk) < 0.8, kpm, True
-    if kind == "causal-additive-keypad":
-        kpm = torch.zeros(B, Lk, dtype=torch.bool)
-        kpm[:, :2] = True
-        return torch.randn(Lq, Lk, dtype=dtype), kpm, True
-    raise AssertionError(kind)
-
-
-MASK_KINDS = [
-    "bool-LqLk",
-    "bool-B1LqLk-allmasked-rows",
-    "bool-transposed",
-    "additive-BHLqLk",
-    "additive-neginf-B11Lk",
-    "keypad",
-    "causal",
-    "causal-keypad-bool",
-    "causal-additive-keypad",
-]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

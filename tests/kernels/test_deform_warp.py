@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from flashtalk.kernels import cases
+from flashtalk.kernels.cases import keypoints, noncontig
 from flashtalk.kernels.deform_warp import deform_warp, deform_warp_ref
 from flashtalk.kernels.dense_motion_input import dense_motion_input, dense_motion_input_ref
 from flashtalk.kernels.triton_compat import _jit
-from tests.kernels.helpers import DTYPES, check_rule, keypoints, noncontig, run_triton
+from tests.kernels.helpers import DTYPES, check_rule, run_triton
 from tests.utils import assert_close
 
 triton = pytest.importorskip("triton")
@@ -32,11 +34,7 @@ pytestmark = pytest.mark.usefixtures("on_kernel_device")
 
 # ------------------------------------------------------------------------------ deform_warp
 
-DW_CASES = [
-    pytest.param(1, 1, 3, (1, 1, 1), (2, 3, 2), False, id="B1-K1-C3-D1H1W1-feat2x3x2"),
-    pytest.param(2, 5, 6, (3, 5, 7), (3, 5, 7), False, id="B2-K5-C6-D3H5W7"),
-    pytest.param(2, 4, 5, (4, 3, 5), (5, 6, 3), True, id="B2-K4-C5-D4H3W5-feat5x6x3-strided"),
-]
+DW_CASES = [pytest.param(*c[:-1], id=c[-1]) for c in cases.DW_CASES]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

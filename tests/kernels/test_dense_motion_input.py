@@ -13,9 +13,10 @@ import importlib
 import pytest
 import torch
 
-from flashtalk.kernels import dispatch
+from flashtalk.kernels import cases, dispatch
+from flashtalk.kernels.cases import keypoints, noncontig
 from flashtalk.kernels.dense_motion_input import dense_motion_input, dense_motion_input_ref
-from tests.kernels.helpers import DTYPES, check_rule, keypoints, noncontig, run_triton
+from tests.kernels.helpers import DTYPES, check_rule, run_triton
 from tests.utils import assert_close
 
 triton = pytest.importorskip("triton")
@@ -25,11 +26,7 @@ dmi_mod = importlib.import_module("flashtalk.kernels.dense_motion_input")
 
 pytestmark = pytest.mark.usefixtures("on_kernel_device")
 
-DMI_CASES = [
-    pytest.param(1, 1, 4, (1, 1, 1), False, id="B1-K1-C4-D1H1W1"),
-    pytest.param(2, 5, 4, (3, 5, 7), False, id="B2-K5-C4-D3H5W7"),
-    pytest.param(3, 3, 2, (4, 6, 5), True, id="B3-K3-C2-D4H6W5-strided"),
-]
+DMI_CASES = [pytest.param(*c[:-1], id=c[-1]) for c in cases.DMI_CASES]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -5,24 +5,19 @@ the identity affine, and the feather mask itself; on the CPU under the Triton in
 from __future__ import annotations
 
 import importlib
-import math
 
 import pytest
 import torch
 
+from flashtalk.kernels.cases import noncontig, rotation_affine
 from flashtalk.kernels.paste_back import make_feather_mask, paste_back, paste_back_ref
-from tests.kernels.helpers import DTYPES, noncontig, run_triton
+from tests.kernels.helpers import DTYPES, run_triton
 
 triton = pytest.importorskip("triton")
 
 pb_mod = importlib.import_module("flashtalk.kernels.paste_back")
 
 pytestmark = pytest.mark.usefixtures("on_kernel_device")
-
-
-def rotation_affine(angle: float, scale: float, tx: float, ty: float) -> list[list[float]]:
-    c, s = scale * math.cos(angle), scale * math.sin(angle)
-    return [[c, -s, tx], [s, c, ty]]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

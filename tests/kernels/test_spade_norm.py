@@ -9,27 +9,15 @@ import torch.nn.functional as F
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import use_kernels
+from flashtalk.kernels.cases import SPADE_CASES
+from flashtalk.kernels.cases import spade_input as _make
 from flashtalk.kernels.spade_norm import _launch, spade_norm, spade_norm_ref
 from tests.utils import TOLERANCES, assert_close, max_err
 
 pytestmark = pytest.mark.usefixtures("on_kernel_device")
 
-CASES = [
-    pytest.param((1, 3, 5, 7), "contiguous", id="B1-C3-5x7"),
-    pytest.param((2, 19, 13, 11), "contiguous", id="B2-C19-13x11"),
-    pytest.param((2, 17, 9, 15), "channels_last", id="B2-C17-9x15-cl"),
-    pytest.param((1, 20, 12, 16), "sliced", id="B1-C20-12x16-slice"),
-]
+CASES = [pytest.param(*c[:-1], id=c[-1]) for c in SPADE_CASES]
 DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.float32, torch.float16, torch.bfloat16)]
-
-
-def _make(shape, layout, dtype, seed):
-    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
-    if layout == "sliced":  # a non-contiguous view: every other column of a wider tensor
-        b, c, h, w = shape
-        return (3 * torch.randn(b, c, h, 2 * w, generator=g) + 1.5)[..., ::2].to(dtype)
-    t = (3 * torch.randn(shape, generator=g) + 1.5).to(dtype)
-    return t.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else t
 
 
 def _unfused64(x, gamma, beta, slope):

@@ -10,18 +10,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flashtalk.kernels import cases
+from flashtalk.kernels.cases import grid2d, noncontig
 from flashtalk.kernels.warp2d import warp2d, warp2d_ref
-from tests.kernels.helpers import DTYPES, check_rule, grid2d, noncontig, run_triton
+from tests.kernels.helpers import DTYPES, check_rule, run_triton
 
 triton = pytest.importorskip("triton")
 
 pytestmark = pytest.mark.usefixtures("on_kernel_device")
 
-W2_CASES = [
-    pytest.param(1, 1, (1, 1), (2, 3), False, id="B1-C1-H1W1-out2x3"),
-    pytest.param(2, 3, (7, 9), (5, 6), False, id="B2-C3-H7W9-out5x6"),
-    pytest.param(3, 4, (6, 5), (7, 3), True, id="B3-C4-H6W5-out7x3-strided"),
-]
+W2_CASES = [pytest.param(*c[:-1], id=c[-1]) for c in cases.W2_CASES]
 
 
 @pytest.mark.parametrize("padding", ["zeros", "border"])

@@ -9,11 +9,11 @@ import torch
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import dispatch
+from flashtalk.kernels.cases import grid2d, keypoints
 from flashtalk.kernels.deform_warp import deform_warp
 from flashtalk.kernels.dense_motion_input import dense_motion_input
 from flashtalk.kernels.paste_back import make_feather_mask, paste_back
 from flashtalk.kernels.warp2d import warp2d
-from tests.kernels.helpers import grid2d, keypoints
 
 triton = pytest.importorskip("triton")
 

@@ -9,44 +9,19 @@ import torch
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice, use_kernels
+from flashtalk.kernels.cases import WARP_TAIL_CASES as _CASES
+from flashtalk.kernels.cases import warp_tail_inputs as _inputs
 from flashtalk.kernels.warp_tail import BM, BN, _launch, pack_mask_weight, tile_m, warp_tail, warp_tail_ref
 from tests.utils import TOLERANCES, assert_close, max_err
 
 pytestmark = pytest.mark.usefixtures("on_kernel_device")
 
-_CASES = {  # id: B, Cin, K (keypoints), ks, (D, H, W), C, (Df, Hf, Wf), layout
-    "B1-Cin5-K3-k3-3x4x5": (1, 5, 3, 3, (3, 4, 5), 3, (2, 3, 4), "contiguous"),
-    # LivePortrait's 21 keypoints (22 mask channels padded to 32) and 32 feature channels; k = 5 keeps the
-    # interpreter quick (the production k = 7 is the same code with KS = 7; compiled for sm_90 in the check)
-    "B2-Cin19-K21-k5-2x3x9-cl3d": (2, 19, 21, 5, (2, 3, 9), 32, (2, 3, 9), "channels_last"),
-    "B1-Cin33-K6-k3-4x5x3-slice": (1, 33, 6, 3, (4, 5, 3), 7, (3, 6, 2), "sliced"),
-}
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 PARAMS = [
     pytest.param(*case, dtype, id=f"{name}-{_DTYPES[dtype]}")
     for name, case in _CASES.items()
     for dtype in (_DTYPES if name.startswith("B1-Cin5") else (torch.float32, torch.bfloat16))
 ]
-
-
-def _inputs(B, cin, K, ks, size, C, fsize, layout, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    D, H, W = size
-    if layout == "sliced":  # every other channel of a wider volume: non-contiguous channel stride
-        pred = torch.randn(B, 2 * cin, D, H, W, generator=g)[:, ::2]
-    else:
-        pred = torch.randn(B, cin, D, H, W, generator=g)
-        if layout == "channels_last":
-            pred = pred.contiguous(memory_format=torch.channels_last_3d)
-    weight = torch.randn(K + 1, cin, ks, ks, ks, generator=g) * (2.0 / (cin * ks**3) ** 0.5)
-    bias = 0.3 * torch.randn(K + 1, generator=g)
-    kp_s = 1.2 * torch.rand(B, K, 3, generator=g) - 0.6
-    kp_d = kp_s + 0.4 * torch.randn(B, K, 3, generator=g)
-    kp_d[:, ::2] -= 1.5  # large moves: part of the volume samples past its edges (exact zeros)
-    feature = torch.randn(B, C, *fsize, generator=g)
-    if layout == "channels_last":
-        feature = feature.contiguous(memory_format=torch.channels_last_3d)
-    return pred.to(dtype), weight.to(dtype), bias, kp_s, kp_d, feature.to(dtype)
 
 
 def _ref64(pred, weight, bias, kp_s, kp_d, feature):
