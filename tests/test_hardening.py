@@ -30,7 +30,7 @@ from flashtalk.errors import FlashTalkError
 from flashtalk.faces.portrait_crop import crop_box, parse_crop
 from flashtalk.io import audio as fa
 from flashtalk.io.media import VideoWriter, load_image
-from flashtalk.runtime.offline import _Writer
+from flashtalk.runtime.offline import FrameWriter
 from flashtalk.weights import bundle as fb
 from flashtalk.weights.joyvasa import load_checkpoint, load_pickled_arrays
 from flashtalk.weights.presets import Preset
@@ -119,7 +119,7 @@ def test_an_encoder_failure_at_flush_ends_the_writer(tmp_path):
     waiting in finish(), must get the error instead of a deadlock."""
     x = (0.3 * np.sin(np.arange(32000) * 0.05)).astype(np.float32)
     x[-3000:] = 1e30
-    writer = _Writer(VideoWriter(tmp_path / "w.mp4", width=64, height=64, fps=25, audio=_Clip(x), metadata={}), 2)
+    writer = FrameWriter(VideoWriter(tmp_path / "w.mp4", width=64, height=64, fps=25, audio=_Clip(x), metadata={}), 2)
     writer.start()
     result = {}
 
