@@ -16,6 +16,7 @@ A local Ray (no ADDRESS) starts on 127.0.0.1 with the dashboard off, as `flashta
 from __future__ import annotations
 
 import collections
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,8 @@ from flashtalk.jobs.manifest import Job
 from flashtalk.jobs.summary import Summary
 from flashtalk.runtime.batch import DEFAULT_OPTIONS, PackOptions
 from flashtalk.serving.ray_app import start_local_ray
+
+log = logging.getLogger(__name__)
 
 JOBS_PER_CALL = 4
 CPU_WORKERS = 2  # workers on a cluster without GPUs, unless told
@@ -156,6 +159,8 @@ class _Dispatch:
                 )
             else:
                 again.append(job)
+        if again:
+            log.warning("a Ray worker was lost; retrying job(s) %s elsewhere", ", ".join(str(j.number) for j in again))
         return again
 
     def _set(self, number: int, status: str, **fields: Any) -> None:
