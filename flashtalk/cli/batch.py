@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flashtalk.jobs.local import EngineSpec, plan, run_local
+    from flashtalk.cli.animate import engine_spec
+    from flashtalk.jobs.local import plan, run_local
     from flashtalk.jobs.manifest import read_manifest
     from flashtalk.jobs.summary import JSON_NAME, Progress, Summary
     from flashtalk.runtime.batch import PackOptions
@@ -55,16 +56,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="flashtalk: %(message)s")
     if args.ray is None and (args.workers is not None):
         raise FlashTalkError("--workers applies to --ray")
-    spec = EngineSpec(
-        weights=args.weights,
-        seeded=args.seeded_weights,
-        preset=args.preset,
-        device=args.device,
-        sampler=args.sampler,
-        steps=args.steps,
-        cfg=args.cfg,
-        precision=args.precision,
-    )
+    spec = engine_spec(args)
     spec.check()
     options = PackOptions(
         batch_size=args.batch_size, max_batch=args.max_batch, loaders=args.loaders, watermark=not args.no_watermark

@@ -1,7 +1,7 @@
 """A manifest's jobs on this machine: one engine (the weights load once), the many-clip driver
 (`flashtalk.runtime.batch.render_clips`), the summary kept as it goes.
 
-    spec = EngineSpec(seeded=True, preset="tiny")
+    spec = EngineSpec(seeded=True, preset="tiny")     # flashtalk.runtime.engine.EngineSpec
     jobs = read_manifest("jobs.jsonl", "out", network=spec.network)
     summary = Summary("out", jobs, "jobs.jsonl")
     todo = plan(jobs, summary)          # failed lines recorded, complete outputs skipped, stale partials removed
@@ -11,59 +11,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flashtalk.constants import DEFAULT_SAMPLER
-from flashtalk.errors import FlashTalkError
 from flashtalk.io.media import remove_stale_partials
 from flashtalk.jobs.manifest import Job
 from flashtalk.jobs.summary import Summary
 from flashtalk.runtime.batch import DEFAULT_OPTIONS, ClipResult, PackOptions, render_clips
-
-if TYPE_CHECKING:
-    from flashtalk.runtime.engine import Engine
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """Which engine to build (`animate`'s weights options); picklable, so each Ray worker builds its own."""
-
-    weights: str | None = None  # a weights folder, a bundle, or hf; None (and not seeded): the preview
-    seeded: bool = False
-    preset: str | None = None
-    device: str | None = None
-    sampler: str = DEFAULT_SAMPLER
-    steps: int = 10
-    cfg: float = 2.0
-    precision: str | None = None
-
-    @property
-    def network(self) -> bool:
-        return self.weights is not None or self.seeded
-
-    def check(self) -> None:
-        if self.preset and not self.seeded:
-            raise FlashTalkError("--preset applies to --seeded-weights only (a weights file fixes its own shapes)")
-        if self.precision and not self.network:
-            raise FlashTalkError("--precision needs the network: pass --weights or --seeded-weights")
-
-    def build(self) -> "Engine":
-        from flashtalk.runtime.engine import Engine
-
-        self.check()
-        if not self.network:
-            return Engine.preview(self.device)
-        return Engine.from_weights(
-            self.weights,
-            seeded=self.seeded,
-            preset=self.preset,
-            device=self.device,
-            sampler=self.sampler,
-            steps=self.steps,
-            cfg=self.cfg,
-            precision=self.precision,
-        )
+from flashtalk.runtime.engine import Engine, EngineSpec
 
 
 def output_frames(path: Any) -> int | None:
@@ -100,7 +54,7 @@ def record(summary: Summary, result: ClipResult) -> None:
         summary.set(number, "failed", seconds=result.seconds, error=result.error)
 
 
-def run_jobs(engine: "Engine", jobs: list[Job], options: PackOptions, on_frames: Callable[[int], None] | None = None):
+def run_jobs(engine: Engine, jobs: list[Job], options: PackOptions, on_frames: Callable[[int], None] | None = None):
     """The results of `jobs` (valid ones, outputs' folders made) on `engine`, as each clip ends."""
     requests = []
     for job in jobs:
@@ -132,4 +86,4 @@ def run_local(
         results.close()
 
 
-__all__ = ["EngineSpec", "output_frames", "plan", "record", "run_jobs", "run_local"]
+__all__ = ["output_frames", "plan", "record", "run_jobs", "run_local"]

@@ -23,10 +23,11 @@ from typing import Any
 
 from flashtalk.errors import FlashTalkError
 from flashtalk.io.media import remove_stale_partials
-from flashtalk.jobs.local import EngineSpec, output_frames, run_jobs
+from flashtalk.jobs.local import output_frames, run_jobs
 from flashtalk.jobs.manifest import Job
 from flashtalk.jobs.summary import Summary
-from flashtalk.runtime.batch import DEFAULT_OPTIONS, PackOptions
+from flashtalk.runtime.batch import DEFAULT_OPTIONS, PackOptions, one_line
+from flashtalk.runtime.engine import EngineSpec
 from flashtalk.serving.ray_app import start_local_ray
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,11 @@ class _Dispatch:
     ) -> None:
         self.ray, self.start, self.retries, self.summary, self.on_result = ray, start, retries, summary, on_result
         self.idle = [start() for _ in range(count)]
+        try:  # each builds its engine now: a bad weights path fails the run once, not every job
+            ray.get([actor.pid.remote() for actor in self.idle])
+        except ray.exceptions.RayActorError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise FlashTalkError(f"a Ray worker could not start: {lines[-1] if lines else exc}") from None
         self.replacements = retries * count
         self.attempts: collections.Counter[int] = collections.Counter()
 
@@ -129,10 +135,16 @@ class _Dispatch:
             try:
                 results = self.ray.get(ref)
             except self.ray.exceptions.RayActorError as exc:
+                self.ray.kill(actor, no_restart=True)  # lost or unreachable: it must not go on writing
                 queue.extendleft(reversed(self._lost(chunk, exc)))
                 if self.replacements > 0:
                     self.replacements -= 1
                     self.idle.append(self.start())
+                continue
+            except self.ray.exceptions.RayTaskError as exc:  # the call raised: its jobs fail, the worker goes on
+                for job in chunk:
+                    self._set(job.number, "failed", error=one_line(getattr(exc, "cause", None) or exc))
+                self.idle.append(actor)
                 continue
             for number, frames, seconds, error in results:
                 if error is None:

@@ -100,10 +100,13 @@ class Progress:
         done, failed, skipped = s.count("done"), s.count("failed"), s.count("skipped")
         finished = done + failed
         left = len(s.rows) - finished - skipped
-        eta = left * elapsed / finished if finished else 0.0
+        eta = "-:--"
+        if finished:
+            left_s = int(left * elapsed / finished)
+            eta = f"{left_s // 60}:{left_s % 60:02d}"
         self.stream.write(
             f"\rjobs {finished + skipped}/{len(s.rows)}  done {done}  failed {failed}  skipped {skipped}  "
-            f"{self.frames / elapsed:7.1f} fps  ETA {int(eta) // 60}:{int(eta) % 60:02d} "
+            f"{self.frames / elapsed:7.1f} fps  ETA {eta} "
         )
         self.stream.flush()
 

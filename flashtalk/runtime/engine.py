@@ -330,6 +330,46 @@ class Engine:
         return (frame for batch in clip.batches(batch_size) for frame in batch)
 
 
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine to build (the weights options of `animate` and `batch`); picklable, so each Ray worker of
+    `batch --ray` builds its own."""
+
+    weights: str | None = None  # a weights folder, a bundle, or hf; None (and not seeded): the preview
+    seeded: bool = False
+    preset: str | None = None
+    device: str | None = None
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = 10
+    cfg: float = 2.0
+    precision: str | None = None
+
+    @property
+    def network(self) -> bool:
+        return self.weights is not None or self.seeded
+
+    def check(self) -> None:
+        if self.preset and not self.seeded:
+            raise FlashTalkError("--preset applies to --seeded-weights only (a weights file fixes its own shapes)")
+        if self.precision and not self.network:
+            raise FlashTalkError("--precision needs the network: pass --weights or --seeded-weights")
+
+    def build(self) -> "Engine":
+        self.check()
+        if not self.network:
+            return Engine.preview(self.device)
+        return Engine.from_weights(
+            self.weights,
+            seeded=self.seeded,
+            preset=self.preset,
+            device=self.device,
+            sampler=self.sampler,
+            steps=self.steps,
+            cfg=self.cfg,
+            precision=self.precision,
+        )
+
+
 def resolve_weights(path: "str | os.PathLike") -> "str | os.PathLike":
     """A weights path as given, or for "hf" (when no such file exists) what `flashtalk download` put in the
     Hugging Face cache."""
