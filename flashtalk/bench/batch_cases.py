@@ -77,7 +77,7 @@ def batch_fps(setup: Setup) -> Built:
         "flashtalk": kernel_mode("auto", packed),
         "one-by-one": kernel_mode("auto", one_by_one) if setup.cuda or not setup.quick else QUICK_CPU,
         "eager": kernel_mode("reference", packed) if setup.cuda or not setup.quick else QUICK_CPU,
-        "compile": NO_COMPILE if not setup.compile else "not measured here: see pipeline/offline_fps's compile row",
+        "compile": NO_COMPILE if not setup.compile else "torch.compile: not measured here (see pipeline/offline_fps)",
     }
     return Built(
         providers,

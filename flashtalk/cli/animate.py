@@ -175,18 +175,13 @@ def _extra_controls(args: argparse.Namespace) -> dict:
 
 
 def engine_spec(args: argparse.Namespace) -> "EngineSpec":
-    """The engine the weights options ask for (`animate` and `batch` share them)."""
+    """The engine the weights options ask for (`animate` and `batch` share them; --seeded-weights is `seeded`)."""
+    from dataclasses import fields
+
     from flashtalk.runtime.engine import EngineSpec
 
     return EngineSpec(
-        weights=args.weights,
-        seeded=args.seeded_weights,
-        preset=args.preset,
-        device=args.device,
-        sampler=args.sampler,
-        steps=args.steps,
-        cfg=args.cfg,
-        precision=args.precision,
+        **{f.name: getattr(args, {"seeded": "seeded_weights"}.get(f.name, f.name)) for f in fields(EngineSpec)}
     )
 
 
