@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flashtalk.cli.animate import engine_spec
-    from flashtalk.jobs.local import plan, run_local
+    from flashtalk.jobs.local import only_run, plan, run_local
     from flashtalk.jobs.manifest import read_manifest
     from flashtalk.jobs.summary import JSON_NAME, Progress, Summary
     from flashtalk.runtime.batch import PackOptions
@@ -67,29 +67,32 @@ def run(args: argparse.Namespace) -> int:
         raise FlashTalkError(f"--out {out} is a file, not a folder")
     jobs = read_manifest(args.jobs, out, network=spec.network)
     out.mkdir(parents=True, exist_ok=True)
-    summary = Summary(out, jobs, str(args.jobs))
-    todo = plan(jobs, summary)
-    summary.write()
-    progress = Progress(summary, enabled=False if args.quiet else None)
-    try:
-        if args.ray is not None:
-            from flashtalk.jobs.ray_jobs import run_ray
+    with only_run(out):
+        summary = Summary(out, jobs, str(args.jobs))
+        todo = plan(jobs, summary)
+        summary.write()
+        progress = Progress(summary, enabled=False if args.quiet else None)
+        try:
+            if args.ray is not None:
+                from flashtalk.jobs.ray_jobs import run_ray
 
-            address = None if args.ray == LOCAL_RAY else args.ray
-            run_ray(
-                spec,
-                todo,
-                summary,
-                options,
-                address=address,
-                workers=args.workers,
-                retries=args.retries,
-                on_result=lambda _: progress.show(),
-            )
-        else:
-            run_local(spec, todo, summary, options, on_frames=progress.add_frames, on_result=lambda _: progress.show())
-    finally:
-        progress.close()
+                address = None if args.ray == LOCAL_RAY else args.ray
+                run_ray(
+                    spec,
+                    todo,
+                    summary,
+                    options,
+                    address=address,
+                    workers=args.workers,
+                    retries=args.retries,
+                    on_result=lambda _: progress.show(),
+                )
+            else:
+                run_local(
+                    spec, todo, summary, options, on_frames=progress.add_frames, on_result=lambda _: progress.show()
+                )
+        finally:
+            progress.close()
     totals = summary.totals()
     for row in summary.rows.values():
         if row["status"] == "failed":

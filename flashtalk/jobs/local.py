@@ -10,14 +10,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+from flashtalk.errors import FlashTalkError
 from flashtalk.io.media import remove_stale_partials
 from flashtalk.jobs.manifest import Job
 from flashtalk.jobs.summary import Summary
 from flashtalk.runtime.batch import DEFAULT_OPTIONS, ClipResult, PackOptions, render_clips
 from flashtalk.runtime.engine import Engine, EngineSpec
+
+
+@contextlib.contextmanager
+def only_run(out_dir: Path) -> Iterator[None]:
+    """Hold the output folder for this run: a second batch run on it (which would take this run's
+    temporary outputs for a killed run's) is refused until this one ends (an advisory lock on the folder)."""
+    import fcntl
+
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FlashTalkError(f"another flashtalk batch is writing to {out_dir}; wait for it to end") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def output_frames(path: Any) -> int | None:
@@ -86,4 +107,4 @@ def run_local(
         results.close()
 
 
-__all__ = ["output_frames", "plan", "record", "run_jobs", "run_local"]
+__all__ = ["only_run", "output_frames", "plan", "record", "run_jobs", "run_local"]

@@ -86,7 +86,7 @@ def test_mixed_manifest_good_outputs_match_animate_failures_named(speech, tmp_pa
         assert rows[[r for r in rows if rows[r]["output"] == name][0]]["frames"] == len(got)
 
 
-def test_killed_run_restarts_without_redoing_finished_jobs(speech, tmp_path):
+def test_killed_run_restarts_without_redoing_finished_jobs(speech, tmp_path, capsys):
     manifest = _write_jsonl(
         tmp_path / "jobs.jsonl",
         [
@@ -108,6 +108,8 @@ def test_killed_run_restarts_without_redoing_finished_jobs(speech, tmp_path):
             time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be killed part-way"
         assert _summary(out)[1]["status"] == "done"
+        assert main(["batch", str(manifest), "--out", str(out), "-q"]) == 2  # one run per output folder at a time
+        assert "another flashtalk batch is writing to" in capsys.readouterr().err
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
