@@ -25,6 +25,7 @@ RANKS = {
     "runtime": 3,
     "serving": 4,
     "cli": 4,
+    "jobs": 4,
     "golden": 4,
     "bench": 4,
     "client": 4,

@@ -71,3 +71,33 @@ def speech_keypoints(animation) -> "torch.Tensor":
 
     backend = animation.backend
     return torch.cat([backend.driving_keypoints(animation.stream, m) for m in animation.motion()])
+
+
+def speech_excerpts(folder, lengths: dict[str, float]) -> dict:
+    """16-kHz WAV excerpts of the bundled speech (name -> seconds), from different offsets inside it."""
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from flashtalk.cli.animate import demo_assets
+    from flashtalk.io.audio import load_audio
+
+    speech = load_audio(demo_assets()[1]).samples
+    out = {}
+    for k, (name, seconds) in enumerate(lengths.items()):
+        start = int((0.8 + 0.5 * k) * 16000) % (len(speech) - int(seconds * 16000))
+        out[name] = Path(folder) / f"{name}.wav"
+        sf.write(out[name], speech[start : start + int(seconds * 16000)], 16000)
+    return out
+
+
+def decode_video(path) -> tuple:
+    """(RGB frames [N, H, W, 3] uint8, audio seconds or None) of a video file."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as c:
+        audio = c.streams.audio[0] if c.streams.audio else None
+        seconds = float(audio.duration * audio.time_base) if audio is not None and audio.duration else None
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    return frames, seconds

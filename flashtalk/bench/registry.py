@@ -23,6 +23,7 @@ import torch
 
 from flashtalk.bench import attention_cases as bench_attention
 from flashtalk.bench import warp_cases as bench_warp
+from flashtalk.bench.batch_cases import batch_cases
 from flashtalk.bench.cases import (
     ASSETS,
     NO_COMPILE,
@@ -435,7 +436,7 @@ def model_cases() -> list[BenchCase]:
     cases = [BenchCase(f"stage/{k}", "stage", _stage(k)) for k in stages]
     cases += [BenchCase(f"stage/{k}", "stage", _frame_stage(k)) for k in ("paste_back", "watermark", "video_encode")]
     cases += [BenchCase(f"renderer/B{b}", "renderer", _renderer(b), quick=b in (1, 8)) for b in (1, 2, 8, 16, 32)]
-    cases += [BenchCase("pipeline/offline_fps", "pipeline", _offline)] + stream_cases()
+    cases += [BenchCase("pipeline/offline_fps", "pipeline", _offline)] + batch_cases() + stream_cases()
     return cases
 
 

@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("flashtalk.cli.info", "print the environment and which kernel backend each op uses, and why"),
     "verify-golden": ("flashtalk.cli.verify_golden", "check our networks against a folder of golden tensors"),
     "animate": ("flashtalk.cli.animate", "turn a portrait photo and a speech file into a talking-head video"),
+    "batch": (
+        "flashtalk.cli.batch",
+        "many portrait + speech jobs from a JSONL / CSV manifest: packed batches, resumable, on Ray",
+    ),
     "detect": ("flashtalk.cli.detect", "look for FlashTalk's invisible watermark in a video or an image"),
     "convert-weights": (
         "flashtalk.cli.convert_weights",

@@ -7,9 +7,13 @@ import logging
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flashtalk.constants import DEFAULT_SAMPLER, PRESETS, SAMPLERS
 from flashtalk.errors import FlashTalkError
+
+if TYPE_CHECKING:
+    from flashtalk.runtime.engine import EngineSpec
 
 DEMO_PORTRAIT = "portrait.jpg"
 DEMO_AUDIO = "speech.ogg"
@@ -170,6 +174,17 @@ def _extra_controls(args: argparse.Namespace) -> dict:
     return out
 
 
+def engine_spec(args: argparse.Namespace) -> "EngineSpec":
+    """The engine the weights options ask for (`animate` and `batch` share them; --seeded-weights is `seeded`)."""
+    from dataclasses import fields
+
+    from flashtalk.runtime.engine import EngineSpec
+
+    return EngineSpec(
+        **{f.name: getattr(args, {"seeded": "seeded_weights"}.get(f.name, f.name)) for f in fields(EngineSpec)}
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from flashtalk.io.media import check_output
     from flashtalk.runtime.engine import Engine
@@ -197,16 +212,7 @@ def run(args: argparse.Namespace) -> int:
         raise FlashTalkError("--preset applies to --seeded-weights only (a weights file fixes its own shapes)")
     if args.weights or args.seeded_weights:
         controls.setdefault("auto_blink", not args.no_auto_blink)
-        engine = Engine.from_weights(
-            args.weights,
-            seeded=args.seeded_weights,
-            preset=args.preset,
-            device=args.device,
-            sampler=args.sampler,
-            steps=args.steps,
-            cfg=args.cfg,
-            precision=args.precision,
-        )
+        engine = engine_spec(args).build()
         if args.seeded_weights and not args.quiet:
             preset = args.preset or "liveportrait"
             note = "flashtalk: seeded weights: deterministic test weights; the output is NOT a face"

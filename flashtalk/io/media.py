@@ -8,6 +8,7 @@ when complete, so an error or a crash never leaves a half-written video or frame
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import secrets
@@ -169,7 +170,7 @@ def raise_if_signalled() -> None:
 
 
 @contextlib.contextmanager
-def _terminate_raises() -> Iterator[None]:
+def terminate_raises() -> Iterator[None]:
     """While inside: SIGTERM raises `Terminated` in the main thread (so cleanup runs) instead of killing the
     process outright, and both it and SIGINT are recorded for `raise_if_signalled`. Left alone off the main
     thread, and a signal the application handles itself (or ignores) is left to it."""
@@ -208,7 +209,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool, folder: bool = Fa
     if not folder and final.is_dir():
         raise FlashTalkError(f"output {final} is a folder, not a file")
     tmp = final.parent / f".{final.name}.partial-{secrets.token_hex(4)}{final.suffix}"
-    with _terminate_raises():
+    with terminate_raises():
         try:
             if folder:
                 tmp.mkdir()
@@ -228,6 +229,18 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool, folder: bool = Fa
         except BaseException:
             remove_partial(tmp)
             raise
+
+
+def remove_stale_partials(path: str | os.PathLike) -> int:
+    """Remove what killed runs left of `path`'s temporary outputs (`atomic_output`'s naming); how many.
+    Only for a path that no writer is working on now."""
+    final = Path(path)
+    if not final.parent.is_dir():
+        return 0
+    stale = list(final.parent.glob(f".{glob.escape(final.name)}.partial-*{glob.escape(final.suffix)}"))
+    for tmp in stale:
+        remove_partial(tmp)
+    return len(stale)
 
 
 def remove_partial(tmp: Path) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,17 @@ WEIGHTS_HELP = (
 
 
 @dataclass
+class Inputs:
+    """A clip's inputs, decoded and checked, the face cropped (`Engine.load`); no backend work yet."""
+
+    photo: np.ndarray  # [H, W, 3] uint8
+    crop: "FaceCrop"
+    audio: "AudioClip"  # 16 kHz mono
+    fps: Fraction  # output frame rate
+    driving: "str | os.PathLike | None" = None
+
+
+@dataclass
 class Clip:
     """A prepared clip: what it will produce, and `batches()` to produce it."""
 
@@ -59,6 +70,7 @@ class Clip:
     num_frames: int  # output frames
     paste_back: bool
     mark: Mark | None  # how the frames are watermarked (None: not at all)
+    _paste: Any = field(default=None, init=False, repr=False)  # paste-back tensors on the device, made once
 
     @property
     def size(self) -> tuple[int, int]:
@@ -69,36 +81,44 @@ class Clip:
 
     def batches(self, batch_size: int = 16) -> Iterator[np.ndarray]:
         """Yield uint8 [N, H, W, 3] frame batches, num_frames in total."""
-        import torch
-
         if batch_size < 1:
             raise FlashTalkError(f"batch_size must be >= 1, got {batch_size}")
-        device = self.engine.backend.device
-        paste = None
-        if self.paste_back:
-            from flashtalk.kernels.paste_back import make_feather_mask, paste_back
+        content_fps = Fraction(self.engine.backend.fps)
+        if content_fps > self.fps and hasattr(self.animation, "frames_at"):
+            # a lower output rate: the backend renders only the content frames that are shown
+            frames = self.animation.frames_at(self.shown_frames(), batch_size)
+        else:
+            frames = retime(self.animation.frames(batch_size), content_fps, self.fps, self.num_frames)
+        for batch in frames:
+            if self.paste_back:
+                yield finish(self.paste(batch), [(0, len(batch), self.mark)])
+            else:
+                yield finish(batch, [(0, len(batch), self.mark)])
 
-            paste = (
-                paste_back,
+    def shown_frames(self) -> list[int]:
+        """The content frame each output frame shows (nearest earlier; sorted, repeats at a higher rate)."""
+        step = Fraction(self.engine.backend.fps) / self.fps
+        return [int(j * step) for j in range(self.num_frames)]
+
+    def paste(self, frames: "torch.Tensor") -> "torch.Tensor":
+        """Rendered crops [N, 3, h, w] float -> pasted back into the photo, uint8 [N, H, W, 3] (sub-batches
+        of at most PASTE_PIXELS_PER_CALL output pixels)."""
+        import torch
+
+        from flashtalk.kernels.paste_back import make_feather_mask, paste_back
+
+        if self._paste is None:
+            device = self.engine.backend.device
+            self._paste = (
                 torch.tensor(self.photo, device=device)[None],
                 torch.tensor(self.crop.photo_to_crop, dtype=torch.float32, device=device)[None],
                 make_feather_mask(self.crop.image.shape[0], device=device),
             )
-        content_fps = Fraction(self.engine.backend.fps)
-        if content_fps > self.fps and hasattr(self.animation, "frames_at"):
-            # a lower output rate: the backend renders only the content frames that are shown
-            step = content_fps / self.fps
-            frames = self.animation.frames_at([int(j * step) for j in range(self.num_frames)], batch_size)
-        else:
-            frames = retime(self.animation.frames(batch_size), content_fps, self.fps, self.num_frames)
-        for batch in frames:
-            if paste is not None:
-                fn, background, affine, mask = paste
-                step = max(1, PASTE_PIXELS_PER_CALL // (background.shape[1] * background.shape[2]))
-                batch = torch.cat(
-                    [fn(batch[i : i + step], background, affine, mask) for i in range(0, len(batch), step)]
-                )
-            yield finish(batch, [(0, len(batch), self.mark)])
+        background, affine, mask = self._paste
+        step = max(1, PASTE_PIXELS_PER_CALL // (background.shape[1] * background.shape[2]))
+        return torch.cat(
+            [paste_back(frames[i : i + step], background, affine, mask) for i in range(0, len(frames), step)]
+        )
 
     @property
     def watermark(self) -> bool:
@@ -190,21 +210,21 @@ class Engine:
         sampler ddim | dpmpp | ddpm with `steps` model calls per window and guidance scale `cfg`.
         precision: the renderer's fp32 | bf16 | fp16 (default bf16 on CUDA, fp32 on the CPU)."""
         from flashtalk.runtime.backends.network import NetworkBackend, resolve_precision
-        from flashtalk.weights.bundle import load_networks, seeded_networks
+        from flashtalk.weights import bundle
 
         dev = default_device(device)
         resolve_precision(precision, dev)  # a bad precision fails before the weights load
         if seeded:
             if path is not None:
                 raise FlashTalkError("give either a weights path or seeded weights, not both")
-            nets = seeded_networks(preset or "liveportrait")  # Preset.from_name names the known presets
+            nets = bundle.seeded_networks(preset or "liveportrait")  # Preset.from_name names the known presets
         else:
             if path is None:
                 raise FlashTalkError("no weights given: pass a weights folder or bundle, or seeded=True")
             if preset is not None:
                 raise FlashTalkError("preset applies to seeded weights only (a weights file fixes its own shapes)")
             path = resolve_weights(path)
-            nets = load_networks(path)
+            nets = bundle.load_networks(path)
         faces = None if seeded else face_models(Path(path), dev)
         return cls(
             NetworkBackend(nets, dev, sampler=sampler, steps=steps, cfg=cfg, seeded=seeded, precision=precision), faces
@@ -231,8 +251,16 @@ class Engine:
         driving: a video whose head motion and expressions drive the portrait (network backend only);
         audio may then be None: the video's own audio (or silence) is used.
         """
-        import torch
+        inputs = self.load(image, audio, crop=crop, fps=fps, driving=driving)
+        return self.prepare_loaded(
+            inputs, seed=seed, paste_back=paste_back, watermark=watermark, watermark_key=watermark_key, **controls
+        )
 
+    def load(
+        self, image: Any, audio: Any, *, crop: Any = "auto", fps: float = 25, driving: "str | os.PathLike | None" = None
+    ) -> "Inputs":
+        """The first half of `prepare`, without the backend: decode and check the photo and the audio, crop
+        the face (host work that `flashtalk.runtime.batch` runs in worker threads, beside the rendering)."""
         from flashtalk.faces.portrait_crop import face_crop
         from flashtalk.io.media import load_image
 
@@ -250,6 +278,22 @@ class Engine:
         photo = load_image(image)
         name = f"portrait {image}" if isinstance(image, (str, os.PathLike)) else "portrait"
         fc = face_crop(photo, crop, name=name, faces=self.faces)
+        return Inputs(photo, fc, clip, out_fps, driving)
+
+    def prepare_loaded(
+        self,
+        inputs: "Inputs",
+        *,
+        seed: int = 0,
+        paste_back: bool = False,
+        watermark: bool = True,
+        watermark_key: str = DEFAULT_WATERMARK_KEY,
+        **controls: Any,
+    ) -> Clip:
+        """The second half of `prepare`: encode the portrait on the backend, check the controls."""
+        import torch
+
+        fc, clip, driving = inputs.crop, inputs.audio, inputs.driving
         crop_t = torch.from_numpy(fc.image).to(self.backend.device).permute(2, 0, 1).float().div_(255)
         if driving is not None:
             animation = self.backend.prepare_driving(
@@ -261,9 +305,9 @@ class Engine:
             animation = SpeechAnimation(self.backend, portrait, clip.samples, seed, checked)
         if animation.num_frames() < 1:
             raise FlashTalkError(f"audio {clip.source} is too short for one frame ({clip.duration:.3f} s)")
-        n = output_frames(animation.num_frames(), self.backend.fps, out_fps)
+        n = output_frames(animation.num_frames(), self.backend.fps, inputs.fps)
         mark = watermark_mark(watermark_key) if watermark else None
-        return Clip(self, animation, fc, photo, clip, out_fps, n, paste_back, mark)
+        return Clip(self, animation, fc, inputs.photo, clip, inputs.fps, n, paste_back, mark)
 
     def animate(
         self,
@@ -284,6 +328,46 @@ class Engine:
             image, audio, crop=crop, seed=seed, fps=fps, paste_back=paste_back, watermark=watermark, **controls
         )
         return (frame for batch in clip.batches(batch_size) for frame in batch)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine to build (the weights options of `animate` and `batch`); picklable, so each Ray worker of
+    `batch --ray` builds its own."""
+
+    weights: str | None = None  # a weights folder, a bundle, or hf; None (and not seeded): the preview
+    seeded: bool = False
+    preset: str | None = None
+    device: str | None = None
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = 10
+    cfg: float = 2.0
+    precision: str | None = None
+
+    @property
+    def network(self) -> bool:
+        return self.weights is not None or self.seeded
+
+    def check(self) -> None:
+        if self.preset and not self.seeded:
+            raise FlashTalkError("--preset applies to --seeded-weights only (a weights file fixes its own shapes)")
+        if self.precision and not self.network:
+            raise FlashTalkError("--precision needs the network: pass --weights or --seeded-weights")
+
+    def build(self) -> "Engine":
+        self.check()
+        if not self.network:
+            return Engine.preview(self.device)
+        return Engine.from_weights(
+            self.weights,
+            seeded=self.seeded,
+            preset=self.preset,
+            device=self.device,
+            sampler=self.sampler,
+            steps=self.steps,
+            cfg=self.cfg,
+            precision=self.precision,
+        )
 
 
 def resolve_weights(path: "str | os.PathLike") -> "str | os.PathLike":

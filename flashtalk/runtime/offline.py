@@ -58,7 +58,7 @@ def metadata(clip: Clip) -> dict[str, str]:
     return tags
 
 
-class _Writer(threading.Thread):
+class FrameWriter(threading.Thread):
     """Consumes frame batches from a bounded queue and hands them to a Video/PngWriter."""
 
     def __init__(self, sink: VideoWriter | PngWriter, depth: int) -> None:
@@ -90,11 +90,33 @@ class _Writer(threading.Thread):
             except queue.Full:
                 continue
 
-    def finish(self) -> None:
+    def finish(self, clip: Clip | None = None) -> int:
+        """Wait for the last batch to be written and the file closed; the frames written (checked against
+        `clip`'s count when given)."""
         self.put(_DONE)
         self.join()
         if self.error is not None:
             raise self.error
+        if clip is not None and self.sink.frames_written != clip.num_frames:
+            raise FlashTalkError(
+                f"backend {clip.engine.backend.name} produced {self.sink.frames_written} frames, "
+                f"expected {clip.num_frames}"
+            )
+        return self.sink.frames_written
+
+    def abandon(self) -> None:
+        """After a failure: stop the thread (what it wrote is removed with the temporary output)."""
+        if self.is_alive():
+            self.queue.put(_DONE)
+            self.join()
+
+
+def open_sink(clip: Clip, path: str | os.PathLike, frames_dir: bool = False) -> VideoWriter | PngWriter:
+    """The writer of `clip`'s frames at `path`: an MP4 with the clip's audio and metadata, or a PNG folder."""
+    if frames_dir:
+        return PngWriter(path)
+    width, height = clip.size
+    return VideoWriter(path, width=width, height=height, fps=clip.fps, audio=clip.audio, metadata=metadata(clip))
 
 
 class Progress:
@@ -145,12 +167,7 @@ def render(
         raise FlashTalkError(f"batch size must be >= 1, got {batch_size}")
     start = time.perf_counter()
     with atomic_output(output, overwrite=overwrite, folder=frames_dir) as tmp:
-        if frames_dir:
-            sink: VideoWriter | PngWriter = PngWriter(tmp)
-        else:
-            width, height = clip.size
-            sink = VideoWriter(tmp, width=width, height=height, fps=clip.fps, audio=clip.audio, metadata=metadata(clip))
-        writer = _Writer(sink, queue_batches)
+        writer = FrameWriter(open_sink(clip, tmp, frames_dir), queue_batches)
         writer.start()
         bar = Progress(clip.num_frames, enabled=progress)
         try:
@@ -158,16 +175,10 @@ def render(
                 raise_if_signalled()  # stop at once for a signal whose exception a finalizer swallowed
                 writer.put(batch)
                 bar.update(len(batch))
-            writer.finish()
+            frames = writer.finish(clip)
         except BaseException:
-            if writer.is_alive():
-                writer.queue.put(_DONE)
-                writer.join()
+            writer.abandon()
             raise
         finally:
             bar.close()
-        if sink.frames_written != clip.num_frames:
-            raise FlashTalkError(
-                f"backend {clip.engine.backend.name} produced {sink.frames_written} frames, expected {clip.num_frames}"
-            )
-    return RenderStats(frames=sink.frames_written, seconds=time.perf_counter() - start)
+    return RenderStats(frames=frames, seconds=time.perf_counter() - start)

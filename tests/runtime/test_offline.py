@@ -14,7 +14,7 @@ from flashtalk.cli.animate import demo_assets
 from flashtalk.errors import FlashTalkError
 from flashtalk.io.media import VideoWriter
 from flashtalk.runtime.engine import Engine
-from flashtalk.runtime.offline import Progress, _Writer, render
+from flashtalk.runtime.offline import FrameWriter, Progress, render
 from tests.inputs import _decode, _GreyBackend
 
 PORTRAIT, SPEECH = demo_assets()
@@ -74,7 +74,7 @@ def test_an_encoder_failure_at_flush_ends_the_writer(tmp_path):
     waiting in finish(), must get the error instead of a deadlock."""
     x = (0.3 * np.sin(np.arange(32000) * 0.05)).astype(np.float32)
     x[-3000:] = 1e30
-    writer = _Writer(VideoWriter(tmp_path / "w.mp4", width=64, height=64, fps=25, audio=_Clip(x), metadata={}), 2)
+    writer = FrameWriter(VideoWriter(tmp_path / "w.mp4", width=64, height=64, fps=25, audio=_Clip(x), metadata={}), 2)
     writer.start()
     result = {}
 
