@@ -7,7 +7,7 @@
 
 Providers, same run, same inputs: eager fp32 (the reference Renderer, PyTorch ops only), eager bf16 (the
 same modules cast to bf16), torch.compile (default mode: max-autotune alone takes minutes) of the bf16 modules, and FlashTalk bf16 +
-CUDA graphs (`FastRenderer`: folded norms, fused SPADE decoder, channels-last, graph buckets = the batch
+CUDA graphs (`GraphedRenderer`: folded norms, fused SPADE decoder, channels-last, graph buckets = the batch
 sizes). Timing: `flashtalk.profiling.timing.measure` (CUDA events, median and p20/p80); TFLOP/s from the
 FLOP count of one eager frame; % of the device's dense bf16 peak from `flashtalk.profiling.devices`.
 
@@ -38,7 +38,7 @@ from flashtalk.models.liveportrait.optimized import PRECISIONS, optimize_rendere
 from flashtalk.models.liveportrait.renderer import Renderer, SourceState  # noqa: E402
 from flashtalk.profiling import devices  # noqa: E402
 from flashtalk.profiling.timing import measure  # noqa: E402
-from flashtalk.runtime.graphed_renderer import FastRenderer  # noqa: E402
+from flashtalk.runtime.graphed_renderer import GraphedRenderer  # noqa: E402
 from flashtalk.weights.liveportrait import seeded_renderer  # noqa: E402
 
 
@@ -94,7 +94,7 @@ def providers(r: Renderer, src: SourceState, batch: int, compile_: bool) -> dict
         comp.warping_module = torch.compile(comp.warping_module)
         comp.spade_generator = torch.compile(comp.spade_generator)
         provs["compile-bf16"] = eager(comp)
-    fast = FastRenderer(r, "bf16", buckets=(batch,))
+    fast = GraphedRenderer(r, "bf16", buckets=(batch,))
     provs["flashtalk-bf16-graphs"] = lambda x_d: fast.render(src, x_d)
     return provs
 

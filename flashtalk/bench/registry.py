@@ -334,10 +334,10 @@ def _frame_stage(kind: str) -> Callable[[Setup], Built]:
 
 
 def fast_renderer_provider(setup: Setup, renderer, source, sets) -> Provider | str:
-    """The renderer fast path: `flashtalk.runtime.graphed_renderer.FastRenderer(renderer).render(source, x_d)`."""
-    from flashtalk.runtime.graphed_renderer import FastRenderer
+    """The renderer fast path: `flashtalk.runtime.graphed_renderer.GraphedRenderer(renderer).render(source, x_d)`."""
+    from flashtalk.runtime.graphed_renderer import GraphedRenderer
 
-    fr = FastRenderer(renderer)
+    fr = GraphedRenderer(renderer)
     return lambda i: fr.render(source, sets[i % len(sets)])
 
 

@@ -91,7 +91,7 @@ def _warping(d: Arrays, build, fast_path: bool) -> Arrays:
     channels-last-3d) with the fused tail on (`warp_tail`: its kernel under --kernels triton, its reference
     otherwise), gated alike."""
     from flashtalk.models.liveportrait.optimized import fold_batchnorms
-    from flashtalk.models.liveportrait.warping_channels_last import FastWarpingNetwork
+    from flashtalk.models.liveportrait.warping_channels_last import ChannelsLastWarpingNetwork
 
     inputs = (d["in_feature_3d"], d["in_kp_driving"], d["in_kp_source"])
     net = build("warping_module")
@@ -99,7 +99,7 @@ def _warping(d: Arrays, build, fast_path: bool) -> Arrays:
     arrays = {"out_out": out["out"], "out_deformation": out["deformation"], "out_occlusion_map": out["occlusion_map"]}
     if fast_path:
         fold_batchnorms(net)  # in place: the published network has run
-        fast = FastWarpingNetwork(net, fused_tail=True)(*inputs, return_deformation=False)
+        fast = ChannelsLastWarpingNetwork(net, fused_tail=True)(*inputs, return_deformation=False)
         arrays.update({f"out_out{FAST}": fast["out"], f"out_occlusion_map{FAST}": fast["occlusion_map"]})
     return arrays
 

@@ -14,7 +14,7 @@ softmax over the valid columns (fp32), Φ = G + Σ_k M_k (x_s[k] - x_d[k]) (equa
 Σ M_k = 1), and the trilinear gather of the C feature channels at Φ, written as a [BM, C] tile.
 
 Reference: `warp_tail_ref` = the current modules (conv3d, then `deform_warp_ref`). fp64 inputs run it.
-Off by default (`FastWarpingNetwork(fused_tail=True)` turns it on) until a GPU run shows it faster than
+Off by default (`ChannelsLastWarpingNetwork(fused_tail=True)` turns it on) until a GPU run shows it faster than
 cuDNN's Conv3d + `deform_warp`. Under the Triton interpreter bf16 dots are wrong, so there the operands
 are upcast to fp32 (constexpr DOT_FP32), and one program takes up to 32768 voxels (`tile_m`): the
 interpreter's cost is per op, so the compiled tile of 64 would take over two hours on LivePortrait's 65536 voxels

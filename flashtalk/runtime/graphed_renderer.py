@@ -1,7 +1,7 @@
-"""`FastRenderer`: the renderer fast path (`flashtalk.models.liveportrait.optimized`) run through a CUDA-graph runner with
+"""`GraphedRenderer`: the renderer fast path (`flashtalk.models.liveportrait.optimized`) run through a CUDA-graph runner with
 batch buckets on CUDA, eagerly elsewhere.
 
-    frames = FastRenderer(renderer, "bf16").render(source, x_d)
+    frames = GraphedRenderer(renderer, "bf16").render(source, x_d)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from flashtalk.models.liveportrait.renderer import Renderer, SourceState
 from flashtalk.runtime.graphs import BUCKETS
 
 
-class FastRenderer:
+class GraphedRenderer:
     """`Renderer.render` on the fast path: an `optimize_renderer` copy, run through a CUDA-graph runner with
     batch buckets on CUDA (stitching included in the graph), eagerly elsewhere. Frames are fp32."""
 

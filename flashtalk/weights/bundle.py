@@ -88,7 +88,7 @@ class Networks:
         elsewhere) sets the motion path's compute dtype: the audio encoder and the motion transformer
         (`denoising_net`) store weights and activations in it, with fp32 norm statistics, fp32 softmax
         statistics and fp32 accumulation in attention; their outputs, the sampler, the schedule and the
-        motion model's input projections stay fp32. The renderer's precision is `FastRenderer`'s."""
+        motion model's input projections stay fp32. The renderer's precision is `GraphedRenderer`'s."""
         device = torch.device(device)
         precision = default_motion_precision(device) if precision is None else precision
         dtype = precision_dtype(precision)

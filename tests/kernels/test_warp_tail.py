@@ -119,7 +119,7 @@ def test_golden_size_and_weights_at_one_depth(lp_golden, kernel_device):
     import numpy as np
 
     from flashtalk.models.liveportrait.optimized import fold_batchnorms
-    from flashtalk.models.liveportrait.warping_channels_last import FastWarpingNetwork
+    from flashtalk.models.liveportrait.warping_channels_last import ChannelsLastWarpingNetwork
     from tests.kernels.helpers import check_rule
     from tests.test_model_appearance_warping import seeded
 
@@ -127,7 +127,7 @@ def test_golden_size_and_weights_at_one_depth(lp_golden, kernel_device):
     f_s, xd, xs = (torch.from_numpy(z[k]).to(kernel_device) for k in ("in_feature_3d", "in_kp_driving", "in_kp_source"))
     net = seeded("warping_module", lp_golden, torch.float32).to(kernel_device)
     fold_batchnorms(net)
-    fast = FastWarpingNetwork(net)
+    fast = ChannelsLastWarpingNetwork(net)
     seen = []
     fast.occlusion.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     with torch.no_grad(), use_kernels("reference"):

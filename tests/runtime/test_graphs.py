@@ -113,13 +113,13 @@ def test_fast_renderer_graphs_match_eager_every_bucket(precision, monkeypatch):
     """Captured with the compiled Triton kernels inside (spade_norm, the warping ops), not the references."""
     from flashtalk.kernels import last_choice
     from flashtalk.models.liveportrait.optimized import render_frames
-    from flashtalk.runtime.graphed_renderer import FastRenderer
+    from flashtalk.runtime.graphed_renderer import GraphedRenderer
     from flashtalk.weights.liveportrait import seeded_renderer
 
     r = seeded_renderer("tiny").cuda()
     src = r.encode_source(torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)).cuda())
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    fr = FastRenderer(r, precision, buckets=(1, 2, 4, 8))
+    fr = GraphedRenderer(r, precision, buckets=(1, 2, 4, 8))
     g = torch.Generator(device="cuda").manual_seed(1)
     for n in (1, 2, 3, 4, 5, 8, 11):
         x_d = src.x_s.expand(n, -1, -1) + 0.03 * torch.randn(n, r.num_kp, 3, device="cuda", generator=g)

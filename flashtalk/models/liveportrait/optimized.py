@@ -1,5 +1,5 @@
 """Renderer fast path: load-time rewrites, a precision policy and `render_frames` (the runtime's
-`flashtalk.runtime.graphed_renderer.FastRenderer` runs it, through CUDA graphs on CUDA).
+`flashtalk.runtime.graphed_renderer.GraphedRenderer` runs it, through CUDA graphs on CUDA).
 
     fast = optimize_renderer(renderer, "bf16")      # a rewritten copy; `renderer` is left untouched
     frames = render_frames(fast, f_s, x_s, x_d)
@@ -7,7 +7,7 @@
 Rewrites (each exact in real arithmetic; fp32 results equal the reference to rounding):
 * BatchNorm (eval) after a conv is folded into the conv: W' = W·g/√(v+ε), b' = (b − μ)·g/√(v+ε) + β.
 * The SPADE blocks' spectral norm is folded once: plain convs with W_orig / σ.
-* `fuse`: the SPADE decoder becomes `FastSPADEDecoder`: per resolution, the `mlp_shared` convs of all its
+* `fuse`: the SPADE decoder becomes `FusedSPADEDecoder`: per resolution, the `mlp_shared` convs of all its
   SPADE layers run as one conv on φ (they all read the same resized map), at 128² / 256² computed exactly
   on the 64² map with per-phase 2×2 kernels (docs/specs/liveportrait.md §7 compute note: 4/9 of the MACs); `mlp_gamma` and
   `mlp_beta` of a layer run as one conv; normalisation + modulation + leaky ReLU is the fused
@@ -32,7 +32,7 @@ from flashtalk.errors import FlashTalkError
 from flashtalk.kernels.spade_norm import spade_norm
 from flashtalk.models.liveportrait.renderer import Renderer
 from flashtalk.models.liveportrait.spade import LEAKY_SLOPE, SPADEDecoder, SPADEResBlock, SpectralNormConv2d
-from flashtalk.models.liveportrait.warping_channels_last import FastWarpingNetwork
+from flashtalk.models.liveportrait.warping_channels_last import ChannelsLastWarpingNetwork
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 UPSAMPLED = (("up_0", 2), ("up_1", 4))  # decoder blocks on φ upsampled ×2 / ×4
@@ -151,7 +151,7 @@ def _cat_convs(convs: list[nn.Conv2d]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([c.weight for c in convs]).detach(), torch.cat([c.bias for c in convs]).detach()
 
 
-class FastSPADEBlock(nn.Module):
+class FusedSPADEBlock(nn.Module):
     """A SPADE residual block whose SPADE layers take precomputed hidden maps `a` (mlp_shared outputs)."""
 
     def __init__(self, block: SPADEResBlock):
@@ -183,7 +183,7 @@ class FastSPADEBlock(nn.Module):
         return s + h
 
 
-class FastSPADEDecoder(nn.Module):
+class FusedSPADEDecoder(nn.Module):
     """SPADEDecoder (spectral norm already folded) rewritten: one `mlp_shared` conv per resolution over all
     the SPADE layers there (per-phase 2×2 kernels on the 64² map for the upsampled ones), merged γ/β
     convs, fused `spade_norm`. Same input and output as SPADEDecoder."""
@@ -193,8 +193,8 @@ class FastSPADEDecoder(nn.Module):
         self.cfg, self.channels_last = dec.cfg, channels_last
         self.fc, self.conv_img = dec.fc, dec.conv_img
         middle = [getattr(dec, f"G_middle_{i}") for i in range(dec.cfg.num_middle)]
-        self.middle = nn.ModuleList(FastSPADEBlock(b) for b in middle)
-        self.up_0, self.up_1 = FastSPADEBlock(dec.up_0), FastSPADEBlock(dec.up_1)
+        self.middle = nn.ModuleList(FusedSPADEBlock(b) for b in middle)
+        self.up_0, self.up_1 = FusedSPADEBlock(dec.up_0), FusedSPADEBlock(dec.up_1)
         self.hidden = dec.cfg.norm_hidden
 
         def shared(blocks: list[SPADEResBlock]) -> list[nn.Conv2d]:
@@ -242,17 +242,17 @@ def optimize_renderer(
     fused_tail: bool | None = None,
 ) -> Renderer:
     """A rewritten copy of `renderer` for per-frame rendering (see the module docstring); `renderer` is not
-    modified. The copy's `.precision` names its policy; render with `render_frames` (or the runtime's `FastRenderer`).
+    modified. The copy's `.precision` names its policy; render with `render_frames` (or the runtime's `GraphedRenderer`).
     `fused_tail` (None: `FLASHTALK_WARP_TAIL=fused` turns it on): the warping tail as one kernel (research)."""
     dtype = precision_dtype(precision)
     fast = copy.deepcopy(renderer).eval()
     fold_batchnorms(fast)
     fold_spectral_norms(fast.spade_generator)
     if fuse:
-        fast.spade_generator = FastSPADEDecoder(fast.spade_generator, channels_last=channels_last)
+        fast.spade_generator = FusedSPADEDecoder(fast.spade_generator, channels_last=channels_last)
     if fused_tail is None:
         fused_tail = os.environ.get("FLASHTALK_WARP_TAIL", "").strip().lower() == "fused"
-    fast.warping_module = FastWarpingNetwork(fast.warping_module, channels_last, fused_tail)  # channels-last-3d
+    fast.warping_module = ChannelsLastWarpingNetwork(fast.warping_module, channels_last, fused_tail)  # channels-last-3d
     device = next(renderer.parameters()).device
     if device.type == "cuda":  # fixed bucket shapes: each conv's cuDNN algorithm search runs once, before capture
         torch.backends.cudnn.benchmark = True

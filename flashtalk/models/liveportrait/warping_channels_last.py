@@ -1,6 +1,6 @@
 """The warping network W on the renderer's fast path: channels-last-3d end to end.
 
-`FastWarpingNetwork(net)` wraps a BatchNorm-folded `WarpingNetwork` (`optimize_renderer` folds first) and
+`ChannelsLastWarpingNetwork(net)` wraps a BatchNorm-folded `WarpingNetwork` (`optimize_renderer` folds first) and
 shares its weights. Every activation of W stays `torch.channels_last_3d` from the compress conv to the
 last one, so cuDNN runs each Conv3d in NDHWC without a layout round trip:
 
@@ -79,7 +79,7 @@ class _DownBlock(nn.Module):
         return pool_hw(F.relu(self.conv(x)))
 
 
-class FastWarpingNetwork(nn.Module):
+class ChannelsLastWarpingNetwork(nn.Module):
     """WarpingNetwork's forward (same inputs, same dict) on a folded network, channels-last-3d when
     `channels_last` (see the module docstring); the weights are shared with `net`."""
 
@@ -87,13 +87,17 @@ class FastWarpingNetwork(nn.Module):
         super().__init__()
         dm = net.dense_motion_network
         if not isinstance(dm.norm, nn.Identity) or not isinstance(net.third.norm, nn.Identity):
-            raise ValueError("FastWarpingNetwork needs a BatchNorm-folded WarpingNetwork (fold_batchnorms first)")
+            raise ValueError(
+                "ChannelsLastWarpingNetwork needs a BatchNorm-folded WarpingNetwork (fold_batchnorms first)"
+            )
         depth = net.cfg.dense_motion_params.reshape_depth
         self.cfg = net.cfg
         self.compress, self.hourglass, self.mask = dm.compress, dm.hourglass, dm.mask
         downs = self.hourglass.encoder.down_blocks
         if not all(isinstance(b.norm, nn.Identity) for b in downs):
-            raise ValueError("FastWarpingNetwork needs a BatchNorm-folded WarpingNetwork (fold_batchnorms first)")
+            raise ValueError(
+                "ChannelsLastWarpingNetwork needs a BatchNorm-folded WarpingNetwork (fold_batchnorms first)"
+            )
         self.hourglass.encoder.down_blocks = nn.ModuleList(_DownBlock(b) for b in downs)
         self.occlusion = depth_conv(dm.occlusion, depth)
         self.third = depth_conv(net.third.conv, depth)

@@ -24,7 +24,7 @@ Offline (`flashtalk.runtime.animation.SpeechAnimation`) is a one-stream driver o
 of the relative mapping) but not shown, so frame i starts at audio time i / 25 s.
 
 Precision (`resolve_precision`): fp32 on the CPU renders with the reference renderer; any other precision,
-or any precision on CUDA, renders through `flashtalk.runtime.graphed_renderer.FastRenderer` (folded + fused;
+or any precision on CUDA, renders through `flashtalk.runtime.graphed_renderer.GraphedRenderer` (folded + fused;
 CUDA graphs with batch buckets on CUDA).
 """
 
@@ -181,11 +181,11 @@ class NetworkBackend:
         self.cfg = self.nets.motion.cfg
         t = self.nets.template  # the motion template on the device (no per-window host copy)
         self.template = type(t)(**{f.name: getattr(t, f.name).to(self.device) for f in fields(t)})
-        self.fast = None  # FastRenderer, unless fp32 on the CPU (the reference renderer, bit for bit)
+        self.fast = None  # GraphedRenderer, unless fp32 on the CPU (the reference renderer, bit for bit)
         if self.precision != "fp32" or self.device.type == "cuda":
-            from flashtalk.runtime.graphed_renderer import FastRenderer
+            from flashtalk.runtime.graphed_renderer import GraphedRenderer
 
-            self.fast = FastRenderer(self.nets.renderer, self.precision)
+            self.fast = GraphedRenderer(self.nets.renderer, self.precision)
         n_train = self.cfg.n_diff_steps
         if steps is not None and steps > n_train:
             log.info("sampler steps %d > the schedule's %d steps; using %d", steps, n_train, n_train)

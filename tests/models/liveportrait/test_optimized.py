@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from flashtalk.errors import FlashTalkError
 from flashtalk.kernels import last_choice, use_kernels
 from flashtalk.models.liveportrait.optimized import (
-    FastSPADEDecoder,
+    FusedSPADEDecoder,
     fold_batchnorms,
     fold_spectral_norms,
     optimize_renderer,
@@ -25,7 +25,7 @@ from flashtalk.models.liveportrait.optimized import (
 from flashtalk.models.liveportrait.renderer import SourceState, build_network
 from flashtalk.models.liveportrait.spade import SPADEConfig, SPADEDecoder
 from flashtalk.models.liveportrait.warping import WarpingConfig, WarpingNetwork
-from flashtalk.runtime.graphed_renderer import FastRenderer
+from flashtalk.runtime.graphed_renderer import GraphedRenderer
 from flashtalk.weights.liveportrait import seeded_renderer, seeded_state_dict
 from flashtalk.weights.seeded import seed_module
 from tests.utils import assert_close, rebatch_atol
@@ -88,9 +88,9 @@ def test_fold_spectral_and_fused_decoder_equal_reference(interpreter):
         )  # tiny: 2 middle blocks (conv_0, conv_1), 2 up blocks (+ conv_s)
         assert_close(dec(feature), expected, 1e-6)
         for cl in (False, True):
-            assert_close(FastSPADEDecoder(dec, channels_last=cl)(feature), expected, 1e-5)
+            assert_close(FusedSPADEDecoder(dec, channels_last=cl)(feature), expected, 1e-5)
         with use_kernels("triton"):  # the fused spade_norm kernel inside the decoder (interpreter on CPU)
-            assert_close(FastSPADEDecoder(dec, channels_last=True)(feature[:1]), expected[:1], 1e-5)
+            assert_close(FusedSPADEDecoder(dec, channels_last=True)(feature[:1]), expected[:1], 1e-5)
         assert last_choice("spade_norm").use_triton
 
 
@@ -107,7 +107,7 @@ def test_optimize_fp32_renders_like_reference_and_leaves_original(tiny):
 @pytest.mark.parametrize("precision,min_psnr", [("bf16", 35.0), ("fp16", 45.0)])
 def test_low_precision_render_is_finite_and_close(tiny, precision, min_psnr):
     r, src, x_d, expected = tiny
-    frames = FastRenderer(r, precision).render(src, x_d)
+    frames = GraphedRenderer(r, precision).render(src, x_d)
     assert frames.dtype == torch.float32 and frames.shape == expected.shape
     assert torch.isfinite(frames).all()
     # no black or saturated 8×8 blocks
@@ -124,7 +124,7 @@ def test_low_precision_render_on_cuda_with_triton_kernels(tiny, precision, min_p
     r, src, x_d, expected = tiny
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cuda = SourceState(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in src.__dict__.items()})
-    frames = FastRenderer(copy.deepcopy(r).cuda(), precision).render(cuda, x_d.cuda()).cpu()
+    frames = GraphedRenderer(copy.deepcopy(r).cuda(), precision).render(cuda, x_d.cuda()).cpu()
     for op in ("spade_norm", "deform_warp"):
         assert last_choice(op).backend == "triton", (op, last_choice(op))
     assert torch.isfinite(frames).all()
@@ -134,11 +134,11 @@ def test_low_precision_render_on_cuda_with_triton_kernels(tiny, precision, min_p
 
 
 def test_graph_runner_path_on_cpu_matches_eager(tiny):
-    """FastRenderer(graphs=True) on the CPU goes through GraphRunner with eager replay (pad / slice). Padding
+    """GraphedRenderer(graphs=True) on the CPU goes through GraphRunner with eager replay (pad / slice). Padding
     the batch from 3 to 4 may change the convolutions' rounding: the tolerance is the REBATCH rule on the
     eager model's own difference between batch 3 and batch 4 (padded with the last row, as the runner does)."""
     r, src, x_d, _ = tiny
-    fr = FastRenderer(r, "fp32", buckets=(4,), graphs=True)
+    fr = GraphedRenderer(r, "fp32", buckets=(4,), graphs=True)
     out = fr.render(src, x_d)  # 3 frames -> bucket 4, one padding row
     assert fr._runner is not None and fr._runner.bucket_for(3) == 4
     with torch.no_grad():
@@ -152,7 +152,7 @@ def test_bad_inputs(tiny):
     with pytest.raises(FlashTalkError, match="precision must be one of fp32, bf16, fp16"):
         optimize_renderer(r, "int8")
     with pytest.raises(FlashTalkError, match=r"x_d must be driving keypoints \[N, 21, 3\]"):
-        FastRenderer(r, "fp32").render(src, x_d[:, :20])
+        GraphedRenderer(r, "fp32").render(src, x_d[:, :20])
 
 
 @pytest.mark.slow
@@ -166,5 +166,5 @@ def test_full_size_spade_golden_fused_fp32(lp_golden):
     dec = dec.float()
     fold_spectral_norms(dec)
     with torch.no_grad():
-        out = FastSPADEDecoder(dec, channels_last=True)(feature)
+        out = FusedSPADEDecoder(dec, channels_last=True)(feature)
     assert_close(out, image, 2e-5)

@@ -12,7 +12,7 @@ from torch import nn
 from flashtalk.kernels import last_choice, use_kernels
 from flashtalk.models.liveportrait.optimized import fold_batchnorms, optimize_renderer
 from flashtalk.models.liveportrait.warping import WarpingConfig, WarpingNetwork
-from flashtalk.models.liveportrait.warping_channels_last import FastWarpingNetwork, depth_conv, to_format
+from flashtalk.models.liveportrait.warping_channels_last import ChannelsLastWarpingNetwork, depth_conv, to_format
 from flashtalk.weights.liveportrait import seeded_renderer
 from flashtalk.weights.seeded import seed_module
 from tests.models.liveportrait.helpers import gate, seeded
@@ -65,7 +65,7 @@ def test_fast_warping_equals_reference_tiny(channels_last):
     with torch.no_grad():
         expected = net(f, kp_d, kp_s)
         fold_batchnorms(net)
-        fast = FastWarpingNetwork(net, channels_last=channels_last)
+        fast = ChannelsLastWarpingNetwork(net, channels_last=channels_last)
         ours = fast(f, kp_d, kp_s)
     for k in ("out", "occlusion_map", "deformation"):
         assert_close(ours[k], expected[k], 2e-5, 1e-5)
@@ -80,7 +80,7 @@ def test_fast_warping_triton_kernels_stay_channels_last_3d(kernel_device):
     with torch.no_grad():
         expected = net(f, kp_d, kp_s, return_deformation=False)
         fold_batchnorms(net)
-        fast = FastWarpingNetwork(net)
+        fast = ChannelsLastWarpingNetwork(net)
         seen, hooks = _conv3d_inputs(fast)
         try:
             with use_kernels("triton"):
@@ -96,7 +96,7 @@ def test_fast_warping_triton_kernels_stay_channels_last_3d(kernel_device):
 
 def test_optimize_renderer_uses_it():
     fast = optimize_renderer(seeded_renderer("tiny"), "fp32")
-    assert isinstance(fast.warping_module, FastWarpingNetwork)
+    assert isinstance(fast.warping_module, ChannelsLastWarpingNetwork)
     assert all(
         m.weight.is_contiguous(memory_format=CL3D) for m in fast.warping_module.modules() if isinstance(m, nn.Conv3d)
     )
@@ -111,7 +111,7 @@ def test_full_size_fast_warping_golden_fp32(lp_golden):
     fold_batchnorms(net)
     inputs = [torch.from_numpy(ref[k]).float() for k in ("in_feature_3d", "in_kp_driving", "in_kp_source")]
     with torch.no_grad():
-        out = FastWarpingNetwork(net)(*inputs)
+        out = ChannelsLastWarpingNetwork(net)(*inputs)
     for k in ("out", "occlusion_map", "deformation"):
         atol, rtol = gate(lp_golden, "warping_module.npz", f"out_{k}", "fp32")
         expected = torch.from_numpy(ref[f"out_{k}"]).double()
@@ -125,7 +125,7 @@ def test_fused_tail_wiring_tiny_and_off_by_default(monkeypatch):
     with torch.no_grad():
         expected = net(f, kp_d, kp_s)
         fold_batchnorms(net)
-        fused = FastWarpingNetwork(net, fused_tail=True)
+        fused = ChannelsLastWarpingNetwork(net, fused_tail=True)
         ours = fused(f, kp_d, kp_s, return_deformation=False)
         assert last_choice("warp_tail") is not None and ours["deformation"] is None
         assert_close(ours["out"], expected["out"], 2e-5, 1e-5)
