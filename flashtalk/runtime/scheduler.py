@@ -24,7 +24,8 @@ The plan (deadlines first, bulk in what is left):
   share while another live one has a frame waiting); then fast-paced sessions the same way in what is left.
 Admission: a realtime session is refused (reason "capacity") when the committed load, realtime sessions
 x 25 FPS with it, would pass (1 - headroom) x the measured capacity (`RenderClock.capacity_fps` at batches
-of at most half the budget); fast sessions only count against `max_sessions` (reason "full").
+of at most half the budget); the first live session is always taken (a server that would refuse every
+one serves no one); fast sessions only count against `max_sessions` (reason "full").
 """
 
 from __future__ import annotations
@@ -39,18 +40,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flashtalk.constants import FPS, HOP
+from flashtalk.constants import DEFAULT_BUDGET_S, DEFAULT_HEADROOM, FPS, HOP
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.backends import Backend, EncodedPortrait
 from flashtalk.runtime.capacity import RenderClock
 from flashtalk.runtime.finish import finish
 from flashtalk.runtime.graphs import capture_sizes
-from flashtalk.runtime.session import DEFAULT_BUDGET_S, PACES, Session
+from flashtalk.runtime.session import PACES, Session
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = capture_sizes(32)  # render batches of a tick: the one bucket list, up to 32 frames
-DEFAULT_HEADROOM = 0.2  # capacity kept free of committed realtime load (measurement noise, bursts, motion)
 REFUSALS = ("full", "capacity", "draining")
 
 
@@ -158,7 +158,7 @@ class Scheduler:
                 f"server is full: {n} of {self.max_sessions} sessions are live; try again later", "full"
             )
         capacity = self.capacity_fps
-        if realtime and capacity is not None:
+        if realtime and capacity is not None and self.realtime_sessions:  # one live session is always taken
             committed = (self.realtime_sessions + 1) * FPS
             if committed > (1 - self.headroom) * capacity:
                 raise AdmissionError(
@@ -196,10 +196,11 @@ class Scheduler:
         stream = self.backend.open(portrait.state, seed=0, latency="low")
         (chunk,) = self.backend.motion([(stream, np.zeros(n * HOP, np.float32), {}, n)])
         for b in (b for b in self.buckets if b <= len(chunk)):
-            for _ in range(2):  # the first call of a size warms it up
+            for warm in (False, True):  # the first call of a size warms it up: the second is measured
                 t0 = time.perf_counter()
                 finish(self.backend.render([(stream, [chunk.slice(0, b)])], b), [(0, b, None)])
-                self.render_clock.observe(b, time.perf_counter() - t0)
+                if warm:
+                    self.render_clock.observe(b, time.perf_counter() - t0)
 
     # ---- one tick ------------------------------------------------------------------------------
     def step(self) -> TickStats:
@@ -320,7 +321,6 @@ class Scheduler:
 __all__ = [
     "AdmissionError",
     "DEFAULT_BUCKETS",
-    "DEFAULT_HEADROOM",
     "REFUSALS",
     "Scheduler",
     "SchedulerStats",

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from flashtalk.constants import FPS, HOP, LATENCY_MODES, MODEL_RATE
+from flashtalk.constants import DEFAULT_BUDGET_S, FPS, HOP, LATENCY_MODES, MODEL_RATE
 from flashtalk.constants import WATERMARK_KEY as DEFAULT_WATERMARK_KEY
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.backends import Backend, EncodedPortrait, MotionChunk, encode_portrait
@@ -54,7 +54,6 @@ MAX_QUEUED_AUDIO_S = 30.0  # push_audio refuses audio beyond this much not yet t
 MAX_OUTPUT_BACKLOG = 250  # frames not yet polled: the session is paused (not rendered) at this many
 MAX_PAUSED_PENDING = 64  # a paused fast session makes no more motion past this many frames waiting to render
 PACES = ("realtime", "fast")
-DEFAULT_BUDGET_S = 0.2  # a realtime frame's latency budget: audio (and look-ahead) in -> frame rendered
 
 
 @dataclass(frozen=True)
