@@ -9,7 +9,9 @@ that bucket), and from it the batch that meets a deadline and the frames per sec
 
 An unmeasured bucket larger than a measured one is assumed to run at the measured one's rate (linear in
 frames: batching never assumed to help until seen); a smaller one no faster than the measured one (a lower
-bound on its time is not known). Nothing measured: `seconds` and `capacity_fps` are None, `fit` the
+bound on its time is not known); and a bucket is never expected quicker than a smaller measured one (its
+own measurement may be old: the machine got busier since). The average follows a slower batch at once
+(weight UP_WEIGHT) and a quicker one gently (EWMA_WEIGHT): a deadline estimate errs late, not early. Nothing measured: `seconds` and `capacity_fps` are None, `fit` the
 largest bucket (as if no deadline bound it: the first batch measures it).
 """
 
@@ -17,27 +19,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-EWMA_WEIGHT = 0.2  # weight of a new measurement
+EWMA_WEIGHT = 0.2  # weight of a new measurement quicker than the average
+UP_WEIGHT = 0.5  # ... and of one slower than it
 
 
 class RenderClock:
-    def __init__(self, buckets: Sequence[int], weight: float = EWMA_WEIGHT) -> None:
+    def __init__(self, buckets: Sequence[int], weight: float = EWMA_WEIGHT, up_weight: float = UP_WEIGHT) -> None:
         self.buckets = tuple(sorted(buckets))
-        self.weight = weight
+        self.weight, self.up_weight = weight, up_weight
         self.measured: dict[int, float] = {}  # bucket -> EWMA seconds per batch
 
     def observe(self, bucket: int, seconds: float) -> None:
         old = self.measured.get(bucket)
-        self.measured[bucket] = seconds if old is None else old + self.weight * (seconds - old)
+        weight = self.up_weight if old is not None and seconds > old else self.weight
+        self.measured[bucket] = seconds if old is None else old + weight * (seconds - old)
 
     def seconds(self, bucket: int) -> float | None:
         """Expected seconds for a batch at `bucket` (None: nothing measured yet)."""
-        if bucket in self.measured:
-            return self.measured[bucket]
         below = [b for b in self.measured if b < bucket]
+        floor = max((self.measured[b] for b in below), default=0.0)
+        if bucket in self.measured:
+            return max(self.measured[bucket], floor)
         if below:
             b = max(below)
-            return self.measured[b] * bucket / b
+            return max(self.measured[b] * bucket / b, floor)
         above = [b for b in self.measured if b > bucket]
         return self.measured[min(above)] if above else None
 
@@ -63,4 +68,4 @@ class RenderClock:
         return max(quick) if quick else rates[0][0]
 
 
-__all__ = ["EWMA_WEIGHT", "RenderClock"]
+__all__ = ["EWMA_WEIGHT", "RenderClock", "UP_WEIGHT"]

@@ -17,11 +17,12 @@ The scheduler talks to sessions through their public worker methods only.
 The plan (deadlines first, bulk in what is left):
 - the batch size: the largest bucket that the measured render time (`RenderClock`, an EWMA per bucket)
   says finishes before the earliest due frame of a realtime session, and never longer than half the
-  smallest latency budget of the live realtime sessions (a frame that arrives while it runs still has the
-  other half); with no live realtime session, the largest bucket;
+  smallest latency budget of the live realtime sessions and of the server's default (a frame of a session
+  that arrives or starts while it runs still has the other half);
 - realtime sessions' frames first: one frame per session per round, the session whose next frame is due
   first going first, until the batch is full or they have none (so no session takes more than an equal
-  share while another live one has a frame waiting); then fast-paced sessions the same way in what is left.
+  share while another live one has a frame waiting); then fast-paced sessions the same way in what is
+  left, taking turns (the first turn rotates every tick).
 Admission: a realtime session is refused (reason "capacity") when the committed load, realtime sessions
 x 25 FPS with it, would pass (1 - headroom) x the measured capacity (`RenderClock.capacity_fps` at batches
 of at most half the budget); the first live session is always taken (a server that would refuse every
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = capture_sizes(32)  # render batches of a tick: the one bucket list, up to 32 frames
 REFUSALS = ("full", "capacity", "draining")
+CALIBRATE_MAX_S = 0.25  # calibration stops at the first bucket whose batch takes longer
 
 
 class AdmissionError(FlashTalkError):
@@ -189,18 +190,22 @@ class Scheduler:
         """Tell the worker that a session has new input (or its client drained its queue)."""
         self._wake.set()
 
-    def calibrate(self, portrait: EncodedPortrait, upto: int = 4) -> None:
-        """Measure the render time of the buckets up to `upto` on a throwaway stream of silence, before any
-        client comes (call it before `start`): admission then has a capacity estimate from the first session."""
-        n = max([b for b in self.buckets if b <= upto] or [self.buckets[0]])
+    def calibrate(self, portrait: EncodedPortrait, max_seconds: float = CALIBRATE_MAX_S) -> None:
+        """Measure the render time of the buckets, smallest first, on a throwaway stream of silence, until
+        one batch takes longer than `max_seconds` (a GPU measures every bucket in moments; a CPU stops
+        early). Call it before `start`: admission then has a capacity estimate from the first session."""
         stream = self.backend.open(portrait.state, seed=0, latency="low")
+        n = self.buckets[-1]
         (chunk,) = self.backend.motion([(stream, np.zeros(n * HOP, np.float32), {}, n)])
         for b in (b for b in self.buckets if b <= len(chunk)):
             for warm in (False, True):  # the first call of a size warms it up: the second is measured
                 t0 = time.perf_counter()
                 finish(self.backend.render([(stream, [chunk.slice(0, b)])], b), [(0, b, None)])
+                seconds = time.perf_counter() - t0
                 if warm:
-                    self.render_clock.observe(b, time.perf_counter() - t0)
+                    self.render_clock.observe(b, seconds)
+                    if seconds > max_seconds:
+                        return
 
     # ---- one tick ------------------------------------------------------------------------------
     def step(self) -> TickStats:
@@ -256,15 +261,14 @@ class Scheduler:
         """The batch (see the module docstring): [(session, its slices)] and the bucket to render it at."""
         if not ready:
             return [], 0
-        budgets = [s.budget_s for s in live if s.realtime]
-        slack = min(budgets) / 2 if budgets else math.inf
+        slack = min([self.budget_s, *(s.budget_s for s in live if s.realtime)]) / 2
         dues = [d - now for s in ready if s.realtime and (d := s.next_due()) > now]
-        limit = self.buckets[-1] if slack == math.inf else self.render_clock.fit(min([slack, *dues]))
+        limit = self.render_clock.fit(min([slack, *dues]))
         share: dict[int, int] = {}
         left = limit
         for realtime in (True, False):
             group = [s for s in ready if s.realtime == realtime]
-            got = self._share(group, left)
+            got = self._share(group, left, by_due=realtime)
             share.update(got)
             left -= sum(got.values())
         self._rr += 1
@@ -272,11 +276,13 @@ class Scheduler:
         count = limit - left
         return takes, self.buckets[min(bisect.bisect_left(self.buckets, count), len(self.buckets) - 1)]
 
-    def _share(self, group: list[Session], budget: int) -> dict[int, int]:
-        """Round-robin, one frame per session per round, next due first (ties rotate between ticks)."""
+    def _share(self, group: list[Session], budget: int, by_due: bool) -> dict[int, int]:
+        """Round-robin, one frame per session per round: next due first (by_due) or in turns that rotate
+        between ticks (so bulk sessions take turns even when a batch holds one frame)."""
         if not group or budget <= 0:
             return {}
-        order = sorted(range(len(group)), key=lambda i: (group[i].next_due(), (i - self._rr) % len(group)))
+        turn = [(i - self._rr) % len(group) for i in range(len(group))]
+        order = sorted(range(len(group)), key=lambda i: (group[i].next_due() if by_due else 0, turn[i]))
         left = {i: min(group[i].pending_frames(), group[i].room()) for i in order}
         share = dict.fromkeys(order, 0)
         while budget > 0 and any(left.values()):

@@ -133,10 +133,16 @@ def build_backend(spec: BackendSpec, device: str) -> Backend:
     if spec.weights is None and not spec.seeded:
         raise FlashTalkError("the network backend needs weights (a folder or a .safetensors bundle) or seeded=True")
     from flashtalk.runtime.backends.network import NetworkBackend
-    from flashtalk.runtime.engine import resolve_weights
-    from flashtalk.weights.bundle import load_networks, seeded_networks
 
-    nets = seeded_networks(spec.preset) if spec.seeded else load_networks(resolve_weights(spec.weights))
+    if spec.seeded:
+        from flashtalk.weights.bundle import seeded_networks
+
+        nets = seeded_networks(spec.preset)
+    else:
+        from flashtalk.runtime.engine import resolve_weights
+        from flashtalk.weights.bundle import load_networks
+
+        nets = load_networks(resolve_weights(spec.weights))
     return NetworkBackend(nets, device, seeded=spec.seeded, precision=spec.precision)
 
 

@@ -62,17 +62,19 @@ def test_render_clock_extrapolates_fits_and_measures_capacity():
     assert clock.fit(0.1) == 8 and clock.fit(0.01) == 4  # none fits: the largest of the quickest
     clock.observe(1, 0.005)
     assert clock.fit(0.004) == 1 and clock.capacity_fps(0.1) == pytest.approx(200)  # 1 frame / 5 ms
-    clock.observe(4, 0.08)  # EWMA: 0.04 + 0.2 * 0.04
-    assert clock.seconds(4) == pytest.approx(0.048)
+    clock.observe(4, 0.08)  # slower: followed at weight 0.5 (0.04 + 0.5 * 0.04) ...
+    assert clock.seconds(4) == pytest.approx(0.06) and clock.seconds(8) >= 0.06  # ... by the larger buckets too
+    clock.observe(4, 0.02)  # quicker: followed at weight 0.2
+    assert clock.seconds(4) == pytest.approx(0.052)
 
 
 def test_a_live_frame_goes_first_in_a_batch_sized_to_its_deadline(spy, portrait):
     """A fast session with 4 s waiting and a live session with one frame: the live frame is in the next
     batch, and the batch is the largest that ends before half its budget (0.1 s at 10 ms a frame: 8);
     the fast session fills the rest and, when no live frame waits, still gets only batches that keep the
-    live session's budget."""
+    live session's budget; without a live session, batches that keep the server's default budget (1 s)."""
     now = [10.0]
-    sched = _scheduler(spy, now)
+    sched = _scheduler(spy, now, budget_s=1.0)
     bulk = Session(spy, portrait, idle=False, watermark=False, pace="fast", clock=lambda: now[0])
     live = Session(spy, portrait, idle=False, watermark=False, budget_s=0.2, clock=lambda: now[0])
     sched.admit(bulk)
@@ -87,7 +89,7 @@ def test_a_live_frame_goes_first_in_a_batch_sized_to_its_deadline(spy, portrait)
         sched.step()
     assert all(sum(n for _, n in call) <= 8 for call in spy.calls)
     assert sched.stats.deadline_misses == {"realtime": 0, "fast": sched.stats.deadline_misses["fast"]}
-    sched.release(live)  # no live session: bulk gets the largest bucket
+    sched.release(live)  # no live session: bulk gets the largest bucket within 0.5 s
     spy.calls.clear()
     sched.step()
     assert sum(n for _, n in spy.calls[0]) == 32
@@ -141,7 +143,7 @@ def test_a_paused_session_is_not_rendered_and_a_live_one_skips_to_the_present(sp
 def test_a_session_nobody_polls_stops_at_its_output_backlog(spy, portrait):
     """Frames not polled stop rendering at MAX_OUTPUT_BACKLOG: none rendered only to be dropped."""
     now = [0.0]
-    sched = _scheduler(spy, now)
+    sched = _scheduler(spy, now, budget_s=1.0)  # batches of 32
     s = Session(spy, portrait, idle=False, watermark=False, pace="fast", clock=lambda: now[0])
     sched.admit(s)
     s.push_audio(_speech(12.0))  # 300 frames
@@ -150,7 +152,7 @@ def test_a_session_nobody_polls_stops_at_its_output_backlog(spy, portrait):
     assert s.stats.frames_out == MAX_OUTPUT_BACKLOG and s.stats.dropped_frames == 0
     assert s.pending_frames() == 300 - MAX_OUTPUT_BACKLOG
     assert len([f for f in s.poll() if isinstance(f, Frame)]) == MAX_OUTPUT_BACKLOG
-    for _ in range(5):
+    for _ in range(10):
         sched.step()
     assert [f.index for f in s.poll()] == list(range(MAX_OUTPUT_BACKLOG, 300))  # resumed where it was
 
