@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -143,6 +144,17 @@ class FlashTalkReplica:
             raise RuntimeError("the scheduler thread stopped")
 
 
+@functools.cache
+def _replica_class(max_portraits: int) -> type:
+    """The deployment's class, built once per setting: deploying again with other options (a scale-down)
+    then changes only the options, and Ray keeps the running replicas instead of replacing them all."""
+    _, serve = _ray()
+    cls = type(DEPLOYMENT, (FlashTalkReplica,), {})
+    # the multiplexed loader must sit under its own name on the class (Ray finds `self` by that name)
+    cls.load_portrait = serve.multiplexed(max_num_models_per_replica=max_portraits)(FlashTalkReplica.load_portrait)
+    return serve.ingress()(cls)
+
+
 def deployment(config: ServeConfig, options: RayOptions, backend: BackendSpec):
     """The bound Serve application (`serve.run(...)` it)."""
     ray, serve = _ray()
@@ -152,13 +164,8 @@ def deployment(config: ServeConfig, options: RayOptions, backend: BackendSpec):
     replicas = options.replicas
     if replicas is None:
         replicas = max(1, int(ray.cluster_resources().get("GPU", 0))) if ray.is_initialized() else 1
-    cls = type(DEPLOYMENT, (FlashTalkReplica,), {})
-    # the multiplexed loader must sit under its own name on the class (Ray finds `self` by that name)
-    cls.load_portrait = serve.multiplexed(max_num_models_per_replica=config.max_portraits)(
-        FlashTalkReplica.load_portrait
-    )
     dep = serve.deployment(
-        serve.ingress()(cls),
+        _replica_class(config.max_portraits),
         name=DEPLOYMENT,
         num_replicas=replicas,
         max_ongoing_requests=options.sessions + 1,

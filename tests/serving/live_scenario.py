@@ -77,7 +77,7 @@ class Result:
     odd: list[dict[str, Any]] = field(default_factory=list)
     burst: list[dict[str, Any]] = field(default_factory=list)
     budget_s: float = 0.0
-    metrics: str = ""
+    metrics: dict[str, str] = field(default_factory=dict)  # /metrics of each replica at the end
 
 
 async def _open(url: str, **fields: Any):
@@ -96,9 +96,15 @@ async def _read_until_end(ws, timeout: float) -> tuple[list[tuple[float, int]], 
             return frames, event
 
 
-async def live_session(url: str, seconds: float, budget_s: float, timeout: float) -> dict[str, Any]:
-    """Realtime pace, 40-ms chunks at real time: per frame, the client-side latency."""
-    ws, ready = await _open(url, pace="realtime", budget_ms=round(budget_s * 1000))
+async def open_live(url: str, budget_s: float):
+    """A realtime session's socket and its ready message."""
+    return await _open(url, pace="realtime", budget_ms=round(budget_s * 1000))
+
+
+async def live_session(url: str, seconds: float, budget_s: float, timeout: float, opened=None) -> dict[str, Any]:
+    """Realtime pace, 40-ms chunks at real time: per frame, the client-side latency. `opened`: a session
+    already started by `open_live`."""
+    ws, ready = opened or await open_live(url, budget_s)
     assert ready["type"] == "ready", ready
     lead = math.ceil(ready["lookahead_ms"] / (CHUNK_S * 1000) - 1e-9)
     pcm, step = speech(seconds), round(16000 * CHUNK_S) * 2
@@ -128,6 +134,7 @@ async def live_session(url: str, seconds: float, budget_s: float, timeout: float
         "missed": event.get("missed"),
         "event": event,
         "ended": time.monotonic(),
+        "replica": ready["replica"],
     }
 
 
@@ -171,12 +178,23 @@ async def _burst_one(url: str) -> dict[str, Any]:
     return out
 
 
+async def replica_metrics(http: httpx.AsyncClient, tries: int = 12) -> dict[str, str]:
+    """/metrics of each replica that answers within `tries` requests (one: a plain server)."""
+    seen: dict[str, str] = {}
+    for _ in range(tries):
+        text = (await http.get("/metrics")).text
+        seen[text.split('flashtalk_replica_info{replica="')[1].split('"')[0]] = text
+    return seen
+
+
 async def burst(url: str, http: httpx.AsyncClient, max_sessions: int) -> list[dict[str, Any]]:
-    text = (await http.get("/metrics")).text
-    capacity, committed = metric(text, "flashtalk_capacity_fps"), metric(text, "flashtalk_committed_fps")
-    headroom, live = metric(text, "flashtalk_capacity_headroom"), metric(text, "flashtalk_sessions")
-    room = max(0, math.floor((1 - headroom) * capacity / 25 - committed / 25))
-    k = min(room, int(max_sessions - live)) + BURST_OVER
+    """K realtime starts at once: what each replica's capacity estimate still admits, plus BURST_OVER."""
+    k = BURST_OVER
+    for text in (await replica_metrics(http)).values():
+        capacity, committed = metric(text, "flashtalk_capacity_fps"), metric(text, "flashtalk_committed_fps")
+        headroom, live = metric(text, "flashtalk_capacity_headroom"), metric(text, "flashtalk_sessions")
+        room = max(0 if committed else 1, math.floor((1 - headroom) * capacity / 25 - committed / 25))  # 1: always
+        k += min(room, int(max_sessions - live))
     results = await asyncio.gather(*(_burst_one(url) for _ in range(min(k, MAX_BURST))))
     for r in results:
         await r.pop("ws").close()
@@ -200,7 +218,7 @@ async def run(url: str, scale: Scale, max_sessions: int) -> Result:
         result.fast = await fast
         result.odd = [await t for t in odd]
         await reader
-        result.metrics = (await http.get("/metrics")).text
+        result.metrics = await replica_metrics(http)
     return result
 
 
@@ -220,8 +238,11 @@ def check(r: Result) -> None:
     assert r.fast["frames"] == r.fast["expected"] > 0, r.fast  # the bulk client still gets every frame
     for odd in r.odd:
         assert odd["frames"] == odd["expected"] > 0, odd
-    assert metric(r.metrics, 'flashtalk_frames_dropped_reason_total{reason="backlog"}') == 0
-    refusals = metric(r.metrics, 'flashtalk_sessions_refused_reason_total{reason="capacity"}', 0) + metric(
-        r.metrics, 'flashtalk_sessions_refused_reason_total{reason="full"}', 0
+    texts = r.metrics.values()
+    assert all(metric(t, 'flashtalk_frames_dropped_reason_total{reason="backlog"}') == 0 for t in texts)
+    refusals = sum(
+        metric(t, f'flashtalk_sessions_refused_reason_total{{reason="{reason}"}}')
+        for t in texts
+        for reason in ("capacity", "full")
     )
     assert refusals >= len(refused), r.metrics
