@@ -1,7 +1,8 @@
 """FlashTalk on Ray Serve (`pip install 'flashtalk[ray]'`): the same ASGI app as `flashtalk serve`, one
 replica per GPU (or `replicas` on CPU), each replica owning one engine and scheduler.
 
-- Admission: a replica holds up to `sessions` live sessions; Ray routes at most `sessions + 1` requests
+- Admission: each replica admits realtime sessions by its own measured render capacity (a refusal is
+  1013 "at capacity", flashtalk.runtime.scheduler) and holds up to `sessions` live sessions; Ray routes at most `sessions + 1` requests
   to it (`max_ongoing_requests`), and the one over is refused by the app at once with close code 1013,
   so a full cluster refuses within moments instead of queueing for minutes. The proxy holds at most
   `max_queued` requests while it assigns them (`max_queued_requests`; a burst of handshakes is queued
@@ -14,8 +15,9 @@ replica per GPU (or `replicas` on CPU), each replica owning one engine and sched
   each replica encodes a portrait at most once (`@serve.multiplexed`, LRU of `max_portraits`).
   (Browsers cannot set WebSocket headers: their sessions go to any replica, which fetches the bytes.)
 - Drain: a replica being removed gets no new sessions (Ray stops routing to it) and keeps its live
-  sessions up to `drain_timeout_s` (`graceful_shutdown_timeout_s`, far above Ray's 20 s default)
-  before it exits; sessions still open then get an error and close code 1013.
+  sessions fed until they end, up to `drain_timeout_s` (`graceful_shutdown_timeout_s`, far above Ray's
+  20 s default), then exits; Ray ends one whose sessions outlast that (their connections close without a
+  close frame). Tested in tests/serving/test_ray_drain.py.
 - `ready`, `/health` and `/metrics` name the replica (its Ray replica id).
 
 Safety: `run` starts a local Ray with the dashboard off and usage stats off, on 127.0.0.1; Ray's
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -144,17 +145,6 @@ class FlashTalkReplica:
             raise RuntimeError("the scheduler thread stopped")
 
 
-@functools.cache
-def _replica_class(max_portraits: int) -> type:
-    """The deployment's class, built once per setting: deploying again with other options (a scale-down)
-    then changes only the options, and Ray keeps the running replicas instead of replacing them all."""
-    _, serve = _ray()
-    cls = type(DEPLOYMENT, (FlashTalkReplica,), {})
-    # the multiplexed loader must sit under its own name on the class (Ray finds `self` by that name)
-    cls.load_portrait = serve.multiplexed(max_num_models_per_replica=max_portraits)(FlashTalkReplica.load_portrait)
-    return serve.ingress()(cls)
-
-
 def deployment(config: ServeConfig, options: RayOptions, backend: BackendSpec):
     """The bound Serve application (`serve.run(...)` it)."""
     ray, serve = _ray()
@@ -164,8 +154,13 @@ def deployment(config: ServeConfig, options: RayOptions, backend: BackendSpec):
     replicas = options.replicas
     if replicas is None:
         replicas = max(1, int(ray.cluster_resources().get("GPU", 0))) if ray.is_initialized() else 1
+    cls = type(DEPLOYMENT, (FlashTalkReplica,), {})
+    # the multiplexed loader must sit under its own name on the class (Ray finds `self` by that name)
+    cls.load_portrait = serve.multiplexed(max_num_models_per_replica=config.max_portraits)(
+        FlashTalkReplica.load_portrait
+    )
     dep = serve.deployment(
-        _replica_class(config.max_portraits),
+        serve.ingress()(cls),
         name=DEPLOYMENT,
         num_replicas=replicas,
         max_ongoing_requests=options.sessions + 1,
