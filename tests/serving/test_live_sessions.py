@@ -1,6 +1,6 @@
 """Live sessions keep their frames whatever other clients do (issue 32), against a real `flashtalk serve`
 subprocess on 127.0.0.1: the healthy realtime session alone, then beside a fast client at 10x real time, a
-client that never reads, odd sample rates and a burst of starts past capacity (tests/serving/live_scenario.py
+client that never reads, odd sample rates and a burst of starts past capacity (tests/live_scenario.py
 states how every bound is set: relative to the server's own render estimate, not to this machine)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ pytest.importorskip("starlette", reason="flashtalk serve needs starlette + uvico
 pytest.importorskip("websockets", reason="the clients talk WebSocket with websockets")
 pytest.importorskip("httpx", reason="the test reads /metrics with httpx")
 
+from tests import live_scenario
+from tests.live_scenario import Scale, metric
 from tests.serve_process import flashtalk_serve
-from tests.serving import live_scenario
-from tests.serving.live_scenario import Scale, metric
 
 MAX_SESSIONS = 16
 

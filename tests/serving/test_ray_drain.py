@@ -1,6 +1,6 @@
 """Issue 32 on Ray Serve: two local preview replicas (127.0.0.1, dashboard and usage stats off), each with
 its own scheduler, capacity estimate and admission. The live-session scenario through Serve's proxy
-(tests/serving/live_scenario.py: bounds relative to the replicas' own estimates); then a scale-down to one
+(tests/live_scenario.py: bounds relative to the replicas' own estimates); then a scale-down to one
 replica (Ray may also replace the survivor by a new version): a replica being drained gets no new
 session and keeps its live session fed to the end of its speech, then goes away; a session that does not
 end is cut at the drain timeout. One cluster for the file; slow (starting Ray and the replicas takes most of the time)."""
@@ -20,8 +20,8 @@ websockets = pytest.importorskip("websockets", reason="the tests talk WebSocket 
 
 from flashtalk.serving import ray_app  # noqa: E402
 from flashtalk.serving.state import BackendSpec, ServeConfig  # noqa: E402
-from tests.serving import live_scenario  # noqa: E402
-from tests.serving.live_scenario import Scale  # noqa: E402
+from tests import live_scenario  # noqa: E402
+from tests.live_scenario import Scale  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
