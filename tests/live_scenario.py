@@ -35,8 +35,8 @@ from benchmarks.fuzz.server import raw_ws, ws_frame
 from flashtalk.serving import wire
 
 CHUNK_S = 0.04
-BUDGET_FRAMES = 25
-MIN_BUDGET_S = 0.5
+BUDGET_FRAMES = 40
+MIN_BUDGET_S = 1.0
 TRANSPORT_S = 0.5
 BURST_OVER = 3
 REFUSE_S = 2.0

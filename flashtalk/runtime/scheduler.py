@@ -22,7 +22,8 @@ The plan (deadlines first, bulk in what is left):
 - realtime sessions' frames first: one frame per session per round, the session whose next frame is due
   first going first, until the batch is full or they have none (so no session takes more than an equal
   share while another live one has a frame waiting); then fast-paced sessions the same way in what is
-  left, taking turns (the first turn rotates every tick).
+  left, taking turns (the first turn rotates every tick), and while realtime sessions are live no faster
+  than the measured capacity left over their committed load (a token bucket).
 Admission: a realtime session is refused (reason "capacity") when the committed load, realtime sessions
 x 25 FPS with it, would pass (1 - headroom) x the measured capacity (`RenderClock.capacity_fps` at batches
 of at most half the budget); the first live session is always taken (a server that would refuse every
@@ -131,6 +132,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rr = 0  # round-robin offset, so ties rotate between ticks
+        self._bulk_tokens, self._bulk_at = float(self.buckets[-1]), None  # fast sessions' share (see _plan)
 
     # ---- membership and capacity ---------------------------------------------------------------
     @property
@@ -264,17 +266,28 @@ class Scheduler:
         slack = min([self.budget_s, *(s.budget_s for s in live if s.realtime)]) / 2
         dues = [d - now for s in ready if s.realtime and (d := s.next_due()) > now]
         limit = self.render_clock.fit(min([slack, *dues]))
-        share: dict[int, int] = {}
-        left = limit
-        for realtime in (True, False):
-            group = [s for s in ready if s.realtime == realtime]
-            got = self._share(group, left, by_due=realtime)
-            share.update(got)
-            left -= sum(got.values())
+        share = self._share([s for s in ready if s.realtime], limit, by_due=True)
+        left = limit - sum(share.values())
+        bulk = self._share([s for s in ready if not s.realtime], min(left, self._bulk_allowance(now, limit)), False)
+        share.update(bulk)
+        left -= sum(bulk.values())
+        self._bulk_tokens -= sum(bulk.values())
         self._rr += 1
         takes = [(s, s.take(share[id(s)])) for s in ready if share.get(id(s))]
         count = limit - left
         return takes, self.buckets[min(bisect.bisect_left(self.buckets, count), len(self.buckets) - 1)]
+
+    def _bulk_allowance(self, now: float, limit: int) -> int:
+        """Frames fast sessions may take now: while realtime sessions are live, what the measured capacity
+        leaves over their committed load, as a token bucket (a batch's worth at most); else any."""
+        committed, capacity = self.committed_fps, self.capacity_fps
+        last, self._bulk_at = self._bulk_at, now
+        if not committed or capacity is None:
+            self._bulk_tokens = float(self.buckets[-1])
+            return limit
+        rate = max(0.0, capacity - committed)
+        self._bulk_tokens = min(self._bulk_tokens + rate * (now - (last if last is not None else now)), limit)
+        return int(self._bulk_tokens)
 
     def _share(self, group: list[Session], budget: int, by_due: bool) -> dict[int, int]:
         """Round-robin, one frame per session per round: next due first (by_due) or in turns that rotate

@@ -1,6 +1,6 @@
 """Deadline-aware scheduling, backpressure and admission by capacity (flashtalk.runtime.scheduler,
 flashtalk.runtime.capacity), deterministic: a spy backend that renders grey at once, a fake clock for
-the sessions' due times, and render times set in the scheduler's RenderClock with its EWMA weight at 0
+the sessions' due times, and render times set in the scheduler's RenderClock with its EWMA weights at 0
 (so the real, tiny times of the spy do not move the estimate)."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _scheduler(backend, now, **kw) -> Scheduler:
     sched = Scheduler(backend, clock=lambda: now[0], **kw)
     for b in sched.buckets:
         sched.render_clock.observe(b, b * PER_FRAME_S)
-    sched.render_clock.weight = 0.0  # keep the pretend times
+    sched.render_clock.weight = sched.render_clock.up_weight = 0.0  # keep the pretend times
     return sched
 
 
@@ -133,6 +133,7 @@ def test_a_paused_session_is_not_rendered_and_a_live_one_skips_to_the_present(sp
         s.set_paused(False)
         s.push_audio(_speech(0.08))
     for _ in range(5):
+        now[0] += 0.1  # (the fast session's share refills with time: capacity less the live load)
         sched.step()
     got = {s: [f.index for f in s.poll() if isinstance(f, Frame)] for s in (live, bulk)}
     assert got[live] == [10, 11]  # the present: the skipped frames are gone from the timeline
@@ -193,3 +194,25 @@ def test_deadline_misses_are_counted_per_pace(spy, portrait):
     live.push_audio(_speech(0.04)[:HOP])
     sched.step()
     assert sched.stats.deadline_misses["realtime"] == 2  # rendered at once: on time
+
+
+def test_fast_sessions_get_only_the_capacity_left_over_by_live_ones(spy, portrait):
+    """100 frames/s measured, one live session (25 committed): a fast session with a long backlog gets
+    about 75 frames a second of pretend time, not every free slot."""
+    now = [0.0]
+    sched = _scheduler(spy, now, budget_s=1.0)
+    live = Session(spy, portrait, idle=False, watermark=False, clock=lambda: now[0])
+    bulk = Session(spy, portrait, idle=False, watermark=False, pace="fast", clock=lambda: now[0])
+    sched.admit(live)
+    sched.admit(bulk)
+    bulk.push_audio(_speech(8.0))
+    sched.step()  # the first batch: a full one
+    first = bulk.stats.frames_out
+    for _ in range(20):  # 1 s of pretend time, ticks 50 ms apart
+        now[0] += 0.05
+        sched.step()
+    assert 70 <= bulk.stats.frames_out - first <= 76, bulk.stats.frames_out - first
+    sched.release(live)
+    before = bulk.stats.frames_out
+    sched.step()  # no live session: a whole batch at once
+    assert bulk.stats.frames_out - before == 32
