@@ -2,8 +2,9 @@
 replica per GPU (or `replicas` on CPU), each replica owning one engine and scheduler.
 
 - Admission: each replica admits realtime sessions by its own measured render capacity (a refusal is
-  1013 "at capacity", flashtalk.runtime.scheduler) and holds up to `sessions` live sessions; Ray routes at most `sessions + 1` requests
-  to it (`max_ongoing_requests`), and the one over is refused by the app at once with close code 1013,
+  1013 "at capacity", flashtalk.runtime.scheduler) and holds up to `sessions` live sessions; Ray routes
+  at most `sessions + 1` requests to it (`max_ongoing_requests`), and the one over is refused by the app
+  at once with close code 1013,
   so a full cluster refuses within moments instead of queueing for minutes. The proxy holds at most
   `max_queued` requests while it assigns them (`max_queued_requests`; a burst of handshakes is queued
   there for milliseconds, so 1 would refuse bursts); past that it refuses the handshake (HTTP 503 for
