@@ -7,14 +7,18 @@
     python benchmarks/soak_serve.py --latency low                              # passed on in each start
 
 Bounded: stops starting sessions after --seconds, or after --max-requests sessions, whichever comes
-first. Each session sends 40-ms PCM chunks paced at real time (pace "fast": the server sends each frame as
-soon as it is ready; idle frames off). It measures:
+first. Each session sends 40-ms PCM chunks paced at real time (--pace realtime, the default: live sessions,
+served earliest deadline first and admitted by capacity; --pace fast: bulk sessions, sent each frame as
+soon as it is ready and given the capacity left over; idle frames off). It measures:
 * first-frame latency: the first chunk sent -> the first frame received;
 * per-frame latency: the chunk that completed a frame's look-ahead (its own 40 ms plus the `lookahead_ms`
   the server announced in "ready") -> that frame received: queueing, motion, render, JPEG and WebSocket,
   beyond the look-ahead;
 * the look-ahead announced, sessions held (peak), refusals, dropped frames (frames the audio sent should
-  give, minus frames received) and the aggregate FPS over the run.
+  give, minus frames received) and the aggregate FPS over the run;
+* deadline misses (frames the server rendered after their latency budget, from each session's "end") and
+  refusals by reason (the 1013 reason: "full", "capacity" or "draining"); with the server's /metrics
+  reachable, its own deadline misses per pace, capacity estimate and committed load at the end.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from benchmarks.processes import free_port, stop_process
 from flashtalk import client
 
 CHUNK_S = 0.04
+REFUSED_BACKOFF_S = 0.5
 HOP = 640  # 16-kHz samples per 40-ms frame
 
 
@@ -68,15 +73,18 @@ async def _session(args, url: str, seconds: float, seed: int, out: dict) -> None
         stream = await client.connect(
             url,
             token=args.token,
-            pace="fast",
+            pace=args.pace,
             idle=False,
             seed=seed,
             latency=args.latency,
             ready_timeout=120,
             **portrait,
         )
-    except client.Refused:
+    except client.Refused as exc:
         out["refused"] += 1
+        reason = next((r for r in ("capacity", "draining", "full") if r in str(exc)), "other")
+        out["refused_by"][reason] = out["refused_by"].get(reason, 0) + 1
+        await asyncio.sleep(REFUSED_BACKOFF_S)  # as a client should: try again a little later
         return
     except client.ClientError as exc:
         out["errors"].append(str(exc))
@@ -113,6 +121,8 @@ async def _session(args, url: str, seconds: float, seed: int, out: dict) -> None
                 expected = None if item is None else item.frames
                 if item is not None and isinstance(item.info.get("dropped"), int):
                     out["server_dropped"] += item.info["dropped"]  # servers that report their own drops
+                if item is not None and isinstance(item.info.get("missed"), int):
+                    out["missed"] += item.info["missed"]  # ... and their deadline misses
                 break
     except (client.ClientError, asyncio.TimeoutError) as exc:
         out["errors"].append(str(exc) or "timed out waiting for a frame")
@@ -165,6 +175,8 @@ async def _soak(args, url: str) -> dict:
         "frames": 0,
         "dropped": 0,
         "server_dropped": 0,
+        "missed": 0,
+        "refused_by": {},
         "first": [],
         "latency": [],
         "errors": [],
@@ -188,7 +200,10 @@ async def _soak(args, url: str) -> dict:
         "sessions_held_peak": out["peak"],
         "requests": requests,
         "refused": out["refused"],
+        "refused_by_reason": out["refused_by"],
         "frames": out["frames"],
+        "deadline_misses": out["missed"],
+        "server_metrics": _server_metrics(url, args.token),
         "dropped_frames": out["dropped"],
         "server_dropped_frames": out["server_dropped"],
         "aggregate_fps": round(out["frames"] / wall, 1),
@@ -201,11 +216,44 @@ async def _soak(args, url: str) -> dict:
     }
 
 
+def _server_metrics(url: str, token: str | None) -> dict:
+    """Deadline misses per pace, refusals per reason, capacity and committed load from the server's
+    /metrics (this replica's, behind a proxy); {} where it cannot be read."""
+    base = url.replace("ws", "http", 1).rsplit("/ws", 1)[0]
+    request = urllib.request.Request(base + "/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    wanted = {
+        "flashtalk_deadline_misses_total": "deadline_misses",
+        "flashtalk_sessions_refused_reason_total": "refused",
+        "flashtalk_capacity_fps": "capacity_fps",
+        "flashtalk_committed_fps": "committed_fps",
+        "flashtalk_frames_paused_total": "frames_paused",
+    }
+    out: dict = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        key = wanted.get(name.split("{")[0])
+        if key is None or line.startswith("#"):
+            continue
+        if "{" in name:
+            out.setdefault(key, {})[name.split('"')[1]] = float(value)
+        else:
+            out[key] = float(value)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="ws://HOST:PORT/ws of a running server (default: start one on loopback)")
     parser.add_argument("--token", default=os.environ.get("FLASHTALK_TOKEN"))
     parser.add_argument("--latency", choices=("low", "exact"), help="streaming mode asked for in each start")
+    parser.add_argument(
+        "--pace", choices=("realtime", "fast"), default="realtime", help="session pace (default realtime: live)"
+    )
     parser.add_argument("--portrait", help="portrait image sent in each start (default: the server's demo)")
     parser.add_argument("--sessions", type=int, default=4, help="concurrent sessions (default 4)")
     parser.add_argument("--seconds", type=float, default=20.0, help="stop starting sessions after this (default 20)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from flashtalk.constants import LATENCY_MODES, PRESETS
+from flashtalk.constants import DEFAULT_BUDGET_S, DEFAULT_HEADROOM, LATENCY_MODES, PRESETS
 from flashtalk.errors import FlashTalkError
 
 
@@ -26,6 +26,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=16,
         help="live sessions admitted at once (default 16; per replica with --ray)",
+    )
+    parser.add_argument(
+        "--latency-budget-ms",
+        type=int,
+        default=round(DEFAULT_BUDGET_S * 1000),
+        help="a realtime frame's latency budget, audio in -> frame rendered (default %(default)s; a start message "
+        "may choose budget_ms): the scheduler serves frames earliest deadline first within it",
+    )
+    parser.add_argument(
+        "--capacity-headroom",
+        type=float,
+        default=DEFAULT_HEADROOM,
+        help="fraction of the measured render capacity kept free of realtime load: a realtime session that "
+        "would pass the rest is refused with 1013 (default %(default)s; per replica with --ray)",
     )
     parser.add_argument(
         "--max-portraits",
@@ -101,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
         device=args.device,
         latency=args.latency,
+        latency_budget_ms=args.latency_budget_ms,
+        headroom=args.capacity_headroom,
     )
     check_config(config)  # refuse a public bind without a token before touching the device
     if args.weights is None and not args.seeded_weights:

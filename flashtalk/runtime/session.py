@@ -13,11 +13,19 @@ The backend interface is `flashtalk.runtime.backends.Backend`; a session hands o
 
 Threading: the client methods (`push_audio`, `end_speech`, `interrupt`, `set_controls`, `close`, `poll`)
 may be called from any one client thread; they only queue commands. The scheduler's thread calls the
-worker methods (`apply_commands`, `motion_request`, `accept_motion`, `pending_frames`, `oldest_pending`,
+worker methods (`apply_commands`, `motion_request`, `accept_motion`, `pending_frames`, `next_due`, `room`, `hold`,
 `take`, `finish`), which generate motion bookkeeping and hand frames out. Frame i shows audio time
 [i, i + 1) / fps of the session's media timeline (pts = i / fps seconds); frames come out in order with
 increasing pts. While no audio arrives and `idle` is on, the session fills the timeline with frames
 driven by silence once the wall clock runs more than `IDLE_SLACK_S` ahead of it, so the head keeps moving.
+
+Pace and deadlines: a "realtime" session (the default) is a live one: each of its pending frames is due
+`budget_s` after the audio that completed it (and its look-ahead) arrived, and the scheduler serves due
+frames earliest deadline first; a "fast" session is bulk work that fills the capacity left over.
+Backpressure: a session is paused while its client is not reading (`set_paused(True)`, or more than
+MAX_OUTPUT_BACKLOG frames not yet polled): the scheduler renders none of its frames then; a realtime
+session skips to the present meanwhile (its overdue frames are dropped unrendered and counted in
+`stats.skipped_frames`), a fast one resumes where it was.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from flashtalk.constants import FPS, HOP, LATENCY_MODES, MODEL_RATE
+from flashtalk.constants import DEFAULT_BUDGET_S, FPS, HOP, LATENCY_MODES, MODEL_RATE
 from flashtalk.constants import WATERMARK_KEY as DEFAULT_WATERMARK_KEY
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.backends import Backend, EncodedPortrait, MotionChunk, encode_portrait
@@ -43,7 +51,9 @@ IDLE_SLACK_S = 0.2  # idle frames start once the wall clock is this far ahead of
 MAX_IDLE_FRAMES_PER_STEP = 5
 STALL_FLUSH_S = 0.5  # audio waiting for a backend's look-ahead is made into frames after this long without more
 MAX_QUEUED_AUDIO_S = 30.0  # push_audio refuses audio beyond this much not yet turned into motion
-MAX_OUTPUT_BACKLOG = 250  # frames not yet polled; older ones are dropped (and counted) beyond this
+MAX_OUTPUT_BACKLOG = 250  # frames not yet polled: the session is paused (not rendered) at this many
+MAX_PAUSED_PENDING = 64  # a paused fast session makes no more motion past this many frames waiting to render
+PACES = ("realtime", "fast")
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class _Pending:
     arrival: float | None  # when the audio that completed these frames arrived
     epoch: int
     idle: bool
+    due: float  # when they must be rendered: (arrival, or when idle motion was made) + look-ahead + budget
     taken: int = 0
 
 
@@ -82,6 +93,9 @@ class SessionStats:
     frames_out: int = 0
     idle_frames: int = 0
     dropped_frames: int = 0  # rendered but dropped: output backlog over MAX_OUTPUT_BACKLOG
+    skipped_frames: int = 0  # realtime frames skipped unrendered while paused (overdue: skipped to the present)
+    paused_frames: int = 0  # frames held back (once each) because the session was paused
+    deadline_misses: int = 0  # frames rendered after their due time
     latencies: list[float] = field(default_factory=list)  # seconds, latest last (bounded)
 
 
@@ -90,7 +104,8 @@ class Session:
 
     `latency` ("exact" default, or "low") with `commit_frames` (k) and `lookahead_frames` (r) chooses the
     network backend's window schedule (`flashtalk.runtime.windows`); bad values raise FlashTalkError
-    naming the value and its range. The preview has no look-ahead whatever the setting."""
+    naming the value and its range. The preview has no look-ahead whatever the setting. `pace` ("realtime"
+    default, or "fast") and `budget_s` (seconds, > 0) set the frames' deadlines (module docstring)."""
 
     def __init__(
         self,
@@ -110,6 +125,8 @@ class Session:
         latency: str = "exact",
         commit_frames: int | None = None,
         lookahead_frames: int | None = None,
+        pace: str = "realtime",
+        budget_s: float = DEFAULT_BUDGET_S,
     ) -> None:
         from flashtalk.io.audio import StreamingResampler
 
@@ -121,6 +138,10 @@ class Session:
             raise FlashTalkError(f"seed must be a non-negative integer; got {seed!r}")
         if latency not in LATENCY_MODES:
             raise FlashTalkError(f"latency must be one of {', '.join(LATENCY_MODES)}; got {latency!r}")
+        if pace not in PACES:
+            raise FlashTalkError(f"pace must be one of {', '.join(PACES)}; got {pace!r}")
+        if isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or not 0 < budget_s <= 60:
+            raise FlashTalkError(f"budget_s must be a number of seconds in (0, 60]; got {budget_s!r}")
         if not isinstance(portrait, EncodedPortrait):
             portrait = encode_portrait(backend, portrait, crop=crop)
         elif portrait.backend_name != backend.name:
@@ -139,12 +160,14 @@ class Session:
         self.mark = watermark_mark(watermark_key or DEFAULT_WATERMARK_KEY) if watermark else None
         self.watermarked = self.mark is not None
         self.latency = latency
+        self.pace, self.budget_s = pace, float(budget_s)
         self.stream = backend.open(
             portrait.state, seed=seed, latency=latency, commit_frames=commit_frames, lookahead_frames=lookahead_frames
         )
 
         self.epoch = 0  # bumped by interrupt() in the client thread; read by both
         self.closed = False
+        self.client_paused = False  # set_paused(): the client is not reading (its send queue is full)
         self._queued = 0  # 16-kHz samples pushed but not yet turned into motion (approximate, both threads)
         self._inbox: collections.deque = collections.deque()
         self._out: collections.deque = collections.deque()
@@ -163,6 +186,8 @@ class Session:
         self._held = 0  # ready frames the backend held back last time (not offered again until more come)
         self._now = 0.0
         self._last_audio = -math.inf  # when audio last arrived
+        self._paused_upto = 0  # frames before this index were counted in stats.paused_frames
+        self._wait_s = self.lookahead_s + self.budget_s  # arrival -> due
 
     # ---- client side ---------------------------------------------------------------------------
     @property
@@ -212,6 +237,14 @@ class Session:
         self._check_open()
         checked = self.backend.check_controls(controls)
         self._inbox.append(("controls", self.epoch, self._clock(), checked))
+
+    @property
+    def realtime(self) -> bool:
+        return self.pace == "realtime"
+
+    def set_paused(self, paused: bool) -> None:
+        """Backpressure (any thread): while paused, none of this session's frames are rendered."""
+        self.client_paused = paused
 
     def close(self) -> None:
         self.closed = True
@@ -311,6 +344,8 @@ class Session:
             due = max(0, min(total, max((frames for frames, _ in self._ends), default=0) - self._next_index))
         if self._controls_sent and not due and total == self._held:
             return None  # nothing new: do not call the backend (the scheduler would spin)
+        if total and self.paused and self.pending_frames() >= MAX_PAUSED_PENDING:
+            return None  # a client that does not read: its audio waits (and push_audio refuses past a bound)
         self._controls_sent = True
         audio = np.concatenate([a for a, _, _ in self._ready]) if self._ready else np.zeros(0, np.float32)
         return self.stream, audio, dict(self._controls), due
@@ -321,8 +356,9 @@ class Session:
         while start < made:
             audio, t, epoch = self._ready[0]
             n = min(len(audio) // HOP, made - start)
+            due = (self._now if t is None else t) + self._wait_s
             self._pending.append(
-                _Pending(motion.slice(start, start + n), self._next_index, audio[: n * HOP], t, epoch, idle=t is None)
+                _Pending(motion.slice(start, start + n), self._next_index, audio[: n * HOP], t, epoch, t is None, due)
             )
             self._next_index += n
             start += n
@@ -338,11 +374,33 @@ class Session:
         """Worker: motion frames waiting to be rendered."""
         return sum(len(p.motion) - p.taken for p in self._pending)
 
-    def oldest_pending(self) -> float:
-        """Worker: when the audio of the oldest pending frame arrived (-inf: idle, inf: none pending)."""
-        for p in self._pending:
-            return p.arrival if p.arrival is not None else -math.inf
-        return math.inf
+    def next_due(self) -> float:
+        """Worker: the due time of the first pending frame (inf: none pending)."""
+        return self._pending[0].due if self._pending else math.inf
+
+    @property
+    def paused(self) -> bool:
+        """Its client is not reading, or MAX_OUTPUT_BACKLOG frames wait to be polled."""
+        return self.client_paused or len(self._out) >= MAX_OUTPUT_BACKLOG
+
+    def room(self) -> int:
+        """Worker: frames the scheduler may render now (0 while paused)."""
+        return 0 if self.client_paused else max(0, MAX_OUTPUT_BACKLOG - len(self._out))
+
+    def hold(self, now: float) -> tuple[int, int]:
+        """Worker, while paused: count the frames held back (once each) and, for a realtime session, skip
+        to the present (drop pending frames already overdue, unrendered). -> (newly held, skipped)."""
+        held = max(0, self._next_index - max(self._paused_upto, self._next_index - self.pending_frames()))
+        self._paused_upto = self._next_index
+        skipped = 0
+        while self.realtime and self._pending and self._pending[0].due < now:
+            p = self._pending.popleft()
+            skipped += len(p.motion) - p.taken
+        self.stats.paused_frames += held
+        self.stats.skipped_frames += skipped
+        if skipped:
+            self._announce_ends()
+        return held, skipped
 
     def take(self, k: int) -> list[tuple[_Pending, int, int]]:
         """Worker: up to k pending motion frames, in order, as (pending, start, stop) slices."""
@@ -357,11 +415,13 @@ class Session:
                 self._pending.popleft()
         return out
 
-    def finish(self, parts: list[tuple[_Pending, int, int]], pixels: np.ndarray, now: float) -> None:
+    def finish(self, parts: list[tuple[_Pending, int, int]], pixels: np.ndarray, now: float) -> int:
         """Worker: `pixels` [N, 512, 512, 3] uint8 (watermarked: the scheduler converts and marks the frames
-        of a whole tick at once, `flashtalk.runtime.finish.finish`) for `parts`: queue as Frames."""
-        frames, row = [], 0
+        of a whole tick at once, `flashtalk.runtime.finish.finish`) for `parts`: queue as Frames.
+        -> how many of them missed their due time."""
+        frames, row, missed = [], 0, 0
         for p, a, b in parts:
+            missed += (b - a) * (now > p.due)
             for j in range(a, b):
                 latency = None if p.arrival is None else now - p.arrival
                 frames.append(
@@ -382,8 +442,10 @@ class Session:
             if f.latency_s is not None:
                 self.stats.latencies.append(f.latency_s)
         del self.stats.latencies[:-1000]
+        self.stats.deadline_misses += missed
         self._emit(frames)
         self._announce_ends()
+        return missed
 
     def _announce_ends(self) -> None:
         done = self._next_index - self.pending_frames() - sum(len(a) // HOP for a, _, _ in self._ready)

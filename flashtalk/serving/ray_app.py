@@ -1,8 +1,10 @@
 """FlashTalk on Ray Serve (`pip install 'flashtalk[ray]'`): the same ASGI app as `flashtalk serve`, one
 replica per GPU (or `replicas` on CPU), each replica owning one engine and scheduler.
 
-- Admission: a replica holds up to `sessions` live sessions; Ray routes at most `sessions + 1` requests
-  to it (`max_ongoing_requests`), and the one over is refused by the app at once with close code 1013,
+- Admission: each replica admits realtime sessions by its own measured render capacity (a refusal is
+  1013 "at capacity", flashtalk.runtime.scheduler) and holds up to `sessions` live sessions; Ray routes
+  at most `sessions + 1` requests to it (`max_ongoing_requests`), and the one over is refused by the app
+  at once with close code 1013,
   so a full cluster refuses within moments instead of queueing for minutes. The proxy holds at most
   `max_queued` requests while it assigns them (`max_queued_requests`; a burst of handshakes is queued
   there for milliseconds, so 1 would refuse bursts); past that it refuses the handshake (HTTP 503 for
@@ -14,8 +16,9 @@ replica per GPU (or `replicas` on CPU), each replica owning one engine and sched
   each replica encodes a portrait at most once (`@serve.multiplexed`, LRU of `max_portraits`).
   (Browsers cannot set WebSocket headers: their sessions go to any replica, which fetches the bytes.)
 - Drain: a replica being removed gets no new sessions (Ray stops routing to it) and keeps its live
-  sessions up to `drain_timeout_s` (`graceful_shutdown_timeout_s`, far above Ray's 20 s default)
-  before it exits; sessions still open then get an error and close code 1013.
+  sessions fed until they end, up to `drain_timeout_s` (`graceful_shutdown_timeout_s`, far above Ray's
+  20 s default), then exits; Ray ends one whose sessions outlast that (their connections close without a
+  close frame). Tested in tests/serving/test_ray_drain.py.
 - `ready`, `/health` and `/metrics` name the replica (its Ray replica id).
 
 Safety: `run` starts a local Ray with the dashboard off and usage stats off, on 127.0.0.1; Ray's

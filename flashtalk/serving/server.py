@@ -68,6 +68,8 @@ async def _health(request: Request) -> Response:
             "replica": st.config.replica,
             "sessions": st.scheduler.sessions,
             "max_sessions": st.config.max_sessions,
+            "capacity_fps": st.scheduler.capacity_fps,
+            "committed_fps": st.scheduler.committed_fps,
         }
     )
 
@@ -101,10 +103,11 @@ async def _metrics(request: Request) -> Response:
         "# TYPE flashtalk_frames_dropped_total counter",
         f"flashtalk_frames_dropped_total {st.frames_dropped}",
         "# HELP flashtalk_frames_dropped_reason_total late: behind the realtime clock after a stall; "
-        "slow_reader: the session's send queue was full; backlog: the runtime's output backlog was full",
+        "paused: skipped unrendered while the client did not read; backlog: the runtime's output backlog was full",
         "# TYPE flashtalk_frames_dropped_reason_total counter",
     ]
     lines += [f'flashtalk_frames_dropped_reason_total{{reason="{r}"}} {st.dropped[r]}' for r in DROP_REASONS]
+    lines += _scheduling_lines(st)
     lines += [
         "# TYPE flashtalk_fps gauge",
         f"flashtalk_fps {st.fps():.3f}",
@@ -130,6 +133,47 @@ async def _metrics(request: Request) -> Response:
         ]
     lines += _gpu_lines(st)
     return PlainTextResponse("\n".join(lines) + "\n", headers={"X-Content-Type-Options": "nosniff"})
+
+
+def _scheduling_lines(st: ServerState) -> list[str]:
+    """Deadlines, backpressure, capacity and admission (flashtalk.runtime.scheduler)."""
+    sched, stats = st.scheduler, st.scheduler.stats
+    capacity = sched.capacity_fps
+    lines = [
+        "# HELP flashtalk_deadline_misses_total frames rendered after their due time (audio in + look-ahead + "
+        "the session's latency budget), by session pace",
+        "# TYPE flashtalk_deadline_misses_total counter",
+    ]
+    lines += [f'flashtalk_deadline_misses_total{{pace="{p}"}} {n}' for p, n in stats.deadline_misses.items()]
+    lines += ["# TYPE flashtalk_frames_rendered_pace_total counter"]
+    lines += [f'flashtalk_frames_rendered_pace_total{{pace="{p}"}} {n}' for p, n in stats.frames_by_pace.items()]
+    lines += [
+        "# HELP flashtalk_frames_paused_total frames held back (once each) because their client did not read",
+        "# TYPE flashtalk_frames_paused_total counter",
+        f"flashtalk_frames_paused_total {stats.paused_frames}",
+        "# TYPE flashtalk_backpressure_pauses_total counter",
+        f"flashtalk_backpressure_pauses_total {st.paused_sessions}",
+        "# HELP flashtalk_capacity_fps measured render throughput at batches that keep the latency budget "
+        "(-1: not measured yet)",
+        "# TYPE flashtalk_capacity_fps gauge",
+        f"flashtalk_capacity_fps {-1 if capacity is None else round(capacity, 3)}",
+        "# HELP flashtalk_committed_fps live realtime sessions x 25 FPS",
+        "# TYPE flashtalk_committed_fps gauge",
+        f"flashtalk_committed_fps {sched.committed_fps:g}",
+        "# TYPE flashtalk_capacity_headroom gauge",
+        f"flashtalk_capacity_headroom {sched.headroom:g}",
+        "# TYPE flashtalk_render_seconds_estimate gauge",
+    ]
+    lines += [
+        f'flashtalk_render_seconds_estimate{{bucket="{b}"}} {t:.6f}'
+        for b, t in sorted(sched.render_clock.measured.items())
+    ]
+    lines += [
+        "# HELP flashtalk_sessions_refused_reason_total sessions refused with 1013, by reason",
+        "# TYPE flashtalk_sessions_refused_reason_total counter",
+    ]
+    lines += [f'flashtalk_sessions_refused_reason_total{{reason="{r}"}} {n}' for r, n in st.refused.items()]
+    return lines
 
 
 def _gpu_lines(st: ServerState) -> list[str]:
@@ -256,10 +300,11 @@ def create_app(
         from flashtalk.profiling.nvml import NvmlSampler
 
         state.nvml = NvmlSampler(interval_s=1.0).__enter__()
-        state.scheduler.start()
         # the demo portrait encoded once before any client: also imports the face detector (OpenCV) on
-        # one thread, never two at once
-        await state.portrait(DEMO_PORTRAIT_ID)
+        # one thread, never two at once; then the render time measured on it (admission by capacity)
+        demo = await state.portrait(DEMO_PORTRAIT_ID)
+        await asyncio.get_running_loop().run_in_executor(state.setup, state.scheduler.calibrate, demo)
+        state.scheduler.start()
         try:
             yield
         finally:

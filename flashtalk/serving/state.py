@@ -16,15 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flashtalk.constants import DEFAULT_BUDGET_S, DEFAULT_HEADROOM
 from flashtalk.errors import FlashTalkError
 from flashtalk.runtime.backends import Backend, EncodedPortrait, encode_portrait
-from flashtalk.runtime.scheduler import Scheduler
+from flashtalk.runtime.scheduler import REFUSALS, Scheduler
 from flashtalk.serving.wire import is_loopback
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 DEMO_PORTRAIT_ID = "demo"
 LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-DROP_REASONS = ("late", "slow_reader", "backlog")  # see flashtalk.serving.stream
+DROP_REASONS = ("late", "paused", "backlog")  # see flashtalk.serving.stream
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class ServeConfig:
     device: str | None = None
     latency: str = "low"  # sessions' default streaming latency mode (low | exact)
     replica: str = "local"  # named in `ready`, /health and /metrics (the Ray replica id under Ray Serve)
+    latency_budget_ms: int = round(DEFAULT_BUDGET_S * 1000)  # realtime frames' default budget (start: budget_ms)
+    headroom: float = DEFAULT_HEADROOM  # capacity kept free of committed realtime load (admission)
 
     @property
     def max_message_bytes(self) -> int:
@@ -62,6 +65,10 @@ def check_config(config: ServeConfig) -> None:
         raise FlashTalkError(f"--max-sessions must be at least 1; got {config.max_sessions}")
     if not 1 <= config.max_portraits <= 100_000:
         raise FlashTalkError(f"--max-portraits must be in [1, 100000]; got {config.max_portraits}")
+    if not 20 <= config.latency_budget_ms <= 10000:
+        raise FlashTalkError(f"--latency-budget-ms must be in [20, 10000]; got {config.latency_budget_ms}")
+    if not 0 <= config.headroom < 1:
+        raise FlashTalkError(f"--capacity-headroom must be in [0, 1); got {config.headroom}")
     if config.max_send_queue_bytes < 1 << 16:
         raise FlashTalkError(f"max_send_queue_bytes must be at least 65536; got {config.max_send_queue_bytes}")
 
@@ -126,10 +133,16 @@ def build_backend(spec: BackendSpec, device: str) -> Backend:
     if spec.weights is None and not spec.seeded:
         raise FlashTalkError("the network backend needs weights (a folder or a .safetensors bundle) or seeded=True")
     from flashtalk.runtime.backends.network import NetworkBackend
-    from flashtalk.runtime.engine import resolve_weights
-    from flashtalk.weights.bundle import load_networks, seeded_networks
 
-    nets = seeded_networks(spec.preset) if spec.seeded else load_networks(resolve_weights(spec.weights))
+    if spec.seeded:
+        from flashtalk.weights.bundle import seeded_networks
+
+        nets = seeded_networks(spec.preset)
+    else:
+        from flashtalk.runtime.engine import resolve_weights
+        from flashtalk.weights.bundle import load_networks
+
+        nets = load_networks(resolve_weights(spec.weights))
     return NetworkBackend(nets, device, seeded=spec.seeded, precision=spec.precision)
 
 
@@ -219,7 +232,12 @@ class ServerState:
         self.config = config
         self.backend = backend
         self.faces = faces  # LivePortrait's face models (build_faces), or None: the Haar crop
-        self.scheduler = Scheduler(backend, max_sessions=config.max_sessions)
+        self.scheduler = Scheduler(
+            backend,
+            max_sessions=config.max_sessions,
+            budget_s=config.latency_budget_ms / 1000,
+            headroom=config.headroom,
+        )
         self.portraits: collections.OrderedDict[str, EncodedPortrait] = collections.OrderedDict()
         self.portrait_loader: PortraitLoader | None = None  # replaces the local lookup (Ray: shared store)
         self.portrait_sink: Callable[[str, bytes, EncodedPortrait], Awaitable[None]] | None = None  # uploads (Ray)
@@ -231,6 +249,8 @@ class ServerState:
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.sessions_total = 0
         self.sessions_refused = 0
+        self.refused = dict.fromkeys(REFUSALS, 0)  # sessions refused (1013) by reason
+        self.paused_sessions = 0  # times a session was paused because its client did not read
         self.protocol_errors = 0
         self.internal_errors = 0
         self.portraits_encoded = 0

@@ -6,11 +6,13 @@ WebSocket. Three tasks per session:
 - the pacer: takes frames from the Session as soon as they are ready, paces them (realtime) or not
   (fast), JPEG-encodes them on the frame pool and puts them into the session's outbox;
 - the writer: sends the outbox. The outbox is bounded in bytes (ServeConfig.max_send_queue_bytes):
-  for a client that reads slower than frames are made, the oldest frames are dropped and counted
-  (reason "slow_reader"), and no frame is encoded while it is full. Everything is freed on disconnect.
+  when a client reads slower than frames are made and the outbox reaches its bound, the pacer pauses
+  the runtime session (backpressure: nothing more is rendered or encoded for it) until the writer has
+  sent half of it; a realtime session skips to the present meanwhile. Everything is freed on disconnect.
 
-Realtime catch-up: see wire.LATE_S. Drops are counted per reason ("late", "slow_reader",
-"backlog": the runtime's own output backlog) in /metrics and reported to the client in end / interrupted.
+Realtime catch-up: see wire.LATE_S. Drops are counted per reason ("late"; "paused": frames a realtime
+session skipped unrendered while its client did not read; "backlog": the runtime's own output backlog)
+in /metrics and reported to the client in end / interrupted, with the session's deadline misses.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from flashtalk.kernels.registry import in_use
 from flashtalk.runtime.scheduler import AdmissionError
 from flashtalk.runtime.session import Event, Frame, Session
 from flashtalk.serving import wire
-from flashtalk.serving.state import ServerState, decode_image
+from flashtalk.serving.state import DROP_REASONS, ServerState, decode_image
 from flashtalk.serving.wire import CLOSE_BAD_MESSAGE, CLOSE_FULL, CLOSE_INTERNAL, CLOSE_TOO_BIG, LATE_S
 
 log = logging.getLogger(__name__)
@@ -79,42 +81,36 @@ async def close_with_error(ws: WebSocket, code: int, reason: str) -> None:
 
 @dataclass
 class Outbox:
-    """Messages waiting to be sent, bounded in bytes; frames may be dropped, events never."""
+    """Messages waiting to be sent, bounded in bytes: the pacer puts a frame only while it is not `full`
+    (so it holds at most the limit plus one frame); events are always put."""
 
     limit: int
     size: int = 0
-    dropped: int = 0
 
     def __post_init__(self) -> None:
-        self.items: collections.deque[tuple[bool, bytes | str]] = collections.deque()
+        self.items: collections.deque[bytes | str] = collections.deque()
         self.ready = asyncio.Event()
+        self.drained = asyncio.Event()  # set when it holds half its limit or less
 
     @property
     def full(self) -> bool:
         return self.size >= self.limit
 
-    def put(self, data: bytes | str, frame: bool) -> None:
-        self.items.append((frame, data))
+    def put(self, data: bytes | str) -> None:
+        self.items.append(data)
         self.size += len(data)
-        while self.size > self.limit and self._drop_oldest_frame():
-            pass
+        if self.size > self.limit // 2:
+            self.drained.clear()
         self.ready.set()
-
-    def _drop_oldest_frame(self) -> bool:
-        for i, (is_frame, data) in enumerate(self.items):
-            if is_frame and i < len(self.items) - 1:  # never the one just added
-                del self.items[i]
-                self.size -= len(data)
-                self.dropped += 1
-                return True
-        return False
 
     async def get(self) -> bytes | str:
         while not self.items:
             self.ready.clear()
             await self.ready.wait()
-        _, data = self.items.popleft()
+        data = self.items.popleft()
         self.size -= len(data)
+        if self.size <= self.limit // 2:
+            self.drained.set()
         return data
 
 
@@ -135,7 +131,9 @@ class Stream:
         self.audio_pool = audio_pool  # this session's own thread when it resamples, else None (inline)
         self.outbox = Outbox(st.config.max_send_queue_bytes)
         self.sample_bytes = 2 if start.format == "s16le" else 4
-        self.dropped = dict.fromkeys(("late", "slow_reader", "backlog"), 0)
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        # a frame within its latency budget is never dropped as late
+        self.late_s = max(LATE_S, (start.budget_ms or st.config.latency_budget_ms) / 1000)
         self.media_in = 0.0  # seconds of speech pushed since the last interrupt
         self.media_out = 0.0  # seconds of speech in frames taken (sent or dropped) since then
         self.t0: float | None = None  # realtime pacing: wall time of pts 0
@@ -195,19 +193,15 @@ class Stream:
             await self.wake.wait()
             self.wake.clear()
             items = self.session.poll()
-            backlog = self.session.stats.dropped_frames
-            if backlog:
-                self.session.stats.dropped_frames = 0
-                self.count_drop("backlog", backlog)
+            self._count_runtime_drops()
             for i, item in enumerate(items):
                 if isinstance(item, Event):
                     if item.kind == "interrupted":
                         self.t0 = None
                     reanchor = True
-                    self.outbox.put(
-                        json.dumps({"type": item.kind, "frames": item.frames, "dropped": sum(self.dropped.values())}),
-                        frame=False,
-                    )
+                    self._count_runtime_drops()
+                    event = {"type": item.kind, "frames": item.frames, "dropped": sum(self.dropped.values())}
+                    self.outbox.put(json.dumps({**event, "missed": self.session.stats.deadline_misses}))
                     continue
                 if not item.idle:
                     self.media_out += 1.0 / FPS
@@ -220,17 +214,34 @@ class Stream:
                     if item.epoch < self.session.epoch:
                         continue  # interrupted while waiting
                 if self.outbox.full:
-                    self.count_drop("slow_reader")
-                    continue
+                    await self._backpressure()
+                    if realtime and not await self._due(item, True, False):
+                        self.count_drop("late")  # it waited for the client: stale now
+                        continue
                 image = await loop.run_in_executor(
                     self.st.frames, _encode_image, item, self.start.video, self.start.quality
                 )
-                before = self.outbox.dropped
-                self.outbox.put(wire.pack_frame(item.index, item.pts, _pcm16(item.audio), image, item.idle), frame=True)
-                if self.outbox.dropped > before:
-                    self.count_drop("slow_reader", self.outbox.dropped - before)
+                self.outbox.put(wire.pack_frame(item.index, item.pts, _pcm16(item.audio), image, item.idle))
                 if item.latency_s is not None:
                     self.st.latency.observe(item.latency_s)
+
+    def _count_runtime_drops(self) -> None:
+        stats = self.session.stats
+        for reason, n in (("backlog", stats.dropped_frames), ("paused", stats.skipped_frames)):
+            if n:
+                self.count_drop(reason, n)
+        stats.dropped_frames = stats.skipped_frames = 0
+
+    async def _backpressure(self) -> None:
+        """The client is not reading: pause the session (nothing more is rendered for it) until the
+        writer has sent half the outbox."""
+        self.session.set_paused(True)
+        self.st.paused_sessions += 1
+        try:
+            await self.outbox.drained.wait()
+        finally:
+            self.session.set_paused(False)
+            self.st.scheduler.wake()
 
     async def _due(self, frame: Frame, newer: bool, reanchor: bool) -> bool:
         """Wait for a realtime frame's moment; False: drop it (late, and a newer frame is there)."""
@@ -238,7 +249,7 @@ class Stream:
         if self.t0 is None:
             self.t0 = now - frame.pts
         late = now - (self.t0 + frame.pts)
-        if late > LATE_S:
+        if late > self.late_s:
             if newer:
                 return False
             starved = self.media_in - self.media_out < LATE_S  # no more speech is waiting: the input paused
@@ -327,6 +338,8 @@ async def _open_session(
             latency=start.latency or st.config.latency,
             commit_frames=start.commit_frames,
             lookahead_frames=start.lookahead_frames,
+            pace=start.pace,
+            budget_s=(start.budget_ms or st.config.latency_budget_ms) / 1000,
         )
 
     return await loop.run_in_executor(audio_pool or st.setup, build)
@@ -343,13 +356,9 @@ async def websocket_session(ws: WebSocket, st: ServerState) -> None:
     try:
         try:
             start = await _first_message(ws, st)
-            if st.draining or st.scheduler.sessions >= st.config.max_sessions:
-                raise AdmissionError(
-                    f"server is full: {st.scheduler.sessions} of {st.config.max_sessions} "
-                    "sessions are live; try again later"
-                    if not st.draining
-                    else f"replica {st.config.replica} is draining; try again later"
-                )
+            if st.draining:
+                raise AdmissionError(f"replica {st.config.replica} is draining; try again later", "draining")
+            st.scheduler.check_admission(start.pace == "realtime")  # at once, before any work for it
             if start.sample_rate != 16000:
                 audio_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"flashtalk-{sid}")
             async with st.setup_slots:
@@ -357,6 +366,7 @@ async def websocket_session(ws: WebSocket, st: ServerState) -> None:
             st.scheduler.admit(session)
         except AdmissionError as exc:
             st.sessions_refused += 1
+            st.refused[exc.reason] += 1
             await close_with_error(ws, CLOSE_FULL, str(exc))
             return
         except FlashTalkError as exc:
@@ -382,6 +392,7 @@ async def websocket_session(ws: WebSocket, st: ServerState) -> None:
                     "video": start.video,
                     "pace": start.pace,
                     "kernels": in_use(),
+                    "budget_ms": round(session.budget_s * 1000),
                 }
             )
         )

@@ -5,7 +5,9 @@ Client -> server
          "sample_rate": 16000, "format": "s16le" | "f32le", "video": "jpeg" | "raw",
          "pace": "realtime" | "fast", "seed": 0, "controls": {...}, "idle": true, "quality": 80,
          "latency": "low" | "exact" (default: the server's, `serve --latency`), "commit_frames": k,
-         "lookahead_frames": r (low latency: frames committed per motion window / of audio look-ahead)}
+         "lookahead_frames": r (low latency: frames committed per motion window / of audio look-ahead),
+         "budget_ms": b (a realtime frame's latency budget, audio in -> frame rendered; default the
+         server's `serve --latency-budget-ms`; in [20, 10000])}
         (first message; everything but the portrait is optional, defaults shown)
   binary  PCM: mono samples in the start message's format and rate, any chunk size up to MAX_CHUNK_BYTES
   text  {"type": "end"}                  end of speech: flush the last partial frame, then an "end" event
@@ -15,24 +17,31 @@ Client -> server
 Server -> client
   text  {"type": "ready", "session": id, "fps": 25, "width": 512, "height": 512, "backend": "preview",
          "replica": name, "lookahead_ms": x, "watermark": bool, "controls": [...], "video": ..., "pace": ...,
-         "kernels": {op: implementation serving it (ours: "flashtalk"), ...}}
+         "kernels": {op: implementation serving it (ours: "flashtalk"), ...},
+         "budget_ms": b}
   binary  one frame: FRAME_HEADER (little-endian: magic b"FTF1", u32 index, f64 pts seconds, u32 audio bytes,
           u32 image bytes, u32 flags (1 = idle frame)), then the audio that drove the frame (s16le, 16 kHz,
           640 samples), then the image (JPEG, or raw RGB 512x512x3 uint8)
-  text  {"type": "end", "frames": n, "dropped": d}     all frames of the speech ended by "end" were sent;
-        d: frames of this session dropped so far (late after a stall, a slow reader, or a backlog)
-  text  {"type": "interrupted", "frames": n, "dropped": d}
+  text  {"type": "end", "frames": n, "dropped": d, "missed": m}     all frames of the speech ended by "end"
+        were sent; d: frames of this session dropped so far (late after a stall, skipped while the client
+        did not read, or a backlog); m: frames rendered after their deadline so far
+  text  {"type": "interrupted", "frames": n, "dropped": d, "missed": m}
   text  {"type": "error", "reason": "..."} then the socket closes with
         1008  a bad message (not JSON, unknown type or key, value out of range, integer too long, ...)
         1009  a message too big: over MAX_CHUNK_BYTES (PCM), MAX_COMMAND_BYTES (commands after start) or
               the server's start-message limit (4/3 of its upload limit + 4 KiB); a message beyond the
               transport's own limit (1 MiB more) is closed with 1009 by the transport, without the error
         1011  an internal error (logged on the server as one line)
-        1013  server full, or this replica is draining: try again later
+        1013  refused: the server is full (--max-sessions), at capacity (a realtime session would push
+              the committed load past the measured render capacity), or this replica is draining;
+              the reason says which: try again later
 Realtime pacing: frames are sent at their pts on a clock anchored at the first frame (re-anchored after
-"end" / "interrupted" and when the input itself paused); a frame more than LATE_S behind that clock is
-dropped when a newer one is already there, else sent at once, so after a stall the session is back at its
-normal latency as soon as the renderer has caught up.
+"end" / "interrupted" and when the input itself paused); a frame more than LATE_S (or its latency budget,
+whichever is longer) behind that clock is dropped when a newer one is already there, else sent at once,
+so after a stall the session is back at its normal latency as soon as the renderer has caught up.
+Backpressure: while a client does not read (its send queue at its bound) nothing more is rendered for it;
+a realtime session then skips to the present (the skipped frames are counted as dropped), a fast one
+resumes where it was.
 """
 
 from __future__ import annotations
@@ -73,6 +82,7 @@ START_KEYS = {
     "latency",
     "commit_frames",
     "lookahead_frames",
+    "budget_ms",
 }
 
 
@@ -95,6 +105,7 @@ class Start:
     latency: str | None = None  # None: the server's default
     commit_frames: int | None = None  # range checked by the session (it depends on the model)
     lookahead_frames: int | None = None
+    budget_ms: int | None = None  # None: the server's default
 
 
 @dataclass(frozen=True)
@@ -189,6 +200,7 @@ def parse_start(text: str, max_portrait_bytes: int) -> Start:
         latency=None if msg.get("latency") is None else _choice(msg, "latency", "low", LATENCY_MODES),
         commit_frames=_optional_int(msg, "commit_frames"),
         lookahead_frames=_optional_int(msg, "lookahead_frames"),
+        budget_ms=None if msg.get("budget_ms") is None else _int(msg, "budget_ms", 0, 20, 10000),
     )
 
 

@@ -23,10 +23,11 @@ def test_server_survives_hostile_clients_beside_a_healthy_session():
     r = campaign(seed=20, n=120, budget_s=75)
     assert r["cases"] >= 100 and r["crash"] == 0 and r["hang"] == 0, r
     assert r["clean_error"] > 0 and r["ok"] > 0, r
-    # the session keeps its latency (late frames are dropped, not queued); its frame rate falls with the
-    # renderer time the hostile sessions take on a CPU (measured here: 0.2-0.45x of the baseline)
+    # the session keeps its latency and its frames: its frames go first, earliest deadline first, the hostile
+    # sessions get what is left (measured on a loaded 2-core CPU: 1.25x of the baseline; before deadline
+    # scheduling, 0.2-0.45x); the floor leaves room for this machine's load, not for the hostile sessions
     assert r["healthy_latency_p50_ms"] <= r["baseline_latency_p50_ms"] + 1000, r
-    assert r["healthy_fps"] >= 0.15 * r["baseline_fps"], r
+    assert r["healthy_fps"] >= 0.5 * r["baseline_fps"], r
     # no leak: after two cases of each kind (code paths woken once, the 2-portrait cache full) the C heap in
     # use grows by what the first-time paths of the later cases still add (measured on a 2-core CPU: 45-57 MB
     # over 92 cases, plateaus per kind); the bound is 2x that. A leak of the 20-MB messages alone would be

@@ -115,8 +115,9 @@ def test_interrupt_drops_queued_audio_and_frames(backend, portrait):
 
 def test_idle_motion_while_no_audio(backend, portrait):
     now = [100.0]
-    session = Session(backend, portrait, idle=True, watermark=False, clock=lambda: now[0])
-    scheduler = Scheduler(backend, clock=lambda: now[0])
+    # a long latency budget: batches not bounded by (fake-clock) deadlines, whatever this machine's render time
+    session = Session(backend, portrait, idle=True, watermark=False, clock=lambda: now[0], budget_s=60.0)
+    scheduler = Scheduler(backend, clock=lambda: now[0], budget_s=60.0)
     scheduler.admit(session)
     scheduler.step()
     assert session.poll() == []  # within the slack: nothing yet

@@ -1,6 +1,6 @@
 """The served web page in real headless Chromium, driven over the Chrome DevTools protocol: the portrait
 shown before starting, pick an audio file, stream it, check the frames arrived in order and were drawn and
-that FPS, latency, look-ahead, backend and replica are shown; a full server's refusal is shown as such.
+that FPS, latency, look-ahead, deadline misses, backend and replica are shown; a full server's refusal is shown as such.
 A screenshot of the page is taken (into docs/web_page.png with FLASHTALK_UPDATE_SCREENSHOT=1). Skips when no browser is installed
 (CI: `apt-get install -y chromium`)."""
 
@@ -154,11 +154,12 @@ def test_page_streams_an_audio_file(tmp_path):
                     assert spread > 20  # a face was drawn, not a blank canvas
                     shown = json.loads(
                         await page.eval(
-                            "JSON.stringify(['fps', 'latency', 'lookahead', 'frames', 'backend', 'replica']"
+                            "JSON.stringify(['fps', 'latency', 'lookahead', 'frames', 'backend', 'replica', 'missed']"
                             ".map((k) => document.getElementById('stat-' + k).textContent))"
                         )
                     )
                     assert shown[4] == "preview" and shown[5] == "local", shown
+                    assert shown[6].split()[0].isdigit() and shown[6].endswith("ms)"), shown  # "0 (budget 200 ms)"
                     assert shown[1].endswith(" ms") and 0 < int(shown[1].split()[0]) < 60_000, shown
                     assert shown[2].endswith(" ms") and float(shown[2].split()[0]) > 0, shown  # 48 -> 16 kHz filter
                     assert float(shown[0]) > 0 and int(shown[3].split()[0]) >= stats["frames"], (

@@ -10,7 +10,7 @@ const ctx2d = canvas.getContext("2d");
 
 // What the page has done so far (the browser test reads it).
 window.ftStats = { frames: 0, lastIndex: -1, inOrder: true, monotonic: true, ended: false, ready: false,
-                   errors: [], events: [], latencyMs: null, fps: null, dropped: 0, backend: null, replica: null,
+                   errors: [], events: [], latencyMs: null, fps: null, dropped: 0, missed: 0, budgetMs: null, backend: null, replica: null,
                    refused: null, portraitShown: false };
 
 let ws = null, audioCtx = null, micNode = null, micStream = null;
@@ -58,6 +58,11 @@ function updateStats(pts) {
   stat("fps", st.fps.toFixed(1));
   stat("latency", st.latencyMs === null ? "-" : st.latencyMs + " ms");
   stat("frames", st.frames + " / " + st.dropped);
+}
+// Frames the server rendered after their deadline (audio in + the session's latency budget).
+function showMissed() {
+  const st = window.ftStats;
+  stat("missed", st.missed + (st.budgetMs ? " (budget " + st.budgetMs + " ms)" : ""));
 }
 function authed(url) { return token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url; }
 function headers() { return token ? { Authorization: "Bearer " + token } : {}; }
@@ -121,7 +126,7 @@ async function connect(sampleRate) {
   ws = sock; clockStart = null; lastPts = -1; sentChunks = []; mediaSent = 0; frameTimes = [];
   notice("");
   Object.assign(window.ftStats, { frames: 0, lastIndex: -1, inOrder: true, monotonic: true, ended: false, ready: false,
-                                  dropped: 0, refused: null });
+                                  dropped: 0, missed: 0, refused: null });
   await new Promise((resolve, reject) => {
     sock.onopen = () => sock.send(JSON.stringify(start));
     sock.onmessage = (ev) => {
@@ -132,9 +137,11 @@ async function connect(sampleRate) {
       if (msg.type === "ready") {
         Object.assign(st, { ready: true, backend: msg.backend, replica: msg.replica || "-" });
         stat("backend", msg.backend); stat("replica", st.replica); stat("lookahead", msg.lookahead_ms + " ms");
+        st.budgetMs = msg.budget_ms; showMissed();
         status("streaming (" + msg.backend + ")"); resolve();
       } else if (msg.type === "end" || msg.type === "interrupted") {
         st.dropped = msg.dropped || 0; stat("frames", st.frames + " / " + st.dropped);
+        st.missed = msg.missed || 0; showMissed();
         if (msg.type === "end") { st.ended = true; st.endFrames = msg.frames; st.framesAtEnd = st.frames; status("speech done: " + msg.frames + " frames"); }
       } else if (msg.type === "error") { st.lastError = msg.reason; status("error: " + msg.reason); }
     };
