@@ -8,7 +8,7 @@ Timing uses `triton.testing.do_bench` (median, p20/p80) and reports ms per 512x5
 frame read + written once). Without CUDA the timing mode says it needs a GPU and exits 0: CPU figures are
 not GPU figures.
 
-The synthetic clips (`make_clip`) are shared with tests/test_watermark.py: procedural portrait-like
+The synthetic clips (`make_clip`) are shared with tests/provenance/test_watermark.py: procedural portrait-like
 images, natural textures, gradients and photo-like scenes, each drifting slightly over time with sensor
 noise, so that H.264 has real motion to code.
 """

@@ -4,7 +4,7 @@
 
 Each tile is the bundled portrait with one control set through `flashtalk.models.preview.controls.apply_preview_controls`
 (the preview's share of the controls: pose offsets, head distance, mouth open, blink). The network path
-applies the full set (gaze, emotion, brows, ...) in keypoint space; its tests live in tests/test_controls.py.
+applies the full set (gaze, emotion, brows, ...) in keypoint space; its tests live in tests/controls/.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ DEFAULT_MAX_SECONDS = 600.0
 # Resampler design: the low-pass cutoff is ROLLOFF x the lower Nyquist rate, the filter spans ZEROS
 # zero crossings of the sinc on each side, Kaiser window of shape KAISER_BETA. Measured (44.1k/48k ->
 # 16k): flat within 0.01 dB to 0.8 x the new Nyquist rate, -0.23 dB at 0.85 x, and >= 90 dB
-# attenuation of tones above the new Nyquist rate (tests/test_audio.py gates 0.01 dB and 80 dB).
+# attenuation of tones above the new Nyquist rate (tests/io/test_audio.py gates 0.01 dB and 80 dB).
 ROLLOFF = 0.9
 ZEROS = 32
 KAISER_BETA = 9.0

@@ -32,6 +32,7 @@ def _run(argv: list, capsys) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_two_second_clip(clips, tmp_path, capsys):
     out = tmp_path / "clip.mp4"
     rc, err = _run([PORTRAIT, clips["2s"], "-o", out, "-q"], capsys)

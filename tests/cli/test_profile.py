@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from flashtalk.cli import main
 
 
+@pytest.mark.slow
 def test_profile_writes_a_trace(tmp_path, capsys):
     out = tmp_path / "trace.json"
     rc = main(

@@ -214,6 +214,7 @@ def test_serve_crops_with_the_face_models_beside_its_weights(models_dir):
     assert not np.array_equal(got, face_crop(face_image(), "center").image)
 
 
+@pytest.mark.slow
 def test_a_live_stream_uses_the_portraits_measured_ratios():
     """The ratios measured at the crop travel with the encoded portrait, so a live session's eye_open /
     lip_open retarget from them (as `animate` does), not from the assumed ones."""

@@ -19,6 +19,7 @@ from benchmarks.fuzz.core import Case, run_cases
 SEED = 22
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, n", [("images", 80), ("audio", 200), ("checkpoints", 100)])
 def test_ci_campaign_has_no_crash_and_no_hang(family, n):
     module = __import__(f"benchmarks.fuzz.{family}", fromlist=["campaign"])

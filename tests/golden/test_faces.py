@@ -41,6 +41,7 @@ def test_a_wrong_crop_offset_and_ratio_epsilon_fail(monkeypatch):
     assert {"eye_ratio", "lip_ratio"} <= failed
 
 
+@pytest.mark.slow
 def test_cli_routes_the_faces_family():
     proc = subprocess.run(
         [sys.executable, "-m", "flashtalk", "verify-golden", str(GOLDEN), "--only", "ratios", "scrfd"],

@@ -52,6 +52,7 @@ def test_manifest_config_is_the_default(jv_audio_weights):
     assert cfg.samples_per_frame == 320
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp64"])
 def test_joyvasa_golden(jv_audio_weights, precision):
     folder, _, weights = jv_audio_weights

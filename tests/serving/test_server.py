@@ -237,6 +237,7 @@ def test_uploads_are_capped_and_checked():
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_max_sessions_abrupt_disconnect_and_no_leaks():
     async def main():
         async with served(max_sessions=1) as (client, state):
@@ -432,6 +433,7 @@ async def _raw_ws(url: str):
     return reader, writer
 
 
+@pytest.mark.slow
 def test_a_reader_that_never_reads_is_paused_not_buffered_and_freed_on_disconnect():
     async def main():
         async with served(FastBackend(), max_send_queue_bytes=1 << 20) as (client, state):

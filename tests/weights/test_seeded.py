@@ -11,6 +11,7 @@ import torch
 from flashtalk.weights.seeded import liveportrait_weights, seed_module
 
 
+@pytest.mark.slow
 def test_seeded_rule_matches_weights_check(lp_golden):
     """The weight rule against the golden folder's published checksums (sum, sum of squares, first, last)."""
     manifest = json.loads((lp_golden / "manifest.json").read_text())

@@ -24,6 +24,7 @@ def models():
     return folder, {dt: seeded_motion_generator(folder, dt, "cpu") for dt in (torch.float32, torch.float64)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", ["fixed", "buggy"])
 def test_denoiser_matches_golden(models, dtype, mode):

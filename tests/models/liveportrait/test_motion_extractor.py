@@ -11,6 +11,7 @@ from tests.models.liveportrait.helpers import DTYPES, _load, _seeded, _tol
 from tests.utils import assert_close
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_motion_extractor_golden(lp_golden, dtype):
     d = _load(lp_golden, "motion_extractor.npz", dtype)

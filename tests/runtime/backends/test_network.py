@@ -56,6 +56,7 @@ def _video(path):
     return frames, audio_seconds
 
 
+@pytest.mark.slow
 def test_cli_two_second_clip(speech, tmp_path, capsys):
     out = tmp_path / "out.mp4"
     rc = main(
