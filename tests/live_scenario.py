@@ -180,19 +180,26 @@ async def _burst_one(url: str) -> dict[str, Any]:
     return out
 
 
-async def replica_metrics(http: httpx.AsyncClient, tries: int = 12) -> dict[str, str]:
-    """/metrics of each replica that answers within `tries` requests (one: a plain server)."""
+async def replica_metrics(http: httpx.AsyncClient, tries: int = 12, replicas: int | None = None) -> dict[str, str]:
+    """/metrics of each replica that answers within `tries` requests (one: a plain server); with `replicas`,
+    up to 5 x `tries` requests until that many replicas have answered (Ray's proxy may favour one)."""
     seen: dict[str, str] = {}
-    for _ in range(tries):
+    for i in range(tries if replicas is None else 5 * tries):
         text = (await http.get("/metrics")).text
         seen[text.split('flashtalk_replica_info{replica="')[1].split('"')[0]] = text
+        if replicas is not None and len(seen) >= replicas and i + 1 >= tries:
+            break
+        if replicas is not None and i >= tries:
+            await asyncio.sleep(0.05)
     return seen
 
 
-async def burst(url: str, http: httpx.AsyncClient, max_sessions: int) -> list[dict[str, Any]]:
+async def burst(url: str, http: httpx.AsyncClient, max_sessions: int, replicas: int = 1) -> list[dict[str, Any]]:
     """K realtime starts at once: what each replica's capacity estimate still admits, plus BURST_OVER."""
     k = BURST_OVER + DRIFT
-    for text in (await replica_metrics(http)).values():
+    seen = await replica_metrics(http, replicas=replicas)
+    assert len(seen) == replicas, f"only {sorted(seen)} of {replicas} replicas answered /metrics"
+    for text in seen.values():
         capacity, committed = metric(text, "flashtalk_capacity_fps"), metric(text, "flashtalk_committed_fps")
         headroom, live = metric(text, "flashtalk_capacity_headroom"), metric(text, "flashtalk_sessions")
         room = max(0 if committed else 1, math.floor((1 - headroom) * capacity / 25 - committed / 25))  # 1: always
@@ -203,7 +210,7 @@ async def burst(url: str, http: httpx.AsyncClient, max_sessions: int) -> list[di
     return results
 
 
-async def run(url: str, scale: Scale, max_sessions: int) -> Result:
+async def run(url: str, scale: Scale, max_sessions: int, replicas: int = 1) -> Result:
     result = Result()
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         text = (await http.get("/metrics")).text
@@ -215,12 +222,12 @@ async def run(url: str, scale: Scale, max_sessions: int) -> Result:
         odd = [asyncio.create_task(fast_session(url, scale.odd_s, scale.timeout_s, rate)) for rate in (44100, 11025)]
         reader = asyncio.create_task(never_reader(url, scale.never_reader_s, scale.live_s))
         await asyncio.sleep(min(1.5, scale.live_s / 3))
-        result.burst = await burst(url, http, max_sessions)
+        result.burst = await burst(url, http, max_sessions, replicas)
         result.live = await live
         result.fast = await fast
         result.odd = [await t for t in odd]
         await reader
-        result.metrics = await replica_metrics(http)
+        result.metrics = await replica_metrics(http, replicas=replicas)
     return result
 
 

@@ -38,7 +38,9 @@ from flashtalk.errors import FlashTalkError
 
 # shared memory a block may use (opt-in maximum), bytes
 SMEM_LIMIT: dict[str, int] = {"sm_80": 166912, "sm_86": 101376, "sm_89": 101376, "sm_90": 232448}
-NOT_KERNEL_FILES = {"check", "dispatch", "triton_compat"}  # the modules of flashtalk/kernels/ that hold no kernel
+NOT_KERNEL_FILES = {  # the modules of flashtalk/kernels/ that hold no kernel
+    "cases", "check", "conformance", "contract", "dispatch", "registry", "tolerance", "triton_compat",
+}
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def test_golden_size_and_weights_at_one_depth(lp_golden, kernel_device):
     from flashtalk.models.liveportrait.optimized import fold_batchnorms
     from flashtalk.models.liveportrait.warping_channels_last import ChannelsLastWarpingNetwork
     from tests.kernels.helpers import check_rule
-    from tests.test_model_appearance_warping import seeded
+    from tests.models.liveportrait.helpers import seeded
 
     z = np.load(lp_golden / "warping_module.npz")
     f_s, xd, xs = (torch.from_numpy(z[k]).to(kernel_device) for k in ("in_feature_3d", "in_kp_driving", "in_kp_source"))
