@@ -7,7 +7,8 @@ How the bounds are set (they must hold on a loaded CI machine, so they are relat
 measurements, never to this machine's speed):
 - the healthy session's latency budget (its start's `budget_ms`) is BUDGET_FRAMES times the server's render
   estimate for one frame (/metrics `flashtalk_render_seconds_estimate{bucket="1"}`, measured at start-up),
-  clamped to [MIN_BUDGET_S, 10 s];
+  clamped to [MIN_BUDGET_S, 10 s] (RAY_MIN_BUDGET_S on Ray Serve, whose proxy and two replica processes share
+  the machine's cores with the clients: the server's own estimate is taken in one replica, alone);
 - at least 95 % of its frames arrive, and none later than budget + TRANSPORT_S after the audio that
   completed it (JPEG encode and loopback WebSocket come after the render); the server's own count of its
   frames rendered after their due time (`missed` in its end event) is at most the 5 % not delivered;
@@ -38,6 +39,7 @@ from flashtalk.serving import wire
 CHUNK_S = 0.04
 BUDGET_FRAMES = 40
 MIN_BUDGET_S = 1.0
+RAY_MIN_BUDGET_S = 3.0
 TRANSPORT_S = 0.5
 BURST_OVER = 3
 DRIFT = 2
@@ -210,13 +212,15 @@ async def burst(url: str, http: httpx.AsyncClient, max_sessions: int, replicas: 
     return results
 
 
-async def run(url: str, scale: Scale, max_sessions: int, replicas: int = 1) -> Result:
+async def run(
+    url: str, scale: Scale, max_sessions: int, replicas: int = 1, min_budget_s: float = MIN_BUDGET_S
+) -> Result:
     result = Result()
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         text = (await http.get("/metrics")).text
         est = metric(text, 'flashtalk_render_seconds_estimate{bucket="1"}')
         assert est is not None, "the server measured no render time at start-up"
-        result.budget_s = min(10.0, max(MIN_BUDGET_S, BUDGET_FRAMES * est))
+        result.budget_s = min(10.0, max(min_budget_s, BUDGET_FRAMES * est))
         live = asyncio.create_task(live_session(url, scale.live_s, result.budget_s, scale.timeout_s))
         fast = asyncio.create_task(fast_session(url, scale.fast_s, scale.timeout_s))
         odd = [asyncio.create_task(fast_session(url, scale.odd_s, scale.timeout_s, rate)) for rate in (44100, 11025)]

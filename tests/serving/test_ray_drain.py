@@ -84,7 +84,9 @@ def cluster():
 
 def test_a_live_session_keeps_its_frames_beside_hostile_clients_on_two_replicas(cluster):
     scale = Scale(live_s=4.0, fast_s=2.0, odd_s=0.5, never_reader_s=1.0, timeout_s=90.0)
-    result = asyncio.run(live_scenario.run(cluster["url"], scale, SESSIONS, replicas=2))
+    result = asyncio.run(
+        live_scenario.run(cluster["url"], scale, SESSIONS, replicas=2, min_budget_s=live_scenario.RAY_MIN_BUDGET_S)
+    )
     live_scenario.check(result)
 
 
